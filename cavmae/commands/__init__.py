@@ -1,0 +1,1 @@
+"""Subcommands of the `cavmae` command (see cavmae/cli.py)."""

@@ -1,0 +1,378 @@
+"""The one config object: a tree of dataclasses whose defaults are the reference model and recipe.
+
+Load order: defaults <- YAML file(s) <- dotted command-line overrides (``model.backbone=vit``). Unknown keys and
+values of the wrong type raise :class:`ConfigError` naming the key and listing the valid ones. The resolved config
+is written beside every run (``config.yaml``) and inside every checkpoint.
+
+Defaults follow ../shared/design.md section 1: CAV-MAE base (ViT-B, 11 + 11 + 1 blocks, decoder 8 x 512),
+masking 75 %, k_rec = 1, k_c = 0.01, temperature 0.05, Adam (0.95, 0.999), wd 5e-7, batch 48, lr 5e-5.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value that does not fit the schema."""
+
+
+@dataclass
+class MambaConfig:
+    """Bidirectional Mamba block settings (design section 2); used when a stack's backbone is ``mamba``."""
+
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int = 0  # 0 -> ceil(dim / 16)
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    # How the forward and backward scans are combined: "add" (Vision Mamba) or "mean".
+    bidirectional_combine: Literal["add", "mean"] = "add"
+    # Whether a Mamba block keeps the ViT block's MLP after the token mixer (keeps parameter counts comparable).
+    mlp: bool = True
+    scan_impl: Literal["auto", "triton", "torch", "reference"] = "auto"
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and pre-training objective. Defaults: CAV-MAE base."""
+
+    backbone: str = "vit"  # block registry key for the audio, video and shared encoder stacks
+    decoder_backbone: str = "vit"  # block registry key for the decoder blocks
+    embed_dim: int = 768
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    modality_depth: int = 11  # blocks in each of the audio-only and video-only stacks
+    shared_depth: int = 1  # blocks in the shared stack (run three times per step)
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+    patch_size: int = 16
+    audio_length: int = 1024  # fbank frames (10 s at 10 ms shift); must be a multiple of patch_size
+    num_mel_bins: int = 128
+    image_size: int = 224
+    drop_path: float = 0.0
+    norm_eps: float = 1e-5
+    attention: Literal["sdpa", "math"] = "sdpa"  # math = explicit softmax(QK^T)V, for benchmarks and checks
+    # pre-training objective
+    mask_ratio_a: float = 0.75
+    mask_ratio_v: float = 0.75
+    mask_mode: Literal["unstructured", "time", "freq", "tf"] = "unstructured"
+    norm_pix_loss: bool = True
+    rec_weight: float = 1.0
+    contrast_weight: float = 0.01
+    temperature: float = 0.05
+    symmetric_contrast: bool = False
+    # fine-tuning
+    num_classes: int = 527
+    mamba: MambaConfig = field(default_factory=MambaConfig)
+
+    @property
+    def audio_grid(self) -> tuple[int, int]:
+        """(frequency, time) patch grid of the audio image, e.g. (8, 64)."""
+        return self.num_mel_bins // self.patch_size, self.audio_length // self.patch_size
+
+    @property
+    def video_grid(self) -> tuple[int, int]:
+        return self.image_size // self.patch_size, self.image_size // self.patch_size
+
+
+@dataclass
+class DataConfig:
+    """Where samples come from and how they become tensors."""
+
+    train_shards: list[str] = field(default_factory=list)  # brace patterns / paths; several sources allowed
+    val_shards: list[str] = field(default_factory=list)
+    synthetic: bool = False  # random tensors instead of shards (smoke tests of the loop only)
+    synthetic_size: int = 64
+    batch_size: int = 48  # per process
+    num_workers: int = 4
+    shuffle_buffer: int = 1000
+    resampled: bool = False  # resampled shards (multi-node) instead of split_by_node / split_by_worker
+    samples_per_epoch: int = 0  # needed when resampled; 0 = one pass over the shards
+    frame_mode: Literal["random", "middle", "all"] = "random"  # evaluation always uses "middle" unless "all"
+    # augmentation (pre-training)
+    noise: bool = False
+    time_roll: bool = False
+    # augmentation (fine-tuning)
+    freqm: int = 0  # SpecAugment frequency mask width (48 in the recipes)
+    timem: int = 0  # SpecAugment time mask width (192 in the recipes)
+    mixup: float = 0.0
+    mixup_alpha: float = 10.0
+    label_smoothing: float = 0.0
+    class_balanced: bool = False
+    label_csv: str = ""  # label index CSV (index,mid,display_name); empty = taken from the shard manifest
+    fbank_mean: float = -5.081
+    fbank_std: float = 4.4849
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adam", "adamw"] = "adam"
+    lr: float = 5e-5
+    betas: tuple[float, float] = (0.95, 0.999)
+    weight_decay: float = 5e-7
+    schedule: Literal["step", "cosine", "constant"] = "step"
+    warmup_steps: int = 0
+    # CAV-MAE step schedule: halve every `lr_decay_every` epochs starting at epoch `lr_decay_start`
+    lr_decay_start: int = 10
+    lr_decay_every: int = 5
+    lr_decay_factor: float = 0.5
+    min_lr: float = 0.0
+    grad_clip: float = 0.0  # 0 = off
+    head_lr_mult: float = 1.0  # fine-tuning: learning-rate multiplier of the classification head
+    layer_decay: float = 1.0  # fine-tuning: layer-wise lr decay (1 = off)
+
+
+@dataclass
+class TrainConfig:
+    task: Literal["pretrain", "finetune"] = "pretrain"
+    epochs: int = 25
+    max_steps: int = 0  # 0 = run all epochs
+    grad_accum: int = 1
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    seed: int = 0
+    out_dir: str = "runs/cavmae"
+    init: str = ""  # MAE ImageNet checkpoint, CAV-MAE checkpoint or our model directory
+    init_format: Literal["auto", "mae", "cavmae"] = "auto"
+    resume: str = ""  # "", "auto" or a checkpoint directory
+    ckpt_every: int = 1000  # steps
+    keep_last: int = 3
+    log_every: int = 10
+    image_every: int = 500  # reconstruction figure every M steps (0 = off)
+    max_bad_steps: int = 20  # non-finite losses in a row before the run stops
+    global_contrast: bool = True  # gather negatives across ranks; False = per-device negatives as in the paper
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    wandb_project: str = "cavmae"
+    deterministic: bool = False
+    avg_weights_from: int = -1  # fine-tuning: average weights of epochs [from, to] (inclusive); -1 = off
+    avg_weights_to: int = -1
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 32
+    retrieval_chunk: int = 4096
+    ten_frame: bool = False  # average predictions over all ten frames
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# conversion between dicts / strings and the dataclass tree
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-Python (YAML/JSON-safe) form of a config dataclass tree."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting strings from the command line."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(c) for c in choices)}")
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in get_args(tp):
+            if arg is type(None):
+                if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+                    return None
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} does not fit {tp}")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        out = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _valid_keys(cls: type, prefix: str) -> str:
+    return ", ".join(f"{prefix}{f.name}" for f in dataclasses.fields(cls))
+
+
+def merge(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
+    """Apply a nested dict of updates to the dataclass tree `obj` in place, checking keys and types."""
+    if not isinstance(updates, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {updates!r}")
+    hints = _hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in updates.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {full!r}; valid keys: {_valid_keys(type(obj), prefix)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            merge(current, value, f"{full}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> None:
+    """Apply ``section.key=value`` strings (values parsed as YAML scalars/lists)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        dotted, raw = item.split("=", 1)
+        value: Any = raw
+        try:
+            parsed = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            parsed = raw
+        if not isinstance(parsed, dict):
+            value = parsed if parsed is not None or raw.lower() in ("null", "none", "~") else raw
+        nested: dict[str, Any] = {}
+        node = nested
+        parts = dotted.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+        merge(cfg, nested)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at `path` (which may name a ``base:`` file to start from), then overrides."""
+    cfg = Config()
+    if path is not None:
+        for layer in _yaml_chain(Path(path)):
+            merge(cfg, layer)
+    apply_overrides(cfg, overrides or [])
+    validate(cfg)
+    return cfg
+
+
+def _yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
+    """The YAML layers to apply, base files first. A recipe may say ``base: other.yaml`` (relative to itself)."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file {path} includes itself through 'base'")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    base = data.pop("base", None)
+    layers = []
+    if base:
+        layers = _yaml_chain((path.parent / base), seen + (path.resolve(),))
+    return layers + [data]
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """A Config from its saved dict form (checkpoints, run directories); strict like YAML loading."""
+    cfg = Config()
+    merge(cfg, data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    m = cfg.model
+    if m.embed_dim % m.num_heads:
+        raise ConfigError(f"model.embed_dim ({m.embed_dim}) must be divisible by model.num_heads ({m.num_heads})")
+    if m.decoder_embed_dim % m.decoder_num_heads:
+        raise ConfigError(
+            f"model.decoder_embed_dim ({m.decoder_embed_dim}) must be divisible by "
+            f"model.decoder_num_heads ({m.decoder_num_heads})"
+        )
+    for name in ("audio_length", "num_mel_bins", "image_size"):
+        if getattr(m, name) % m.patch_size:
+            raise ConfigError(f"model.{name} ({getattr(m, name)}) must be a multiple of model.patch_size")
+    for name in ("mask_ratio_a", "mask_ratio_v"):
+        if not 0.0 <= getattr(m, name) < 1.0:
+            raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(m, name)}")
+    if m.shared_depth < 1:
+        raise ConfigError("model.shared_depth must be at least 1")
+    if cfg.data.batch_size < 1:
+        raise ConfigError("data.batch_size must be at least 1")

@@ -1,0 +1,1 @@
+"""Selective-scan kernels (imported as ``cavmae.kernels``)."""
