@@ -1,0 +1,153 @@
+"""The CAV-MAE pre-training model: forward_encoder / forward_decoder / forward_loss, as in MAE's models_mae.py."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cavmae.config import ModelConfig
+from cavmae.losses import info_nce, reconstruction_loss
+from cavmae.masking import Masked, random_masking
+from cavmae.models.blocks import create_block
+from cavmae.models.embed import audio_to_image, init_linear_and_norm, patchify, sincos_2d
+from cavmae.models.encoder import CAVMAEEncoder
+
+
+class CAVMAE(CAVMAEEncoder):
+    """Contrastive audio-visual masked autoencoder.
+
+    ``forward(audio [B, T, F], frames [B, 3, H, W])`` returns a dict of named losses and metrics:
+    ``loss`` (= rec_weight * loss_rec + contrast_weight * loss_c), ``loss_rec`` (= loss_rec_a + loss_rec_v),
+    ``loss_rec_a``, ``loss_rec_v``, ``loss_c`` (unweighted InfoNCE) and ``acc_c`` (in-batch retrieval accuracy).
+    """
+
+    def __init__(self, cfg: ModelConfig | None = None):
+        cfg = cfg or ModelConfig()
+        super().__init__(cfg, trainable_pos=False)
+        ddim = cfg.decoder_embed_dim
+        self.gather_contrast = False  # set by the trainer: negatives from every rank
+        self.decoder_embed = nn.Linear(cfg.embed_dim, ddim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, ddim))
+        self.decoder_modality_a = nn.Parameter(torch.zeros(1, 1, ddim))
+        self.decoder_modality_v = nn.Parameter(torch.zeros(1, 1, ddim))
+        n_a, n_v = self.patch_embed_a.num_patches, self.patch_embed_v.num_patches
+        self.decoder_pos_embed_a = nn.Parameter(torch.zeros(1, n_a, ddim), requires_grad=False)
+        self.decoder_pos_embed_v = nn.Parameter(torch.zeros(1, n_v, ddim), requires_grad=False)
+        self.decoder_blocks = nn.ModuleList(
+            create_block(cfg.decoder_backbone, ddim, cfg.decoder_num_heads, cfg) for _ in range(cfg.decoder_depth)
+        )
+        self.decoder_norm = nn.LayerNorm(ddim, eps=cfg.norm_eps)
+        self.decoder_pred_a = nn.Linear(ddim, cfg.patch_size**2 * 1)
+        self.decoder_pred_v = nn.Linear(ddim, cfg.patch_size**2 * 3)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        self.init_encoder_weights()
+        cfg = self.cfg
+        self.decoder_pos_embed_a.data.copy_(sincos_2d(cfg.decoder_embed_dim, *cfg.audio_grid).unsqueeze(0))
+        self.decoder_pos_embed_v.data.copy_(sincos_2d(cfg.decoder_embed_dim, *cfg.video_grid).unsqueeze(0))
+        for p in (self.mask_token, self.decoder_modality_a, self.decoder_modality_v):
+            nn.init.normal_(p, std=0.02)
+        for m in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred_a, self.decoder_pred_v):
+            m.apply(init_linear_and_norm)
+
+    # MAE-style stages ---------------------------------------------------------------------------------------
+    def forward_encoder(
+        self, audio: torch.Tensor, frames: torch.Tensor, mask_ratio_a: float, mask_ratio_v: float, mask_mode: str
+    ) -> dict[str, torch.Tensor | Masked]:
+        """Mask, encode. Returns joint latent [B, Ka+Kv, D], audio / video stream tokens [B, Ka|Kv, D] and masks."""
+        masked_a = random_masking(self.tokens_a(audio), mask_ratio_a, mask_mode, self.cfg.audio_grid)
+        masked_v = random_masking(self.tokens_v(frames), mask_ratio_v)
+        a = self.run_blocks(self.blocks_a, masked_a.tokens)
+        v = self.run_blocks(self.blocks_v, masked_v.tokens)
+        return {
+            "latent": self.joint_stream(a, v),
+            "latent_a": self.audio_stream(a),
+            "latent_v": self.video_stream(v),
+            "masked_a": masked_a,
+            "masked_v": masked_v,
+        }
+
+    def _unshuffle(self, x: torch.Tensor, masked: Masked) -> torch.Tensor:
+        """Visible decoder tokens [B, K, d] -> full sequence [B, L, d] with mask tokens in the masked places."""
+        b, keep, d = x.shape
+        length = masked.ids_restore.shape[1]
+        full = torch.cat([x, self.mask_token.expand(b, length - keep, d)], dim=1)
+        return torch.gather(full, 1, masked.ids_restore.unsqueeze(-1).expand(-1, -1, d))
+
+    def forward_decoder(self, latent: torch.Tensor, masked_a: Masked, masked_v: Masked):
+        """Joint latent [B, Ka+Kv, D] -> predicted patches (audio [B, La, p*p], video [B, Lv, p*p*3])."""
+        x = self.decoder_embed(latent)
+        keep_a = masked_a.tokens.shape[1]
+        a = self._unshuffle(x[:, :keep_a], masked_a) + self.decoder_pos_embed_a + self.decoder_modality_a
+        v = self._unshuffle(x[:, keep_a:], masked_v) + self.decoder_pos_embed_v + self.decoder_modality_v
+        x = torch.cat([a, v], dim=1)
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        x = self.decoder_norm(x)
+        n_a = a.shape[1]
+        return self.decoder_pred_a(x[:, :n_a]), self.decoder_pred_v(x[:, n_a:])
+
+    def forward_loss(self, audio, frames, pred_a, pred_v, mask_a, mask_v) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.cfg.patch_size
+        target_a = patchify(audio_to_image(audio), p)
+        target_v = patchify(frames, p)
+        return (
+            reconstruction_loss(pred_a, target_a, mask_a, self.cfg.norm_pix_loss),
+            reconstruction_loss(pred_v, target_v, mask_v, self.cfg.norm_pix_loss),
+        )
+
+    def forward(
+        self,
+        audio: torch.Tensor,
+        frames: torch.Tensor,
+        mask_ratio_a: float | None = None,
+        mask_ratio_v: float | None = None,
+        mask_mode: str | None = None,
+        return_outputs: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        enc = self.forward_encoder(
+            audio,
+            frames,
+            cfg.mask_ratio_a if mask_ratio_a is None else mask_ratio_a,
+            cfg.mask_ratio_v if mask_ratio_v is None else mask_ratio_v,
+            mask_mode or cfg.mask_mode,
+        )
+        out: dict[str, torch.Tensor] = {}
+        zero = audio.new_zeros(())
+        if cfg.rec_weight != 0:
+            pred_a, pred_v = self.forward_decoder(enc["latent"], enc["masked_a"], enc["masked_v"])
+            rec_a, rec_v = self.forward_loss(audio, frames, pred_a, pred_v, enc["masked_a"].mask, enc["masked_v"].mask)
+            if return_outputs:
+                out.update(pred_a=pred_a, pred_v=pred_v, mask_a=enc["masked_a"].mask, mask_v=enc["masked_v"].mask)
+        else:
+            rec_a = rec_v = zero
+        emb_a, emb_v = enc["latent_a"].mean(dim=1), enc["latent_v"].mean(dim=1)
+        if cfg.contrast_weight != 0:
+            loss_c, acc_c = info_nce(emb_a, emb_v, cfg.temperature, cfg.symmetric_contrast, self.gather_contrast)
+        else:
+            loss_c, acc_c = zero, zero
+        loss_rec = rec_a + rec_v
+        out.update(
+            loss=cfg.rec_weight * loss_rec + cfg.contrast_weight * loss_c,
+            loss_rec=loss_rec,
+            loss_rec_a=rec_a,
+            loss_rec_v=rec_v,
+            loss_c=loss_c,
+            acc_c=acc_c,
+        )
+        return out
+
+    @torch.no_grad()
+    def embed(self, audio: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Retrieval features: unmasked modality streams, mean-pooled, not normalised. Each [B, dim]."""
+        return self.embed_audio(audio), self.embed_video(frames)
+
+    @torch.no_grad()
+    def embed_audio(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.audio_stream(self.encode_audio(audio)).mean(dim=1)
+
+    @torch.no_grad()
+    def embed_video(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.video_stream(self.encode_video(frames)).mean(dim=1)

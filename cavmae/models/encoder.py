@@ -1,0 +1,120 @@
+"""The CAV-MAE encoder shared by the pre-training model and the classifier.
+
+Attributes carry the public checkpoints' names (``patch_embed_a``, ``pos_embed_a``, ``modality_a``, ``blocks_a``,
+``blocks_v``, ``blocks_u``, ``norm_a``, ``norm_v``, ``norm``), so converting a public state dict is a matter of
+stripping the ``module.`` prefix.
+
+Streams (design section 1):
+- audio tokens -> blocks_a; video tokens -> blocks_v;
+- joint: cat(audio, video) -> blocks_u with the joint norms -> ``norm``;
+- audio-only: audio -> blocks_u with the audio norms -> ``norm_a``; video-only likewise with ``norm_v``.
+Every shared block is chained within a stream (the public code re-runs only the last one for the modality
+streams when there is more than one shared block; that only matters for ``shared_depth > 1``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from cavmae.config import ModelConfig
+from cavmae.models.blocks import create_block
+from cavmae.models.embed import PatchEmbed, audio_to_image, init_linear_and_norm, sincos_2d, xavier_conv_
+
+
+class CAVMAEEncoder(nn.Module):
+    """Patch embeddings, position / modality embeddings, the three block stacks and the final norms."""
+
+    def __init__(self, cfg: ModelConfig, trainable_pos: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        dim = cfg.embed_dim
+        self.patch_embed_a = PatchEmbed(1, dim, cfg.patch_size, cfg.audio_grid)
+        self.patch_embed_v = PatchEmbed(3, dim, cfg.patch_size, cfg.video_grid)
+        self.modality_a = nn.Parameter(torch.zeros(1, 1, dim))
+        self.modality_v = nn.Parameter(torch.zeros(1, 1, dim))
+        # Fixed sin-cos values; frozen in pre-training, trainable in fine-tuning (trainable_pos).
+        self.pos_embed_a = nn.Parameter(
+            torch.zeros(1, self.patch_embed_a.num_patches, dim), requires_grad=trainable_pos
+        )
+        self.pos_embed_v = nn.Parameter(
+            torch.zeros(1, self.patch_embed_v.num_patches, dim), requires_grad=trainable_pos
+        )
+        total = 2 * cfg.modality_depth + cfg.shared_depth
+        # Stochastic depth grows with depth; modality stacks share the first rates, the shared stack the last.
+        rates = [cfg.drop_path * i / max(cfg.modality_depth + cfg.shared_depth - 1, 1) for i in range(total)]
+        self.blocks_a = nn.ModuleList(
+            create_block(cfg.backbone, dim, cfg.num_heads, cfg, rates[i]) for i in range(cfg.modality_depth)
+        )
+        self.blocks_v = nn.ModuleList(
+            create_block(cfg.backbone, dim, cfg.num_heads, cfg, rates[i]) for i in range(cfg.modality_depth)
+        )
+        self.blocks_u = nn.ModuleList(
+            create_block(cfg.backbone, dim, cfg.num_heads, cfg, rates[cfg.modality_depth + i])
+            for i in range(cfg.shared_depth)
+        )
+        self.norm_a = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.norm_v = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.activation_checkpointing = False
+
+    def init_encoder_weights(self) -> None:
+        """CAV-MAE init: sin-cos positions, xavier patch projections and Linears, N(0, 0.02) modality tokens."""
+        cfg = self.cfg
+        self.pos_embed_a.data.copy_(sincos_2d(cfg.embed_dim, *cfg.audio_grid).unsqueeze(0))
+        self.pos_embed_v.data.copy_(sincos_2d(cfg.embed_dim, *cfg.video_grid).unsqueeze(0))
+        xavier_conv_(self.patch_embed_a.proj)
+        xavier_conv_(self.patch_embed_v.proj)
+        nn.init.normal_(self.modality_a, std=0.02)
+        nn.init.normal_(self.modality_v, std=0.02)
+        self.apply(init_linear_and_norm)
+        for m in self.modules():
+            if hasattr(m, "reset_backbone_parameters"):  # backbones with parameters that need special init
+                m.reset_backbone_parameters()
+
+    # token embedding ---------------------------------------------------------------------------------------
+    def tokens_a(self, audio: torch.Tensor) -> torch.Tensor:
+        """Normalised fbank [B, T, F] -> audio tokens [B, (F/p)*(T/p), dim] with position + modality embedding."""
+        if audio.dim() != 3 or audio.shape[1:] != (self.cfg.audio_length, self.cfg.num_mel_bins):
+            raise ValueError(
+                f"audio must be [B, {self.cfg.audio_length}, {self.cfg.num_mel_bins}] (frames, mel bins), "
+                f"got {list(audio.shape)}"
+            )
+        return self.patch_embed_a(audio_to_image(audio)) + self.pos_embed_a + self.modality_a
+
+    def tokens_v(self, frames: torch.Tensor) -> torch.Tensor:
+        """Normalised RGB frames [B, 3, H, W] -> video tokens [B, (H/p)*(W/p), dim]."""
+        size = self.cfg.image_size
+        if frames.dim() != 4 or frames.shape[1:] != (3, size, size):
+            raise ValueError(f"frames must be [B, 3, {size}, {size}], got {list(frames.shape)}")
+        return self.patch_embed_v(frames) + self.pos_embed_v + self.modality_v
+
+    # stacks ------------------------------------------------------------------------------------------------
+    def run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor, modality: str | None = None) -> torch.Tensor:
+        for blk in blocks:
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, modality, use_reentrant=False)
+            else:
+                x = blk(x, modality)
+        return x
+
+    def joint_stream(self, a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Modality-encoded audio [B, La, D] and video [B, Lv, D] -> joint tokens [B, La+Lv, D] (normed)."""
+        return self.norm(self.run_blocks(self.blocks_u, torch.cat([a, v], dim=1)))
+
+    def audio_stream(self, a: torch.Tensor) -> torch.Tensor:
+        return self.norm_a(self.run_blocks(self.blocks_u, a, "a"))
+
+    def video_stream(self, v: torch.Tensor) -> torch.Tensor:
+        return self.norm_v(self.run_blocks(self.blocks_u, v, "v"))
+
+    def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:
+        """Unmasked audio through blocks_a: [B, La, D]."""
+        return self.run_blocks(self.blocks_a, self.tokens_a(audio))
+
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.run_blocks(self.blocks_v, self.tokens_v(frames))
+
+    def set_activation_checkpointing(self, enabled: bool = True) -> None:
+        self.activation_checkpointing = enabled
