@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 import torch
-from test_models import TINY, batch, tiny_cfg
+from test_models import batch, tiny_cfg
 
 import cavmae
 from cavmae.checkpoint import CheckpointError, init_from_cavmae, init_from_mae, load_official, to_official

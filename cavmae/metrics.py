@@ -1,0 +1,119 @@
+"""Retrieval and classification metrics.
+
+Retrieval: query i's true match is gallery item i. Its rank is 1 + the number of gallery items that score higher,
+plus the number of items with an EQUAL score and a lower index (ties resolved deterministically, by index, so
+the result does not depend on the sort algorithm or on chunking). Scores are computed in chunks of queries so a
+100,000 x 100,000 similarity matrix is never held at once (chunk x N floats at a time).
+
+Classification: mAP / mAUC (multi-label, AudioSet) and top-1 / top-5 accuracy (single-label, VGGSound) from
+torchmetrics, macro-averaged over classes as the CAV-MAE papers report them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def true_match_ranks(query: torch.Tensor, gallery: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """1-based rank of gallery[i] among all gallery items for query[i]. query, gallery [N, D] -> ranks [N] (int64).
+
+    Scores are dot products: pass L2-normalised embeddings for cosine similarity.
+    """
+    if query.shape != gallery.shape:
+        raise ValueError(f"query {tuple(query.shape)} and gallery {tuple(gallery.shape)} must be paired [N, D]")
+    n = query.shape[0]
+    ranks = torch.empty(n, dtype=torch.long)
+    idx = torch.arange(n, device=gallery.device)
+    for start in range(0, n, chunk):
+        q = query[start : start + chunk]
+        s = q @ gallery.t()  # [c, N]
+        rows = torch.arange(s.shape[0], device=s.device)
+        own = s[rows, rows + start].unsqueeze(1)  # [c, 1] score of the true match
+        higher = (s > own).sum(1)
+        tied_before = ((s == own) & (idx[None, :] < (rows + start)[:, None])).sum(1)
+        ranks[start : start + chunk] = (1 + higher + tied_before).cpu()
+    return ranks
+
+
+def rank_summary(ranks: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """R@k in percent, median and mean rank."""
+    out = {f"R@{k}": 100.0 * (ranks <= k).double().mean().item() for k in ks}
+    out["median_rank"] = ranks.double().quantile(0.5).item()  # mean of the two middle ranks when N is even
+    out["mean_rank"] = ranks.double().mean().item()
+    return out
+
+
+@torch.no_grad()
+def retrieval_metrics(audio_emb: torch.Tensor, video_emb: torch.Tensor, chunk: int = 1024) -> dict[str, dict]:
+    """Both directions for paired embeddings [N, D] (normalised here): ``video_to_audio`` and ``audio_to_video``."""
+    a = F.normalize(audio_emb.float(), dim=-1)
+    v = F.normalize(video_emb.float(), dim=-1)
+    return {
+        "video_to_audio": rank_summary(true_match_ranks(v, a, chunk)),
+        "audio_to_video": rank_summary(true_match_ranks(a, v, chunk)),
+    }
+
+
+@torch.no_grad()
+def top_k(query: torch.Tensor, gallery: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine scores and indices of the k best gallery items for each query [Q, D] -> ([Q, k], [Q, k]).
+
+    Equal scores are ordered by gallery index, as in :func:`true_match_ranks`.
+    """
+    q = F.normalize(query.float(), dim=-1)
+    g = F.normalize(gallery.float(), dim=-1)
+    s = q @ g.t()
+    order = torch.sort(s, dim=1, descending=True, stable=True)  # stable: equal scores keep index order
+    k = min(k, g.shape[0])
+    return order.values[:, :k], order.indices[:, :k]
+
+
+@torch.no_grad()
+def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool) -> dict[str, float]:
+    """logits [N, C]; targets [N, C] multi-hot (multi-label) or one-hot / class indices [N] (single-label).
+
+    Multi-label: macro mAP and mAUC (classes without a positive are left out of the averages, as sklearn-based
+    evaluation code must do to be defined). Single-label: top-1 and top-5 accuracy (percent) and macro mAP.
+    """
+    from torchmetrics.functional.classification import (
+        multiclass_accuracy,
+        multilabel_auroc,
+        multilabel_average_precision,
+    )
+
+    logits = logits.float().cpu()
+    num_classes = logits.shape[1]
+    if multilabel:
+        t = (targets > 0.5).long().cpu()
+        present = t.sum(0) > 0
+        if not present.any():
+            raise ValueError("no positive label in the evaluation targets: mAP is undefined")
+        probs = logits.sigmoid()[:, present]
+        t = t[:, present]
+        n = int(present.sum())
+        return {
+            "mAP": multilabel_average_precision(probs, t, num_labels=n, average="macro").item(),
+            "mAUC": multilabel_auroc(probs, t, num_labels=n, average="macro").item(),
+            "classes_scored": float(n),
+        }
+    labels = targets.argmax(1) if targets.dim() == 2 else targets
+    labels = labels.long().cpu()
+    out = {"top1": 100.0 * multiclass_accuracy(logits, labels, num_classes=num_classes, average="micro").item()}
+    if num_classes >= 5:
+        out["top5"] = (
+            100.0 * multiclass_accuracy(logits, labels, num_classes=num_classes, top_k=5, average="micro").item()
+        )
+    return out
+
+
+@torch.no_grad()
+def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Accuracy (percent) of each class [C] for single-label predictions; NaN for classes absent from `labels`."""
+    num_classes = logits.shape[1]
+    pred = logits.argmax(1).cpu()
+    labels = labels.long().cpu()
+    correct = torch.zeros(num_classes).index_add_(0, labels, (pred == labels).float())
+    count = torch.zeros(num_classes).index_add_(0, labels, torch.ones_like(labels, dtype=torch.float))
+    return torch.where(count > 0, 100.0 * correct / count.clamp_min(1), torch.full_like(count, float("nan")))
