@@ -36,8 +36,6 @@ class MambaConfig:
     dt_max: float = 0.1
     # How the forward and backward scans are combined: "add" (Vision Mamba) or "mean".
     bidirectional_combine: Literal["add", "mean"] = "add"
-    # Whether a Mamba block keeps the ViT block's MLP after the token mixer (keeps parameter counts comparable).
-    mlp: bool = True
     scan_impl: Literal["auto", "triton", "torch", "reference"] = "auto"
 
 
