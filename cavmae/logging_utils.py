@@ -45,7 +45,9 @@ def _cut_jsonl(path: Path, keep) -> None:
 class RunLogger:
     """Writes metrics / figures of a run; a no-op on processes other than the main one."""
 
-    def __init__(self, accelerator, cfg: Config, out_dir: Path, total_steps: int, start_step: int):
+    def __init__(
+        self, accelerator, cfg: Config, out_dir: Path, total_steps: int, start_step: int, resumed: bool = False
+    ):
         self.accelerator = accelerator
         self.main = accelerator.is_main_process
         self.out_dir = out_dir
@@ -55,9 +57,11 @@ class RunLogger:
         self.bar = None
         if not self.main:
             return
-        # A resumed run redoes the steps after its checkpoint: forget what the killed run logged for them.
-        _cut_jsonl(self.metrics_path, lambda r: r.get("step", 0) <= start_step)
-        _cut_jsonl(self.val_path, lambda r: r.get("step", 0) < start_step)
+        # A resumed run redoes the steps after its checkpoint: forget what the killed run logged for them (a
+        # checkpoint is written after its step's validation, so validations at start_step stay). A fresh run
+        # forgets everything an earlier attempt without checkpoints wrote.
+        for path in (self.metrics_path, self.val_path):
+            _cut_jsonl(path, lambda r: resumed and r.get("step", 0) <= start_step)
         if self.use_wandb:
             self._init_wandb(cfg, start_step)
         if cfg.train.progress_bar:

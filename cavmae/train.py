@@ -261,7 +261,7 @@ def _train(cfg: Config, task: Task, accelerator) -> Path:
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(out_dir / "config.yaml")
-    logger = RunLogger(accelerator, cfg, out_dir, total, state.step)
+    logger = RunLogger(accelerator, cfg, out_dir, total, state.step, resumed=ckpt is not None)
     contrast = cfg.data.batch_size * (world if t.global_contrast else 1)
     logger.message(
         f"run directory: {out_dir.resolve()} | {task.name}, {n_params / 1e6:.2f}M trainable parameters, "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from cavmae.checkpoint import CheckpointError
 from cavmae.config import ConfigError, load_config
@@ -24,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, task: str = "pretrain") -> int:
     from cavmae.train import TrainingStopped, train
 
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if not main_process:  # one copy of the log is enough; warnings and errors still come from every process
+        logging.getLogger().setLevel(logging.WARNING)
     overrides = [f"train.task={task}", *args.overrides]
     if args.resume:
         overrides.append(f"train.resume={args.resume}")
@@ -36,5 +40,6 @@ def run(args: argparse.Namespace, task: str = "pretrain") -> int:
     except TrainingStopped as e:
         log.error("%s", e)
         return 1
-    print(f"run directory: {out_dir.resolve()}  (model: {out_dir / 'model'}, metrics: {out_dir / 'metrics.jsonl'})")
+    if main_process:
+        print(f"run directory: {out_dir.resolve()}  (model: {out_dir / 'model'}, metrics: {out_dir / 'metrics.jsonl'})")
     return 0
