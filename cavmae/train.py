@@ -239,6 +239,8 @@ def _train(cfg: Config, task: Task, accelerator) -> Path:
     model.to(device)
     freeze_unused(model, task, cfg, device)
     if t.activation_checkpointing:
+        if not hasattr(model, "set_activation_checkpointing"):
+            raise ConfigError(f"train.activation_checkpointing: the {task.name} model does not support it")
         model.set_activation_checkpointing(True)
     optimizer = build_optimizer(model, cfg.optim, lambda name: task.lr_scale(name, cfg))
     accum = t.grad_accum
@@ -285,6 +287,8 @@ def _train(cfg: Config, task: Task, accelerator) -> Path:
     def checkpoint() -> Path:
         return save_checkpoint(accelerator, out_dir, state, model, optimizer, scheduler, cfg, t.keep_last)
 
+    if not has_split(cfg, "val"):
+        logger.message("no validation data (data.val_shards is empty / data.synthetic_val_size=0): no validation")
     model.train()
     if t.val_at_start and state.step == 0:
         validate()
