@@ -122,7 +122,7 @@ def setup_accelerator(cfg: Config):
     """An Accelerator for this config. Under torchrun / accelerate launch it joins the process group (gloo on
     CPU with ACCELERATE_USE_CPU=1, NCCL on GPUs)."""
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, TorchDynamoPlugin
 
     os.environ["WANDB_MODE"] = cfg.train.wandb_mode
     if cfg.train.mixed_precision == "fp16" and not torch.cuda.is_available():
@@ -134,7 +134,9 @@ def setup_accelerator(cfg: Config):
         # Parameters that never receive a gradient are frozen before wrapping (freeze_unused), so DDP can skip
         # its per-step search for unused parameters.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
-        dynamo_backend="inductor" if cfg.train.compile else "no",
+        # Static shapes: every training batch has the same size (drop_last), and the masking code draws random
+        # numbers with shapes that dynamic-shape tracing cannot handle.
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor" if cfg.train.compile else "no", dynamic=False),
         step_scheduler_with_optimizer=False,
     )
 
