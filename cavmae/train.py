@@ -17,6 +17,7 @@ training RNG streams. On CPU a resumed run logs bit-identical losses.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -278,7 +279,7 @@ def _train(cfg: Config, task: Task, accelerator) -> Path:
             return
         batches: Iterator[dict] = (to_device(b, device) for b in make_batches(cfg, "val", 0, rank, world))
         if t.val_batches:
-            batches = (b for i, b in zip(range(t.val_batches), batches))
+            batches = itertools.islice(batches, t.val_batches)
         model.eval()
         with torch.random.fork_rng(devices=rng_devices()):
             torch.manual_seed(t.seed)  # the same masks at every validation: curves compare like with like
@@ -380,7 +381,7 @@ def _train(cfg: Config, task: Task, accelerator) -> Path:
         "finished %d steps; run directory %s (model: %s, metrics: %s)",
         state.step,
         out_dir.resolve(),
-        out_dir / "model",
-        out_dir / "metrics.jsonl",
+        (out_dir / "model").resolve(),
+        (out_dir / "metrics.jsonl").resolve(),
     )
     return out_dir

@@ -41,5 +41,6 @@ def run(args: argparse.Namespace, task: str = "pretrain") -> int:
         log.error("%s", e)
         return 1
     if main_process:
-        print(f"run directory: {out_dir.resolve()}  (model: {out_dir / 'model'}, metrics: {out_dir / 'metrics.jsonl'})")
+        run = out_dir.resolve()
+        print(f"run directory: {run}  (model: {run / 'model'}, metrics: {run / 'metrics.jsonl'})")
     return 0
