@@ -306,7 +306,13 @@ def _train(cfg: Config, task: Task, accelerator) -> Path:
         sums: dict[str, torch.Tensor] = {}
         for micro in range(accum):
             t0 = time.perf_counter()
-            batch = to_device(next(batches), device)
+            batch = next(batches, None)
+            if batch is None:
+                raise RuntimeError(
+                    f"the training data of epoch {state.epoch} ended after {state.batch_in_epoch + micro} batches on "
+                    f"process {rank}, {epoch_batches} expected: check data.samples_per_epoch"
+                )
+            batch = to_device(batch, device)
             wait += time.perf_counter() - t0
             sync = micro == accum - 1
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
