@@ -90,8 +90,12 @@ class DataConfig:
 
     train_shards: list[str] = field(default_factory=list)  # brace patterns / paths; several sources allowed
     val_shards: list[str] = field(default_factory=list)
-    synthetic: bool = False  # random tensors instead of shards (smoke tests of the loop only)
-    synthetic_size: int = 64
+    # Learnable synthetic clips instead of shards (cavmae/data/synthetic.py): tests, demos, benchmarks.
+    synthetic: bool = False
+    synthetic_size: int = 64  # training clips
+    synthetic_val_size: int = 64  # validation clips (a disjoint draw)
+    synthetic_classes: int = 8  # classes with their own audio modulation and blob colour (<= model.num_classes)
+    synthetic_noise: float = 0.3  # std of the Gaussian noise added to every value (the blob and band peak at 2)
     batch_size: int = 48  # per process
     num_workers: int = 4
     shuffle_buffer: int = 1000
@@ -145,15 +149,20 @@ class TrainConfig:
     init: str = ""  # MAE ImageNet checkpoint, CAV-MAE checkpoint or our model directory
     init_format: Literal["auto", "mae", "cavmae"] = "auto"
     resume: str = ""  # "", "auto" or a checkpoint directory
-    ckpt_every: int = 1000  # steps
-    keep_last: int = 3
+    ckpt_every: int = 1000  # steps between checkpoints (0 = only the final one)
+    keep_last: int = 3  # complete checkpoints kept (0 = all)
     log_every: int = 10
     image_every: int = 500  # reconstruction figure every M steps (0 = off)
-    max_bad_steps: int = 20  # non-finite losses in a row before the run stops
+    max_bad_steps: int = 20  # non-finite losses in a row before the run stops (0 = never stop, only skip)
     global_contrast: bool = True  # gather negatives across ranks; False = per-device negatives as in the paper
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     wandb_project: str = "cavmae"
+    wandb_name: str = ""  # run name shown in W&B; empty = the out_dir's name
     deterministic: bool = False
+    val_every: int = 0  # steps between validations besides the one at every epoch end (0 = epoch ends only)
+    val_at_start: bool = False  # validate the initial model too (a baseline for the curves)
+    val_batches: int = 0  # validation batches per process (0 = the whole validation split)
+    progress_bar: bool = True  # tqdm bar on the main process
     avg_weights_from: int = -1  # fine-tuning: average weights of epochs [from, to] (inclusive); -1 = off
     avg_weights_to: int = -1
 
@@ -374,3 +383,27 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.shared_depth must be at least 1")
     if cfg.data.batch_size < 1:
         raise ConfigError("data.batch_size must be at least 1")
+    if cfg.eval.batch_size < 1:
+        raise ConfigError("eval.batch_size must be at least 1")
+    d = cfg.data
+    if d.synthetic:
+        if d.synthetic_size < 1 or d.synthetic_val_size < 0:
+            raise ConfigError("data.synthetic_size must be at least 1 and data.synthetic_val_size at least 0")
+        if not 1 <= d.synthetic_classes <= m.num_classes:
+            raise ConfigError(
+                f"data.synthetic_classes ({d.synthetic_classes}) must be in [1, model.num_classes={m.num_classes}]"
+            )
+    t = cfg.train
+    for name in ("grad_accum", "epochs", "log_every"):
+        if getattr(t, name) < 1:
+            raise ConfigError(f"train.{name} must be at least 1, got {getattr(t, name)}")
+    for name in ("max_steps", "ckpt_every", "keep_last", "image_every", "val_every", "val_batches", "max_bad_steps"):
+        if getattr(t, name) < 0:
+            raise ConfigError(f"train.{name} must be >= 0, got {getattr(t, name)}")
+    o = cfg.optim
+    if o.lr <= 0:
+        raise ConfigError(f"optim.lr must be positive, got {o.lr}")
+    if o.warmup_steps < 0 or o.lr_decay_every < 1 or o.lr_decay_start < 0:
+        raise ConfigError("optim.warmup_steps and optim.lr_decay_start must be >= 0, optim.lr_decay_every >= 1")
+    if o.grad_clip < 0 or o.weight_decay < 0:
+        raise ConfigError("optim.grad_clip and optim.weight_decay must be >= 0")

@@ -1,0 +1,280 @@
+"""Training checkpoints: atomic, complete, loadable without unpickling anything but tensors and plain containers.
+
+Layout of ``<out_dir>/checkpoints/ckpt-00001000/``::
+
+    model.safetensors    weights of the unwrapped model (safetensors)
+    optimizer.pt         optimizer.state_dict()                     (torch.save, loads with weights_only=True)
+    trainer_state.pt     step / epoch / data position / counters, scheduler and grad-scaler state
+    rng-<rank>.pt        python / numpy / torch / cuda RNG states of each process, as tensors and lists
+    config.yaml          the resolved config
+    meta.json            written last: step, world size, file list
+
+Every process writes into ``.tmp-ckpt-<step>`` and the main process renames it to ``ckpt-<step>`` once all have
+finished: a crash mid-write leaves only a temporary directory, which is ignored (and removed by the next save), so
+``resume=auto`` always finds the previous complete checkpoint. This assumes ``out_dir`` is on a file system that
+every process sees (as does Accelerate's save_state).
+
+Fault injection for tests: ``CAVMAE_FAULT=kill_in_save:<step>`` SIGKILLs the process after it wrote the model file
+of that step's checkpoint; ``CAVMAE_FAULT=kill_after_step:<step>`` (see cavmae/train.py) after that step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from cavmae.checkpoint import CheckpointError, _load_strict
+from cavmae.config import Config
+
+log = logging.getLogger(__name__)
+
+CKPT_RE = re.compile(r"^ckpt-(\d{8})$")
+FILES = ("model.safetensors", "optimizer.pt", "trainer_state.pt", "config.yaml", "meta.json")
+
+
+@dataclass
+class TrainState:
+    """Where a run is. ``batch_in_epoch`` counts micro-batches of the current epoch already consumed."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    samples: int = 0  # clips seen, all processes together
+    bad_in_row: int = 0  # consecutive steps skipped for a non-finite loss or gradient
+    bad_total: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def fault_point(name: str, step: int) -> None:
+    """Test hook: SIGKILL this process at the named point if ``CAVMAE_FAULT=<name>:<step>`` says so."""
+    spec = os.environ.get("CAVMAE_FAULT", "")
+    if spec and spec == f"{name}:{step}":
+        log.warning("CAVMAE_FAULT=%s: killing this process", spec)
+        logging.shutdown()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RNG states as tensors / lists (loadable with weights_only=True; numpy's state is a tuple holding an ndarray)
+
+
+def capture_rng() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# finding checkpoints
+
+
+def checkpoint_root(out_dir: str | Path) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def list_checkpoints(out_dir: str | Path) -> list[Path]:
+    """Complete checkpoints (renamed into place, with meta.json), oldest first."""
+    root = checkpoint_root(out_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if CKPT_RE.match(p.name) and (p / "meta.json").is_file()]
+    return sorted(found, key=lambda p: int(CKPT_RE.match(p.name).group(1)))
+
+
+def resolve_resume(resume: str, out_dir: str | Path) -> Path | None:
+    """``""`` -> None; ``auto`` -> the latest complete checkpoint of out_dir (None if there is none yet);
+    otherwise a checkpoint directory, which must exist and be complete."""
+    if not resume:
+        return None
+    if resume == "auto":
+        found = list_checkpoints(out_dir)
+        if not found:
+            log.info("resume=auto: no complete checkpoint in %s, starting from scratch", checkpoint_root(out_dir))
+            return None
+        return found[-1]
+    path = Path(resume)
+    if not (path / "meta.json").is_file():
+        raise CheckpointError(
+            f"train.resume={resume!r}: not a complete checkpoint directory (no meta.json); use 'auto' or a "
+            f"{checkpoint_root(out_dir)}/ckpt-* directory"
+        )
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# saving
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    accelerator,
+    out_dir: str | Path,
+    state: TrainState,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    cfg: Config,
+    keep_last: int = 0,
+) -> Path:
+    """Write the checkpoint of ``state.step`` atomically (every process must call this). Returns its path."""
+    root = checkpoint_root(out_dir)
+    final = root / f"ckpt-{state.step:08d}"
+    tmp = root / f".tmp-ckpt-{state.step:08d}"
+    main = accelerator.is_main_process
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-ckpt-*"):  # left by a crash mid-save: never complete, never read
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    accelerator.wait_for_everyone()
+
+    torch.save(capture_rng(), tmp / f"rng-{accelerator.process_index}.pt")
+    if main:
+        weights = {k: v.detach().cpu().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"step": str(state.step)})
+        fault_point("kill_in_save", state.step)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+        trainer = {"state": state.to_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler}
+        torch.save(trainer, tmp / "trainer_state.pt")
+        cfg.save(tmp / "config.yaml")
+    accelerator.wait_for_everyone()
+    if main:
+        meta = {
+            "step": state.step,
+            "epoch": state.epoch,
+            "world_size": accelerator.num_processes,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        for f in tmp.iterdir():
+            _fsync(f)
+        if final.exists():  # the same step saved again (e.g. the final save after a resume): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync(root)
+        if keep_last > 0:
+            for old in list_checkpoints(out_dir)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        log.info("saved checkpoint %s", final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loading
+
+
+def _load_pt(path: Path):
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"{path} could not be read with weights_only=True (damaged, or it holds pickled objects, which we "
+            f"refuse to unpickle): {e}"
+        ) from e
+
+
+def load_checkpoint(
+    path: str | Path, accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, cfg: Config
+) -> TrainState:
+    """Restore everything :func:`save_checkpoint` wrote into the (prepared) model, optimizer and scheduler, plus
+    this process's RNG states. Returns the run state to continue from."""
+    path = Path(path)
+    for name in FILES:
+        if not (path / name).is_file():
+            raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing")
+    meta = json.loads((path / "meta.json").read_text())
+    try:
+        weights = load_file(str(path / "model.safetensors"))
+    except Exception as e:
+        raise CheckpointError(f"{path / 'model.safetensors'} is not a readable safetensors file: {e}") from e
+    _load_strict(accelerator.unwrap_model(model), weights, str(path / "model.safetensors"))
+    try:
+        optimizer.load_state_dict(_load_pt(path / "optimizer.pt"))
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path / 'optimizer.pt'} does not fit this model's parameter groups: {e}") from e
+    trainer = _load_pt(path / "trainer_state.pt")
+    scheduler.load_state_dict(trainer["scheduler"])
+    if accelerator.scaler is not None and trainer.get("scaler"):
+        accelerator.scaler.load_state_dict(trainer["scaler"])
+    rng = path / f"rng-{accelerator.process_index}.pt"
+    if meta.get("world_size") != accelerator.num_processes:
+        log.warning(
+            "checkpoint %s was written by %s processes, this run has %d: the data order and random masks will "
+            "differ from an uninterrupted run",
+            path,
+            meta.get("world_size"),
+            accelerator.num_processes,
+        )
+    if rng.is_file():
+        restore_rng(_load_pt(rng))
+    else:
+        log.warning("%s has no RNG state for process %d; continuing with fresh seeds", path, accelerator.process_index)
+    _warn_config_changes(path, cfg)
+    state = TrainState(**trainer["state"])
+    log.info("resumed from %s (step %d, epoch %d)", path, state.step, state.epoch)
+    return state
+
+
+def _warn_config_changes(path: Path, cfg: Config) -> None:
+    """Log the settings that differ from the checkpoint's (some changes are intended, e.g. more epochs)."""
+    saved = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    now = cfg.to_dict()
+    changed = []
+    for section, values in now.items():
+        for key, value in values.items():
+            old = saved.get(section, {}).get(key)
+            if old != value and f"{section}.{key}" not in ("train.resume", "train.out_dir"):
+                changed.append(f"{section}.{key}: {old!r} -> {value!r}")
+    if changed:
+        log.warning("config differs from checkpoint %s: %s", path, "; ".join(changed))

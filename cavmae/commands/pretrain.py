@@ -1,0 +1,46 @@
+"""``cavmae pretrain --config RECIPE [--resume auto|DIR] [key=value ...]``: CAV-MAE pre-training.
+
+The same code runs under ``python -m cavmae.cli pretrain``, ``accelerate launch scripts/pretrain.py`` and
+``torchrun scripts/pretrain.py``: Accelerate reads the process layout from the launcher's environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from cavmae.checkpoint import CheckpointError
+from cavmae.config import ConfigError, load_config
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="recipe YAML (default: the built-in CAV-MAE base recipe)")
+    p.add_argument("--resume", help="'auto' (latest complete checkpoint of train.out_dir) or a checkpoint directory")
+    p.add_argument("overrides", nargs="*", default=[], help="dotted config overrides, e.g. train.epochs=5")
+
+
+def run(args: argparse.Namespace, task: str = "pretrain") -> int:
+    from cavmae.train import TrainingStopped, train
+
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if not main_process:  # one copy of the log is enough; warnings and errors still come from every process
+        logging.getLogger().setLevel(logging.WARNING)
+    overrides = [f"train.task={task}", *args.overrides]
+    if args.resume:
+        overrides.append(f"train.resume={args.resume}")
+    try:
+        cfg = load_config(args.config, overrides)
+        out_dir = train(cfg)
+    except (ConfigError, CheckpointError) as e:
+        log.error("%s", e)
+        return 2
+    except TrainingStopped as e:
+        log.error("%s", e)
+        return 1
+    if main_process:
+        run = out_dir.resolve()
+        print(f"run directory: {run}  (model: {run / 'model'}, metrics: {run / 'metrics.jsonl'})")
+    return 0
