@@ -163,8 +163,13 @@ class TrainConfig:
     val_at_start: bool = False  # validate the initial model too (a baseline for the curves)
     val_batches: int = 0  # validation batches per process (0 = the whole validation split)
     progress_bar: bool = True  # tqdm bar on the main process
-    avg_weights_from: int = -1  # fine-tuning: average weights of epochs [from, to] (inclusive); -1 = off
-    avg_weights_to: int = -1
+    # fine-tuning
+    ft_mode: Literal["audiovisual", "audio", "video"] = "audiovisual"  # which inputs the classifier sees
+    ft_loss: Literal["bce", "ce"] = "bce"  # bce: multi-label (AudioSet, mAP); ce: single-label (VGGSound, top-1)
+    # fine-tuning: the final model is the average of the weights after epochs [from, to] (1-based, inclusive);
+    # avg_weights_from = 0 turns averaging off, avg_weights_to = 0 means the last epoch
+    avg_weights_from: int = 0
+    avg_weights_to: int = 0
 
 
 @dataclass

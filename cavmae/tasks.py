@@ -35,6 +35,8 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
 
 
 def get_task(name: str) -> Task:
+    import cavmae.finetune  # noqa: F401  (registers "finetune"; imported here to keep the dependency one-way)
+
     if name not in _TASKS:
         raise ConfigError(f"train.task={name!r} has no training task yet; available: {', '.join(sorted(_TASKS))}")
     return _TASKS[name]()
@@ -77,6 +79,12 @@ class Task:
     def figure(self, model: nn.Module, batch: dict, path: Path, cfg: Config) -> Path | None:
         """Draw a figure of ``batch`` into ``path`` (PNG); None when the task has none."""
         return None
+
+    def end_of_epoch(self, model: nn.Module, epoch: int, out_dir: Path, cfg: Config) -> None:
+        """Called on the main process after training epoch ``epoch`` (0-based) finished (e.g. weight snapshots)."""
+
+    def finish(self, model: nn.Module, out_dir: Path, cfg: Config) -> None:
+        """Called on the main process after the last step, before the final model is saved (e.g. averaging)."""
 
 
 def sum_over_processes(accelerator, sums: dict[str, float]) -> dict[str, float]:

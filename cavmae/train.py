@@ -361,6 +361,8 @@ def _train(cfg: Config, task: Task, accelerator) -> Path:
 
         epoch_done = state.batch_in_epoch + accum > steps_per_epoch * accum
         if epoch_done:
+            if main:
+                task.end_of_epoch(accelerator.unwrap_model(model), state.epoch, out_dir, cfg)
             state.epoch += 1
             state.batch_in_epoch = 0
             batches = None
@@ -381,6 +383,7 @@ def _train(cfg: Config, task: Task, accelerator) -> Path:
 
     logger.close()
     if main:
+        task.finish(accelerator.unwrap_model(model), out_dir, cfg)
         save_pretrained(accelerator.unwrap_model(model), out_dir / "model", cfg)
     accelerator.wait_for_everyone()
     log.info(

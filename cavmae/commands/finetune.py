@@ -1,0 +1,18 @@
+"""``cavmae finetune --config RECIPE [--resume auto|DIR] [key=value ...]``: fine-tune a classifier.
+
+Start from a pre-trained model with ``train.init=runs/pretrain/model`` (ours) or a public CAV-MAE ``.pth``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from cavmae.commands import pretrain
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    pretrain.add_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    return pretrain.run(args, task="finetune")
