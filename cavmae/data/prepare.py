@@ -1,0 +1,669 @@
+"""``cavmae prepare``: media files + metadata -> WebDataset shards and a manifest.
+
+Three kinds of input (see :mod:`cavmae.data.labels` for the file formats):
+
+- a folder of videos and an AudioSet segments CSV or a VGGSound CSV (labelled);
+- a CAV-MAE datafile JSON (wav files + pre-extracted frames, labelled);
+- a plain folder of videos (unlabelled, for self-supervised pre-training).
+
+Planning (:func:`plan_inputs`) turns these into a sorted list of :class:`ClipInput` plus the rows and files that
+cannot be used. Preparing (:func:`prepare_shards`) decodes every input in worker processes and packs the results
+in input order into ``<name>-000000.tar`` ... (a new shard starts when the current one holds
+``samples_per_shard`` samples or would pass ``max_shard_bytes``), then writes ``<name>-manifest.json`` and
+``<name>-labels.csv``.
+
+Determinism and restarts: inputs are sorted by key and results are packed in that order whatever the number of
+workers, and tars carry fixed metadata, so the same inputs and options give byte-identical shards. Each shard is
+written to ``<shard>.tmp`` and renamed when complete; ``<name>-progress.json`` (rewritten atomically after every
+shard) records the finished shards and the input index where the next one starts. Running again after an
+interruption checks the finished shards (size), keeps them, discards the partial one and continues from there, so
+the result is the same as an uninterrupted run. A finished job (manifest present, same inputs and options) is not
+redone.
+
+Failures never stop the job: every input that cannot be used is listed in the manifest with its reason
+(``failed``), as are metadata rows without a file (``missing``), media files no row names (``unmatched``) and
+files that are not media (``ignored``).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from cavmae.data.labels import (
+    LabelIndex,
+    MetadataError,
+    detect_csv_layout,
+    read_audioset_csv,
+    read_datafile,
+    read_vggsound_csv,
+)
+from cavmae.data.media import MediaError, decode_clip, evenly_spaced_times, probe, read_audio
+from cavmae.data.shards import (
+    NUM_FRAMES,
+    TarShardWriter,
+    file_sha256,
+    make_key,
+    sample_bytes,
+    shard_name,
+)
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTS = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".3gp", ".ts"}
+AUDIO_EXTS = {".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus"}
+MEDIA_EXTS = VIDEO_EXTS | AUDIO_EXTS
+FORMAT = "cavmae-shards/1"
+
+
+@dataclass
+class ClipInput:
+    """One clip to turn into a sample (picklable: it travels to the worker processes)."""
+
+    key: str
+    source: str  # absolute path of the media file (datafile mode: the wav)
+    rel: str  # source as recorded in the sample (relative to the input folder when possible)
+    clip_start: float = 0.0  # window of the file to use (s)
+    clip_end: float | None = None  # None: to the end of the file
+    ytid: str | None = None
+    start: float | None = None  # segment in the original video, as the metadata gives it
+    end: float | None = None
+    labels: list[str] = field(default_factory=list)
+    label_indices: list[int] = field(default_factory=list)
+    split: str | None = None
+    frame_paths: list[str] | None = None  # datafile mode: frame_0 .. frame_9 JPEG paths
+
+
+@dataclass
+class Plan:
+    """What prepare will do: inputs in order, plus what was found unusable while reading the metadata."""
+
+    mode: str  # "audioset", "vggsound", "datafile" or "folder"
+    inputs: list[ClipInput]
+    label_index: LabelIndex | None
+    failed: list[dict] = field(default_factory=list)  # {"input", "reason"}
+    missing: list[dict] = field(default_factory=list)  # metadata rows whose file was not found
+    unmatched: list[str] = field(default_factory=list)  # media files that no metadata row names
+    ignored: list[str] = field(default_factory=list)  # files that are not media
+
+
+@dataclass
+class PrepareOptions:
+    """How each clip is stored. Defaults follow CAV-MAE (ten frames per clip, 224 px for the 224 px model)."""
+
+    frame_size: int = 224  # frames are resized so that their shorter side is at most this (never enlarged)
+    num_frames: int = NUM_FRAMES
+    jpeg_quality: int = 90
+    store: Literal["decoded", "mp4", "both"] = "decoded"  # decoded: flac + jpg; mp4: raw file only; both: all
+    clip_seconds: float = 10.0  # window read from a file when the metadata gives no end (folders, VGGSound)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# planning
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _scan(folder: Path) -> tuple[list[Path], list[str]]:
+    """Media files under `folder` (recursive, sorted) and the other files (ignored)."""
+    if not folder.is_dir():
+        raise MetadataError(f"video folder {folder} does not exist or is not a folder")
+    media, ignored = [], []
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(folder).parts):
+            continue
+        (media if p.suffix.lower() in MEDIA_EXTS else ignored).append(p)
+    return media, [_rel(p, folder) for p in ignored]
+
+
+def _dedupe(inputs: list[ClipInput], failed: list[dict]) -> list[ClipInput]:
+    """Sort by key; a later input with a key already taken fails (keys must be unique inside the shards)."""
+    inputs = sorted(inputs, key=lambda c: (c.key, c.rel))
+    out, seen = [], {}
+    for c in inputs:
+        if c.key in seen:
+            failed.append({"input": c.rel, "reason": f"duplicate key {c.key} (also the key of {seen[c.key]})"})
+            continue
+        seen[c.key] = c.rel
+        out.append(c)
+    return out
+
+
+def plan_folder(videos: str | Path, clip_seconds: float = 10.0) -> Plan:
+    """Every media file of a folder as one unlabelled clip (its first `clip_seconds`)."""
+    root = Path(videos).resolve()
+    media, ignored = _scan(root)
+    failed: list[dict] = []
+    inputs = []
+    for p in media:
+        try:
+            key = make_key(p.stem)
+        except ValueError as e:
+            failed.append({"input": _rel(p, root), "reason": str(e)})
+            continue
+        inputs.append(ClipInput(key=key, source=str(p), rel=_rel(p, root), clip_start=0.0, clip_end=clip_seconds))
+    return Plan("folder", _dedupe(inputs, failed), None, failed=failed, ignored=ignored)
+
+
+def _candidate_stems(ytid: str, start: float) -> list[tuple[str, bool]]:
+    """File stems that name a clip, and whether the file is the clip itself (True) or the whole video (False)."""
+    stems = [(f"{ytid}_{start:.3f}", True), (f"{ytid}_{int(start):06d}", True), (f"{ytid}_{int(start)}", True)]
+    if float(start).is_integer():
+        stems.append((f"{ytid}_{start:.1f}", True))
+    stems.append((ytid, False))
+    return stems
+
+
+def plan_segments(
+    videos: str | Path,
+    csv_path: str | Path,
+    label_csv: str | Path | None = None,
+    *,
+    layout: Literal["auto", "audioset", "vggsound"] = "auto",
+    split: str | None = None,
+    clip_seconds: float = 10.0,
+) -> Plan:
+    """Clips named by an AudioSet segments CSV or a VGGSound CSV, matched to the files of a folder.
+
+    A row matches ``<ytid>_<start:.3f>``, ``<ytid>_<start:06d>`` or ``<ytid>_<start>`` (a file holding just the
+    clip: used from 0 s) or ``<ytid>`` (the whole video: the window [start, end] is used). Labels are mapped with
+    `label_csv` (mids for AudioSet, display names or mids for VGGSound); without it an index is built from the
+    labels in the CSV (sorted).
+    """
+    root = Path(videos).resolve()
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise MetadataError(f"metadata CSV {csv_path} does not exist")
+    if layout == "auto":
+        layout = detect_csv_layout(csv_path)  # type: ignore[assignment]
+    if layout == "audioset":
+        rows, problems = read_audioset_csv(csv_path)
+    elif layout == "vggsound":
+        rows, problems = read_vggsound_csv(csv_path, split)
+    else:
+        raise MetadataError(f"unknown CSV layout {layout!r}; expected 'audioset' or 'vggsound'")
+    if label_csv:
+        index = LabelIndex.from_csv(label_csv)
+    else:
+        index = LabelIndex.from_names([label for r in rows for label in r.labels])
+        log.warning("no label index given: built one from the %d labels in %s (sorted)", len(index), csv_path)
+    media, ignored = _scan(root)
+    by_stem: dict[str, Path] = {}
+    for p in media:
+        by_stem.setdefault(p.stem, p)
+    failed = [{"input": p.where, "reason": p.reason} for p in problems]
+    missing, inputs, used = [], [], set()
+    for row in rows:
+        stems = _candidate_stems(row.ytid, row.start)
+        found = next(((by_stem[s], is_clip) for s, is_clip in stems if s in by_stem), None)
+        if found is None:
+            missing.append({"input": row.where, "ytid": row.ytid, "start": row.start, "reason": "no file found"})
+            continue
+        path, is_clip = found
+        used.add(path)
+        found_idx = [index.get(label) for label in row.labels]
+        unknown = [label for label, i in zip(row.labels, found_idx) if i is None]
+        indices = [int(i) for i in found_idx if i is not None]
+        if unknown:
+            failed.append({"input": _rel(path, root), "reason": f"unknown label(s) {unknown} (not in the label index)"})
+            continue
+        length = (row.end - row.start) if row.end is not None else clip_seconds
+        clip_start = 0.0 if is_clip else row.start
+        inputs.append(
+            ClipInput(
+                key=make_key(path.stem),
+                source=str(path),
+                rel=_rel(path, root),
+                clip_start=clip_start,
+                clip_end=clip_start + length,
+                ytid=row.ytid,
+                start=row.start,
+                end=row.end if row.end is not None else row.start + length,
+                labels=list(row.labels),
+                label_indices=indices,
+                split=row.split,
+            )
+        )
+    unmatched = [_rel(p, root) for p in media if p not in used]
+    return Plan(
+        layout,
+        _dedupe(inputs, failed),
+        index,
+        failed=failed,
+        missing=missing,
+        unmatched=unmatched,
+        ignored=ignored,
+    )
+
+
+def plan_datafile(datafile: str | Path, label_csv: str | Path | None = None) -> Plan:
+    """Clips of a CAV-MAE datafile JSON: audio from the wav, frames from ``<video_path>/frame_<i>/<id>.jpg``.
+
+    Relative paths are taken relative to the datafile's folder.
+    """
+    datafile = Path(datafile)
+    entries, problems = read_datafile(datafile)
+    if label_csv:
+        index = LabelIndex.from_csv(label_csv)
+    else:
+        index = LabelIndex.from_names([m for e in entries for m in e.labels])
+        log.warning("no label index given: built one from the %d labels in %s (sorted)", len(index), datafile)
+    base = datafile.resolve().parent
+    failed = [{"input": p.where, "reason": p.reason} for p in problems]
+    inputs = []
+    for e in entries:
+        wav = Path(e.wav) if Path(e.wav).is_absolute() else base / e.wav
+        vpath = Path(e.video_path) if Path(e.video_path).is_absolute() else base / e.video_path
+        indices = [index.get(m) for m in e.labels]
+        if None in indices:
+            unknown = [m for m, i in zip(e.labels, indices) if i is None]
+            failed.append({"input": e.where, "reason": f"unknown label(s) {unknown} (not in the label index)"})
+            continue
+        try:
+            key = make_key(e.video_id)
+        except ValueError as err:
+            failed.append({"input": e.where, "reason": str(err)})
+            continue
+        frames = [str(vpath / f"frame_{i}" / f"{e.video_id}.jpg") for i in range(NUM_FRAMES)]
+        inputs.append(
+            ClipInput(
+                key=key,
+                source=str(wav),
+                rel=e.wav,
+                labels=list(e.labels),
+                label_indices=[int(i) for i in indices],
+                frame_paths=frames,
+            )
+        )
+    return Plan("datafile", _dedupe(inputs, failed), index, failed=failed)
+
+
+def plan_inputs(
+    *,
+    videos: str | Path | None = None,
+    csv: str | Path | None = None,
+    datafile: str | Path | None = None,
+    label_csv: str | Path | None = None,
+    layout: Literal["auto", "audioset", "vggsound"] = "auto",
+    split: str | None = None,
+    clip_seconds: float = 10.0,
+) -> Plan:
+    """The plan for one of the three input kinds: `datafile`, or `videos` with `csv`, or `videos` alone."""
+    if datafile is not None:
+        if videos is not None or csv is not None:
+            raise MetadataError("give either a datafile or a video folder (with or without a CSV), not both")
+        return plan_datafile(datafile, label_csv)
+    if videos is None:
+        raise MetadataError("nothing to prepare: give a video folder (--videos) or a datafile (--datafile)")
+    if csv is not None:
+        return plan_segments(videos, csv, label_csv, layout=layout, split=split, clip_seconds=clip_seconds)
+    return plan_folder(videos, clip_seconds)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one clip -> one sample (runs in the worker processes)
+
+
+def _jpeg(frame: np.ndarray, size: int, quality: int) -> tuple[bytes, tuple[int, int]]:
+    """RGB uint8 [H, W, 3] -> JPEG bytes with the shorter side at most `size` (bicubic), and the stored (H, W)."""
+    from PIL import Image
+
+    img = Image.fromarray(frame)
+    w, h = img.size
+    if size and min(w, h) > size:
+        scale = size / min(w, h)
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue(), (img.size[1], img.size[0])
+
+
+def _flac(audio: np.ndarray) -> bytes:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(audio, -1.0, 1.0), 16000, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _meta(inp: ClipInput, **extra) -> dict:
+    meta = {
+        "key": inp.key,
+        "source": inp.rel,
+        "ytid": inp.ytid,
+        "start": inp.start,
+        "end": inp.end,
+        "labels": inp.labels,
+        "label_indices": inp.label_indices,
+        "split": inp.split,
+    }
+    meta.update(extra)
+    return meta
+
+
+def _encode_json(meta: dict) -> bytes:
+    return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _video_sample(inp: ClipInput, opts: PrepareOptions) -> dict[str, bytes]:
+    clip = decode_clip(inp.source, start=inp.clip_start, end=inp.clip_end, num_frames=opts.num_frames)
+    members: dict[str, bytes] = {}
+    frame_size = [clip.height, clip.width]
+    if opts.store in ("decoded", "both"):
+        members["flac"] = _flac(clip.audio)
+        for i, frame in enumerate(clip.frames):
+            members[f"f{i}.jpg"], hw = _jpeg(frame, opts.frame_size, opts.jpeg_quality)
+            frame_size = list(hw)
+    if opts.store in ("mp4", "both"):
+        members["mp4"] = Path(inp.source).read_bytes()
+    members["json"] = _encode_json(
+        _meta(
+            inp,
+            clip_start=round(clip.clip_start, 6),
+            clip_end=round(clip.clip_end, 6),
+            duration=round(clip.duration, 6),
+            fps=round(clip.fps, 6),
+            frame_times=clip.frame_times,
+            frame_size=frame_size,
+            num_frames=len(clip.frames),
+        )
+    )
+    return members
+
+
+def _datafile_sample(inp: ClipInput, opts: PrepareOptions) -> dict[str, bytes]:
+    from PIL import Image
+
+    _, has_audio = probe(inp.source)
+    if not has_audio:
+        raise MediaError("no audio stream")
+    audio = read_audio(inp.source)
+    paths = inp.frame_paths or []
+    present = [i for i, p in enumerate(paths) if os.path.isfile(p)]
+    if not present:
+        raise MediaError(f"no frames found (expected {paths[0] if paths else '<video_path>/frame_0/<id>.jpg'})")
+    members = {"flac": _flac(audio)}
+    frame_size: list[int] = []
+    for i in range(len(paths)):
+        src = paths[min(present, key=lambda j: (abs(j - i), j))]  # a missing frame takes the nearest present one
+        try:
+            with Image.open(src) as img:
+                rgb = np.asarray(img.convert("RGB"))
+        except Exception as e:
+            raise MediaError(f"undecodable frame {src}: {e}") from e
+        members[f"f{i}.jpg"], hw = _jpeg(rgb, opts.frame_size, opts.jpeg_quality)
+        frame_size = list(hw)
+    duration = len(audio) / 16000
+    members["json"] = _encode_json(
+        _meta(
+            inp,
+            clip_start=0.0,
+            clip_end=round(duration, 6),
+            duration=round(duration, 6),
+            fps=None,
+            frame_times=[round(t, 6) for t in evenly_spaced_times(0.0, duration, len(paths))],
+            frame_size=frame_size,
+            num_frames=len(paths),
+            missing_frames=[i for i in range(len(paths)) if i not in present],
+        )
+    )
+    return members
+
+
+def process_clip(inp: ClipInput, opts: PrepareOptions) -> tuple[bool, dict[str, bytes] | str]:
+    """(True, members) for a good clip, (False, reason) for one that cannot be used. Never raises."""
+    try:
+        if inp.frame_paths is not None:
+            return True, _datafile_sample(inp, opts)
+        return True, _video_sample(inp, opts)
+    except MediaError as e:
+        return False, e.reason
+    except Exception as e:  # anything else in a decoder must not stop the job; the reason says what happened
+        log.debug("unexpected error on %s", inp.source, exc_info=True)
+        return False, f"unexpected error: {type(e).__name__}: {e}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# packing into shards, with restart
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _fingerprint(plan: Plan, opts: PrepareOptions, samples_per_shard: int, max_shard_bytes: int) -> str:
+    payload = {
+        "format": FORMAT,
+        "inputs": [dataclasses.asdict(c) for c in plan.inputs],
+        "options": dataclasses.asdict(opts),
+        "samples_per_shard": samples_per_shard,
+        "max_shard_bytes": max_shard_bytes,
+        "labels": plan.label_index.to_records() if plan.label_index else None,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _results(inputs: list[ClipInput], opts: PrepareOptions, workers: int):
+    """(True, members) / (False, reason) for each input, in input order; at most 4 clips per worker in flight."""
+    if workers <= 0:
+        for inp in inputs:
+            yield process_clip(inp, opts)
+        return
+    ctx = multiprocessing.get_context()
+    with ctx.Pool(workers) as pool:
+        pending: collections.deque = collections.deque()
+        it = iter(inputs)
+        for inp in it:
+            pending.append(pool.apply_async(process_clip, (inp, opts)))
+            if len(pending) >= 4 * workers:
+                break
+        while pending:
+            yield pending.popleft().get()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.apply_async(process_clip, (nxt, opts)))
+
+
+class PrepareError(RuntimeError):
+    """The output folder holds something prepare must not overwrite without being told to."""
+
+
+def prepare_shards(
+    plan: Plan,
+    out_dir: str | Path,
+    *,
+    name: str = "data",
+    samples_per_shard: int = 1000,
+    max_shard_bytes: int = 0,
+    workers: int = 0,
+    options: PrepareOptions | None = None,
+    overwrite: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict:
+    """Decode the plan's inputs and write shards + manifest into `out_dir`; returns the manifest.
+
+    samples_per_shard / max_shard_bytes (0 = no limit) bound each shard; workers = 0 decodes in this process.
+    `progress(event, shard, count)` is called with ("sample", shard index, samples in it so far) after each sample
+    and ("shard", shard index, samples) after each finished shard.
+    """
+    opts = options or PrepareOptions()
+    if samples_per_shard < 1:
+        raise ValueError("samples_per_shard must be at least 1")
+    if "/" in name or not name:
+        raise ValueError(f"shard name {name!r} must be a plain file name prefix")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_file = out / f"{name}-manifest.json"
+    progress_file = out / f"{name}-progress.json"
+    fp = _fingerprint(plan, opts, samples_per_shard, max_shard_bytes)
+
+    if manifest_file.exists() and not overwrite:
+        old = json.loads(manifest_file.read_text())
+        if old.get("fingerprint") == fp and all((out / s["file"]).is_file() for s in old["shards"]):
+            log.info("%s is complete (same inputs and options); nothing to do", manifest_file)
+            return old
+        raise PrepareError(f"{manifest_file} comes from other inputs or options; pass overwrite (--overwrite)")
+    state = {"fingerprint": fp, "shards": [], "failed": [], "next_input": 0}
+    if progress_file.exists() and not overwrite:
+        saved = json.loads(progress_file.read_text())
+        if saved.get("fingerprint") != fp:
+            raise PrepareError(
+                f"{progress_file} belongs to an interrupted run with other inputs or options; "
+                "pass overwrite (--overwrite) to start again"
+            )
+        state = _resume_state(saved, out)
+    elif not overwrite and any(out.glob(f"{name}-[0-9]*.tar")):
+        raise PrepareError(
+            f"{out} already holds {name}-*.tar shards that no progress file describes; "
+            "pass overwrite (--overwrite) or choose another --name"
+        )
+    # Drop partial shards and shards past the resume point (from the interrupted run; rewritten identically).
+    keep = {s["file"] for s in state["shards"]}
+    for p in list(out.glob(f"{name}-[0-9]*.tar")) + list(out.glob(f"{name}-[0-9]*.tar.tmp")):
+        if p.name not in keep:
+            p.unlink()
+    if overwrite:
+        manifest_file.unlink(missing_ok=True)
+    _write_json_atomic(progress_file, state)
+
+    num_classes = len(plan.label_index) if plan.label_index else 0
+    start = state["next_input"]
+    if start:
+        log.info(
+            "resuming after %d finished shard(s), at input %d of %d", len(state["shards"]), start, len(plan.inputs)
+        )
+    writer: TarShardWriter | None = None
+    shard_first = start
+    shard_labels: collections.Counter = collections.Counter()
+    shard_keys: list[str] = []
+
+    def finish(end_input: int) -> None:
+        nonlocal writer, shard_first, shard_labels, shard_keys
+        assert writer is not None
+        index = len(state["shards"])
+        writer.close()
+        final = out / shard_name(name, index)
+        os.replace(writer.path, final)
+        state["shards"].append(
+            {
+                "file": final.name,
+                "count": writer.count,
+                "bytes": final.stat().st_size,
+                "sha256": file_sha256(final),
+                "first_key": shard_keys[0],
+                "last_key": shard_keys[-1],
+                "first_input": shard_first,
+                "end_input": end_input,
+                "label_counts": {str(k): v for k, v in sorted(shard_labels.items())},
+            }
+        )
+        state["next_input"] = end_input
+        _write_json_atomic(progress_file, state)
+        log.info("wrote %s (%d samples, %.1f MB)", final.name, writer.count, final.stat().st_size / 1e6)
+        if progress:
+            progress("shard", index, writer.count)
+        writer, shard_first, shard_labels, shard_keys = None, end_input, collections.Counter(), []
+
+    for i, (ok, result) in enumerate(_results(plan.inputs[start:], opts, workers), start=start):
+        inp = plan.inputs[i]
+        if not ok:
+            log.warning("skipped %s: %s", inp.rel, result)
+            state["failed"].append({"input": inp.rel, "index": i, "reason": result})
+            continue
+        members = result
+        size = sample_bytes(inp.key, members)
+        if writer is not None and (
+            writer.count >= samples_per_shard or (max_shard_bytes and writer.size + size + 1024 > max_shard_bytes)
+        ):
+            finish(i)
+        if writer is None:
+            writer = TarShardWriter(out / (shard_name(name, len(state["shards"])) + ".tmp"))
+        writer.write(inp.key, members)
+        shard_keys.append(inp.key)
+        shard_labels.update(inp.label_indices)
+        if progress:
+            progress("sample", len(state["shards"]), writer.count)
+    if writer is not None:
+        finish(len(plan.inputs))
+
+    manifest = _manifest(plan, state, opts, name, samples_per_shard, max_shard_bytes, num_classes)
+    if plan.label_index is not None:
+        plan.label_index.to_csv(out / f"{name}-labels.csv")
+    _write_json_atomic(manifest_file, manifest)
+    progress_file.unlink(missing_ok=True)
+    log.info(
+        "%d samples in %d shard(s); %d failed, %d rows without a file -> %s",
+        manifest["num_samples"],
+        len(manifest["shards"]),
+        len(manifest["failed"]),
+        len(manifest["missing"]),
+        manifest_file,
+    )
+    return manifest
+
+
+def _resume_state(saved: dict, out: Path) -> dict:
+    """The saved progress, cut at the first finished shard that is missing or has the wrong size."""
+    good = []
+    for s in saved["shards"]:
+        p = out / s["file"]
+        if not p.is_file() or p.stat().st_size != s["bytes"]:
+            log.warning("finished shard %s is missing or changed; redoing from there", s["file"])
+            break
+        good.append(s)
+    next_input = good[-1]["end_input"] if good else 0
+    return {
+        "fingerprint": saved["fingerprint"],
+        "shards": good,
+        "failed": [f for f in saved["failed"] if f["index"] < next_input],
+        "next_input": next_input,
+    }
+
+
+def _manifest(
+    plan: Plan, state: dict, opts: PrepareOptions, name: str, samples_per_shard: int, max_bytes: int, k: int
+) -> dict:
+    counts = [0] * k
+    for s in state["shards"]:
+        for idx, c in s["label_counts"].items():
+            counts[int(idx)] += c
+    failed = sorted(plan.failed, key=lambda f: f["input"]) + [
+        {"input": f["input"], "reason": f["reason"]} for f in state["failed"]
+    ]
+    return {
+        "format": FORMAT,
+        "name": name,
+        "mode": plan.mode,
+        "fingerprint": state["fingerprint"],
+        "options": {**dataclasses.asdict(opts), "samples_per_shard": samples_per_shard, "max_shard_bytes": max_bytes},
+        "num_inputs": len(plan.inputs),
+        "num_samples": sum(s["count"] for s in state["shards"]),
+        "shards": [
+            {k2: s[k2] for k2 in ("file", "count", "bytes", "sha256", "first_key", "last_key")} for s in state["shards"]
+        ],
+        "label_index": plan.label_index.to_records() if plan.label_index else [],
+        "label_counts": counts,
+        "failed": failed,
+        "missing": plan.missing,
+        "unmatched": plan.unmatched,
+        "ignored": plan.ignored,
+    }
