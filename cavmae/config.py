@@ -109,10 +109,16 @@ class DataConfig:
     mixup: float = 0.0
     mixup_alpha: float = 10.0
     label_smoothing: float = 0.0
+    # class-balanced sampling (AudioSet-2M / VGGSound fine-tuning): sample weight = sum over its labels of
+    # 1 / label count (from the shard manifests), mean 1. "resample": each sample is repeated floor(w) or
+    # floor(w) + 1 times in the stream (expected frequencies of CAV-MAE's weighted sampler); "weights": the stream is
+    # left alone and batches carry "weights" [B] for a weighted loss.
     class_balanced: bool = False
-    label_csv: str = ""  # label index CSV (index,mid,display_name); empty = taken from the shard manifest
-    fbank_mean: float = -5.081
+    balance_mode: Literal["resample", "weights"] = "resample"
+    label_csv: str = ""  # label index CSV (index,mid,display_name) mapping sample labels by mid; empty = the shards'
+    fbank_mean: float = -5.081  # fbank normalisation (AudioSet statistics, also used for VGGSound)
     fbank_std: float = 4.4849
+    drop_last: bool = True  # training drops each worker's last partial batch; evaluation always keeps it
 
 
 @dataclass

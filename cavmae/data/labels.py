@@ -52,6 +52,10 @@ class LabelIndex:
     def get(self, label: str) -> int | None:
         return self._lookup.get(label.strip())
 
+    def lookup(self) -> dict[str, int]:
+        """Mid or display name -> index (a copy)."""
+        return dict(self._lookup)
+
     @classmethod
     def from_csv(cls, path: str | Path) -> LabelIndex:
         path = Path(path)

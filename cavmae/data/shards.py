@@ -3,7 +3,8 @@
 Sample schema (one WebDataset sample = consecutive tar members sharing a key)::
 
     <key>.json      metadata (UTF-8 JSON, below)
-    <key>.flac      the clip's audio: 16 kHz, mono, 16-bit FLAC
+    <key>.wav       the clip's audio: 16 kHz, mono, 16-bit PCM WAV (default) ...
+    <key>.flac      ... or the same as FLAC (``--audio-format flac``: ~25 % smaller, ~1.7 ms more CPU per sample)
     <key>.f0.jpg .. <key>.f9.jpg
                     RGB frames at evenly spaced times t_i = clip_start + i * (clip_end - clip_start) / 10 (the
                     frame showing t_i), shorter side resized to the prepare-time frame size (never enlarged)
@@ -48,7 +49,8 @@ log = logging.getLogger(__name__)
 
 NUM_FRAMES = 10
 FRAME_EXTS = tuple(f"f{i}.jpg" for i in range(NUM_FRAMES))
-MEMBER_ORDER = ("json", "flac", *FRAME_EXTS, "mp4")
+MEMBER_ORDER = ("json", "wav", "flac", *FRAME_EXTS, "mp4")
+AUDIO_MEMBERS = ("wav", "flac")
 _BLOCK = tarfile.BLOCKSIZE  # 512
 
 
