@@ -11,7 +11,8 @@ Facts that shape this module (design section 3):
 - ``AVReader`` leaks memory: audio and video are read with separate readers.
 
 Every failure raises :class:`MediaError` whose ``reason`` is a short, stable phrase for the manifest
-("empty file (0 bytes)", "no video stream", "no audio stream", "undecodable: ...", "truncated or corrupt video: ...").
+("empty file (0 bytes)", "no video stream", "no audio stream", "undecodable (not media, or truncated): ...",
+"truncated or corrupt video: ...", "undecodable audio: ...").
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def probe(source: Source) -> tuple[bool, bool]:
         with av.open(_open(source)) as container:
             kinds = {s.type for s in container.streams}
     except Exception as e:  # PyAV raises many error types (InvalidDataError, OSError, ...)
-        raise MediaError(f"undecodable: {_short(e)}") from e
+        raise MediaError(f"undecodable (not media, or truncated): {_short(e)}") from e
     return "video" in kinds, "audio" in kinds
 
 
@@ -146,8 +147,8 @@ class VideoFrames:
             self.fps = float(self.reader.get_avg_fps())
         except MediaError:
             raise
-        except Exception as e:
-            raise MediaError(f"undecodable video: {_short(e)}") from e
+        except Exception as e:  # the container opened (probe) but the stream does not read: cut short or damaged
+            raise MediaError(f"truncated or corrupt video: {_short(e)}") from e
 
     @property
     def end_time(self) -> float:
