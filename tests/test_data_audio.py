@@ -108,7 +108,7 @@ def test_spec_augment_masks_within_bounds_and_is_seeded():
 def test_noise_and_roll():
     fb = torch.arange(1024 * 4, dtype=torch.float32).view(1024, 4)
     noisy = add_noise(fb.clone(), torch.Generator().manual_seed(0))
-    assert 0 <= (noisy - fb).min() and (noisy - fb).max() <= 0.1
+    assert (noisy - fb).min() >= 0 and (noisy - fb).max() <= 0.1
     rolled = time_roll(fb, torch.Generator().manual_seed(0))
     shift = int((rolled[:, 0] == 0).nonzero()[0])
     assert torch.equal(rolled, torch.roll(fb, shift, 0))

@@ -85,8 +85,9 @@ def test_datafile_mode_takes_frames_from_folders(media_dir, tmp_path):
     for i in range(10):
         if i == 3:
             continue  # a missing frame takes its nearest neighbour
-        (tmp_path / "frames" / f"frame_{i}").mkdir(parents=True)
-        Image.fromarray(np.full((240, 320, 3), 20 * i, np.uint8)).save(tmp_path / "frames" / f"frame_{i}" / f"{vid}.jpg")
+        folder = tmp_path / "frames" / f"frame_{i}"
+        folder.mkdir(parents=True)
+        Image.fromarray(np.full((240, 320, 3), 20 * i, np.uint8)).save(folder / f"{vid}.jpg")
     datafile = tmp_path / "train.json"
     entry = {"video_id": vid, "wav": str(media_dir / f"{vid}.wav"), "video_path": "frames", "labels": "/m/a,/m/b"}
     datafile.write_text(json.dumps({"data": [entry, {"video_id": "broken"}]}))

@@ -26,8 +26,16 @@ def test_same_seed_same_bytes_other_seed_other_clips(tmp_path):
 
 def test_streams_and_audioset_layout(tmp_path):
     ds = make_synthetic_dataset(
-        tmp_path, num_clips=6, num_classes=3, duration=1.5, size=(48, 32), fps=10, sample_rate=44100, channels=2,
-        multi_label=0.5, seed=1,
+        tmp_path,
+        num_clips=6,
+        num_classes=3,
+        duration=1.5,
+        size=(48, 32),
+        fps=10,
+        sample_rate=44100,
+        channels=2,
+        multi_label=0.5,
+        seed=1,
     )
     with av.open(str(ds.videos / ds.clips[0].file)) as c:
         v, a = c.streams.video[0], c.streams.audio[0]
