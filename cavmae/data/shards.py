@@ -151,12 +151,70 @@ def split_key(name: str) -> tuple[str, str]:
     return name[:dot], name[dot + 1 :].lower()
 
 
+class TarFormatError(ValueError):
+    """Tar data that does not parse (bad checksum, truncated member, unsupported compression)."""
+
+
+def _octal(field: bytes) -> int:
+    if field[:1] in (b"\x80", b"\xff"):  # GNU base-256 for large values
+        return int.from_bytes(field[1:], "big") - (0 if field[:1] == b"\x80" else 1 << (8 * len(field) - 8))
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def iter_tar(stream) -> Iterator[tuple[str, bytes]]:
+    """(name, data) of the regular files of an uncompressed tar stream (ustar, GNU long names, pax paths).
+
+    Written for speed: Python's tarfile spends ~40 us per member on header objects, which at 12 members per sample
+    was a third of the loader's per-sample time. Raises TarFormatError on a bad header checksum or a member cut
+    short; an archive that ends without the two zero blocks ends quietly, as with tar(1).
+    """
+    long_name: str | None = None
+    while True:
+        header = stream.read(_BLOCK)
+        if len(header) < _BLOCK:
+            if header:
+                raise TarFormatError("truncated header")
+            return
+        if header == b"\0" * _BLOCK:
+            return
+        if sum(header[:148]) + sum(header[156:]) + 256 != _octal(header[148:156]):  # checksum field as 8 spaces
+            raise TarFormatError("bad header checksum")
+        size = _octal(header[124:136])
+        data = stream.read(size)
+        if len(data) < size:
+            raise TarFormatError(f"member cut short ({len(data)} of {size} bytes)")
+        pad = -size % _BLOCK
+        if pad and len(stream.read(pad)) < pad:
+            raise TarFormatError("archive cut short")
+        kind = header[156:157]
+        if kind == b"L":  # GNU long name for the next member
+            long_name = data.rstrip(b"\0").decode()
+            continue
+        if kind == b"x":  # pax extended header: only the path matters here
+            for record in data.decode(errors="replace").split("\n"):
+                if " path=" in record:
+                    long_name = record.split(" path=", 1)[1]
+            continue
+        if kind not in (b"0", b"\0", b"7"):  # directories, links, global pax headers ...
+            long_name = None
+            continue
+        if long_name is not None:
+            name, long_name = long_name, None
+        else:
+            name = header[:100].split(b"\0", 1)[0].decode()
+            if header[257:262] == b"ustar" and header[345:346] != b"\0":
+                name = header[345:500].split(b"\0", 1)[0].decode() + "/" + name
+        yield name, data
+
+
 def iter_shard(url: str, on_error: Callable[[str, str], None]) -> Iterator[dict]:
     """Samples of one tar shard as dicts {"__key__", "__url__", ext: bytes}.
 
     Never raises for bad data: an unreadable or truncated shard reports ``on_error("shard", message)`` and ends
     (the samples read before the damage are kept; the one being read is dropped), a sample with a repeated member
-    reports ``on_error("member", message)`` and is dropped.
+    reports ``on_error("member", message)`` and is dropped. URLs are opened with webdataset's ``gopen`` (local
+    paths, ``pipe:`` commands, http(s)); gzip-compressed tars are recognised by their magic bytes.
     """
     from webdataset import gopen
 
@@ -168,25 +226,27 @@ def iter_shard(url: str, on_error: Callable[[str, str], None]) -> Iterator[dict]
         on_error("shard", f"{url}: cannot open ({e})")
         return
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
-            for info in tar:
-                if not info.isreg():
-                    continue
-                key, ext = split_key(info.name)
-                f = tar.extractfile(info)
-                data = f.read() if f is not None else b""
-                if current is not None and current["__key__"] != key:
-                    if not broken:
-                        yield current
-                    current, broken = None, False
-                if current is None:
-                    current = {"__key__": key, "__url__": url}
-                if ext in current:
-                    if not broken:
-                        on_error("member", f"{url}: sample {key} repeats member {ext}; sample skipped")
-                    broken = True
-                current[ext] = data
-    except Exception as e:  # tarfile.ReadError, EOFError, OSError, zlib errors from compressed tars ...
+        peek = stream.peek(2)[:2] if hasattr(stream, "peek") else b""
+        if peek == b"\x1f\x8b":
+            import gzip
+
+            stream = gzip.GzipFile(fileobj=stream)
+        for name, data in iter_tar(stream):
+            key, ext = split_key(name)
+            if key.rsplit("/", 1)[-1].startswith("__"):  # WebDataset metadata members (__key__ etc.)
+                continue
+            if current is not None and current["__key__"] != key:
+                if not broken:
+                    yield current
+                current, broken = None, False
+            if current is None:
+                current = {"__key__": key, "__url__": url}
+            if ext in current:
+                if not broken:
+                    on_error("member", f"{url}: sample {key} repeats member {ext}; sample skipped")
+                broken = True
+            current[ext] = data
+    except Exception as e:  # TarFormatError, OSError, zlib errors from compressed tars ...
         where = f" (in or after sample {current['__key__']})" if current else ""
         on_error("shard", f"{url}: unreadable tar data{where}: {e}; rest of the shard skipped")
         return
