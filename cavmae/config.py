@@ -88,27 +88,27 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Where samples come from and how they become tensors."""
+    """Where samples come from and how they become tensors (cavmae.data.loader.build_loader; data/README.md)."""
 
     train_shards: list[str] = field(default_factory=list)  # brace patterns / paths; several sources allowed
     val_shards: list[str] = field(default_factory=list)
     synthetic: bool = False  # random tensors instead of shards (smoke tests of the loop only)
-    synthetic_size: int = 64
+    synthetic_size: int = 64  # samples per epoch of the random tensors
     batch_size: int = 48  # per process
-    num_workers: int = 4
-    shuffle_buffer: int = 1000
+    num_workers: int = 4  # DataLoader worker processes per rank (each reads its own shards)
+    shuffle_buffer: int = 1000  # samples per worker held for shuffling (training only; ~30 KB each with WAV audio)
     resampled: bool = False  # resampled shards (multi-node) instead of split_by_node / split_by_worker
-    samples_per_epoch: int = 0  # needed when resampled; 0 = one pass over the shards
+    samples_per_epoch: int = 0  # needed when resampled; 0 = one pass over the shards (counted from the manifests)
     frame_mode: Literal["random", "middle", "all"] = "random"  # evaluation always uses "middle" unless "all"
     # augmentation (pre-training)
-    noise: bool = False
-    time_roll: bool = False
+    noise: bool = False  # uniform noise (scale U(0, 0.1)) on the normalised fbank
+    time_roll: bool = False  # circular time shift of the fbank by U[-T, T) frames
     # augmentation (fine-tuning)
     freqm: int = 0  # SpecAugment frequency mask width (48 in the recipes)
     timem: int = 0  # SpecAugment time mask width (192 in the recipes)
-    mixup: float = 0.0
-    mixup_alpha: float = 10.0
-    label_smoothing: float = 0.0
+    mixup: float = 0.0  # probability that a training sample is mixed with another of its batch (0.5 in the recipes)
+    mixup_alpha: float = 10.0  # lambda ~ Beta(alpha, alpha)
+    label_smoothing: float = 0.0  # labels * (1 - ls) + ls / num_classes (0.1 in the recipes)
     # class-balanced sampling (AudioSet-2M / VGGSound fine-tuning): sample weight = sum over its labels of
     # 1 / label count (from the shard manifests), mean 1. "resample": each sample is repeated floor(w) or
     # floor(w) + 1 times in the stream (expected frequencies of CAV-MAE's weighted sampler); "weights": the stream is
