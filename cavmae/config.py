@@ -96,7 +96,7 @@ class DataConfig:
     synthetic_size: int = 64  # samples per epoch of the random tensors
     batch_size: int = 48  # per process
     num_workers: int = 4  # DataLoader worker processes per rank (each reads its own shards)
-    shuffle_buffer: int = 1000  # samples per worker held for shuffling (training only; ~30 KB each with WAV audio)
+    shuffle_buffer: int = 1000  # samples per worker held for shuffling (training only; ~350 KB each: 10 s WAV + 1 JPEG)
     resampled: bool = False  # resampled shards (multi-node) instead of split_by_node / split_by_worker
     samples_per_epoch: int = 0  # needed when resampled; 0 = one pass over the shards (counted from the manifests)
     frame_mode: Literal["random", "middle", "all"] = "random"  # evaluation always uses "middle" unless "all"
