@@ -275,7 +275,9 @@ def test_synthetic_random_batches():
     assert torch.equal(batches[0]["labels"].sum(1), torch.ones(2))
 
 
-def test_clear_errors():
+def test_clear_errors(tiny_shards):
+    with pytest.raises(ValueError, match="4 classes but num_classes is 3"):
+        build_loader(cfg(), tiny_shards.pattern, num_classes=3, train=True)
     with pytest.raises(ValueError, match="no shards"):
         build_loader(cfg(), [], train=True)
     with pytest.raises(ValueError, match="frame_mode"):

@@ -363,6 +363,13 @@ def build_loader(
     if label_index is not None and len(label_index) > num_classes:
         raise ValueError(f"{data_cfg.label_csv} has {len(label_index)} classes but num_classes is {num_classes}")
     balance = (data_cfg.balance_mode if data_cfg.class_balanced else "") if train else ""
+    if label_index is None:
+        for path, manifest in _manifests(urls).items():
+            if len(manifest.get("label_index") or []) > num_classes:
+                raise ValueError(
+                    f"{path} has {len(manifest['label_index'])} classes but num_classes is {num_classes} "
+                    "(set model.num_classes, or data.label_csv to map the labels)"
+                )
     counts = shard_counts(urls)
     r, world = _rank_world(rank, world_size)
     batches_per_rank = 0

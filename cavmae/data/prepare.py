@@ -327,7 +327,14 @@ def prepare_shards(
         )
         state["next_input"] = end_input
         _write_json_atomic(progress_file, state)
-        log.info("wrote %s (%d samples, %.1f MB)", final.name, writer.count, final.stat().st_size / 1e6)
+        log.info(
+            "wrote %s (%d samples, %.1f MB); %d of %d inputs done",
+            final.name,
+            writer.count,
+            final.stat().st_size / 1e6,
+            end_input,
+            len(plan.inputs),
+        )
         if progress:
             progress("shard", index, writer.count)
         writer, shard_first, shard_labels, shard_keys = None, end_input, collections.Counter(), []
