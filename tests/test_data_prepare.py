@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cavmae.data import prepare as prepare_module
 from cavmae.data.media import probe
 from cavmae.data.prepare import PrepareError, PrepareOptions, prepare_shards
 from cavmae.data.sources import plan_inputs
@@ -149,7 +150,8 @@ def test_killed_prepare_resumes_to_identical_shards(tmp_path):
 
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, *args, str(out)], env=env, capture_output=True)
+    cmd = [sys.executable, "-c", KILL_SCRIPT, *args, str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     assert sorted(p.name for p in out.glob("kill-*")) == [
         "kill-000000.tar",
@@ -217,3 +219,24 @@ def test_max_shard_bytes_mp4_store_and_whole_video_windows(tmp_path):
     assert (meta["clip_start"], meta["clip_end"]) == (1.0, 2.5) and abs(meta["duration"] - 1.5) < 0.01
     assert all(1.0 <= t < 2.5 for t in meta["frame_times"])
     assert samples[whole.ytid]["mp4"] == (ds.videos / f"{whole.ytid}.mp4").read_bytes()
+
+
+def _dies_on_second_clip(inp, opts):
+    if inp.key == _DIES_ON:
+        os._exit(1)  # what a segfaulting decoder does to its process
+    return _process_clip(inp, opts)
+
+
+_DIES_ON = ""
+_process_clip = prepare_module.process_clip
+
+
+def test_a_crashing_decoder_is_recorded_not_fatal(tmp_path, monkeypatch):
+    global _DIES_ON
+    ds = make_synthetic_dataset(tmp_path / "syn", num_clips=4, num_classes=2, duration=1.0, size=32, seed=7)
+    plan = plan_inputs(videos=ds.videos)
+    _DIES_ON = plan.inputs[1].key
+    monkeypatch.setattr(prepare_module, "process_clip", _dies_on_second_clip)  # forked workers inherit the patch
+    manifest = prepare_shards(plan, tmp_path / "out", samples_per_shard=2, workers=2)
+    assert manifest["failed"] == [{"input": plan.inputs[1].rel, "reason": prepare_module.CRASHED}]
+    assert set(members(tmp_path / "out")) == {c.key for c in plan.inputs} - {_DIES_ON}

@@ -35,7 +35,11 @@ import json
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -211,25 +215,59 @@ def _fingerprint(plan: Plan, opts: PrepareOptions, samples_per_shard: int, max_s
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+CRASHED = "decoder crashed (its worker process died)"
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: exit when the parent process is gone (killed prepare must not leave workers behind)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def _results(inputs: list[ClipInput], opts: PrepareOptions, workers: int):
-    """(True, members) / (False, reason) for each input, in input order; at most 4 clips per worker in flight."""
+    """(True, members) / (False, reason) for each input, in input order; at most 4 clips per worker in flight.
+
+    A decoder that kills its process (a segfault in a codec on a damaged file) breaks the pool and every pending
+    clip with it; the first unfinished clip is then retried alone in a fresh process, recorded as CRASHED if it
+    kills that one too, and a new pool takes the rest. (With workers=0 a crash ends the job; a rerun resumes.)
+    """
     if workers <= 0:
         for inp in inputs:
             yield process_clip(inp, opts)
         return
     ctx = multiprocessing.get_context()
-    with ctx.Pool(workers) as pool:
+    i = 0
+    while i < len(inputs):
+        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_exit_with_parent, initargs=(os.getpid(),))
         pending: collections.deque = collections.deque()
-        it = iter(inputs)
-        for inp in it:
-            pending.append(pool.apply_async(process_clip, (inp, opts)))
-            if len(pending) >= 4 * workers:
-                break
-        while pending:
-            yield pending.popleft().get()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.apply_async(process_clip, (nxt, opts)))
+        submitted = i
+        try:
+            while i < len(inputs):
+                while submitted < len(inputs) and len(pending) < 4 * workers:
+                    pending.append(pool.submit(process_clip, inputs[submitted], opts))
+                    submitted += 1
+                result = pending.popleft().result()
+                i += 1
+                yield result
+        except BrokenProcessPool:
+            log.warning("a decoder process died; retrying %s alone", inputs[i].rel)
+            yield _isolated(inputs[i], opts, ctx)
+            i += 1
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _isolated(inp: ClipInput, opts: PrepareOptions, ctx) -> tuple[bool, dict[str, bytes] | str]:
+    with ProcessPoolExecutor(1, mp_context=ctx, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
+        try:
+            return pool.submit(process_clip, inp, opts).result()
+        except BrokenProcessPool:
+            return False, CRASHED
 
 
 class PrepareError(RuntimeError):
