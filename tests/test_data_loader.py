@@ -182,28 +182,26 @@ def labels_by_key(shards) -> dict[str, list[int]]:
 
 
 def test_labels_frames_and_soft_labels(tiny_shards):
-    index = {
-        c.file.rsplit(".", 1)[0].replace(".", ""): [o.cls.index for o in c.objects] for c in tiny_shards.synth.clips
-    }
-    loader = build_loader(cfg(frame_mode="all"), tiny_shards.pattern, num_classes=4, train=False)
+    index = labels_by_key(tiny_shards)
+    loader = build_loader(cfg(frame_mode="all"), tiny_shards.pattern, num_classes=4, train=False, image_size=48)
     for b in loader:
-        assert b["frames"].shape == (len(b["keys"]), 10, 3, 224, 224)
+        assert b["frames"].shape == (len(b["keys"]), 10, 3, 48, 48)
         for row, key in zip(b["labels"], b["keys"]):
             assert row.nonzero().flatten().tolist() == sorted(index[key])
     # training: random frames differ between epochs; mixup + smoothing give soft labels in [ls/C, 1 - ls + ls/C]
-    loader = build_loader(_augmenting(num_workers=0), tiny_shards.pattern, num_classes=4, train=True)
+    loader = build_loader(_augmenting(num_workers=0), tiny_shards.pattern, num_classes=4, train=True, image_size=48)
     ls = 0.1
     labels = torch.cat([b["labels"] for b in loader])
     assert labels.min() >= ls / 4 - 1e-6 and labels.max() <= 1 - ls + ls / 4 + 1e-6
     assert ((labels > ls / 4 + 1e-4) & (labels < 1 - ls + ls / 4 - 1e-4)).any()  # some samples were mixed
     first = {
         k: f
-        for b in build_loader(cfg(), tiny_shards.pattern, num_classes=4, train=True, epoch=0)
+        for b in build_loader(cfg(), tiny_shards.pattern, num_classes=4, train=True, epoch=0, image_size=48)
         for k, f in zip(b["keys"], b["frames"])
     }
     second = {
         k: f
-        for b in build_loader(cfg(), tiny_shards.pattern, num_classes=4, train=True, epoch=1)
+        for b in build_loader(cfg(), tiny_shards.pattern, num_classes=4, train=True, epoch=1, image_size=48)
         for k, f in zip(b["keys"], b["frames"])
     }
     assert any(not torch.equal(first[k], second[k]) for k in first)
