@@ -66,7 +66,7 @@ def test_shared_media_fbank_equals_kaldi(media_shards, media_dir):
     stored, _ = _read_wav(shard_member(urls[0], "00W1lcxW-WU_40000.wav"))
     source = torch.from_numpy(read_audio(media_dir / "00W1lcxW-WU_40.000.mp4", 0.0, 10.0))
     assert stored.shape == source.shape == (160_000,)
-    assert (stored - source.clamp(-1, 1)).abs().max().item() <= 1 / 32768 + 1e-7
+    assert (stored - source.clamp(-1, 32767 / 32768)).abs().max().item() <= 0.5 / 32768 + 1e-7
     assert loader.errors.total == 0
 
 
@@ -245,7 +245,7 @@ def test_resampled_mode_yields_the_epoch_length(tiny_shards):
     assert len(batches) == 3 and all(len(b["keys"]) == 2 for b in batches)
 
 
-def test_mp4_only_samples_are_decoded_at_load_time(make_tiny_shards, tiny_shards, tmp_path):
+def test_mp4_only_and_flac_samples(make_tiny_shards, tiny_shards, tmp_path):
     mp4 = make_tiny_shards(tmp_path, num_clips=2, samples_per_shard=2, store="mp4")
     assert set(shard_member_names(mp4.urls[0])) == {f"{k}.{e}" for k in mp4.keys for e in ("json", "mp4")}
     a = {
@@ -261,6 +261,12 @@ def test_mp4_only_samples_are_decoded_at_load_time(make_tiny_shards, tiny_shards
     assert a.keys() == mp4.keys
     for k, (x, f) in a.items():  # same clips as the decoded shards (same seed), up to 16-bit and JPEG rounding
         assert (x - ref[k][0]).abs().mean() < 0.05 and (f - ref[k][1]).abs().mean() < 0.1
+    # FLAC audio members: lossless, so the same fbank as from the WAV members
+    flac = make_tiny_shards(tmp_path / "flac", num_clips=2, samples_per_shard=2, audio_format="flac")
+    assert {n.split(".", 1)[1] for n in shard_member_names(flac.urls[0])} >= {"flac", "f5.jpg"}
+    for b in build_loader(cfg(), flac.urls, num_classes=4, train=False):
+        for k, x in zip(b["keys"], b["audio"]):
+            assert torch.equal(x, ref[k][0])
 
 
 def test_synthetic_random_batches():

@@ -91,8 +91,11 @@ def _encode_audio(audio: np.ndarray, fmt: str) -> bytes:
     """float32 [N] 16 kHz mono -> 16-bit PCM WAV or FLAC bytes."""
     import soundfile as sf
 
+    # Quantise here, as ffmpeg's s16 output does (round(x * 32768), clipped): libsndfile would scale floats by
+    # 32767 for WAV but 32768 for FLAC, so the two formats would not hold the same samples.
+    pcm = np.clip(np.rint(audio * 32768.0), -32768, 32767).astype(np.int16)
     buf = io.BytesIO()
-    sf.write(buf, np.clip(audio, -1.0, 1.0), 16000, format=fmt.upper(), subtype="PCM_16")
+    sf.write(buf, pcm, 16000, format=fmt.upper(), subtype="PCM_16")
     return buf.getvalue()
 
 

@@ -91,7 +91,7 @@ def stable_seed(*parts) -> int:
 
 @dataclass
 class Item:
-    """A pruned sample: what the shuffle buffer holds (bytes, small) and then decodes."""
+    """A pruned sample: what the shuffle buffer holds (undecoded bytes: ~330 KB of 10 s WAV + one JPEG)."""
 
     key: str
     meta: dict
