@@ -18,37 +18,39 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("cavmae.commands.info", "print the resolved config and parameter counts of a recipe or model"),
     "pretrain": ("cavmae.commands.pretrain", "CAV-MAE pre-training on CPU, one or many GPUs (Accelerate)"),
     "finetune": ("cavmae.commands.finetune", "fine-tune a classifier from a pre-trained model (Accelerate)"),
+    "prepare": ("cavmae.commands.prepare", "turn videos + AudioSet/VGGSound metadata into WebDataset shards"),
+    "synth": ("cavmae.commands.synth", "write a synthetic audio-visual dataset (H.264 + AAC files and CSVs)"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; the arguments of ``command`` (and only those) are added, importing just its module."""
     parser = argparse.ArgumentParser(prog="cavmae", description="CAV-MAE pre-training, fine-tuning and retrieval")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
+        if name == command:
+            importlib.import_module(module).add_arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    # Parse the subcommand name first, then let its module add its own arguments.
-    args, _ = parser.parse_known_args(argv)
+    # The subcommand is the first word that is not an option of the top-level parser.
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
     if not getattr(args, "_module", None):
         parser.print_help()
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    module = importlib.import_module(args._module)
-    sub_parser = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
-    module.add_arguments(sub_parser)
-    args = parser.parse_args(argv)
+        return 0
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    return int(module.run(args) or 0)
+    return int(importlib.import_module(args._module).run(args) or 0)
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Where samples come from and how they become tensors."""
+    """Where samples come from and how they become tensors (cavmae.data.loader.build_loader; data/README.md)."""
 
     train_shards: list[str] = field(default_factory=list)  # brace patterns / paths; several sources allowed
     val_shards: list[str] = field(default_factory=list)
@@ -97,24 +97,30 @@ class DataConfig:
     synthetic_classes: int = 8  # classes with their own audio modulation and blob colour (<= model.num_classes)
     synthetic_noise: float = 0.3  # std of the Gaussian noise added to every value (the blob and band peak at 2)
     batch_size: int = 48  # per process
-    num_workers: int = 4
-    shuffle_buffer: int = 1000
+    num_workers: int = 4  # DataLoader worker processes per rank (each reads its own shards)
+    shuffle_buffer: int = 1000  # samples per worker held for shuffling (training only; ~350 KB each: 10 s WAV + 1 JPEG)
     resampled: bool = False  # resampled shards (multi-node) instead of split_by_node / split_by_worker
-    samples_per_epoch: int = 0  # needed when resampled; 0 = one pass over the shards
+    samples_per_epoch: int = 0  # needed when resampled; 0 = one pass over the shards (counted from the manifests)
     frame_mode: Literal["random", "middle", "all"] = "random"  # evaluation always uses "middle" unless "all"
     # augmentation (pre-training)
-    noise: bool = False
-    time_roll: bool = False
+    noise: bool = False  # uniform noise (scale U(0, 0.1)) on the normalised fbank
+    time_roll: bool = False  # circular time shift of the fbank by U[-T, T) frames
     # augmentation (fine-tuning)
     freqm: int = 0  # SpecAugment frequency mask width (48 in the recipes)
     timem: int = 0  # SpecAugment time mask width (192 in the recipes)
-    mixup: float = 0.0
-    mixup_alpha: float = 10.0
-    label_smoothing: float = 0.0
+    mixup: float = 0.0  # probability that a training sample is mixed with another of its batch (0.5 in the recipes)
+    mixup_alpha: float = 10.0  # lambda ~ Beta(alpha, alpha)
+    label_smoothing: float = 0.0  # labels * (1 - ls) + ls / num_classes (0.1 in the recipes)
+    # class-balanced sampling (AudioSet-2M / VGGSound fine-tuning): sample weight = sum over its labels of
+    # 1 / label count (from the shard manifests), mean 1. "resample": each sample is repeated floor(w) or
+    # floor(w) + 1 times in the stream (expected frequencies of CAV-MAE's weighted sampler); "weights": the stream is
+    # left alone and batches carry "weights" [B] for a weighted loss.
     class_balanced: bool = False
-    label_csv: str = ""  # label index CSV (index,mid,display_name); empty = taken from the shard manifest
-    fbank_mean: float = -5.081
+    balance_mode: Literal["resample", "weights"] = "resample"
+    label_csv: str = ""  # label index CSV (index,mid,display_name) mapping sample labels by mid; empty = the shards'
+    fbank_mean: float = -5.081  # fbank normalisation (AudioSet statistics, also used for VGGSound)
     fbank_std: float = 4.4849
+    drop_last: bool = True  # training drops each worker's last partial batch; evaluation always keeps it
 
 
 @dataclass
@@ -207,6 +213,30 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def _parse_list(text: str) -> list:
+    """A list from the command line: YAML (``[1, 2]``), or items split on commas outside braces, so shard
+    patterns such as ``[/data/as-{000000..000999}.tar,/data/vgg-{0..9}.tar]`` survive unquoted."""
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            parsed = yaml.safe_load(text)
+            if isinstance(parsed, list):
+                return parsed
+        except yaml.YAMLError:
+            pass
+        text = text[1:-1] if text.endswith("]") else text[1:]
+    items, depth, current = [], 0, ""
+    for ch in text:
+        depth += (ch == "{") - (ch == "}")
+        if ch == "," and depth == 0:
+            items.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    items.append(current.strip())
+    return [i for i in items if i]
+
+
 def _type_name(tp: Any) -> str:
     if get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
@@ -235,7 +265,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: {value!r} does not fit {tp}")
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            value = _parse_list(value)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         args = get_args(tp)

@@ -91,18 +91,78 @@ def make_batches(
     shards = cfg.data.train_shards if train else cfg.data.val_shards
     if not shards:
         raise ConfigError(f"data.{split}_shards is empty and data.synthetic is false: no {split} data")
-    # The WebDataset shard loader (cavmae/data/loader.py) plugs in here; it splits shards by node / worker itself
-    # and must not go through accelerator.prepare.
-    raise ConfigError("reading shards is not wired into training yet; use data.synthetic=true")
+    # The shard loader splits shards by node and worker itself; it must not go through accelerator.prepare.
+    loader = shard_loader(cfg, shards, train, epoch, rank, world_size)
+    if not train:
+        return loader
+    return _exact_epoch(cfg, shards, loader, epoch, rank, world_size, skip)
+
+
+def shard_loader(cfg: Config, shards: list[str], train: bool, epoch: int, rank: int, world_size: int):
+    from cavmae.data.loader import build_loader
+
+    m = cfg.model
+    return build_loader(
+        cfg.data,
+        shards,
+        audio_length=m.audio_length,
+        num_mel_bins=m.num_mel_bins,
+        image_size=m.image_size,
+        num_classes=m.num_classes,
+        train=train,
+        seed=cfg.train.seed,
+        epoch=epoch,
+        batch_size=cfg.data.batch_size if train else cfg.eval.batch_size,
+        rank=rank,
+        world_size=world_size,
+    )
+
+
+def _exact_epoch(cfg: Config, shards, loader, epoch: int, rank: int, world: int, skip: int) -> Iterator[dict]:
+    """Exactly ``batches_per_epoch`` training batches on every process (collectives need lockstep).
+
+    A process whose shards run out first (shards of unequal size, corrupt samples skipped) tops up from another
+    pass over its shards, seeded by (epoch, pass), and says so; the order stays a function of (seed, epoch), so
+    skipping ``skip`` batches on resume lands on the same batch.
+    """
+    want = batches_per_epoch(cfg, world)
+    passes = 0
+    produced = 0
+    while produced < want:
+        for batch in loader:
+            if produced >= skip:
+                yield batch
+            produced += 1
+            if produced >= want:
+                return
+        passes += 1
+        log.warning(
+            "process %d: the shards ran out after %d of %d batches in epoch %d; topping up from pass %d "
+            "(uneven shards or skipped samples; resampled shards avoid this)",
+            rank,
+            produced,
+            want,
+            epoch,
+            passes,
+        )
+        loader = shard_loader(cfg, shards, True, epoch + 1_000_003 * passes, rank, world)
+        if passes > 100:
+            raise RuntimeError(f"process {rank}: the training shards yield no batch ({loader.errors.counts()})")
 
 
 def batches_per_epoch(cfg: Config, world_size: int) -> int:
     """Training batches per process and epoch (the same on every process)."""
     if cfg.data.synthetic:
         return ShardedBatchSampler(cfg.data.synthetic_size, cfg.data.batch_size, 0, world_size).num_batches()
-    if cfg.data.samples_per_epoch <= 0:
-        raise ConfigError("data.samples_per_epoch must be set (> 0) to train from shards")
-    return cfg.data.samples_per_epoch // (cfg.data.batch_size * world_size)
+    samples = cfg.data.samples_per_epoch
+    if samples <= 0:
+        from cavmae.data.loader import expand_shards, shard_counts
+
+        counts = shard_counts(expand_shards(cfg.data.train_shards))
+        if not counts:
+            raise ConfigError("data.samples_per_epoch must be set (> 0): the training shards have no manifest")
+        samples = sum(counts.values())
+    return samples // (cfg.data.batch_size * world_size)
 
 
 def has_split(cfg: Config, split: str) -> bool:

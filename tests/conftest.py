@@ -1,8 +1,9 @@
-"""Shared test fixtures: paths to ../shared, tiny configs."""
+"""Shared test fixtures: paths to ../shared, tiny configs, tiny synthetic shards."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,3 +23,90 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def media_dir(shared_dir: Path) -> Path:
     return shared_dir / "media"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tiny synthetic audio-visual data and shards (open_clip style: built once per session, in a temporary folder)
+
+
+@dataclass
+class TinyShards:
+    """Shards prepared from a tiny synthetic dataset."""
+
+    dir: Path
+    pattern: str  # brace pattern over all shards
+    urls: list[str]
+    manifest: dict
+    synth: object  # cavmae.data.synth.SyntheticDataset
+
+    @property
+    def keys(self) -> set[str]:
+        return {c.file.rsplit(".", 1)[0].replace(".", "") for c in self.synth.clips}
+
+
+def build_tiny_shards(
+    root: Path,
+    *,
+    num_clips: int = 8,
+    num_classes: int = 4,
+    samples_per_shard: int = 2,
+    duration: float = 2.0,
+    size: int = 64,
+    fps: float = 8.0,
+    seed: int = 0,
+    layout: str = "audioset",
+    workers: int = 0,
+    **prepare_options,
+) -> TinyShards:
+    """Synthetic clips (small and short: ~0.05 s each to write) -> prepared shards under `root`."""
+    from cavmae.data.prepare import PrepareOptions, prepare_shards
+    from cavmae.data.shards import expand_shards
+    from cavmae.data.sources import plan_inputs
+    from cavmae.data.synth import make_synthetic_dataset
+
+    synth = make_synthetic_dataset(
+        root / "synth",
+        num_clips=num_clips,
+        num_classes=num_classes,
+        duration=duration,
+        size=size,
+        fps=fps,
+        seed=seed,
+        layout=layout,
+    )
+    plan = plan_inputs(videos=synth.videos, csv=synth.csv, label_csv=synth.label_csv)
+    out = root / "shards"
+    manifest = prepare_shards(
+        plan,
+        out,
+        name="tiny",
+        samples_per_shard=samples_per_shard,
+        workers=workers,
+        options=PrepareOptions(**prepare_options),
+    )
+    n = len(manifest["shards"])
+    pattern = str(out / f"tiny-{{000000..{n - 1:06d}}}.tar")
+    return TinyShards(out, pattern, expand_shards(pattern), manifest, synth)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> TinyShards:
+    """8 synthetic clips (4 classes, 2 s, 64 px, AudioSet layout) in 4 shards of 2."""
+    return build_tiny_shards(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def make_tiny_shards():
+    """The builder behind `tiny_shards`, for tests that need their own variant (other options, a fresh folder)."""
+    return build_tiny_shards
+
+
+@pytest.fixture(scope="session")
+def media_shards(media_dir, tmp_path_factory):
+    """The real files of ../shared/media prepared as a plain video folder: (shard folder, manifest)."""
+    from cavmae.data.prepare import prepare_shards
+    from cavmae.data.sources import plan_inputs
+
+    out = tmp_path_factory.mktemp("media_shards")
+    manifest = prepare_shards(plan_inputs(videos=media_dir), out, name="media", samples_per_shard=1)
+    return out, manifest

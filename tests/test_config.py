@@ -64,3 +64,12 @@ def test_cross_field_validation():
 @pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_loads(recipe):
     load_config(recipe)
+
+
+def test_list_overrides_keep_brace_patterns():
+    cfg = load_config(None, ["data.train_shards=[/d/as-{000000..000999}.tar,/d/vgg-{a,b}.tar]"])
+    assert cfg.data.train_shards == ["/d/as-{000000..000999}.tar", "/d/vgg-{a,b}.tar"]
+    cfg = load_config(None, ["data.train_shards=/d/as-{0..9}.tar"])
+    assert cfg.data.train_shards == ["/d/as-{0..9}.tar"]
+    cfg = load_config(None, ["data.val_shards=['/a.tar', '/b.tar']"])
+    assert cfg.data.val_shards == ["/a.tar", "/b.tar"]

@@ -1,0 +1,89 @@
+"""``cavmae prepare``: videos + metadata -> WebDataset shards + manifest (see cavmae.data.prepare)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+
+log = logging.getLogger(__name__)
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'500MB', '1G', '1.5GiB', '123' -> bytes (powers of 1024)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 500MB or 1G")
+    return int(float(m.group(1)) * 1024 ** "kmgt".find(m.group(2).lower()) if m.group(2) else float(m.group(1)))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_argument_group("inputs (a video folder, optionally with a CSV; or a datafile)")
+    src.add_argument("--videos", help="folder of video files (searched recursively)")
+    src.add_argument("--csv", help="AudioSet segments CSV or VGGSound CSV naming the clips and their labels")
+    src.add_argument("--datafile", help="CAV-MAE datafile JSON (wav + frame_<i>/<video_id>.jpg)")
+    src.add_argument("--label-csv", help="label index CSV (index,mid,display_name); built from the labels if absent")
+    src.add_argument("--layout", choices=["auto", "audioset", "vggsound"], default="auto", help="CSV layout")
+    src.add_argument("--split", help="VGGSound: keep only rows of this split (train / test)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", required=True, help="output folder for the shards and the manifest")
+    out.add_argument("--name", default="data", help="shard name prefix: <name>-000000.tar (default: data)")
+    out.add_argument("--samples-per-shard", type=int, default=1000)
+    out.add_argument("--max-shard-bytes", type=parse_size, default=0, help="e.g. 1G (default: no limit)")
+    out.add_argument("--workers", type=int, default=4, help="decoding processes (0 = in this process)")
+    out.add_argument("--frame-size", type=int, default=224, help="shorter side of stored frames (never enlarged)")
+    out.add_argument("--jpeg-quality", type=int, default=90)
+    out.add_argument("--audio-format", choices=["wav", "flac"], default="wav", help="16-bit PCM container")
+    out.add_argument(
+        "--store",
+        choices=["decoded", "mp4", "both"],
+        default="decoded",
+        help="decoded audio + frames, the raw mp4 (decoded at load time), or both",
+    )
+    out.add_argument("--clip-seconds", type=float, default=10.0, help="window per file when no end is given")
+    out.add_argument("--overwrite", action="store_true", help="replace shards from other inputs or options")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cavmae.data.labels import MetadataError
+    from cavmae.data.prepare import PrepareError, PrepareOptions, prepare_shards
+    from cavmae.data.sources import plan_inputs
+
+    try:
+        plan = plan_inputs(
+            videos=args.videos,
+            csv=args.csv,
+            datafile=args.datafile,
+            label_csv=args.label_csv,
+            layout=args.layout,
+            split=args.split,
+            clip_seconds=args.clip_seconds,
+        )
+        options = PrepareOptions(
+            frame_size=args.frame_size,
+            jpeg_quality=args.jpeg_quality,
+            store=args.store,
+            audio_format=args.audio_format,
+            clip_seconds=args.clip_seconds,
+        )
+        manifest = prepare_shards(
+            plan,
+            args.out,
+            name=args.name,
+            samples_per_shard=args.samples_per_shard,
+            max_shard_bytes=args.max_shard_bytes,
+            workers=args.workers,
+            options=options,
+            overwrite=args.overwrite,
+        )
+    except (MetadataError, PrepareError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    n = len(manifest["shards"])
+    pattern = f"{args.out}/{args.name}-{{000000..{n - 1:06d}}}.tar" if n else "(no shards)"
+    log.info(
+        "shards: %s (%d samples); manifest: %s/%s-manifest.json", pattern, manifest["num_samples"], args.out, args.name
+    )
+    return 0

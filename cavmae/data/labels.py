@@ -1,0 +1,213 @@
+"""Label indices and the metadata files that name clips and their labels.
+
+Formats read here:
+
+- label index CSV (AudioSet's ``class_labels_indices.csv``): header ``index,mid,display_name``, one row per class,
+  indices 0..K-1 in order.
+- AudioSet segments CSV: three header lines starting with ``#``, then ``YTID, start_seconds, end_seconds,
+  "mid1,mid2"`` (spaces after the commas, labels quoted).
+- VGGSound CSV: no header, ``ytid,start_seconds,label,split`` with the label as a display name (quoted when it holds a
+  comma). VGGSound has no machine ids, so a label index built from it uses the display name as the mid too.
+- CAV-MAE datafile JSON: ``{"data": [{"video_id", "wav", "video_path", "labels"}]}`` with labels a comma-separated
+  mid string and frames at ``<video_path>/frame_<i>/<video_id>.jpg``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class MetadataError(ValueError):
+    """A metadata file that does not have the expected layout (names the file, line and what was expected)."""
+
+
+@dataclass
+class LabelIndex:
+    """Class k has machine id ``mids[k]`` and display name ``names[k]``."""
+
+    mids: list[str]
+    names: list[str]
+    _lookup: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.mids) != len(self.names):
+            raise ValueError("LabelIndex: mids and names must have the same length")
+        # mids first so that a display name equal to another class's mid cannot shadow it
+        for i, name in enumerate(self.names):
+            self._lookup.setdefault(name, i)
+        for i, mid in enumerate(self.mids):
+            self._lookup[mid] = i
+
+    def __len__(self) -> int:
+        return len(self.mids)
+
+    def index(self, label: str) -> int:
+        """Index of a label given as mid or display name; KeyError if unknown."""
+        return self._lookup[label.strip()]
+
+    def get(self, label: str) -> int | None:
+        return self._lookup.get(label.strip())
+
+    def lookup(self) -> dict[str, int]:
+        """Mid or display name -> index (a copy)."""
+        return dict(self._lookup)
+
+    @classmethod
+    def from_csv(cls, path: str | Path) -> LabelIndex:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise MetadataError(f"label index {path}: cannot read ({e.strerror or e})") from e
+        rows = list(csv.reader(io.StringIO(text)))
+        if not rows or [c.strip() for c in rows[0][:3]] != ["index", "mid", "display_name"]:
+            raise MetadataError(f"label index {path}: expected a header 'index,mid,display_name' on line 1")
+        mids, names = [], []
+        for line, row in enumerate(rows[1:], start=2):
+            if not row:
+                continue
+            if len(row) < 3:
+                raise MetadataError(f"label index {path}:{line}: expected 'index,mid,display_name', got {row!r}")
+            try:
+                idx = int(row[0])
+            except ValueError as e:
+                raise MetadataError(f"label index {path}:{line}: index {row[0]!r} is not an integer") from e
+            if idx != len(mids):
+                raise MetadataError(f"label index {path}:{line}: expected index {len(mids)}, got {idx}")
+            mids.append(row[1].strip())
+            names.append(row[2].strip())
+        if not mids:
+            raise MetadataError(f"label index {path}: no classes")
+        return cls(mids, names)
+
+    @classmethod
+    def from_names(cls, names: list[str]) -> LabelIndex:
+        """An index over sorted unique display names that double as mids (VGGSound, datafiles without an index)."""
+        unique = sorted(set(n.strip() for n in names if n.strip()))
+        return cls(list(unique), list(unique))
+
+    def to_csv(self, path: str | Path) -> None:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            self.write_csv(f)
+
+    def write_csv(self, f: io.TextIOBase) -> None:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["index", "mid", "display_name"])
+        for i, (mid, name) in enumerate(zip(self.mids, self.names)):
+            w.writerow([i, mid, name])
+
+    def to_records(self) -> list[dict]:
+        return [{"index": i, "mid": m, "display_name": n} for i, (m, n) in enumerate(zip(self.mids, self.names))]
+
+    @classmethod
+    def from_records(cls, records: list[dict]) -> LabelIndex:
+        return cls([r["mid"] for r in records], [r["display_name"] for r in records])
+
+
+@dataclass
+class SegmentRow:
+    """One labelled clip named by a metadata file."""
+
+    ytid: str
+    start: float
+    end: float | None  # None: to the end of the file (VGGSound gives no end; clips are 10 s)
+    labels: list[str]  # mids (AudioSet) or display names (VGGSound)
+    split: str | None = None
+    where: str = ""  # "file:line", for error messages
+
+
+@dataclass
+class RowProblem:
+    """A metadata row that could not be used (recorded in the manifest)."""
+
+    where: str
+    reason: str
+
+
+def detect_csv_layout(path: str | Path) -> str:
+    """'audioset' when the file starts with '#' header lines, else 'vggsound'."""
+    with open(path, encoding="utf-8") as f:
+        first = f.readline()
+    return "audioset" if first.lstrip().startswith("#") else "vggsound"
+
+
+def read_audioset_csv(path: str | Path) -> tuple[list[SegmentRow], list[RowProblem]]:
+    """Rows of an AudioSet segments CSV; malformed rows are returned as problems, not raised."""
+    path = Path(path)
+    rows, problems = [], []
+    with open(path, encoding="utf-8", newline="") as f:
+        for line, row in enumerate(csv.reader(f, skipinitialspace=True), start=1):
+            if not row or row[0].lstrip().startswith("#"):
+                continue
+            where = f"{path.name}:{line}"
+            if len(row) < 4:
+                problems.append(RowProblem(where, f"expected 'YTID, start, end, \"labels\"', got {row!r}"))
+                continue
+            try:
+                start, end = float(row[1]), float(row[2])
+            except ValueError:
+                problems.append(RowProblem(where, f"start/end {row[1]!r}, {row[2]!r} are not numbers"))
+                continue
+            labels = [m.strip() for m in ",".join(row[3:]).split(",") if m.strip()]
+            rows.append(SegmentRow(row[0].strip(), start, end, labels, None, where))
+    return rows, problems
+
+
+def read_vggsound_csv(path: str | Path, split: str | None = None) -> tuple[list[SegmentRow], list[RowProblem]]:
+    """Rows of a VGGSound CSV (``ytid,start,label,split``); with `split`, only rows of that split."""
+    path = Path(path)
+    rows, problems = [], []
+    with open(path, encoding="utf-8", newline="") as f:
+        for line, row in enumerate(csv.reader(f), start=1):
+            if not row or not "".join(row).strip():
+                continue
+            where = f"{path.name}:{line}"
+            if len(row) < 3:
+                problems.append(RowProblem(where, f"expected 'ytid,start_seconds,label,split', got {row!r}"))
+                continue
+            try:
+                start = float(row[1])
+            except ValueError:
+                if line == 1:  # a header row some copies of the file carry
+                    continue
+                problems.append(RowProblem(where, f"start {row[1]!r} is not a number"))
+                continue
+            row_split = row[3].strip() if len(row) > 3 else None
+            if split is not None and row_split != split:
+                continue
+            rows.append(SegmentRow(row[0].strip(), start, None, [row[2].strip()], row_split, where))
+    return rows, problems
+
+
+@dataclass
+class DatafileEntry:
+    video_id: str
+    wav: str
+    video_path: str
+    labels: list[str]
+    where: str
+
+
+def read_datafile(path: str | Path) -> tuple[list[DatafileEntry], list[RowProblem]]:
+    """Entries of a CAV-MAE datafile JSON; entries missing a field are returned as problems."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise MetadataError(f"datafile {path}: not readable JSON ({e})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise MetadataError(f'datafile {path}: expected {{"data": [...]}} at the top level')
+    entries, problems = [], []
+    for i, item in enumerate(data["data"]):
+        where = f"{path.name}[data][{i}]"
+        missing = [k for k in ("video_id", "wav", "video_path") if not isinstance(item, dict) or k not in item]
+        if missing:
+            problems.append(RowProblem(where, f"missing field(s) {', '.join(missing)}"))
+            continue
+        labels = [m.strip() for m in str(item.get("labels", "")).split(",") if m.strip()]
+        entries.append(DatafileEntry(str(item["video_id"]), str(item["wav"]), str(item["video_path"]), labels, where))
+    return entries, problems

@@ -1,0 +1,380 @@
+"""The streaming loader: prepared shards -> batches of normalised fbank, frames and labels.
+
+Used by pre-training, fine-tuning and retrieval through :func:`build_loader`. Each batch is a dict::
+
+    "audio"    float32 [B, audio_length, num_mel_bins]  normalised Kaldi fbank (cavmae.audio.wav_to_fbank)
+    "frames"   float32 [B, 3, image_size, image_size]   ImageNet-normalised RGB frame
+               float32 [B, 10, 3, image_size, image_size] with frame_mode="all"
+    "labels"   float32 [B, num_classes]  multi-hot (one-hot for single-label data); soft after mixup / smoothing
+    "keys"     list[str]  sample keys (of the first clip when mixed)
+    "weights"  float32 [B]  only with data.class_balanced and data.balance_mode="weights"
+
+Pipeline, per (rank, worker): shard list (brace patterns, several sources) -> shards of this rank and worker
+(``urls[rank::world][worker::workers]``; in training the list is first shuffled identically on every rank with
+(seed, epoch)) or, with ``resampled``, shards drawn with replacement until the epoch's sample count -> tar samples ->
+member pruning (only the chosen frame's JPEG is kept) and class-balance resampling -> shuffle buffer (training) ->
+decode (WAV/FLAC or MP4 via decord, JPEG via torchvision) -> per-batch: mixup, fbank, SpecAugment, normalisation,
+noise + time roll, label smoothing -> batch.
+
+Every random choice of a sample (frame, mixup partner and weight, masks, noise, roll) comes from a generator seeded
+with (seed, epoch, sample key, copy), and the shard order and shuffle buffers from (seed, epoch, rank, worker), so a
+run is reproducible for a given seed, world size and worker count.
+
+Class balance (AudioSet-2M / VGGSound recipes): a sample's weight is the sum over its labels of 1 / label count
+(counts from the shard manifests), scaled to mean 1 over the dataset; CAV-MAE draws samples with probability
+proportional to it. Streaming tars cannot be sampled at random, so ``balance_mode="resample"`` (default) emits each
+sample floor(w) or floor(w) + 1 times (probability frac(w)) before the shuffle buffer, which matches the sampler's
+expected sample frequencies; ``"weights"`` leaves the stream alone and puts ``weights`` in the batch for a
+weighted loss instead.
+
+Bad samples are skipped and counted in :class:`LoadErrors` (``loader.errors.counts()``), shared by all worker
+processes; the first error of each kind is logged once. The epoch goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from cavmae.config import DataConfig
+from cavmae.data.labels import LabelIndex
+from cavmae.data.samples import Decoded, LoaderSettings, SampleError, collate, decode, prune, stable_seed
+from cavmae.data.shards import expand_shards, iter_shard, manifest_path
+
+log = logging.getLogger(__name__)
+
+ERROR_KINDS = ("shard", "member", "json", "audio", "image", "video", "labels")
+
+
+class LoadErrors:
+    """Skipped-sample counts per kind of error, shared by the loader's worker processes (shared memory)."""
+
+    def __init__(self) -> None:
+        self._counts = multiprocessing.get_context().Array("q", len(ERROR_KINDS))
+
+    def add(self, kind: str, message: str) -> None:
+        i = ERROR_KINDS.index(kind)
+        with self._counts.get_lock():
+            self._counts[i] += 1
+            first = self._counts[i] == 1
+        if first:
+            log.warning("skipped a bad sample [%s]: %s (further [%s] errors are only counted)", kind, message, kind)
+        else:
+            log.debug("skipped a bad sample [%s]: %s", kind, message)
+
+    def counts(self) -> dict[str, int]:
+        with self._counts.get_lock():
+            return {k: int(v) for k, v in zip(ERROR_KINDS, self._counts)}
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts().values())
+
+    def reset(self) -> None:
+        with self._counts.get_lock():
+            for i in range(len(ERROR_KINDS)):
+                self._counts[i] = 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the stream
+
+
+def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _shuffle(items: Iterator, size: int, rng: random.Random) -> Iterator:
+    """Shuffle buffer: emits a random element of the last `size` once the buffer is full, then the rest shuffled."""
+    buf: list = []
+    for x in items:
+        buf.append(x)
+        if len(buf) >= size:
+            k = rng.randrange(len(buf))
+            buf[k], buf[-1] = buf[-1], buf[k]
+            yield buf.pop()
+    rng.shuffle(buf)
+    yield from buf
+
+
+class ShardDataset(IterableDataset):
+    """Iterable over batches (dicts) of one rank's share of the shards; see the module docstring."""
+
+    def __init__(
+        self, urls: list[str], settings: LoaderSettings, errors: LoadErrors, rank: int | None, world_size: int | None
+    ):
+        super().__init__()
+        self.urls = urls
+        self.settings = settings
+        self.errors = errors
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def shards_for(self, rank: int, world: int, worker: int, workers: int) -> list[str]:
+        """Non-resampled mode: the shards one (rank, worker) reads this epoch."""
+        urls = list(self.urls)
+        if self.settings.train:
+            random.Random(stable_seed(self.settings.seed, self.epoch, "shards")).shuffle(urls)
+        return urls[rank::world][worker::workers]
+
+    def _urls(self, rank: int, world: int, worker: int, workers: int) -> Iterator[str]:
+        if not self.settings.resampled:
+            yield from self.shards_for(rank, world, worker, workers)
+            return
+        rng = random.Random(stable_seed(self.settings.seed, self.epoch, rank, worker, "resample"))
+        while True:
+            yield rng.choice(self.urls)
+
+    def _items(self, urls: Iterator[str]) -> Iterator:
+        for url in urls:
+            for sample in iter_shard(url, self.errors.add):
+                try:
+                    yield from prune(sample, self.settings, self.epoch)
+                except SampleError as e:
+                    self.errors.add(e.kind, str(e))
+
+    def __iter__(self) -> Iterator[dict]:
+        s = self.settings
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        rank, world = _rank_world(self.rank, self.world_size)
+        items = self._items(self._urls(rank, world, worker, workers))
+        if s.train and s.shuffle_buffer > 1:
+            items = _shuffle(
+                items, s.shuffle_buffer, random.Random(stable_seed(s.seed, self.epoch, rank, worker, "buf"))
+            )
+        quota = None
+        if s.resampled:  # this worker's share of the rank's batches
+            quota = s.batches_per_rank // workers + (worker < s.batches_per_rank % workers)
+            if quota == 0:
+                return
+        batch: list[Decoded] = []
+        produced = 0
+        for item in items:
+            try:
+                batch.append(decode(item, s, self.epoch))
+            except SampleError as e:
+                self.errors.add(e.kind, str(e))
+                continue
+            if len(batch) == s.batch_size:
+                yield collate(batch, s)
+                batch, produced = [], produced + 1
+                if quota is not None and produced >= quota:
+                    return
+        if batch and not (s.train and s.drop_last):
+            yield collate(batch, s)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# manifests and the public entry point
+
+
+def _manifests(urls: list[str]) -> dict[Path, dict]:
+    found: dict[Path, dict] = {}
+    for url in urls:
+        p = manifest_path(url)
+        if p is not None and p not in found and p.is_file():
+            found[p] = json.loads(p.read_text())
+    return found
+
+
+def shard_counts(urls: list[str]) -> dict[str, int] | None:
+    """Samples per shard URL from the manifests beside the shards; None when a shard has no manifest entry."""
+    manifests = _manifests(urls)
+    by_file = {}
+    for p, m in manifests.items():
+        for sh in m.get("shards", []):
+            by_file[str(p.parent / sh["file"])] = sh["count"]
+    counts = {}
+    for url in urls:
+        key = str(Path(url))
+        if key not in by_file:
+            return None
+        counts[url] = by_file[key]
+    return counts
+
+
+def class_weights(urls: list[str], num_classes: int, label_index: LabelIndex | None = None) -> np.ndarray:
+    """Weight of one occurrence of each class, 1 / count scaled so that the mean sample weight is 1.
+
+    Counts come from the manifests of the shards (summed over sources; mapped by mid through `label_index` when
+    given, else the manifests must share one label index).
+    """
+    manifests = _manifests(urls)
+    if not manifests:
+        raise ValueError(f"class balancing needs the shard manifests (<name>-manifest.json beside {urls[0]})")
+    counts = np.zeros(num_classes, dtype=np.float64)
+    total = 0
+    reference = None
+    for p, m in manifests.items():
+        total += m["num_samples"]
+        records = m.get("label_index") or []
+        if label_index is not None:
+            for r, c in zip(records, m.get("label_counts", [])):
+                i = label_index.get(r["mid"])
+                if i is not None and i < num_classes:
+                    counts[i] += c
+            continue
+        if reference is None:
+            reference = records
+        elif records != reference:
+            raise ValueError(f"{p} has another label index than the other sources; set data.label_csv")
+        for i, c in enumerate(m.get("label_counts", [])[:num_classes]):
+            counts[i] += c
+    present = counts > 0
+    if not present.any():
+        raise ValueError("class balancing: the manifests hold no label counts (unlabelled data?)")
+    # sum over samples of sum over their labels of 1/count = number of present classes; scale to mean 1
+    out = np.zeros(num_classes)
+    out[present] = total / (present.sum() * counts[present])
+    return out
+
+
+class ShardLoader:
+    """Iterable over batches; wraps a torch DataLoader over a :class:`ShardDataset`.
+
+    ``errors``: the :class:`LoadErrors` counters; ``set_epoch(e)`` reshuffles for the next ``iter()``;
+    ``len()`` is the number of batches this rank yields per epoch (exact in resampled mode; from the manifests'
+    counts otherwise, before skipped samples and class-balance copies); ``num_samples`` the samples of all shards.
+    """
+
+    def __init__(self, dataset: ShardDataset, num_workers: int, counts: dict[str, int] | None):
+        self.dataset = dataset
+        self.errors = dataset.errors
+        self.num_workers = num_workers
+        self._counts = counts
+        self.num_samples = sum(counts.values()) if counts else None
+        self._loader = DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,  # workers are re-forked each epoch, so they see set_epoch()
+            prefetch_factor=4 if num_workers > 0 else None,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self._loader)
+
+    def __len__(self) -> int:
+        s = self.dataset.settings
+        if s.resampled:
+            return s.batches_per_rank
+        if self._counts is None:
+            raise TypeError("number of batches unknown: the shards have no manifest")
+        rank, world = _rank_world(self.dataset.rank, self.dataset.world_size)
+        workers = max(1, self.num_workers)
+        total = 0
+        for w in range(workers):
+            n = sum(self._counts[u] for u in self.dataset.shards_for(rank, world, w, workers))
+            total += n // s.batch_size if (s.train and s.drop_last) else math.ceil(n / s.batch_size)
+        return total
+
+
+def build_loader(
+    data_cfg: DataConfig,
+    shards: str | Sequence[str],
+    *,
+    audio_length: int = 1024,
+    num_mel_bins: int = 128,
+    image_size: int = 224,
+    num_classes: int = 527,
+    train: bool,
+    frame_mode: str | None = None,
+    seed: int = 0,
+    epoch: int = 0,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> ShardLoader:
+    """A loader of batches (see the module docstring) over `shards` (brace patterns / lists / '::'-joined sources).
+
+    train: shuffling and the augmentations of `data_cfg` (noise, time_roll, freqm, timem, mixup, label_smoothing,
+    class balance) are on only when True. frame_mode: "random" | "middle" | "all"; default ``data_cfg.frame_mode``
+    when training and "middle" otherwise ("all" stays "all"). batch_size / num_workers default to `data_cfg`.
+    rank / world_size default to torch.distributed's when it is initialised, else 0 / 1.
+    """
+    bs = batch_size or data_cfg.batch_size
+    if frame_mode is None:
+        frame_mode = data_cfg.frame_mode if (train or data_cfg.frame_mode == "all") else "middle"
+    if frame_mode not in ("random", "middle", "all"):
+        raise ValueError(f"frame_mode must be 'random', 'middle' or 'all', got {frame_mode!r}")
+    urls = expand_shards(shards)
+    if not urls:
+        raise ValueError("no shards given (data.train_shards / data.val_shards are empty)")
+    workers = data_cfg.num_workers if num_workers is None else num_workers
+    label_index = LabelIndex.from_csv(data_cfg.label_csv) if data_cfg.label_csv else None
+    if label_index is not None and len(label_index) > num_classes:
+        raise ValueError(f"{data_cfg.label_csv} has {len(label_index)} classes but num_classes is {num_classes}")
+    balance = (data_cfg.balance_mode if data_cfg.class_balanced else "") if train else ""
+    if label_index is None:
+        for path, manifest in _manifests(urls).items():
+            if len(manifest.get("label_index") or []) > num_classes:
+                raise ValueError(
+                    f"{path} has {len(manifest['label_index'])} classes but num_classes is {num_classes} "
+                    "(set model.num_classes, or data.label_csv to map the labels)"
+                )
+    counts = shard_counts(urls)
+    r, world = _rank_world(rank, world_size)
+    batches_per_rank = 0
+    if data_cfg.resampled:
+        total = data_cfg.samples_per_epoch or (sum(counts.values()) if counts else 0)
+        if not total:
+            raise ValueError("resampled shards need data.samples_per_epoch (no manifests to count the samples)")
+        batches_per_rank = math.ceil(total / (world * bs))
+    elif len(urls) < world * max(1, workers):
+        log.warning(
+            "%d shard(s) for %d rank(s) x %d worker(s): some workers get no shard (split shards finer)",
+            len(urls),
+            world,
+            max(1, workers),
+        )
+    settings = LoaderSettings(
+        audio_length=audio_length,
+        num_mel_bins=num_mel_bins,
+        image_size=image_size,
+        num_classes=num_classes,
+        train=train,
+        frame_mode=frame_mode,
+        seed=seed,
+        batch_size=bs,
+        drop_last=data_cfg.drop_last,
+        shuffle_buffer=data_cfg.shuffle_buffer,
+        resampled=data_cfg.resampled,
+        batches_per_rank=batches_per_rank,
+        noise=data_cfg.noise,
+        time_roll=data_cfg.time_roll,
+        freqm=data_cfg.freqm,
+        timem=data_cfg.timem,
+        mixup=data_cfg.mixup,
+        mixup_alpha=data_cfg.mixup_alpha,
+        label_smoothing=data_cfg.label_smoothing,
+        fbank_mean=data_cfg.fbank_mean,
+        fbank_std=data_cfg.fbank_std,
+        balance=balance,
+        class_weights=class_weights(urls, num_classes, label_index) if balance else None,
+        label_lookup=label_index.lookup() if label_index is not None else None,
+    )
+    dataset = ShardDataset(urls, settings, LoadErrors(), r, world)  # resolved here: workers may not see dist
+    dataset.set_epoch(epoch)
+    return ShardLoader(dataset, workers, counts)

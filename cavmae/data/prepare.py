@@ -1,0 +1,466 @@
+"""``cavmae prepare``: media files + metadata -> WebDataset shards and a manifest.
+
+Three kinds of input (see :mod:`cavmae.data.labels` for the file formats):
+
+- a folder of videos and an AudioSet segments CSV or a VGGSound CSV (labelled);
+- a CAV-MAE datafile JSON (wav files + pre-extracted frames, labelled);
+- a plain folder of videos (unlabelled, for self-supervised pre-training).
+
+Planning (:func:`cavmae.data.sources.plan_inputs`) turns these into a sorted list of clips plus the rows and files
+that cannot be used. Preparing (:func:`prepare_shards`) decodes every input in worker processes and packs the results
+in input order into ``<name>-000000.tar`` ... (a new shard starts when the current one holds
+``samples_per_shard`` samples or would pass ``max_shard_bytes``), then writes ``<name>-manifest.json`` and
+``<name>-labels.csv``.
+
+Determinism and restarts: inputs are sorted by key and results are packed in that order whatever the number of
+workers, and tars carry fixed metadata, so the same inputs and options give byte-identical shards. Each shard is
+written to ``<shard>.tmp`` and renamed when complete; ``<name>-progress.json`` (rewritten atomically after every
+shard) records the finished shards and the input index where the next one starts. Running again after an
+interruption checks the finished shards (size), keeps them, discards the partial one and continues from there, so
+the result is the same as an uninterrupted run. A finished job (manifest present, same inputs and options) is not
+redone.
+
+Failures never stop the job: every input that cannot be used is listed in the manifest with its reason
+(``failed``), as are metadata rows without a file (``missing``), media files no row names (``unmatched``) and
+files that are not media (``ignored``).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from cavmae.data.media import MediaError, decode_clip, evenly_spaced_times, probe, read_audio
+from cavmae.data.shards import NUM_FRAMES, TarShardWriter, file_sha256, sample_bytes, shard_name
+from cavmae.data.sources import ClipInput, Plan
+
+log = logging.getLogger(__name__)
+
+FORMAT = "cavmae-shards/1"
+
+
+@dataclass
+class PrepareOptions:
+    """How each clip is stored. Defaults follow CAV-MAE (ten frames per clip, 224 px for the 224 px model)."""
+
+    frame_size: int = 224  # frames are resized so that their shorter side is at most this (never enlarged)
+    num_frames: int = NUM_FRAMES
+    jpeg_quality: int = 90
+    store: Literal["decoded", "mp4", "both"] = "decoded"  # decoded: audio + jpg; mp4: raw file only; both: all
+    # 16-bit PCM in a WAV or FLAC container. WAV is the default because the loader decodes it in ~0.03 ms per 10 s
+    # clip against ~1.7 ms for FLAC (more than the whole fbank), for ~25 % more bytes per sample.
+    audio_format: Literal["wav", "flac"] = "wav"
+    clip_seconds: float = 10.0  # window read from a file when the metadata gives no end (folders, VGGSound)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one clip -> one sample (runs in the worker processes)
+
+
+def _jpeg(frame: np.ndarray, size: int, quality: int) -> tuple[bytes, tuple[int, int]]:
+    """RGB uint8 [H, W, 3] -> JPEG bytes with the shorter side at most `size` (bicubic), and the stored (H, W)."""
+    from PIL import Image
+
+    img = Image.fromarray(frame)
+    w, h = img.size
+    if size and min(w, h) > size:
+        scale = size / min(w, h)
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue(), (img.size[1], img.size[0])
+
+
+def _encode_audio(audio: np.ndarray, fmt: str) -> bytes:
+    """float32 [N] 16 kHz mono -> 16-bit PCM WAV or FLAC bytes."""
+    import soundfile as sf
+
+    # Quantise here, as ffmpeg's s16 output does (round(x * 32768), clipped): libsndfile would scale floats by
+    # 32767 for WAV but 32768 for FLAC, so the two formats would not hold the same samples.
+    pcm = np.clip(np.rint(audio * 32768.0), -32768, 32767).astype(np.int16)
+    buf = io.BytesIO()
+    sf.write(buf, pcm, 16000, format=fmt.upper(), subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _meta(inp: ClipInput, **extra) -> dict:
+    meta = {
+        "key": inp.key,
+        "source": inp.rel,
+        "ytid": inp.ytid,
+        "start": inp.start,
+        "end": inp.end,
+        "labels": inp.labels,
+        "label_indices": inp.label_indices,
+        "split": inp.split,
+    }
+    meta.update(extra)
+    return meta
+
+
+def _encode_json(meta: dict) -> bytes:
+    return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _video_sample(inp: ClipInput, opts: PrepareOptions) -> dict[str, bytes]:
+    clip = decode_clip(inp.source, start=inp.clip_start, end=inp.clip_end, num_frames=opts.num_frames)
+    members: dict[str, bytes] = {}
+    frame_size = [clip.height, clip.width]
+    if opts.store in ("decoded", "both"):
+        members[opts.audio_format] = _encode_audio(clip.audio, opts.audio_format)
+        for i, frame in enumerate(clip.frames):
+            members[f"f{i}.jpg"], hw = _jpeg(frame, opts.frame_size, opts.jpeg_quality)
+            frame_size = list(hw)
+    if opts.store in ("mp4", "both"):
+        members["mp4"] = Path(inp.source).read_bytes()
+    members["json"] = _encode_json(
+        _meta(
+            inp,
+            clip_start=round(clip.clip_start, 6),
+            clip_end=round(clip.clip_end, 6),
+            duration=round(clip.duration, 6),
+            fps=round(clip.fps, 6),
+            frame_times=clip.frame_times,
+            frame_size=frame_size,
+            num_frames=len(clip.frames),
+        )
+    )
+    return members
+
+
+def _datafile_sample(inp: ClipInput, opts: PrepareOptions) -> dict[str, bytes]:
+    from PIL import Image
+
+    _, has_audio = probe(inp.source)
+    if not has_audio:
+        raise MediaError("no audio stream")
+    audio = read_audio(inp.source)
+    paths = inp.frame_paths or []
+    present = [i for i, p in enumerate(paths) if os.path.isfile(p)]
+    if not present:
+        raise MediaError(f"no frames found (expected {paths[0] if paths else '<video_path>/frame_0/<id>.jpg'})")
+    members = {opts.audio_format: _encode_audio(audio, opts.audio_format)}
+    frame_size: list[int] = []
+    for i in range(len(paths)):
+        src = paths[min(present, key=lambda j: (abs(j - i), j))]  # a missing frame takes the nearest present one
+        try:
+            with Image.open(src) as img:
+                rgb = np.asarray(img.convert("RGB"))
+        except Exception as e:
+            raise MediaError(f"undecodable frame {src}: {e}") from e
+        members[f"f{i}.jpg"], hw = _jpeg(rgb, opts.frame_size, opts.jpeg_quality)
+        frame_size = list(hw)
+    duration = len(audio) / 16000
+    members["json"] = _encode_json(
+        _meta(
+            inp,
+            clip_start=0.0,
+            clip_end=round(duration, 6),
+            duration=round(duration, 6),
+            fps=None,
+            frame_times=[round(t, 6) for t in evenly_spaced_times(0.0, duration, len(paths))],
+            frame_size=frame_size,
+            num_frames=len(paths),
+            missing_frames=[i for i in range(len(paths)) if i not in present],
+        )
+    )
+    return members
+
+
+def process_clip(inp: ClipInput, opts: PrepareOptions) -> tuple[bool, dict[str, bytes] | str]:
+    """(True, members) for a good clip, (False, reason) for one that cannot be used. Never raises."""
+    try:
+        if inp.frame_paths is not None:
+            return True, _datafile_sample(inp, opts)
+        return True, _video_sample(inp, opts)
+    except MediaError as e:
+        return False, e.reason
+    except Exception as e:  # anything else in a decoder must not stop the job; the reason says what happened
+        log.debug("unexpected error on %s", inp.source, exc_info=True)
+        return False, f"unexpected error: {type(e).__name__}: {e}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# packing into shards, with restart
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _fingerprint(plan: Plan, opts: PrepareOptions, samples_per_shard: int, max_shard_bytes: int) -> str:
+    payload = {
+        "format": FORMAT,
+        "inputs": [dataclasses.asdict(c) for c in plan.inputs],
+        "options": dataclasses.asdict(opts),
+        "samples_per_shard": samples_per_shard,
+        "max_shard_bytes": max_shard_bytes,
+        "labels": plan.label_index.to_records() if plan.label_index else None,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+CRASHED = "decoder crashed (its worker process died)"
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: exit when the parent process is gone (killed prepare must not leave workers behind)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+def _results(inputs: list[ClipInput], opts: PrepareOptions, workers: int):
+    """(True, members) / (False, reason) for each input, in input order; at most 4 clips per worker in flight.
+
+    A decoder that kills its process (a segfault in a codec on a damaged file) breaks the pool and every pending
+    clip with it; the first unfinished clip is then retried alone in a fresh process, recorded as CRASHED if it
+    kills that one too, and a new pool takes the rest. (With workers=0 a crash ends the job; a rerun resumes.)
+    """
+    if workers <= 0:
+        for inp in inputs:
+            yield process_clip(inp, opts)
+        return
+    ctx = multiprocessing.get_context()
+    i = 0
+    while i < len(inputs):
+        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_exit_with_parent, initargs=(os.getpid(),))
+        pending: collections.deque = collections.deque()
+        submitted = i
+        try:
+            while i < len(inputs):
+                while submitted < len(inputs) and len(pending) < 4 * workers:
+                    pending.append(pool.submit(process_clip, inputs[submitted], opts))
+                    submitted += 1
+                result = pending.popleft().result()
+                i += 1
+                yield result
+        except BrokenProcessPool:
+            log.warning("a decoder process died; retrying %s alone", inputs[i].rel)
+            yield _isolated(inputs[i], opts, ctx)
+            i += 1
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _isolated(inp: ClipInput, opts: PrepareOptions, ctx) -> tuple[bool, dict[str, bytes] | str]:
+    with ProcessPoolExecutor(1, mp_context=ctx, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
+        try:
+            return pool.submit(process_clip, inp, opts).result()
+        except BrokenProcessPool:
+            return False, CRASHED
+
+
+class PrepareError(RuntimeError):
+    """The output folder holds something prepare must not overwrite without being told to."""
+
+
+def prepare_shards(
+    plan: Plan,
+    out_dir: str | Path,
+    *,
+    name: str = "data",
+    samples_per_shard: int = 1000,
+    max_shard_bytes: int = 0,
+    workers: int = 0,
+    options: PrepareOptions | None = None,
+    overwrite: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict:
+    """Decode the plan's inputs and write shards + manifest into `out_dir`; returns the manifest.
+
+    samples_per_shard / max_shard_bytes (0 = no limit) bound each shard; workers = 0 decodes in this process.
+    `progress(event, shard, count)` is called with ("sample", shard index, samples in it so far) after each sample
+    and ("shard", shard index, samples) after each finished shard.
+    """
+    opts = options or PrepareOptions()
+    if samples_per_shard < 1:
+        raise ValueError("samples_per_shard must be at least 1")
+    if "/" in name or not name:
+        raise ValueError(f"shard name {name!r} must be a plain file name prefix")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_file = out / f"{name}-manifest.json"
+    progress_file = out / f"{name}-progress.json"
+    fp = _fingerprint(plan, opts, samples_per_shard, max_shard_bytes)
+
+    if manifest_file.exists() and not overwrite:
+        old = json.loads(manifest_file.read_text())
+        if old.get("fingerprint") == fp and all((out / s["file"]).is_file() for s in old["shards"]):
+            log.info("%s is complete (same inputs and options); nothing to do", manifest_file)
+            return old
+        raise PrepareError(f"{manifest_file} comes from other inputs or options; pass overwrite (--overwrite)")
+    state = {"fingerprint": fp, "shards": [], "failed": [], "next_input": 0}
+    if progress_file.exists() and not overwrite:
+        saved = json.loads(progress_file.read_text())
+        if saved.get("fingerprint") != fp:
+            raise PrepareError(
+                f"{progress_file} belongs to an interrupted run with other inputs or options; "
+                "pass overwrite (--overwrite) to start again"
+            )
+        state = _resume_state(saved, out)
+    elif not overwrite and any(out.glob(f"{name}-[0-9]*.tar")):
+        raise PrepareError(
+            f"{out} already holds {name}-*.tar shards that no progress file describes; "
+            "pass overwrite (--overwrite) or choose another --name"
+        )
+    # Drop partial shards and shards past the resume point (from the interrupted run; rewritten identically).
+    keep = {s["file"] for s in state["shards"]}
+    for p in list(out.glob(f"{name}-[0-9]*.tar")) + list(out.glob(f"{name}-[0-9]*.tar.tmp")):
+        if p.name not in keep:
+            p.unlink()
+    if overwrite:
+        manifest_file.unlink(missing_ok=True)
+    _write_json_atomic(progress_file, state)
+
+    num_classes = len(plan.label_index) if plan.label_index else 0
+    start = state["next_input"]
+    if start:
+        log.info(
+            "resuming after %d finished shard(s), at input %d of %d", len(state["shards"]), start, len(plan.inputs)
+        )
+    writer: TarShardWriter | None = None
+    shard_first = start
+    shard_labels: collections.Counter = collections.Counter()
+    shard_keys: list[str] = []
+
+    def finish(end_input: int) -> None:
+        nonlocal writer, shard_first, shard_labels, shard_keys
+        assert writer is not None
+        index = len(state["shards"])
+        writer.close()
+        final = out / shard_name(name, index)
+        os.replace(writer.path, final)
+        state["shards"].append(
+            {
+                "file": final.name,
+                "count": writer.count,
+                "bytes": final.stat().st_size,
+                "sha256": file_sha256(final),
+                "first_key": shard_keys[0],
+                "last_key": shard_keys[-1],
+                "first_input": shard_first,
+                "end_input": end_input,
+                "label_counts": {str(k): v for k, v in sorted(shard_labels.items())},
+            }
+        )
+        state["next_input"] = end_input
+        _write_json_atomic(progress_file, state)
+        log.info(
+            "wrote %s (%d samples, %.1f MB); %d of %d inputs done",
+            final.name,
+            writer.count,
+            final.stat().st_size / 1e6,
+            end_input,
+            len(plan.inputs),
+        )
+        if progress:
+            progress("shard", index, writer.count)
+        writer, shard_first, shard_labels, shard_keys = None, end_input, collections.Counter(), []
+
+    for i, (ok, result) in enumerate(_results(plan.inputs[start:], opts, workers), start=start):
+        inp = plan.inputs[i]
+        if not ok:
+            log.warning("skipped %s: %s", inp.rel, result)
+            state["failed"].append({"input": inp.rel, "index": i, "reason": result})
+            continue
+        members = result
+        size = sample_bytes(inp.key, members)
+        if writer is not None and (
+            writer.count >= samples_per_shard or (max_shard_bytes and writer.size + size + 1024 > max_shard_bytes)
+        ):
+            finish(i)
+        if writer is None:
+            writer = TarShardWriter(out / (shard_name(name, len(state["shards"])) + ".tmp"))
+        writer.write(inp.key, members)
+        shard_keys.append(inp.key)
+        shard_labels.update(inp.label_indices)
+        if progress:
+            progress("sample", len(state["shards"]), writer.count)
+    if writer is not None:
+        finish(len(plan.inputs))
+
+    manifest = _manifest(plan, state, opts, name, samples_per_shard, max_shard_bytes, num_classes)
+    if plan.label_index is not None:
+        plan.label_index.to_csv(out / f"{name}-labels.csv")
+    _write_json_atomic(manifest_file, manifest)
+    progress_file.unlink(missing_ok=True)
+    log.info(
+        "%d samples in %d shard(s); %d failed, %d rows without a file -> %s",
+        manifest["num_samples"],
+        len(manifest["shards"]),
+        len(manifest["failed"]),
+        len(manifest["missing"]),
+        manifest_file,
+    )
+    return manifest
+
+
+def _resume_state(saved: dict, out: Path) -> dict:
+    """The saved progress, cut at the first finished shard that is missing or has the wrong size."""
+    good = []
+    for s in saved["shards"]:
+        p = out / s["file"]
+        if not p.is_file() or p.stat().st_size != s["bytes"]:
+            log.warning("finished shard %s is missing or changed; redoing from there", s["file"])
+            break
+        good.append(s)
+    next_input = good[-1]["end_input"] if good else 0
+    return {
+        "fingerprint": saved["fingerprint"],
+        "shards": good,
+        "failed": [f for f in saved["failed"] if f["index"] < next_input],
+        "next_input": next_input,
+    }
+
+
+def _manifest(
+    plan: Plan, state: dict, opts: PrepareOptions, name: str, samples_per_shard: int, max_bytes: int, k: int
+) -> dict:
+    counts = [0] * k
+    for s in state["shards"]:
+        for idx, c in s["label_counts"].items():
+            counts[int(idx)] += c
+    failed = sorted(plan.failed, key=lambda f: f["input"]) + [
+        {"input": f["input"], "reason": f["reason"]} for f in state["failed"]
+    ]
+    return {
+        "format": FORMAT,
+        "name": name,
+        "mode": plan.mode,
+        "fingerprint": state["fingerprint"],
+        "options": {**dataclasses.asdict(opts), "samples_per_shard": samples_per_shard, "max_shard_bytes": max_bytes},
+        "num_inputs": len(plan.inputs),
+        "num_samples": sum(s["count"] for s in state["shards"]),
+        "shards": [
+            {k2: s[k2] for k2 in ("file", "count", "bytes", "sha256", "first_key", "last_key")} for s in state["shards"]
+        ],
+        "label_index": plan.label_index.to_records() if plan.label_index else [],
+        "label_counts": counts,
+        "failed": failed,
+        "missing": plan.missing,
+        "unmatched": plan.unmatched,
+        "ignored": plan.ignored,
+    }

@@ -1,0 +1,26 @@
+"""scripts/bench_data.py runs end to end at a tiny size (the speed figure itself comes from running the script:
+timing thresholds do not belong in tests)."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_data.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_data", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_runs_both_loaders(bench, tmp_path):
+    data = bench.make_data(tmp_path, clips=4, classes=2, size=(160, 120), workers=0)
+    result = bench.run_benchmark(data, rounds=1, batch_size=2)
+    assert result["load_errors"] == 0
+    assert result["ours_samples_per_s"] > 0 and result["baseline_samples_per_s"] > 0
+    assert math.isfinite(result["ratio"]) and result["ratio"] > 0
