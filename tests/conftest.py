@@ -110,3 +110,36 @@ def media_shards(media_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("media_shards")
     manifest = prepare_shards(plan_inputs(videos=media_dir), out, name="media", samples_per_shard=1)
     return out, manifest
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a pre-trained tiny model, trained once per session (the learning test and fine-tuning tests share it)
+
+PRETRAIN_SMALL_INPUTS = [  # the tiny model on smaller inputs than the recipe, to keep the test suite short
+    "model.audio_length=256",
+    "model.num_mel_bins=64",
+    "model.image_size=64",
+]
+
+
+@pytest.fixture(scope="session")
+def pretrained_tiny(tmp_path_factory) -> Path:
+    """Run directory of 200 pre-training steps of the tiny model on the synthetic data (model in ``model/``)."""
+    from cavmae.config import load_config
+    from cavmae.train import train
+
+    out = tmp_path_factory.mktemp("pretrained_tiny") / "run"
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        [
+            f"train.out_dir={out}",
+            *PRETRAIN_SMALL_INPUTS,
+            "train.max_steps=200",
+            "train.ckpt_every=0",
+            "train.image_every=0",
+            "train.log_every=50",
+            "train.val_every=200",
+            "train.progress_bar=false",
+        ],
+    )
+    return train(cfg)
