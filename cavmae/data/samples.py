@@ -238,13 +238,23 @@ def _decode_frames(item: Item, size: int) -> torch.Tensor:
             except MediaError as e:
                 raise SampleError("video", f"sample {item.key}: {e.reason}") from None
             img = torch.from_numpy(arr[0]).permute(2, 0, 1)
-        h, w = img.shape[1:]
-        if min(h, w) != size:
-            img = F.resize(img, size, interpolation=F.InterpolationMode.BICUBIC, antialias=True)
-            h, w = img.shape[1:]
-        top, left = (h - size) // 2, (w - size) // 2
-        out.append(img[:, top : top + size, left : left + size])
+        out.append(resize_center_crop(img, size))
     return torch.stack(out)
+
+
+def resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [3, H, W] -> [3, size, size]: shorter side resized to `size` (bicubic), then the centre crop."""
+    h, w = img.shape[1:]
+    if min(h, w) != size:
+        img = F.resize(img, size, interpolation=F.InterpolationMode.BICUBIC, antialias=True)
+        h, w = img.shape[1:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return img[:, top : top + size, left : left + size]
+
+
+def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., 3, S, S] -> float32 with ImageNet mean / std."""
+    return frames.float().mul_(_PIXEL_SCALE).sub_(_PIXEL_SHIFT)
 
 
 @dataclass
@@ -275,8 +285,7 @@ def decode(item: Item, s: LoaderSettings, epoch: int) -> Decoded:
 def collate(items: list[Decoded], s: LoaderSettings) -> dict:
     b, t, f = len(items), s.audio_length, s.num_mel_bins
     waves = [it.wave for it in items]
-    frames = torch.stack([it.frames for it in items]).float()  # [B, n, 3, S, S]
-    frames.mul_(_PIXEL_SCALE).sub_(_PIXEL_SHIFT)
+    frames = normalize_frames(torch.stack([it.frames for it in items]))  # [B, n, 3, S, S]
     labels = torch.zeros(b, s.num_classes)
     for i, it in enumerate(items):
         labels[i, it.labels] = 1.0

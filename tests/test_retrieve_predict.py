@@ -1,0 +1,138 @@
+"""`cavmae retrieve` and `cavmae predict` on the real files of ../shared/media."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import cavmae
+from cavmae.cli import main
+from cavmae.commands.predict import choose_mode
+from cavmae.retrieval import EmbeddingSet
+
+MEDIA = ["00W1lcxW-WU_40.000.mp4", "chaplin.mp4", "FwVYUHKoLtQ_000034.wav"]
+
+
+def small_cfg(**kw) -> cavmae.ModelConfig:
+    """A small model on the real input sizes (1024 x 128 fbank, 224 px frames). Head counts follow the ViT
+    convention (64 dims per head, 32 in the decoder) because public .pth files do not record them."""
+    base = dict(
+        embed_dim=128, num_heads=2, modality_depth=1, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=2
+    )
+    return cavmae.ModelConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("ret") / "model"
+    cavmae.save_pretrained(cavmae.create_model(small_cfg()), out)
+    return out
+
+
+def test_retrieve_embeds_shards_and_answers_queries(pretrained_dir, media_shards, media_dir, tmp_path, capsys):
+    shard_dir, manifest = media_shards
+    shards = sorted(str(p) for p in shard_dir.glob("media-*.tar"))
+    emb = tmp_path / "emb.safetensors"
+    assert (
+        main(
+            [
+                "retrieve",
+                "--model",
+                str(pretrained_dir),
+                "--shards",
+                *shards,
+                "--out",
+                str(emb),
+                "--num-workers",
+                "0",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    metrics = json.loads(out[out.index("{") :])
+    assert metrics["clips"] == 2  # the two videos; the .wav has no video stream and is in the manifest's failures
+    assert set(metrics) >= {"video_to_audio", "audio_to_video"}
+    assert json.loads(emb.with_suffix(".json").read_text()) == metrics
+    gallery = EmbeddingSet.load(emb)
+    assert sorted(gallery.keys) == ["00W1lcxW-WU_40000", "chaplin"]
+    assert torch.allclose(gallery.audio.norm(dim=1), torch.ones(2))
+
+    files = [str(media_dir / f) for f in MEDIA]
+    assert (
+        main(
+            [
+                "retrieve",
+                "--model",
+                str(pretrained_dir),
+                "--embeddings",
+                str(emb),
+                "--query",
+                *files,
+                "--query-key",
+                "chaplin",
+                "--top-k",
+                "2",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "key chaplin: top 2 videos" in out
+    assert f"{files[0]}: top 2 audios" in out  # a video file queries the audios
+    assert f"{files[2]}: top 2 videos" in out  # an audio file queries the videos
+    blocks = out.strip().split("\n")
+    scores = [float(line.split()[-1]) for line in blocks if line.startswith("   ")]
+    assert len(scores) == 8 and all(-1.0 <= s <= 1.0 for s in scores)
+    # the key query equals a query with the stored embedding: its own clip's video scores as the gallery says
+    i = gallery.index("chaplin")
+    expected = (gallery.audio[i] @ gallery.video.t()).max().item()
+    key_line = blocks[blocks.index("key chaplin: top 2 videos") + 1]
+    assert abs(float(key_line.split()[-1]) - expected) < 1e-4
+    assert main(["retrieve", "--embeddings", str(emb), "--query-key", "nope"]) == 1
+
+
+def test_predict_on_shared_media(media_dir, shared_dir, tmp_path, capsys):
+    torch.manual_seed(0)
+    clf_dir = tmp_path / "clf"
+    cavmae.save_pretrained(cavmae.create_model(small_cfg(num_classes=527), kind="classifier"), clf_dir)
+    files = [str(media_dir / f) for f in MEDIA]
+    labels = str(shared_dir / "data" / "class_labels_indices_as.csv")
+    assert main(["predict", *files, "--model", str(clf_dir), "--labels", labels, "--top-k", "3", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["file"] for r in rows] == files
+    assert [r["mode"] for r in rows] == ["audiovisual", "audiovisual", "missing_video"]
+    assert rows[2]["inputs"] == "audio"
+    with open(labels) as f:
+        names = {line.split(",", 2)[2].strip().strip('"') for line in f.read().splitlines()[1:]}
+    for r in rows:
+        assert len(r["top"]) == 3 and all(t["name"] in names for t in r["top"])
+        assert [t["score"] for t in r["top"]] == sorted((t["score"] for t in r["top"]), reverse=True)
+    # the same file through the public layout gives the same answer
+    public = tmp_path / "clf.pth"
+    assert main(["convert", str(clf_dir), str(public), "--to", "official"]) == 0
+    capsys.readouterr()
+    assert main(["predict", files[1], "--model", str(public), "--labels", labels, "--top-k", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top"] == rows[1]["top"]
+
+
+def test_predict_reports_bad_files(tmp_path, capsys):
+    clf_dir = tmp_path / "clf"
+    cavmae.save_pretrained(cavmae.create_model(small_cfg(num_classes=5), kind="classifier"), clf_dir)
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00" * 100)
+    assert main(["predict", str(bad), str(tmp_path / "missing.mp4"), "--model", str(clf_dir)]) == 1
+
+
+def test_mode_choice():
+    assert choose_mode("audiovisual", True, True) == "audiovisual"
+    assert choose_mode("audiovisual", True, False) == "missing_video"
+    assert choose_mode("audiovisual", False, True) == "missing_audio"
+    assert choose_mode("audio", True, False) == "audio"
+    with pytest.raises(ValueError, match="no video"):
+        choose_mode("video", True, False)
