@@ -54,6 +54,8 @@ def test_quick_demo_writes_the_report_and_pretraining_beats_random_init(quick_de
     assert m["data"]["heldout_clips"] >= 30 and m["data"]["train_clips"] >= 150
     for run in ("pretrain", "finetune_pretrained", "finetune_scratch"):
         assert (out / "runs" / run / "model" / "model.safetensors").is_file()
+    start, end = m["pretraining"]["start"], m["pretraining"]["end"]
+    assert end["loss_c"] < start["loss_c"] and end["loss_rec_a"] < start["loss_rec_a"], (start, end)
     chance = m["retrieval_chance_R@5"]
     for direction in ("video_to_audio", "audio_to_video"):
         pre, rnd = m["retrieval"]["pretrained"][direction], m["retrieval"]["random_init"][direction]
