@@ -361,6 +361,8 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 
 def prepare_out_dir(out: Path) -> None:
     """An empty ``out``: a folder from an earlier demo (it holds the marker) is replaced, anything else refused."""
+    if out.exists() and not out.is_dir():
+        raise DemoError(f"{out} is a file: choose another --out")
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).is_file():
             raise DemoError(f"{out} is not empty and does not hold an earlier demo: choose another --out")
