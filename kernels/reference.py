@@ -45,10 +45,9 @@ def selective_scan_reference(
         delta_ = delta_ + delta_bias.to(dtype)[:, None]
     if delta_softplus:
         delta_ = F.softplus(delta_)
-    # Give every channel its group's B and C: (batch, G, N, L) -> (batch, dim, N, L).
-    channel_group = torch.arange(shape.dim, device=u.device) // shape.dim_per_group
-    B_ = grouped(B).to(dtype)[:, channel_group]
-    C_ = grouped(C).to(dtype)[:, channel_group]
+    B_ = grouped(B).to(dtype)  # (batch, G, N, L)
+    C_ = grouped(C).to(dtype)
+    channel_group = torch.arange(shape.dim, device=u.device) // shape.dim_per_group  # group of each channel
     A_ = A.to(dtype)
 
     h = u_.new_zeros(shape.batch, shape.dim, shape.d_state)  # (batch, dim, N)
@@ -56,8 +55,10 @@ def selective_scan_reference(
     positions = range(shape.length - 1, -1, -1) if reverse else range(shape.length)
     for t in positions:
         decay = torch.exp(delta_[:, :, t, None] * A_)  # (batch, dim, N)
-        h = decay * h + (delta_[:, :, t] * u_[:, :, t])[:, :, None] * B_[:, :, :, t]
-        ys[t] = (h * C_[:, :, :, t]).sum(-1)  # (batch, dim)
+        B_t = B_[:, :, :, t][:, channel_group]  # (batch, dim, N): channel d reads its group's B
+        C_t = C_[:, :, :, t][:, channel_group]
+        h = decay * h + (delta_[:, :, t] * u_[:, :, t])[:, :, None] * B_t
+        ys[t] = (h * C_t).sum(-1)  # (batch, dim)
     y = torch.stack(ys, dim=-1)  # (batch, dim, L)
     if D is not None:
         y = y + D.to(dtype)[:, None] * u_

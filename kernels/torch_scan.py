@@ -81,7 +81,7 @@ class SelectiveScanTorch(torch.autograd.Function):
         shape = check_inputs(u, delta, A, B, C, D, z, delta_bias)
         dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
         L, b, d, n, g = shape.length, shape.batch, shape.dim, shape.d_state, shape.groups
-        dpg = shape.dim_per_group
+        j = shape.dim_per_group
 
         u_t = _time_major(u, dtype)  # (L, b, d)
         raw_t = _time_major(delta, dtype)  # (L, b, d): delta + bias, before softplus
@@ -90,24 +90,24 @@ class SelectiveScanTorch(torch.autograd.Function):
         delta_t = F.softplus(raw_t) if delta_softplus else raw_t
         B_t = _time_major(grouped(B), dtype)  # (L, b, G, N)
         C_t = _time_major(grouped(C), dtype)
-        A_ = A.to(dtype)
+        A_t = A.to(dtype).view(g, j, n).transpose(1, 2).contiguous()  # (G, N, dim/G)
 
-        decay = torch.empty((L, b, d, n), dtype=dtype, device=u.device)
-        torch.mul(delta_t.unsqueeze(-1), A_, out=decay).exp_()
-        states = torch.empty((L, b, d, n), dtype=dtype, device=u.device)
-        torch.mul((delta_t * u_t).view(L, b, g, dpg, 1), B_t.view(L, b, g, 1, n), out=states.view(L, b, g, dpg, n))
+        decay = torch.empty((L, b, g, n, j), dtype=dtype, device=u.device)
+        torch.mul(delta_t.view(L, b, g, 1, j), A_t, out=decay).exp_()
+        states = torch.empty((L, b, g, n, j), dtype=dtype, device=u.device)
+        torch.mul((delta_t * u_t).view(L, b, g, 1, j), B_t.view(L, b, g, n, 1), out=states)
         _scan_inplace(states, decay, reverse)
 
-        y_t = torch.matmul(states.view(L, b, g, dpg, n), C_t.view(L, b, g, n, 1)).view(L, b, d)
+        y_t = torch.matmul(C_t.view(L, b, g, 1, n), states).view(L, b, d)
         D_ = D.to(dtype) if D is not None else None
         if D_ is not None:
             y_t.addcmul_(u_t, D_)
         z_t = _time_major(z, dtype) if z is not None else None
         out = _to_channel_major(y_t * F.silu(z_t) if z_t is not None else y_t, u)
         last_state = new_output((b, d, n), dtype, u.device)
-        last_state.copy_(states[0] if reverse else states[-1])
+        last_state.view(b, g, j, n).copy_(states[0 if reverse else -1].transpose(-1, -2))
 
-        ctx.save_for_backward(u_t, raw_t, A_, B_t, C_t, D_, z_t, y_t, decay, states)
+        ctx.save_for_backward(u_t, raw_t, delta_t, A_t, B_t, C_t, D_, z_t, y_t, decay, states)
         ctx.scan = (shape, delta_softplus, reverse, dtype)
         ctx.input_meta = tuple(
             (t.dtype, t.shape) if t is not None else None for t in (u, delta, A, B, C, D, z, delta_bias)
@@ -118,37 +118,34 @@ class SelectiveScanTorch(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, dout: Tensor | None, dlast: Tensor | None) -> tuple[Tensor | None, ...]:
-        u_t, raw_t, A_, B_t, C_t, D_, z_t, y_t, decay, states = ctx.saved_tensors
+        u_t, raw_t, delta_t, A_t, B_t, C_t, D_, z_t, y_t, decay, states = ctx.saved_tensors
         shape, delta_softplus, reverse, dtype = ctx.scan
         L, b, d, n, g = shape.length, shape.batch, shape.dim, shape.d_state, shape.groups
-        dpg = shape.dim_per_group
+        j = shape.dim_per_group
         needs = ctx.needs_input_grad
-        delta_t = F.softplus(raw_t) if delta_softplus else raw_t
 
-        if dout is None:
-            dout_t = torch.zeros_like(y_t)
-        else:
-            dout_t = _time_major(dout, dtype)  # (L, b, d)
+        dout_t = torch.zeros_like(y_t) if dout is None else _time_major(dout, dtype)  # (L, b, d)
         dz_t = None
         if z_t is not None:
             sig = torch.sigmoid(z_t)
-            dz_t = dout_t * y_t * sig * (1 + z_t * (1 - sig))  # d silu(z) / dz = s (1 + z (1 - s))
+            if needs[6]:
+                dz_t = dout_t * y_t * sig * (1 + z_t * (1 - sig))  # d silu(z) / dz = s (1 + z (1 - s))
             dy_t = dout_t * z_t * sig
         else:
             dy_t = dout_t
+        dy5 = dy_t.view(L, b, g, 1, j)
 
         # grad_h[t] = C_t dy_t + decay[t+1] grad_h[t+1]: the transposed scan, in place.
-        grad_h = torch.empty((L, b, d, n), dtype=dtype, device=y_t.device)
-        torch.mul(dy_t.view(L, b, g, dpg, 1), C_t.view(L, b, g, 1, n), out=grad_h.view(L, b, g, dpg, n))
+        grad_h = torch.empty((L, b, g, n, j), dtype=dtype, device=y_t.device)
+        torch.mul(dy5, C_t.view(L, b, g, n, 1), out=grad_h)
         if dlast is not None:
-            grad_h[0 if reverse else -1] += dlast.to(dtype)
+            grad_h[0 if reverse else -1] += dlast.to(dtype).view(b, g, j, n).transpose(-1, -2)
         _scan_transposed_inplace(grad_h, decay, reverse)
-        grad_h5 = grad_h.view(L, b, g, dpg, n)
 
-        dC_t = torch.matmul(dy_t.view(L, b, g, 1, dpg), states.view(L, b, g, dpg, n)) if needs[4] else None
-        dB_t = torch.matmul((delta_t * u_t).view(L, b, g, 1, dpg), grad_h5) if needs[3] else None
+        dC_t = (states * dy5).sum(-1) if needs[4] else None  # (L, b, G, N)
+        dB_t = (grad_h * (delta_t * u_t).view(L, b, g, 1, j)).sum(-1) if needs[3] else None
         # sum_n grad_h * B: the path through the input term delta * u * B.
-        gB_t = torch.matmul(grad_h5, B_t.view(L, b, g, n, 1)).view(L, b, d)
+        gB_t = torch.matmul(B_t.view(L, b, g, 1, n), grad_h).view(L, b, d)
 
         # q = grad_h * decay_t * h_prev is the gradient of the log-decay delta*A (h_prev = 0 before the first step).
         q = torch.empty_like(grad_h)
@@ -156,8 +153,8 @@ class SelectiveScanTorch(torch.autograd.Function):
         q[L - 1 if reverse else 0].zero_()
         torch.mul(grad_h[cur], decay[cur], out=q[cur]).mul_(states[prev])
 
-        ddelta_t = (q * A_).sum(-1).addcmul_(gB_t, u_t)  # (L, b, d)
-        dA = (q.mul_(delta_t.unsqueeze(-1))).sum((0, 1)) if needs[2] else None
+        ddelta_t = (q * A_t).sum(-2).view(L, b, d).addcmul_(gB_t, u_t)  # (L, b, d)
+        dA = q.mul_(delta_t.view(L, b, g, 1, j)).sum((0, 1)) if needs[2] else None  # (G, N, dim/G)
         du_t = gB_t.mul_(delta_t)
         dD = None
         if D_ is not None:
@@ -171,11 +168,11 @@ class SelectiveScanTorch(torch.autograd.Function):
         grads = [
             _channel_major_grad(du_t, meta[0]) if needs[0] else None,
             _channel_major_grad(ddelta_t, meta[1]) if needs[1] else None,
-            dA.to(meta[2][0]) if dA is not None else None,
+            dA.transpose(1, 2).reshape(d, n).to(meta[2][0]) if dA is not None else None,
             _group_grad(dB_t, meta[3]) if dB_t is not None else None,
             _group_grad(dC_t, meta[4]) if dC_t is not None else None,
             dD.to(meta[5][0]) if dD is not None else None,
-            _channel_major_grad(dz_t, meta[6]) if dz_t is not None and needs[6] else None,
+            _channel_major_grad(dz_t, meta[6]) if dz_t is not None else None,
             dbias.to(meta[7][0]) if dbias is not None else None,
         ]
         return (*grads, None, None)
@@ -190,10 +187,10 @@ def _channel_major_grad(x_t: Tensor, meta: tuple[torch.dtype, torch.Size]) -> Te
 
 
 def _group_grad(x_t: Tensor, meta: tuple[torch.dtype, torch.Size]) -> Tensor:
-    """(L, b, G, 1, N) -> gradient of B or C in its own shape, (b, N, L) or (b, G, N, L), and dtype."""
+    """(L, b, G, N) -> gradient of B or C in its own shape, (b, N, L) or (b, G, N, L), and dtype."""
     dtype, shape = meta
     out = new_output(tuple(shape), dtype, x_t.device)
-    grouped(out).copy_(x_t.squeeze(3).permute(1, 2, 3, 0))
+    grouped(out).copy_(x_t.permute(1, 2, 3, 0))
     return out
 
 
