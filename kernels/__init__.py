@@ -13,7 +13,6 @@ forward + backward scan pair of a bidirectional Mamba block. Implementations:
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Callable
 from typing import Literal
 
@@ -46,15 +45,16 @@ def _resolve(impl: str, u: Tensor) -> Callable[..., Tensor | tuple[Tensor, Tenso
         return selective_scan_torch
     if not _triton_available():
         raise RuntimeError("selective_scan: impl='triton' needs the triton package")
-    if not u.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError(
-            "selective_scan: impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before triton is imported, "
-            f"to run the kernels on the CPU interpreter); got tensors on {u.device}"
-        )
     # Imported on first use: Triton decides between compiling and interpreting a kernel when the module defining it
-    # is imported, so TRITON_INTERPRET must be settled by then.
+    # is imported, so TRITON_INTERPRET must be settled by then (and `import cavmae.kernels` stays free of triton).
+    from . import triton_scan
     from .triton_scan import selective_scan_triton
 
+    if not u.is_cuda and not triton_scan.INTERPRETED:
+        raise RuntimeError(
+            "selective_scan: impl='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before the first use of the "
+            f"Triton kernels to run them on the CPU interpreter; got tensors on {u.device}"
+        )
     return selective_scan_triton
 
 

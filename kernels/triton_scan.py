@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
+from triton.runtime.interpreter import InterpretedFunction
 
 from ._common import ScanShape, check_inputs, grouped, new_output
 
@@ -372,6 +373,10 @@ def _scan_bwd_kernel(
     tl.store(dA_ptr + dn_offs, dA_acc, mask=mask_dn)
     tl.store(dD_ptr + b * dim + offs_d, dD_acc, mask=mask_d)
     tl.store(dbias_ptr + b * dim + offs_d, dbias_acc, mask=mask_d)
+
+
+# True when TRITON_INTERPRET=1 was set as this module was imported: the kernels then run on the CPU interpreter.
+INTERPRETED = isinstance(_scan_fwd_kernel, InterpretedFunction)
 
 
 def _strides(x: Tensor | None, ndim: int) -> tuple[int, ...]:
