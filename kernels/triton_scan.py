@@ -65,9 +65,13 @@ def _affine_combine(a_left, b_left, a_right, b_right):
 
 @triton.jit
 def _softplus(x):
-    # torch.nn.functional.softplus (beta 1, threshold 20); exp(x) alone where log(1 + e) would round it to 0.
+    # torch.nn.functional.softplus (beta 1, threshold 20). log1p(e) = log(u) * e / (u - 1) with u = 1 + e: u - 1
+    # is exact, so the rounding of u cancels (Goldberg); where u rounds to 1, log1p(e) = e.
     e = tl.exp(tl.minimum(x, 20.0))
-    return tl.where(x > 20.0, x, tl.where(x < -15.0, e, tl.log(1.0 + e)))
+    u = 1.0 + e
+    rounds_to_one = u == 1.0
+    log1p_e = tl.where(rounds_to_one, e, tl.log(u) * (e / tl.where(rounds_to_one, 1.0, u - 1.0)))
+    return tl.where(x > 20.0, x, log1p_e)
 
 
 @triton.jit
