@@ -169,7 +169,9 @@ class SelectiveScanTorch(torch.autograd.Function):
             dy_t = dout_t.mul_(z_t).mul_(sig_t)
         else:
             dy_t = dout_t
-        dy5, delta5, du5 = dy_t.view(L, b, g, 1, j), delta_t.view(L, b, g, 1, j), du_t.view(L, b, g, j, 1)
+        dy5, delta5 = dy_t.view(L, b, g, 1, j), delta_t.view(L, b, g, 1, j)
+        # (j, 1) column as a transposed row: a (j, 1) view with unit strides would push matmul off its BLAS path.
+        du5 = du_t.view(L, b, g, 1, j).transpose(-1, -2)
 
         rows = min(CHUNK, L)
         grad_buf = torch.empty((rows, b, g, n, j), dtype=dtype, device=y_t.device)  # dLoss/dh of one chunk
