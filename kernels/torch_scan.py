@@ -1,22 +1,23 @@
 """Selective scan in plain PyTorch, fast on CPU: chunked vectorised work, a one-op recurrence, explicit backward.
 
-Layout. The per-state tensors live time-major as (L, batch, G, N, dim/G), fp32 (fp64 for fp64 inputs): the slab of
-one position is contiguous, so the recurrence is one fused ``addcmul_`` per position, and channels are innermost, so
-sums over N add whole channel rows and sums over channels are batched matrix-vector products.
+Layout. The per-state tensors live time-major as (chunk, batch, G, N, dim/G), fp32 (fp64 for fp64 inputs): the slab
+of one position is contiguous, so the recurrence is one fused ``addcmul_`` per position, and channels are innermost,
+so sums over N add whole channel rows and sums over channels are batched matrix-vector products.
 
-    forward, per chunk of positions     decay  = exp2(delta (x) A log2 e)              (chunk, b, G, N, dim/G)
-                                         states = delta*u (x) B
-                                         states[t] += decay[t] * states[t-1]            one op per position
-                                         y = C^T states                                 batched matvec
-    backward, per chunk, last first     g = dy (x) C;  g[t] += decay[t+1] g[t+1]      the transposed recurrence
-                                         dC = states dy, dB = g (delta u), g^T B        batched matvecs
-                                         q = g * decay[t] * states[t-1]                 gradient of the log-decay
-                                         ddelta += sum_n q A,  dA += sum_{b,t} q delta
+    forward, per chunk      decay  = exp2(delta (x) A log2 e),  states = delta*u (x) B
+                            states[t] += decay[t] * states[t-1]                 one op per position
+                            y = C^T states                                      batched matvec
+    backward, per chunk,    recompute decay and states from the chunk's saved starting state, then
+    last chunk first        g = dy (x) C;  g[t] += decay[t+1] g[t+1]           the transposed recurrence
+                            dC = states dy,  dB = g (delta u),  g^T B           batched matvecs
+                            q = g * decay[t] * states[t-1]                      gradient of the log-decay
+                            ddelta += sum_n q A,  dA += sum_{b,t} q delta
 
-Working chunk by chunk keeps the temporaries of a chunk in cache; decays and states are kept whole for the backward
-(2 x L*batch*dim*N floats: the price of this path; the Triton path keeps only chunk-start states). Autograd
-through the per-position loop would record ~10 nodes per position; the explicit backward is a few passes per
-gradient. With ``reverse=True`` the scan order is t = L-1 ... 0 and each position's predecessor is t+1.
+Like the Triton kernels, only the state at each chunk start is kept for the backward, never the (L, batch, dim, N)
+states: the chunk temporaries stay in cache and are reused, and the path allocates no tensor of that size (on a
+virtual machine, first-touch page faults of such buffers cost as much as the arithmetic). Autograd through the
+per-position loop would record ~10 nodes per position; the explicit backward is a few passes per gradient. With
+``reverse=True`` the scan order is t = L-1 ... 0 and each position's predecessor is t+1.
 """
 
 from __future__ import annotations
@@ -31,6 +32,39 @@ from ._common import check_inputs, compute_dtype, grouped, new_output
 
 # Positions per chunk: a chunk's temporaries (chunk x batch x dim x N floats each) should stay in cache.
 CHUNK = 32
+
+
+class _ChunkWork:
+    """Reusable (chunk, b, G, N, dim/G) buffers for decays and states, and the recomputation of one chunk."""
+
+    def __init__(self, rows: int, slab: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+        self.decay = torch.empty((rows, *slab), dtype=dtype, device=device)
+        self.states = torch.empty((rows, *slab), dtype=dtype, device=device)
+        self.decay_rows, self.state_rows = self.decay.unbind(0), self.states.unbind(0)
+
+    def run(
+        self,
+        t0: int,
+        t1: int,
+        order: list[int],
+        h_in: Tensor | None,
+        delta5: Tensor,
+        du5: Tensor,
+        A2_t: Tensor,
+        B_t: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Decays and states of positions [t0, t1) given the state before the chunk (None: zero)."""
+        decay, states = self.decay[: t1 - t0], self.states[: t1 - t0]
+        torch.mul(delta5[t0:t1], A2_t, out=decay).exp2_()
+        torch.mul(du5[t0:t1], B_t[t0:t1], out=states)
+        rows, decays = self.state_rows, self.decay_rows
+        prev = order[0] - t0
+        if h_in is not None:
+            rows[prev].addcmul_(decays[prev], h_in)
+        for t in order[1:]:  # h_t = decay_t * h_prev + x_t
+            rows[t - t0].addcmul_(decays[t - t0], rows[prev])
+            prev = t - t0
+        return decay, states
 
 
 def _time_major(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -54,19 +88,17 @@ def _channel_major(x_t: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> T
 
 
 def _softplus(x: Tensor) -> Tensor:
-    """torch.nn.functional.softplus (threshold 20), several times faster on CPU and as accurate.
+    """torch.nn.functional.softplus without its slow CPU kernel (and without torch.where, also slow on CPU).
 
-    log1p(e) is evaluated as log(u) * e / (u - 1) with u = 1 + e: u - 1 is exact, so the rounding of u cancels
-    (Goldberg's trick); where u rounds to 1, log1p(e) = e to working precision.
+    softplus(x) = max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1]. log1p(e) = log(u) * e / (u - 1) with u = 1 + e:
+    u - 1 is exact, so the rounding of u cancels (Goldberg's trick), giving ~1e-7 relative error. Where u rounds to
+    1 (e < 6e-8, x < -16.6) the result is 0 instead of e: an absolute error below 6e-8 in delta.
     """
-    e = torch.exp(torch.clamp(x, max=20.0))
+    e = torch.exp2(x.abs().mul_(-math.log2(math.e)))
     u = e + 1
     log_u = torch.log(u)
     u -= 1
-    small = u == 0
-    log1p_e = log_u.mul_(e).div_(u.masked_fill_(small, 1.0))
-    log1p_e = torch.where(small, e, log1p_e)
-    return torch.where(x > 20.0, x, log1p_e)
+    return log_u.mul_(e.div_(u.clamp_(min=1e-30))).add_(torch.clamp(x, min=0.0))  # where u = 1: log_u = 0
 
 
 def _chunks(length: int, reverse: bool) -> list[tuple[int, int, list[int]]]:
@@ -100,7 +132,7 @@ class SelectiveScanTorch(torch.autograd.Function):
         dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
         L, b, d, n, g = shape.length, shape.batch, shape.dim, shape.d_state, shape.groups
         j = shape.dim_per_group
-        big = (L, b, g, n, j)
+        slab = (b, g, n, j)
 
         u_t = _time_major(u, dtype)  # (L, b, d)
         raw_t = _time_major(delta, dtype)  # (L, b, d): delta + bias, before softplus
@@ -113,20 +145,20 @@ class SelectiveScanTorch(torch.autograd.Function):
         A_t = A.to(dtype).view(g, j, n).transpose(1, 2).contiguous()  # (G, N, dim/G)
         A2_t = A_t * math.log2(math.e)  # exp(x) = exp2(x log2 e); torch's exp2 is ~2.5x faster than exp on CPU
 
-        decay = torch.empty(big, dtype=dtype, device=u.device)
-        states = torch.empty(big, dtype=dtype, device=u.device)
+        chunks = _chunks(L, reverse)
+        work = _ChunkWork(min(CHUNK, L), slab, dtype, u.device)
+        chunk_start = torch.empty((len(chunks), *slab), dtype=dtype, device=u.device)  # state before each chunk
         y_t = torch.empty((L, b, g, 1, j), dtype=dtype, device=u.device)
         delta5, du5 = delta_t.view(L, b, g, 1, j), du_t.view(L, b, g, 1, j)
-        decay_rows, state_rows = decay.unbind(0), states.unbind(0)
-        prev = None
-        for t0, t1, order in _chunks(L, reverse):
-            torch.mul(delta5[t0:t1], A2_t, out=decay[t0:t1]).exp2_()
-            torch.mul(du5[t0:t1], B_t[t0:t1], out=states[t0:t1])
-            for t in order:  # h_t = decay_t * h_prev + x_t
-                if prev is not None:
-                    state_rows[t].addcmul_(decay_rows[t], state_rows[prev])
-                prev = t
-            torch.matmul(C_t[t0:t1].transpose(-1, -2), states[t0:t1], out=y_t[t0:t1])  # sum_n C h
+        chunk_start[0].zero_()
+        for c, (t0, t1, order) in enumerate(chunks):
+            _, states = work.run(t0, t1, order, chunk_start[c] if c > 0 else None, delta5, du5, A2_t, B_t)
+            torch.matmul(C_t[t0:t1].transpose(-1, -2), states, out=y_t[t0:t1])  # sum_n C h
+            h_out = work.state_rows[order[-1] - t0]  # the chunk's final state; the buffers are reused next
+            if c + 1 < len(chunks):
+                chunk_start[c + 1].copy_(h_out)
+        last_state = new_output((b, d, n), dtype, u.device)
+        last_state.view(b, g, j, n).copy_(h_out.transpose(-1, -2))
 
         y_t = y_t.view(L, b, d)
         D_ = D.to(dtype) if D is not None else None
@@ -139,11 +171,8 @@ class SelectiveScanTorch(torch.autograd.Function):
             sig_t = torch.sigmoid(z_t)
             out_t = (z_t * sig_t).mul_(y_t)  # y * silu(z)
         out = _channel_major(out_t, tuple(u.shape), u.dtype)
-        last_state = new_output((b, d, n), dtype, u.device)
-        last_state.view(b, g, j, n).copy_(states[0 if reverse else -1].transpose(-1, -2))
 
-        ctx.save_for_backward(u_t, raw_t, delta_t, du_t, A_t, B_t, C_t, D_, z_t, sig_t, y_t, decay, states)
-        ctx.decay_rows = decay_rows  # views of the saved decays, reused by the backward's recurrence
+        ctx.save_for_backward(u_t, raw_t, delta_t, du_t, A_t, A2_t, B_t, C_t, D_, z_t, sig_t, y_t, chunk_start)
         ctx.scan = (shape, delta_softplus, reverse, dtype)
         ctx.input_meta = tuple(
             (t.dtype, tuple(t.shape)) if t is not None else None for t in (u, delta, A, B, C, D, z, delta_bias)
@@ -154,11 +183,11 @@ class SelectiveScanTorch(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, dout: Tensor | None, dlast: Tensor | None) -> tuple[Tensor | None, ...]:
-        u_t, raw_t, delta_t, du_t, A_t, B_t, C_t, D_, z_t, sig_t, y_t, decay, states = ctx.saved_tensors
+        u_t, raw_t, delta_t, du_t, A_t, A2_t, B_t, C_t, D_, z_t, sig_t, y_t, chunk_start = ctx.saved_tensors
         shape, delta_softplus, reverse, dtype = ctx.scan
         L, b, d, n, g = shape.length, shape.batch, shape.dim, shape.d_state, shape.groups
         j = shape.dim_per_group
-        needs, meta, decay_rows = ctx.needs_input_grad, ctx.input_meta, ctx.decay_rows
+        needs, meta = ctx.needs_input_grad, ctx.input_meta
 
         dout_t = torch.zeros_like(y_t) if dout is None else _time_major(dout, dtype)  # (L, b, d)
         dz_t = None
@@ -169,14 +198,15 @@ class SelectiveScanTorch(torch.autograd.Function):
             dy_t = dout_t.mul_(z_t).mul_(sig_t)
         else:
             dy_t = dout_t
-        dy5, delta5 = dy_t.view(L, b, g, 1, j), delta_t.view(L, b, g, 1, j)
+        dy5, delta5, du5 = (x.view(L, b, g, 1, j) for x in (dy_t, delta_t, du_t))
         # (j, 1) column as a transposed row: a (j, 1) view with unit strides would push matmul off its BLAS path.
-        du5 = du_t.view(L, b, g, 1, j).transpose(-1, -2)
+        du_col = du5.transpose(-1, -2)
 
-        rows = min(CHUNK, L)
-        grad_buf = torch.empty((rows, b, g, n, j), dtype=dtype, device=y_t.device)  # dLoss/dh of one chunk
+        rows, slab = min(CHUNK, L), (b, g, n, j)
+        work = _ChunkWork(rows, slab, dtype, y_t.device)
+        grad_buf = torch.empty((rows, *slab), dtype=dtype, device=y_t.device)  # dLoss/dh over one chunk
         q_buf = torch.empty_like(grad_buf)
-        grad_rows = grad_buf.unbind(0)
+        grad_rows, decay_rows = grad_buf.unbind(0), work.decay_rows
         dC_t = torch.empty((L, b, g, n, 1), dtype=dtype, device=y_t.device)
         dB_t = torch.empty((L, b, g, n, 1), dtype=dtype, device=y_t.device)
         gB_t = torch.empty((L, b, g, 1, j), dtype=dtype, device=y_t.device)
@@ -184,31 +214,40 @@ class SelectiveScanTorch(torch.autograd.Function):
         dA = torch.zeros((g, n, j), dtype=dtype, device=y_t.device)
         # decay[next] * grad_h[next] flowing into a chunk from the position after it in scan order; at the very end
         # of the scan that is the gradient of the last state.
-        carry = torch.zeros((b, g, n, j), dtype=dtype, device=y_t.device)
+        carry = torch.zeros(slab, dtype=dtype, device=y_t.device)
         if dlast is not None:
             carry += dlast.to(dtype).reshape(b, g, j, n).transpose(-1, -2)
 
-        for t0, t1, order in reversed(_chunks(L, reverse)):
+        chunks = _chunks(L, reverse)
+        for c in range(len(chunks) - 1, -1, -1):
+            t0, t1, order = chunks[c]
             m = t1 - t0
+            h_in = chunk_start[c] if c > 0 else None
+            decay, states = work.run(t0, t1, order, h_in, delta5, du5, A2_t, B_t)
             grad_h, q = grad_buf[:m], q_buf[:m]
             torch.mul(dy5[t0:t1], C_t[t0:t1], out=grad_h)
             grad_rows[order[-1] - t0].add_(carry)
             for k in range(m - 2, -1, -1):  # grad_h[t] = C_t dy_t + decay[next] grad_h[next]
-                t, nxt = order[k], order[k + 1]
-                grad_rows[t - t0].addcmul_(decay_rows[nxt], grad_rows[nxt - t0])
-            carry = decay_rows[order[0]] * grad_rows[order[0] - t0]
+                t, nxt = order[k] - t0, order[k + 1] - t0
+                grad_rows[t].addcmul_(decay_rows[nxt], grad_rows[nxt])
+            carry = decay_rows[order[0] - t0] * grad_rows[order[0] - t0]
 
-            torch.matmul(states[t0:t1], dy5[t0:t1].transpose(-1, -2), out=dC_t[t0:t1])  # sum_j h dy
-            torch.matmul(grad_h, du5[t0:t1], out=dB_t[t0:t1])  # sum_j grad_h delta u
+            torch.matmul(states, dy5[t0:t1].transpose(-1, -2), out=dC_t[t0:t1])  # sum_j h dy
+            torch.matmul(grad_h, du_col[t0:t1], out=dB_t[t0:t1])  # sum_j grad_h delta u
             torch.matmul(B_t[t0:t1].transpose(-1, -2), grad_h, out=gB_t[t0:t1])  # sum_n grad_h B
 
-            # q = grad_h * decay * h_prev: the gradient of the log-decay delta*A. h_prev is 0 at the scan's start.
-            torch.mul(grad_h, decay[t0:t1], out=q)
-            p0, p1 = (t0 + 1, t1 + 1) if reverse else (t0 - 1, t1 - 1)
-            lo, hi = max(p0, 0) - p0, m - (p1 - min(p1, L))  # rows of q whose predecessor exists
-            q[lo:hi].mul_(states[p0 + lo : p0 + hi])
-            q[:lo].zero_()
-            q[hi:].zero_()
+            # q = grad_h * decay * h_prev: the gradient of the log-decay delta*A. The first position of the chunk in
+            # scan order takes the chunk's starting state (0 at the scan's start); the others the row before them.
+            torch.mul(grad_h, decay, out=q)
+            first = order[0] - t0
+            if reverse:
+                q[: m - 1].mul_(states[1:])
+            else:
+                q[1:].mul_(states[: m - 1])
+            if h_in is None:
+                q[first].zero_()
+            else:
+                q[first].mul_(h_in)
             torch.sum(torch.mul(q, A_t, out=grad_h), -2, keepdim=True, out=ddelta_t[t0:t1])  # sum_n q A
             dA += q.mul_(delta5[t0:t1]).sum((0, 1))
 
