@@ -35,35 +35,57 @@ CHUNK = 32
 
 
 class _ChunkWork:
-    """Reusable (chunk, b, G, N, dim/G) buffers for decays and states, and the recomputation of one chunk."""
+    """Reusable buffers for one chunk, (rows, b, G, N, dim/G) each, and the per-position steps over them.
 
-    def __init__(self, rows: int, slab: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+    The recurrence steps are built once per buffer row as (bound addcmul_, decay row, source row) triples: the
+    per-position Python work is then one call, which matters when a step itself costs a few microseconds.
+    """
+
+    def __init__(self, rows: int, slab: tuple[int, ...], dtype: torch.dtype, device: torch.device, reverse: bool):
+        self.reverse = reverse
         self.decay = torch.empty((rows, *slab), dtype=dtype, device=device)
         self.states = torch.empty((rows, *slab), dtype=dtype, device=device)
-        self.decay_rows, self.state_rows = self.decay.unbind(0), self.states.unbind(0)
+        self.grad = torch.empty((rows, *slab), dtype=dtype, device=device)  # dLoss/dh (backward only)
+        self.decay_rows, self.state_rows, self.grad_rows = (x.unbind(0) for x in (self.decay, self.states, self.grad))
+        self._steps: dict[tuple[str, int], list] = {}
 
-    def run(
-        self,
-        t0: int,
-        t1: int,
-        order: list[int],
-        h_in: Tensor | None,
-        delta5: Tensor,
-        du5: Tensor,
-        A2_t: Tensor,
-        B_t: Tensor,
+    def sequence(self, m: int) -> list[int]:
+        """Rows of a chunk of m positions in scan order."""
+        return list(range(m - 1, -1, -1)) if self.reverse else list(range(m))
+
+    def scan_steps(self, m: int) -> list:
+        """h[cur] += decay[cur] * h[prev] for consecutive rows of the scan."""
+        if ("scan", m) not in self._steps:
+            seq = self.sequence(m)
+            self._steps["scan", m] = [
+                (self.state_rows[cur].addcmul_, self.decay_rows[cur], self.state_rows[prev])
+                for prev, cur in zip(seq, seq[1:])
+            ]
+        return self._steps["scan", m]
+
+    def grad_steps(self, m: int) -> list:
+        """g[cur] += decay[next] * g[next], latest scan position first (the transposed recurrence)."""
+        if ("grad", m) not in self._steps:
+            seq = self.sequence(m)
+            self._steps["grad", m] = [
+                (self.grad_rows[cur].addcmul_, self.decay_rows[nxt], self.grad_rows[nxt])
+                for cur, nxt in reversed(list(zip(seq, seq[1:])))
+            ]
+        return self._steps["grad", m]
+
+    def recompute(
+        self, t0: int, t1: int, h_in: Tensor | None, delta5: Tensor, du5: Tensor, A2_t: Tensor, B_t: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Decays and states of positions [t0, t1) given the state before the chunk (None: zero)."""
-        decay, states = self.decay[: t1 - t0], self.states[: t1 - t0]
+        m = t1 - t0
+        decay, states = self.decay[:m], self.states[:m]
         torch.mul(delta5[t0:t1], A2_t, out=decay).exp2_()
-        torch.mul(du5[t0:t1], B_t[t0:t1], out=states)
-        rows, decays = self.state_rows, self.decay_rows
-        prev = order[0] - t0
+        torch.mul(du5[t0:t1], B_t[t0:t1], out=states)  # the input term delta * u * B
         if h_in is not None:
-            rows[prev].addcmul_(decays[prev], h_in)
-        for t in order[1:]:  # h_t = decay_t * h_prev + x_t
-            rows[t - t0].addcmul_(decays[t - t0], rows[prev])
-            prev = t - t0
+            first = self.sequence(m)[0]
+            self.state_rows[first].addcmul_(self.decay_rows[first], h_in)
+        for step, decay_row, source in self.scan_steps(m):  # h_t = decay_t * h_prev + x_t
+            step(decay_row, source)
         return decay, states
 
 
@@ -101,13 +123,9 @@ def _softplus(x: Tensor) -> Tensor:
     return log_u.mul_(e.div_(u.clamp_(min=1e-30))).add_(torch.clamp(x, min=0.0))  # where u = 1: log_u = 0
 
 
-def _chunks(length: int, reverse: bool) -> list[tuple[int, int, list[int]]]:
-    """(t0, t1, positions of [t0, t1) in scan order) for every chunk, in scan order."""
-    chunks = []
-    for t0 in range(0, length, CHUNK):
-        t1 = min(t0 + CHUNK, length)
-        order = list(range(t1 - 1, t0 - 1, -1)) if reverse else list(range(t0, t1))
-        chunks.append((t0, t1, order))
+def _chunks(length: int, reverse: bool) -> list[tuple[int, int]]:
+    """Position ranges [t0, t1) of the chunks, in scan order."""
+    chunks = [(t0, min(t0 + CHUNK, length)) for t0 in range(0, length, CHUNK)]
     return chunks[::-1] if reverse else chunks
 
 
@@ -146,15 +164,15 @@ class SelectiveScanTorch(torch.autograd.Function):
         A2_t = A_t * math.log2(math.e)  # exp(x) = exp2(x log2 e); torch's exp2 is ~2.5x faster than exp on CPU
 
         chunks = _chunks(L, reverse)
-        work = _ChunkWork(min(CHUNK, L), slab, dtype, u.device)
+        work = _ChunkWork(min(CHUNK, L), slab, dtype, u.device, reverse)
         chunk_start = torch.empty((len(chunks), *slab), dtype=dtype, device=u.device)  # state before each chunk
         y_t = torch.empty((L, b, g, 1, j), dtype=dtype, device=u.device)
         delta5, du5 = delta_t.view(L, b, g, 1, j), du_t.view(L, b, g, 1, j)
         chunk_start[0].zero_()
-        for c, (t0, t1, order) in enumerate(chunks):
-            _, states = work.run(t0, t1, order, chunk_start[c] if c > 0 else None, delta5, du5, A2_t, B_t)
+        for c, (t0, t1) in enumerate(chunks):
+            _, states = work.recompute(t0, t1, chunk_start[c] if c > 0 else None, delta5, du5, A2_t, B_t)
             torch.matmul(C_t[t0:t1].transpose(-1, -2), states, out=y_t[t0:t1])  # sum_n C h
-            h_out = work.state_rows[order[-1] - t0]  # the chunk's final state; the buffers are reused next
+            h_out = work.state_rows[work.sequence(t1 - t0)[-1]]  # the chunk's final state; buffers get reused
             if c + 1 < len(chunks):
                 chunk_start[c + 1].copy_(h_out)
         last_state = new_output((b, d, n), dtype, u.device)
@@ -203,10 +221,8 @@ class SelectiveScanTorch(torch.autograd.Function):
         du_col = du5.transpose(-1, -2)
 
         rows, slab = min(CHUNK, L), (b, g, n, j)
-        work = _ChunkWork(rows, slab, dtype, y_t.device)
-        grad_buf = torch.empty((rows, *slab), dtype=dtype, device=y_t.device)  # dLoss/dh over one chunk
-        q_buf = torch.empty_like(grad_buf)
-        grad_rows, decay_rows = grad_buf.unbind(0), work.decay_rows
+        work = _ChunkWork(rows, slab, dtype, y_t.device, reverse)
+        q_buf = torch.empty_like(work.grad)
         dC_t = torch.empty((L, b, g, n, 1), dtype=dtype, device=y_t.device)
         dB_t = torch.empty((L, b, g, n, 1), dtype=dtype, device=y_t.device)
         gB_t = torch.empty((L, b, g, 1, j), dtype=dtype, device=y_t.device)
@@ -220,17 +236,17 @@ class SelectiveScanTorch(torch.autograd.Function):
 
         chunks = _chunks(L, reverse)
         for c in range(len(chunks) - 1, -1, -1):
-            t0, t1, order = chunks[c]
+            t0, t1 = chunks[c]
             m = t1 - t0
             h_in = chunk_start[c] if c > 0 else None
-            decay, states = work.run(t0, t1, order, h_in, delta5, du5, A2_t, B_t)
-            grad_h, q = grad_buf[:m], q_buf[:m]
+            decay, states = work.recompute(t0, t1, h_in, delta5, du5, A2_t, B_t)
+            grad_h, q = work.grad[:m], q_buf[:m]
+            seq = work.sequence(m)
             torch.mul(dy5[t0:t1], C_t[t0:t1], out=grad_h)
-            grad_rows[order[-1] - t0].add_(carry)
-            for k in range(m - 2, -1, -1):  # grad_h[t] = C_t dy_t + decay[next] grad_h[next]
-                t, nxt = order[k] - t0, order[k + 1] - t0
-                grad_rows[t].addcmul_(decay_rows[nxt], grad_rows[nxt])
-            carry = decay_rows[order[0] - t0] * grad_rows[order[0] - t0]
+            work.grad_rows[seq[-1]].add_(carry)
+            for step, decay_row, source in work.grad_steps(m):  # grad_h[t] = C_t dy_t + decay[next] grad_h[next]
+                step(decay_row, source)
+            carry = work.decay_rows[seq[0]] * work.grad_rows[seq[0]]
 
             torch.matmul(states, dy5[t0:t1].transpose(-1, -2), out=dC_t[t0:t1])  # sum_j h dy
             torch.matmul(grad_h, du_col[t0:t1], out=dB_t[t0:t1])  # sum_j grad_h delta u
@@ -239,15 +255,14 @@ class SelectiveScanTorch(torch.autograd.Function):
             # q = grad_h * decay * h_prev: the gradient of the log-decay delta*A. The first position of the chunk in
             # scan order takes the chunk's starting state (0 at the scan's start); the others the row before them.
             torch.mul(grad_h, decay, out=q)
-            first = order[0] - t0
             if reverse:
                 q[: m - 1].mul_(states[1:])
             else:
                 q[1:].mul_(states[: m - 1])
             if h_in is None:
-                q[first].zero_()
+                q[seq[0]].zero_()
             else:
-                q[first].mul_(h_in)
+                q[seq[0]].mul_(h_in)
             torch.sum(torch.mul(q, A_t, out=grad_h), -2, keepdim=True, out=ddelta_t[t0:t1])  # sum_n q A
             dA += q.mul_(delta5[t0:t1]).sum((0, 1))
 
