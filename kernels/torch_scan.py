@@ -227,7 +227,7 @@ class SelectiveScanTorch(torch.autograd.Function):
         dB_t = torch.empty((L, b, g, n, 1), dtype=dtype, device=y_t.device)
         gB_t = torch.empty((L, b, g, 1, j), dtype=dtype, device=y_t.device)
         ddelta_t = torch.empty((L, b, g, 1, j), dtype=dtype, device=y_t.device)
-        dA = torch.zeros((g, n, j), dtype=dtype, device=y_t.device)
+        dA_rows = torch.zeros_like(q_buf)  # q * delta summed over chunks; summed over rows and batch at the end
         # decay[next] * grad_h[next] flowing into a chunk from the position after it in scan order; at the very end
         # of the scan that is the gradient of the last state.
         carry = torch.zeros(slab, dtype=dtype, device=y_t.device)
@@ -264,8 +264,9 @@ class SelectiveScanTorch(torch.autograd.Function):
             else:
                 q[seq[0]].mul_(h_in)
             torch.sum(torch.mul(q, A_t, out=grad_h), -2, keepdim=True, out=ddelta_t[t0:t1])  # sum_n q A
-            dA += q.mul_(delta5[t0:t1]).sum((0, 1))
+            dA_rows[:m].addcmul_(q, delta5[t0:t1])
 
+        dA = dA_rows.sum((0, 1)) if needs[2] else None  # (G, N, dim/G)
         gB_t = gB_t.view(L, b, d)
         ddelta_t = ddelta_t.view(L, b, d).addcmul_(gB_t, u_t)
         du_grad = gB_t.mul_(delta_t)

@@ -148,13 +148,14 @@ def check_against_reference(fn: Callable[..., object], case: Case, device: str =
     assert not bad, f"{case}: relative error above {tol:g} in {bad}"
 
 
-# Sizes: odd channel counts and state sizes, lengths 1 / 7 / 63 / 300 / 1029, every optional input on and off.
+# Sizes: odd channel counts and state sizes, lengths 1 / 7 / 63 / 64 / 300 / 1029, every optional input on and off.
 TORCH_CASES = [
     Case(1),
     Case(7, dim=3, d_state=3, z=False, D=False, bias=False, softplus=False),
     Case(7, dim=5, d_state=5, groups=5, reverse=True),
     Case(63, dim=7, groups=7, strided=True),
     Case(63, dim=6, groups=3, z=False, reverse=True, dtype=torch.bfloat16),
+    Case(64, dim=5, d_state=4, reverse=True),  # whole chunks only (the torch path works in chunks of 32)
     Case(300, dim=9, d_state=6, D=False, strided=True, reverse=True),
     Case(300, dim=3, softplus=False, bias=False, dtype=torch.bfloat16, strided=True),
     Case(300, dim=4, groups=2, delta_shift=6.0),
