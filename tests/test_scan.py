@@ -173,6 +173,9 @@ TRITON_CASES = [
     Case(63, batch=1, dim=3, d_state=5, D=False, z=False, delta_shift=6.0),
     Case(300, batch=1, dim=3, d_state=2),
     Case(300, batch=1, dim=2, d_state=3, groups=2, reverse=True, strided=True, dtype=torch.bfloat16),
+    Case(300, batch=2, dim=8, d_state=8),
+    Case(63, batch=1, dim=3, d_state=16, softplus=False, reverse=True),
+    Case(1029, batch=1, dim=2, d_state=2),
 ]
 
 
@@ -184,6 +187,14 @@ def test_torch_path_matches_reference(case: Case) -> None:
 @pytest.mark.parametrize("case", TRITON_CASES, ids=str)
 def test_triton_matches_reference(case: Case) -> None:
     check_against_reference(small_tiles(), case)
+
+
+@pytest.mark.parametrize(("block_l", "block_d"), [(8, 1), (64, 2), (16, 8)], ids=lambda v: str(v))
+def test_triton_tile_sizes(block_l: int, block_d: int) -> None:
+    module = triton_scan()
+    config = module.ScanConfig(block_l=block_l, block_d=block_d)
+    case = Case(70, batch=2, dim=6, d_state=3, groups=2, reverse=True)
+    check_against_reference(partial(module.selective_scan_triton, config=config), case)
 
 
 def test_public_op_dispatches_to_each_implementation() -> None:
