@@ -288,7 +288,7 @@ class SelectiveScanTorch(torch.autograd.Function):
         grads = [
             activation(du_grad, 0),
             activation(ddelta_t, 1),
-            param(dA.transpose(1, 2).reshape(d, n), 2),
+            param(dA.transpose(1, 2).reshape(d, n) if dA is not None else None, 2),
             _channel_major(dB_t, bc_shape, meta[3][0]).view(meta[3][1]) if needs[3] else None,
             _channel_major(dC_t, bc_shape, meta[4][0]).view(meta[4][1]) if needs[4] else None,
             param(dD, 5),

@@ -197,6 +197,24 @@ def test_triton_tile_sizes(block_l: int, block_d: int) -> None:
     check_against_reference(partial(module.selective_scan_triton, config=config), case)
 
 
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_gradients_of_a_subset_of_inputs(impl: str) -> None:
+    # Frozen parameters (no requires_grad) must not break the backward, and the other gradients must not change.
+    if impl == "triton":
+        triton_scan()
+    case = Case(40, batch=1, dim=3, d_state=2)
+    inputs = make_inputs(case)
+    for name in ("A", "C", "D", "z"):
+        inputs[name] = inputs[name].detach()
+    out = selective_scan(**inputs, delta_softplus=True, impl=impl)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(5)).to(out)
+    leaves = [inputs[k] for k in ("u", "delta", "B", "delta_bias")]
+    actual = torch.autograd.grad(out, leaves, grad_out)
+    expected = torch.autograd.grad(selective_scan_reference(**inputs, delta_softplus=True), leaves, grad_out)
+    for a, e in zip(actual, expected):
+        assert relative_error(a.double().cpu(), e.double().cpu()) <= 1e-4
+
+
 def test_public_op_dispatches_to_each_implementation() -> None:
     case = Case(40, batch=1, dim=3, d_state=3)
     triton_scan()
