@@ -41,11 +41,15 @@ _LOG2E = tl.constexpr(1.4426950408889634)
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """Tile sizes and warps. The backward recomputes the forward's chunks, so both use the same BLOCK_L."""
+    """Tile sizes and warps. The backward recomputes the forward's chunks, so both use the same BLOCK_L.
+
+    Defaults are a starting point chosen without a GPU at hand; tune with scripts/bench_scan.py --block-l / --block-d
+    / --num-warps on the target card.
+    """
 
     block_l: int = 32
-    block_d: int = 8
-    num_warps: int = 4
+    block_d: int = 8  # channels per program: the B/C gradients are summed over them before the atomics
+    num_warps: int = 8  # a 32 x 8 x 16 fp32 tile is 16 registers per thread per live tile at 8 warps
 
     def __post_init__(self) -> None:
         for name in ("block_l", "block_d"):
@@ -164,6 +168,7 @@ def _scan_fwd_kernel(
             t = length - 1 - pos
         else:
             t = pos
+        t = t.to(tl.int64)  # t * stride can pass 2**31 for long, strided sequences
         mask_ld = mask_l[:, None] & mask_d[None, :]
         mask_ln = mask_l[:, None] & mask_n[None, :]
 
@@ -309,6 +314,7 @@ def _scan_bwd_kernel(
             t = length - 1 - pos
         else:
             t = pos
+        t = t.to(tl.int64)  # t * stride can pass 2**31 for long, strided sequences
         mask_ld = mask_l[:, None] & mask_d[None, :]
         mask_ln = mask_l[:, None] & mask_n[None, :]
 
