@@ -116,11 +116,12 @@ def _softplus(x: Tensor) -> Tensor:
     u - 1 is exact, so the rounding of u cancels (Goldberg's trick), giving ~1e-7 relative error. Where u rounds to
     1 (e < 6e-8, x < -16.6) the result is 0 instead of e: an absolute error below 6e-8 in delta.
     """
-    e = torch.exp2(x.abs().mul_(-math.log2(math.e)))
+    e = x.abs().mul_(-math.log2(math.e)).exp2_()
     u = e + 1
     log_u = torch.log(u)
     u -= 1
-    return log_u.mul_(e.div_(u.clamp_(min=1e-30))).add_(torch.clamp(x, min=0.0))  # where u = 1: log_u = 0
+    log_u.mul_(e.div_(u.clamp_(min=1e-30)))  # where u = 1, log_u = 0
+    return log_u.add_(torch.clamp(x, min=0.0, out=u))
 
 
 def _chunks(length: int, reverse: bool) -> list[tuple[int, int]]:
@@ -222,12 +223,11 @@ class SelectiveScanTorch(torch.autograd.Function):
 
         rows, slab = min(CHUNK, L), (b, g, n, j)
         work = _ChunkWork(rows, slab, dtype, y_t.device, reverse)
-        q_buf = torch.empty_like(work.grad)
         dC_t = torch.empty((L, b, g, n, 1), dtype=dtype, device=y_t.device)
         dB_t = torch.empty((L, b, g, n, 1), dtype=dtype, device=y_t.device)
         gB_t = torch.empty((L, b, g, 1, j), dtype=dtype, device=y_t.device)
         ddelta_t = torch.empty((L, b, g, 1, j), dtype=dtype, device=y_t.device)
-        dA_rows = torch.zeros_like(q_buf)  # q * delta summed over chunks; summed over rows and batch at the end
+        dA_rows = torch.zeros_like(work.grad)  # q * delta summed over chunks; summed over rows and batch at the end
         # decay[next] * grad_h[next] flowing into a chunk from the position after it in scan order; at the very end
         # of the scan that is the gradient of the last state.
         carry = torch.zeros(slab, dtype=dtype, device=y_t.device)
@@ -240,7 +240,7 @@ class SelectiveScanTorch(torch.autograd.Function):
             m = t1 - t0
             h_in = chunk_start[c] if c > 0 else None
             decay, states = work.recompute(t0, t1, h_in, delta5, du5, A2_t, B_t)
-            grad_h, q = work.grad[:m], q_buf[:m]
+            grad_h = work.grad[:m]
             seq = work.sequence(m)
             torch.mul(dy5[t0:t1], C_t[t0:t1], out=grad_h)
             work.grad_rows[seq[-1]].add_(carry)
@@ -252,9 +252,10 @@ class SelectiveScanTorch(torch.autograd.Function):
             torch.matmul(grad_h, du_col[t0:t1], out=dB_t[t0:t1])  # sum_j grad_h delta u
             torch.matmul(B_t[t0:t1].transpose(-1, -2), grad_h, out=gB_t[t0:t1])  # sum_n grad_h B
 
-            # q = grad_h * decay * h_prev: the gradient of the log-decay delta*A. The first position of the chunk in
-            # scan order takes the chunk's starting state (0 at the scan's start); the others the row before them.
-            torch.mul(grad_h, decay, out=q)
+            # q = grad_h * decay * h_prev, the gradient of the log-decay delta*A, built in grad_h's buffer (grad_h is
+            # not needed any more). The first position of the chunk in scan order takes the chunk's starting state
+            # (0 at the scan's start); the others the row before them.
+            q = grad_h.mul_(decay)
             if reverse:
                 q[: m - 1].mul_(states[1:])
             else:
@@ -263,8 +264,8 @@ class SelectiveScanTorch(torch.autograd.Function):
                 q[seq[0]].zero_()
             else:
                 q[seq[0]].mul_(h_in)
-            torch.sum(torch.mul(q, A_t, out=grad_h), -2, keepdim=True, out=ddelta_t[t0:t1])  # sum_n q A
             dA_rows[:m].addcmul_(q, delta5[t0:t1])
+            torch.sum(q.mul_(A_t), -2, keepdim=True, out=ddelta_t[t0:t1])  # sum_n q A
 
         dA = dA_rows.sum((0, 1)) if needs[2] else None  # (G, N, dim/G)
         gB_t = gB_t.view(L, b, d)
