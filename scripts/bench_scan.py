@@ -1,9 +1,9 @@
 """Selective-scan benchmark: implementations against each other and, on a GPU, against a hardware floor.
 
 CPU (default shape batch 2, dim 256, L 512, N 16, float32): the PyTorch path against the sequential reference,
-forward and forward + backward, best of --reps runs each (the minimum is the figure least disturbed by other load on
-a shared machine), in wall-clock time and in process CPU time. The issue's acceptance figure is the forward +
-backward ratio (reference / PyTorch path >= 10).
+forward and forward + backward, timed interleaved and reported as the best of --reps runs each (the minimum is the
+figure least disturbed by other load on a shared machine), in wall-clock time and in process CPU time. The
+issue's acceptance figure is the forward + backward ratio (reference / PyTorch path >= 10).
 
 GPU (default shape batch 32, dim 1536, L 708, N 16, bfloat16): the Triton kernels against the PyTorch path (and
 the reference with --with-reference), median times from triton.testing.do_bench, and the achieved fraction of a floor:
@@ -100,20 +100,11 @@ def forward_backward_fn(scan: Callable, inputs: list[torch.Tensor]) -> Callable[
     return run
 
 
-def best_of(fn: Callable[[], object], reps: int) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) of the fastest of ``reps`` runs, after one warm-up run.
-
-    CPU time sums every thread, so it is the work done; it is also far less disturbed than wall time when other
-    jobs share the cores.
-    """
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one run. CPU time sums every thread: the work done."""
+    w0, c0 = time.perf_counter(), time.process_time()
     fn()
-    wall, cpu = [], []
-    for _ in range(reps):
-        w0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - w0)
-        cpu.append(time.process_time() - c0)
-    return min(wall), min(cpu)
+    return time.perf_counter() - w0, time.process_time() - c0
 
 
 def bench_cpu(args: argparse.Namespace) -> None:
@@ -121,12 +112,18 @@ def bench_cpu(args: argparse.Namespace) -> None:
     reps = args.reps or 7
     rows = []
     for label, make in (("forward", forward_fn), ("forward+backward", forward_backward_fn)):
-        fast = best_of(make(selective_scan_torch, inputs), reps * 3)
-        ref = best_of(make(selective_scan_reference, inputs), reps)
-        rows.append((label, ref, fast))
+        ref_fn, fast_fn = make(selective_scan_reference, inputs), make(selective_scan_torch, inputs)
+        ref_fn(), fast_fn()  # warm-up
+        ref, fast = [], []
+        # Interleaved, so that load from other jobs on a shared machine hits both alike; the best run of each.
+        for _ in range(reps):
+            ref.append(timed(ref_fn))
+            fast.extend(timed(fast_fn) for _ in range(3))
+        rows.append((label, tuple(map(min, zip(*ref))), tuple(map(min, zip(*fast)))))
     print(
         f"CPU, {torch.get_num_threads()} threads; batch {args.batch}, dim {args.dim}, L {args.length}, "
-        f"N {args.d_state}, groups {args.groups}, {args.dtype}; best of {reps} (reference) / {reps * 3} (torch path)"
+        f"N {args.d_state}, groups {args.groups}, {args.dtype}; best of {reps} (reference) / {reps * 3} (torch path), "
+        "interleaved"
     )
     print(f"{'':<18} {'wall clock ms':^34}   {'CPU time ms (all threads)':^34}")
     columns = f"{'reference':>10} {'torch path':>11} {'speed-up':>11}"
