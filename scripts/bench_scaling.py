@@ -3,7 +3,8 @@
     python scripts/bench_scaling.py                       # CPU: a narrow model (see --width), lengths 10..60 s
     python scripts/bench_scaling.py --width 768 --depth 12 --batch 8 --bf16     # on a GPU: the base encoder
 
-For each backbone and audio length (1024 fbank frames per 10 s -> 512 tokens) it times forward+backward of the
+For each backbone and audio length (1024 fbank frames per 10 s -> 512 tokens) it times (best of --iters, the figure
+least disturbed by other jobs on a shared machine) forward+backward of the
 audio path of the encoder (patch embedding, the audio blocks and the shared block with the audio norms) and
 records the peak memory: CUDA's allocator peak on a GPU, the peak resident set size of a fresh child process on
 the CPU (one child per point, so earlier points do not hide later peaks). Writes a table, a JSON file and a PNG
@@ -59,7 +60,6 @@ def measure(backbone: str, seconds: int, args) -> dict:
         if i:
             times.append(time.perf_counter() - t0)
         model.zero_grad(set_to_none=True)
-    times.sort()
     if device.type == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
@@ -68,7 +68,7 @@ def measure(backbone: str, seconds: int, args) -> dict:
         "backbone": backbone,
         "seconds": seconds,
         "tokens": cfg.audio_grid[0] * cfg.audio_grid[1],
-        "time_s": times[len(times) // 2],
+        "time_s": min(times),
         "peak_mib": peak,
     }
 
@@ -80,7 +80,7 @@ def main() -> None:
     p.add_argument("--width", type=int, default=192, help="embedding width (768 = base)")
     p.add_argument("--depth", type=int, default=4, help="audio blocks + 1 shared block (12 = base)")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--iters", type=int, default=2)
+    p.add_argument("--iters", type=int, default=5)
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="bench_scaling", help="prefix of the .json and .png outputs")
