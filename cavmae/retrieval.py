@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -81,22 +81,10 @@ def embed_batches(model, batches: Iterable[dict], device: torch.device | str = "
 
 def embed_shards(model, shards: list[str], cfg: Config, device="cpu", progress: bool = True) -> EmbeddingSet:
     """Embeddings of every clip in `shards` (the middle frame), in shard order."""
-    from cavmae.data.loader import build_loader
+    from cavmae.data.loader import loader_for
 
-    m = model.cfg
-    loader = build_loader(
-        cfg.data,
-        shards,
-        audio_length=m.audio_length,
-        num_mel_bins=m.num_mel_bins,
-        image_size=m.image_size,
-        num_classes=m.num_classes,
-        train=False,
-        frame_mode="middle",
-        batch_size=cfg.eval.batch_size,
-        rank=0,
-        world_size=1,
-    )
+    cfg = replace(cfg, model=model.cfg)  # input sizes of the model being evaluated
+    loader = loader_for(cfg, shards, train=False, frame_mode="middle", rank=0, world_size=1)
     out = embed_batches(model, loader, device, progress)
     skipped = loader.errors.counts()
     if skipped:

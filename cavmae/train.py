@@ -39,6 +39,7 @@ from cavmae.checkpointing import (
     save_checkpoint,
 )
 from cavmae.config import Config, ConfigError
+from cavmae.data.loader import loader_for
 from cavmae.data.sampler import ShardedBatchSampler
 from cavmae.data.synthetic import collate, synthetic_dataset
 from cavmae.logging_utils import RunLogger, Throughput
@@ -92,30 +93,10 @@ def make_batches(
     if not shards:
         raise ConfigError(f"data.{split}_shards is empty and data.synthetic is false: no {split} data")
     # The shard loader splits shards by node and worker itself; it must not go through accelerator.prepare.
-    loader = shard_loader(cfg, shards, train, epoch, rank, world_size)
+    loader = loader_for(cfg, shards, train=train, epoch=epoch, rank=rank, world_size=world_size)
     if not train:
         return loader
     return _exact_epoch(cfg, shards, loader, epoch, rank, world_size, skip)
-
-
-def shard_loader(cfg: Config, shards: list[str], train: bool, epoch: int, rank: int, world_size: int):
-    from cavmae.data.loader import build_loader
-
-    m = cfg.model
-    return build_loader(
-        cfg.data,
-        shards,
-        audio_length=m.audio_length,
-        num_mel_bins=m.num_mel_bins,
-        image_size=m.image_size,
-        num_classes=m.num_classes,
-        train=train,
-        seed=cfg.train.seed,
-        epoch=epoch,
-        batch_size=cfg.data.batch_size if train else cfg.eval.batch_size,
-        rank=rank,
-        world_size=world_size,
-    )
 
 
 def _exact_epoch(cfg: Config, shards, loader, epoch: int, rank: int, world: int, skip: int) -> Iterator[dict]:
@@ -145,7 +126,7 @@ def _exact_epoch(cfg: Config, shards, loader, epoch: int, rank: int, world: int,
             epoch,
             passes,
         )
-        loader = shard_loader(cfg, shards, True, epoch + 1_000_003 * passes, rank, world)
+        loader = loader_for(cfg, shards, train=True, epoch=epoch + 1_000_003 * passes, rank=rank, world_size=world)
         if passes > 100:
             raise RuntimeError(f"process {rank}: the training shards yield no batch ({loader.errors.counts()})")
 

@@ -220,9 +220,10 @@ def test_sdpa_equals_explicit_attention():
         assert torch.allclose(x, y, atol=1e-5)
 
 
+@pytest.mark.parametrize("backbone", list_blocks())
 @pytest.mark.parametrize("audio_length", [256, 1536])
-def test_other_audio_lengths(audio_length):
-    cfg = tiny_cfg(audio_length=audio_length)
+def test_other_audio_lengths(audio_length, backbone):
+    cfg = tiny_cfg(audio_length=audio_length, backbone=backbone)
     model = cavmae.create_model(cfg)
     assert model.pos_embed_a.shape[1] == (cfg.num_mel_bins // 16) * (audio_length // 16)
     out = model(*batch(cfg, b=2))

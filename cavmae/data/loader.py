@@ -378,3 +378,33 @@ def build_loader(
     dataset = ShardDataset(urls, settings, LoadErrors(), r, world)  # resolved here: workers may not see dist
     dataset.set_epoch(epoch)
     return ShardLoader(dataset, workers, counts)
+
+
+def loader_for(
+    cfg,
+    shards: str | Sequence[str],
+    *,
+    train: bool,
+    epoch: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+    frame_mode: str | None = None,
+) -> ShardLoader:
+    """:func:`build_loader` with the input sizes of ``cfg.model`` and the batch size of the job: ``data.batch_size``
+    for training, ``eval.batch_size`` otherwise. ``cfg`` is a :class:`cavmae.config.Config`."""
+    m = cfg.model
+    return build_loader(
+        cfg.data,
+        shards,
+        audio_length=m.audio_length,
+        num_mel_bins=m.num_mel_bins,
+        image_size=m.image_size,
+        num_classes=m.num_classes,
+        train=train,
+        frame_mode=frame_mode,
+        seed=cfg.train.seed,
+        epoch=epoch,
+        batch_size=cfg.data.batch_size if train else cfg.eval.batch_size,
+        rank=rank,
+        world_size=world_size,
+    )

@@ -10,7 +10,7 @@ from cavmae.losses import info_nce, reconstruction_loss
 from cavmae.masking import Masked, random_masking
 from cavmae.models.blocks import create_block
 from cavmae.models.embed import audio_to_image, init_linear_and_norm, patchify, sincos_2d
-from cavmae.models.encoder import CAVMAEEncoder
+from cavmae.models.encoder import CAVMAEEncoder, reset_backbones
 
 
 class CAVMAE(CAVMAEEncoder):
@@ -50,6 +50,7 @@ class CAVMAE(CAVMAEEncoder):
             nn.init.normal_(p, std=0.02)
         for m in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred_a, self.decoder_pred_v):
             m.apply(init_linear_and_norm)
+        reset_backbones(self.decoder_blocks)
 
     # MAE-style stages ---------------------------------------------------------------------------------------
     def forward_encoder(

@@ -23,6 +23,13 @@ from cavmae.models.blocks import create_block
 from cavmae.models.embed import PatchEmbed, audio_to_image, init_linear_and_norm, sincos_2d, xavier_conv_
 
 
+def reset_backbones(module: nn.Module) -> None:
+    """Re-initialise backbone parameters with an init of their own (Mamba's A, D, dt), after the generic init."""
+    for m in module.modules():
+        if hasattr(m, "reset_backbone_parameters"):
+            m.reset_backbone_parameters()
+
+
 class CAVMAEEncoder(nn.Module):
     """Patch embeddings, position / modality embeddings, the three block stacks and the final norms."""
 
@@ -69,9 +76,7 @@ class CAVMAEEncoder(nn.Module):
         nn.init.normal_(self.modality_a, std=0.02)
         nn.init.normal_(self.modality_v, std=0.02)
         self.apply(init_linear_and_norm)
-        for m in self.modules():
-            if hasattr(m, "reset_backbone_parameters"):  # backbones with parameters that need special init
-                m.reset_backbone_parameters()
+        reset_backbones(self)
 
     # token embedding ---------------------------------------------------------------------------------------
     def tokens_a(self, audio: torch.Tensor) -> torch.Tensor:
