@@ -14,6 +14,7 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("cavmae.commands.demo", "the whole pipeline on synthetic videos in minutes on a CPU, with a report"),
     "convert": ("cavmae.commands.convert", "convert checkpoints: ours <-> official CAV-MAE, MAE ImageNet -> CAV-MAE"),
     "info": ("cavmae.commands.info", "print the resolved config and parameter counts of a recipe or model"),
     "pretrain": ("cavmae.commands.pretrain", "CAV-MAE pre-training on CPU, one or many GPUs (Accelerate)"),

@@ -93,3 +93,16 @@ def test_object_visible_exactly_while_it_sounds(tone_clips):
         # gates are aligned; frames whose interval straddles a gate edge may disagree
         assert (visible == loud).mean() > 0.8, (visible.astype(int), loud.astype(int))
         assert visible.any() and not visible.all() or len(clip.objects[0].gates) == 1
+
+
+def test_object_size_option_and_progress(tmp_path):
+    done = []
+    ds = make_synthetic_dataset(
+        tmp_path, num_clips=4, num_classes=2, duration=0.5, size=32, object_size=(0.3, 0.4), progress=done.append
+    )
+    assert done == [1, 2, 3, 4]
+    assert all(0.3 <= o.size <= 0.4 for c in ds.clips for o in c.objects)
+    frames = decode_clip(ds.videos / ds.clips[0].file, num_frames=4).frames.astype(np.float32)  # [4, H, W, 3]
+    background = np.median(frames.reshape(-1, 3), axis=0)
+    lit = (np.abs(frames - background).sum(-1) > 60).mean(axis=(1, 2))  # [4] fraction of object pixels
+    assert lit.max() > 0.08  # radius >= 0.3 of the side: the default sizes (<= 0.16) cover < 0.08 of the frame

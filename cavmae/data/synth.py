@@ -25,6 +25,7 @@ import colorsys
 import csv
 import logging
 import multiprocessing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -122,9 +123,17 @@ def _gates(rng: np.random.Generator, duration: float) -> list[tuple[float, float
 
 
 def make_clip_spec(
-    index: int, classes: list[SynthClass], *, seed: int, duration: float, layout: str, multi_label: float
+    index: int,
+    classes: list[SynthClass],
+    *,
+    seed: int,
+    duration: float,
+    layout: str,
+    multi_label: float,
+    object_size: tuple[float, float] = (0.08, 0.16),
 ) -> SynthClip:
-    """The random choices for clip `index` (deterministic in (seed, index))."""
+    """The random choices for clip `index` (deterministic in (seed, index)); object radii are drawn uniformly
+    from `object_size` (fractions of the frame's shorter side)."""
     rng = np.random.default_rng([seed, index])
     ytid = _ytid(rng)
     n_obj = 2 if (layout == "audioset" and len(classes) > 1 and rng.random() < multi_label) else 1
@@ -133,7 +142,7 @@ def make_clip_spec(
         SynthObject(
             classes[int(c)],
             height=float(rng.uniform(0.2, 0.8)),
-            size=float(rng.uniform(0.08, 0.16)),
+            size=float(rng.uniform(*object_size)),
             phase=float(rng.uniform(0, 2 * np.pi)),
             gates=_gates(rng, duration),
         )
@@ -304,12 +313,16 @@ def make_synthetic_dataset(
     sample_rate: int = 16000,
     channels: int = 1,
     multi_label: float = 0.25,
+    object_size: tuple[float, float] = (0.08, 0.16),
     workers: int = 0,
+    progress: Callable[[int], None] | None = None,
 ) -> SyntheticDataset:
     """Write `num_clips` clips into ``out_dir/videos`` plus the metadata CSV and the label index CSV.
 
     size: square side or (width, height) in pixels (rounded down to even). multi_label: fraction of AudioSet-layout
-    clips with two classes. workers > 0 renders in that many processes (the output does not depend on it).
+    clips with two classes. object_size: (min, max) object radius as a fraction of the shorter side (larger objects
+    are easier to see in small frames; loudness follows size). workers > 0 renders in that many processes (the
+    output does not depend on it). `progress(n)` is called after each clip is written, with the clips written so far.
     """
     if layout not in ("audioset", "vggsound"):
         raise ValueError(f"layout must be 'audioset' or 'vggsound', got {layout!r}")
@@ -324,7 +337,15 @@ def make_synthetic_dataset(
     videos.mkdir(parents=True, exist_ok=True)
     classes = make_classes(num_classes)
     clips = [
-        make_clip_spec(i, classes, seed=seed, duration=duration, layout=layout, multi_label=multi_label)
+        make_clip_spec(
+            i,
+            classes,
+            seed=seed,
+            duration=duration,
+            layout=layout,
+            multi_label=multi_label,
+            object_size=object_size,
+        )
         for i in range(num_clips)
     ]
     for c in clips:
@@ -333,10 +354,14 @@ def make_synthetic_dataset(
     jobs = [(c, videos / c.file, duration, fps, width, height, sample_rate, channels, seed) for c in clips]
     if workers > 0:
         with multiprocessing.get_context().Pool(workers) as pool:
-            pool.map(_write_one, jobs, chunksize=1)
+            for done, _ in enumerate(pool.imap(_write_one, jobs, chunksize=1), 1):
+                if progress is not None:
+                    progress(done)
     else:
-        for job in jobs:
+        for done, job in enumerate(jobs, 1):
             _write_one(job)
+            if progress is not None:
+                progress(done)
 
     label_csv = root / "class_labels_indices.csv"
     with open(label_csv, "w", newline="") as f:

@@ -1,0 +1,432 @@
+"""The demo's report: figures (PNG, matplotlib's object API, no pyplot state) and ``report.md`` that shows them.
+
+Every figure function takes plain tensors / paths and writes one PNG; :func:`write_report` draws them all from the
+demo's results (cavmae/demo.py) and writes the Markdown page beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from cavmae.demo import ClassificationResult, DemoData, HeldOut, RetrievalResult
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+COLOURS = {"pretrained": "tab:blue", "random_init": "tab:gray", "scratch": "tab:orange"}
+LABELS = {"pretrained": "pre-trained", "random_init": "random init", "scratch": "from scratch"}
+DPI = 100
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def frame_image(frame: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised [3, H, W] -> displayable RGB [H, W, 3] in [0, 1]."""
+    return (frame.float() * IMAGENET_STD + IMAGENET_MEAN).clamp(0, 1).permute(1, 2, 0)
+
+
+def _show_spectrogram(ax, audio: torch.Tensor) -> None:
+    """Normalised fbank [T, F] with frequency up and time to the right."""
+    ax.imshow(audio.t().float().numpy(), origin="lower", aspect="auto", cmap="magma", vmin=-2.5, vmax=2.5)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def smooth(values: Sequence[float], window: int) -> list[float]:
+    """Trailing moving average (per-step losses of one batch are noisy)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def _curve(ax, steps: Sequence[int], values: Sequence[float], label: str, colour: str | None = None) -> None:
+    """Raw values faint, their moving average (over ~1/20 of the run) solid."""
+    line = ax.plot(steps, values, color=colour, alpha=0.25, linewidth=0.8)[0]
+    ax.plot(steps, smooth(values, max(1, len(values) // 20)), color=line.get_color(), label=label)
+
+
+def visible_order(frames: torch.Tensor) -> list[int]:
+    """Clip indices, the most varied frames first (the object is in view; an empty frame is one flat colour)."""
+    return frames.flatten(1).std(dim=1).argsort(descending=True, stable=True).tolist()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# figures
+
+
+def plot_examples(held: HeldOut, class_names: Sequence[str], path: Path, per_row: int = 8) -> Path:
+    """One held-out clip per class: its middle frame above its spectrogram."""
+    first: dict[int, int] = {}
+    for i in visible_order(held.frames):
+        first.setdefault(int(held.labels[i]), i)
+    classes = sorted(first)
+    rows = math.ceil(len(classes) / per_row)
+    fig = _figure(1.7 * per_row, 3.0 * rows)
+    for n, c in enumerate(classes):
+        r, col = divmod(n, per_row)
+        ax = fig.add_subplot(2 * rows, per_row, 2 * r * per_row + col + 1)
+        ax.imshow(frame_image(held.frames[first[c]]).numpy())
+        ax.set_title("\n".join(textwrap.wrap(class_names[c], 18)), fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax = fig.add_subplot(2 * rows, per_row, (2 * r + 1) * per_row + col + 1)
+        _show_spectrogram(ax, held.audio[first[c]])
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if col == 0:
+            ax.set_ylabel("mel bin", fontsize=8)
+        ax.set_xlabel("time", fontsize=8)
+    fig.suptitle("One held-out clip per class: middle frame (top) and log-mel spectrogram (bottom)", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_pretrain_losses(run_dir: Path, batch_size: int, path: Path) -> Path:
+    """Reconstruction losses, contrastive loss and in-batch retrieval accuracy over pre-training steps."""
+    records = _read_jsonl(run_dir / "metrics.jsonl")
+    steps = [r["step"] for r in records]
+    fig = _figure(15, 4)
+    ax = fig.add_subplot(1, 3, 1)
+    _curve(ax, steps, [r["loss_rec_a"] for r in records], "audio (spectrogram patches)", "tab:purple")
+    _curve(ax, steps, [r["loss_rec_v"] for r in records], "video (frame patches)", "tab:red")
+    ax.set(title="Masked reconstruction loss (75 % masked)", xlabel="pre-training step", ylabel="norm-pix MSE")
+    ax.legend()
+    ax = fig.add_subplot(1, 3, 2)
+    _curve(ax, steps, [r["loss_c"] for r in records], "InfoNCE", "tab:green")
+    ax.axhline(math.log(batch_size), color="black", linestyle=":", label=f"chance: ln {batch_size}")
+    ax.set(title="Contrastive loss (audio vs video)", xlabel="pre-training step", ylabel="loss")
+    ax.legend()
+    ax = fig.add_subplot(1, 3, 3)
+    _curve(ax, steps, [100 * r["acc_c"] for r in records], "in-batch top-1", "tab:green")
+    ax.axhline(100 / batch_size, color="black", linestyle=":", label=f"chance: 1/{batch_size}")
+    ax.set(title="In-batch video->audio matching", xlabel="pre-training step", ylabel="accuracy (%)")
+    ax.legend()
+    fig.suptitle("Pre-training on the train clips (faint: each step's batch; solid: moving average)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_recalls(retrieval: dict[str, RetrievalResult], num_clips: int, path: Path) -> Path:
+    """R@1/5/10 in both directions, pre-trained vs random init, with chance (k / N)."""
+    ks = (1, 5, 10)
+    fig = _figure(11, 4)
+    width = 0.38
+    for col, (direction, title) in enumerate(
+        (("video_to_audio", "video -> audio"), ("audio_to_video", "audio -> video"))
+    ):
+        ax = fig.add_subplot(1, 2, col + 1)
+        for j, name in enumerate(("pretrained", "random_init")):
+            values = [retrieval[name].metrics[direction][f"R@{k}"] for k in ks]
+            xs = [i + (j - 0.5) * width for i in range(len(ks))]
+            bars = ax.bar(xs, values, width, color=COLOURS[name], label=LABELS[name])
+            ax.bar_label(bars, fmt="%.0f", fontsize=8)
+        ax.scatter(range(len(ks)), [100 * min(k, num_clips) / num_clips for k in ks], marker="_", s=600, color="black")
+        ax.plot([], [], color="black", label="chance (k / N)")
+        ax.set_xticks(range(len(ks)), [f"R@{k}" for k in ks])
+        ax.set(title=f"{title} retrieval, {num_clips} held-out clips", ylabel="recall (%)", ylim=(0, 105))
+        ax.legend(loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_similarity(retrieval: dict[str, RetrievalResult], labels: torch.Tensor, path: Path) -> Path:
+    """The held-out audio x video cosine similarity matrices, clips sorted by class (class borders drawn)."""
+    order = labels.argsort(stable=True)
+    borders = [i + 0.5 for i in range(len(order) - 1) if labels[order[i]] != labels[order[i + 1]]]
+    fig = _figure(13, 5.6)
+    for col, name in enumerate(("pretrained", "random_init")):
+        ax = fig.add_subplot(1, 2, col + 1)
+        sim = retrieval[name].similarity[order][:, order].numpy()
+        im = ax.imshow(sim, cmap="viridis", interpolation="nearest")
+        for b in borders:
+            ax.axhline(b, color="white", linewidth=0.4, alpha=0.6)
+            ax.axvline(b, color="white", linewidth=0.4, alpha=0.6)
+        ax.set(title=f"{LABELS[name]}: cosine similarity", xlabel="video clip (sorted by class)")
+        ax.set_ylabel("audio clip (sorted by class)")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle("Held-out audio-video similarity: bright blocks on the diagonal (same class) mean aligned embeddings")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_retrieval_examples(
+    sim: torch.Tensor,
+    held: HeldOut,
+    class_names: Sequence[str],
+    query_modality: str,
+    path: Path,
+    num_queries: int = 3,
+    k: int = 5,
+) -> Path:
+    """A few queries and their top-k matches with cosine scores. ``sim`` [N, N] is audio x video.
+
+    query_modality "video": frames query spectrograms; "audio": spectrograms query frames. The true match's score
+    is green, same-class matches orange. Queries: clips whose object is in view, of different classes.
+    """
+    scores = sim.t() if query_modality == "video" else sim  # [queries, gallery]
+    queries: list[int] = []
+    offset = 0 if query_modality == "video" else num_queries  # the two figures show different clips
+    seen: set[int] = set()
+    for i in visible_order(held.frames):
+        c = int(held.labels[i])
+        if c not in seen:
+            seen.add(c)
+            queries.append(i)
+    queries = queries[offset : offset + num_queries]
+    fig = _figure(2.0 * (k + 1), 2.3 * len(queries))
+    for r, q in enumerate(queries):
+        top = scores[q].topk(min(k, scores.shape[1]))
+        cells = [(q, None)] + list(zip(top.indices.tolist(), top.values.tolist()))
+        for c, (idx, score) in enumerate(cells):
+            ax = fig.add_subplot(len(queries), k + 1, r * (k + 1) + c + 1)
+            show_frame = (c == 0) == (query_modality == "video")
+            if show_frame:
+                ax.imshow(frame_image(held.frames[idx]).numpy())
+            else:
+                _show_spectrogram(ax, held.audio[idx])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            name = "\n".join(textwrap.wrap(class_names[int(held.labels[idx])], 16))
+            if score is None:
+                ax.set_title(f"query ({query_modality})", fontsize=9, fontweight="bold")
+                for spine in ax.spines.values():
+                    spine.set(color="tab:blue", linewidth=3)
+            else:
+                colour = "tab:green" if idx == q else ("tab:orange" if held.labels[idx] == held.labels[q] else "black")
+                ax.set_title(f"#{c}  cos {score:.2f}", fontsize=9, color=colour)
+            ax.set_xlabel(name, fontsize=7)
+    other = "audio" if query_modality == "video" else "video"
+    fig.suptitle(
+        f"Pre-trained model, {query_modality} -> {other}: top {k} of {scores.shape[1]} held-out clips "
+        "(green: the query's own clip, orange: same class)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_finetune_curves(runs: dict[str, Path], classification: dict[str, ClassificationResult], path: Path) -> Path:
+    """Held-out top-1 and training loss over fine-tuning steps, from the pre-trained model and from scratch."""
+    fig = _figure(12, 4)
+    ax = fig.add_subplot(1, 2, 1)
+    for name, result in classification.items():
+        steps, acc = zip(*result.curve) if result.curve else ((), ())
+        ax.plot(steps, acc, marker="o", color=COLOURS[name], label=LABELS[name])
+    ax.set(title="Held-out accuracy during fine-tuning", xlabel="fine-tuning step", ylabel="top-1 accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    ax = fig.add_subplot(1, 2, 2)
+    for name, run in runs.items():
+        records = _read_jsonl(run / "metrics.jsonl")
+        _curve(ax, [r["step"] for r in records], [r["loss"] for r in records], LABELS[name], COLOURS[name])
+    ax.set(title="Training loss (cross-entropy)", xlabel="fine-tuning step", ylabel="loss")
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_per_class(classification: dict[str, ClassificationResult], class_names: Sequence[str], path: Path) -> Path:
+    """Held-out accuracy of every class after fine-tuning: pre-trained vs from scratch."""
+    n = len(class_names)
+    fig = _figure(max(8.0, 0.7 * n + 2), 5)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.4
+    for j, (name, result) in enumerate(classification.items()):
+        values = torch.nan_to_num(result.per_class, nan=0.0).tolist()
+        ax.bar([i + (j - 0.5) * width for i in range(n)], values, width, color=COLOURS[name], label=LABELS[name])
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right", fontsize=8)
+    ax.set(title="Held-out accuracy per class after fine-tuning", ylabel="top-1 accuracy (%)", ylim=(0, 119))
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_xlabel("class")
+    ax.legend(loc="upper center", ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the page
+
+
+def _r(metrics: dict, name: str, direction: str) -> str:
+    m = metrics["retrieval"][name][direction]
+    return f"{m['R@1']:.1f} / {m['R@5']:.1f} / {m['R@10']:.1f}"
+
+
+def markdown(metrics: dict[str, Any], figures: dict[str, Path], out: Path) -> str:
+    """The text of report.md (figures linked relative to ``out``)."""
+    s, d, c = metrics["settings"], metrics["data"], metrics["classification"]
+    rel = {k: p.relative_to(out).as_posix() for k, p in figures.items()}
+    pre5 = [metrics["retrieval"]["pretrained"][x]["R@5"] for x in ("video_to_audio", "audio_to_video")]
+    rnd5 = [metrics["retrieval"]["random_init"][x]["R@5"] for x in ("video_to_audio", "audio_to_video")]
+    ratio = [p / max(r, 1e-9) for p, r in zip(pre5, rnd5)]
+    gain = c["pretrained"]["top1"] - c["scratch"]["top1"]
+    t = metrics["timings_s"]
+    p0, p1 = metrics["pretraining"]["start"], metrics["pretraining"]["end"]
+    # an early point of the fine-tuning curves: where a pre-trained start shows most
+    early = min((step for step, _ in c["pretrained"]["curve"] if step >= s["finetune_steps"] / 3), default=0)
+    early_acc = {name: dict(map(tuple, c[name]["curve"])).get(early, math.nan) for name in ("pretrained", "scratch")}
+    command = f"cavmae demo --seed {metrics['seed']}" + (" --quick" if metrics["quick"] else "")
+    if metrics["backbone"] != "vit":
+        command += f" --backbone {metrics['backbone']}"
+    lines = [
+        "# cavmae demo report",
+        "",
+        f"Seed {metrics['seed']}, backbone `{metrics['backbone']}`{', quick mode' if metrics['quick'] else ''}; "
+        f"{t.get('total_before_report', 0):.0f} s from the first clip to the last evaluation. "
+        f"Reproduce with `{command}`.",
+        "",
+        "## Headline",
+        "",
+        f"On {d['heldout_clips']} held-out clips that no model saw during training:",
+        "",
+        "| retrieval, R@1 / R@5 / R@10 (%) | pre-trained | random init | R@5 ratio |",
+        "| --- | --- | --- | --- |",
+        f"| video -> audio | {_r(metrics, 'pretrained', 'video_to_audio')} | "
+        f"{_r(metrics, 'random_init', 'video_to_audio')} | {ratio[0]:.1f}x |",
+        f"| audio -> video | {_r(metrics, 'pretrained', 'audio_to_video')} | "
+        f"{_r(metrics, 'random_init', 'audio_to_video')} | {ratio[1]:.1f}x |",
+        "",
+        f"Chance R@5 is {metrics['retrieval_chance_R@5']:.1f} %.",
+        "",
+        f"| classification after {s['finetune_steps']} fine-tuning steps | top-1 (%) |",
+        "| --- | --- |",
+        f"| fine-tuned from the pre-trained model | {c['pretrained']['top1']:.1f} |",
+        f"| trained from scratch | {c['scratch']['top1']:.1f} |",
+        f"| difference | {gain:+.1f} points |",
+        "",
+        f"Chance is {100 / len(d['classes']):.1f} % ({len(d['classes'])} classes).",
+        "",
+        "## 1. Data",
+        "",
+        f"{s['num_clips']} synthetic clips were written as real MP4 files (H.264 video, AAC audio, {s['duration']} s, "
+        f"{s['frame_size']} px) in `clips/`, with a VGGSound-style CSV whose split column puts {d['train_clips']} "
+        f"clips in `train` and {d['heldout_clips']} in `test` (the held-out split), then prepared into WebDataset "
+        "shards in `shards/` exactly as `cavmae prepare` does for real videos. Each of the "
+        f"{len(d['classes'])} classes pairs a sound (timbre and base pitch) with a picture (colour, shape, motion); "
+        "within a clip the object's height sets the pitch, its size the loudness, and it is visible exactly while "
+        "its sound plays. Pre-training never sees the labels.",
+        "",
+        f"![one clip per class]({rel['examples']})",
+        "",
+        "## 2. Pre-training",
+        "",
+        f"A tiny CAV-MAE (dim 64, 2 + 2 + 1 encoder blocks, decoder 2 x 32; {s['audio_length']} fbank frames x "
+        f"{s['num_mel_bins']} mel bins, {s['frame_size']} px frames) trained for {s['pretrain_steps']} steps of "
+        f"{s['pretrain_batch']} clips from the train shards (`runs/pretrain/`). From the first to the last 5 % of the "
+        f"steps, the masked reconstruction loss went from {p0['loss_rec_a']:.2f} to {p1['loss_rec_a']:.2f} (audio) "
+        f"and from {p0['loss_rec_v']:.2f} to {p1['loss_rec_v']:.2f} (video), the contrastive loss from "
+        f"{p0['loss_c']:.2f} to {p1['loss_c']:.2f} (chance: ln {s['pretrain_batch']} = "
+        f"{math.log(s['pretrain_batch']):.2f}) and the in-batch matching accuracy from {100 * p0['acc_c']:.0f} % to "
+        f"{100 * p1['acc_c']:.0f} % (chance {100 / s['pretrain_batch']:.0f} %).",
+        "",
+        f"![pre-training losses]({rel['pretrain_losses']})",
+        "",
+        "Reconstruction of a held-out clip by the pre-trained model (75 % of the patches of each modality masked; "
+        "the reconstruction pastes the visible patches back):",
+        "",
+        f"![reconstruction]({rel['reconstruction']})",
+        "",
+        "## 3. Retrieval",
+        "",
+        "Each held-out clip's audio is embedded by the audio stream and its middle frame by the video stream "
+        "(unmasked, mean-pooled, L2-normalised); a query's true match is its own clip. The random-init model is "
+        "the same network at step 0 of pre-training.",
+        "",
+        f"![recall]({rel['recalls']})",
+        "",
+        f"![similarity matrices]({rel['similarity']})",
+        "",
+        f"![video to audio examples]({rel['examples_v2a']})",
+        "",
+        f"![audio to video examples]({rel['examples_a2v']})",
+        "",
+        "## 4. Fine-tuning",
+        "",
+        f"The classifier (encoder + LayerNorm + linear head, audio-visual) trained for {s['finetune_steps']} steps "
+        f"of {s['finetune_batch']} labelled clips from the train shards, once starting from the pre-trained "
+        "encoder and once from a random initialisation, with the same seed, data order and learning rates "
+        f"(`runs/finetune_pretrained/`, `runs/finetune_scratch/`). Held-out accuracy after {early} steps: "
+        f"{early_acc['pretrained']:.1f} % from the pre-trained encoder, {early_acc['scratch']:.1f} % from scratch.",
+        "",
+        f"![fine-tuning curves]({rel['finetune_curves']})",
+        "",
+        f"![per-class accuracy]({rel['per_class']})",
+        "",
+        "## Files",
+        "",
+        "- `metrics.json`: every number above, the settings and the time of each stage",
+        "- `figures/`: the figures of this page",
+        "- `runs/*/`: the training runs (`config.yaml`, `metrics.jsonl`, `val_metrics.jsonl`, `model/`); load a "
+        'model with `cavmae.load_model("runs/pretrain/model")`',
+        "- `clips/`, `shards/`: the synthetic videos and the shards made from them",
+        "",
+        "Stage times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items() if not k.startswith("total")) + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(
+    out: Path,
+    metrics: dict[str, Any],
+    data: DemoData,
+    held: HeldOut,
+    pretrained: torch.nn.Module,
+    pretrain_run: Path,
+    retrieval: dict[str, RetrievalResult],
+    classification: dict[str, ClassificationResult],
+) -> Path:
+    """Draw every figure into ``out/figures`` and write ``out/report.md``; returns the report's path."""
+    from cavmae.viz import reconstruction_figure
+
+    fig_dir = out / "figures"
+    names = data.class_names
+    recon_clip = visible_order(held.frames)[0]
+    jobs = {
+        "examples": lambda p: plot_examples(held, names, p),
+        "pretrain_losses": lambda p: plot_pretrain_losses(pretrain_run, metrics["settings"]["pretrain_batch"], p),
+        "reconstruction": lambda p: reconstruction_figure(
+            pretrained, held.audio[recon_clip : recon_clip + 1], held.frames[recon_clip : recon_clip + 1], p
+        ),
+        "recalls": lambda p: plot_recalls(retrieval, len(held.keys), p),
+        "similarity": lambda p: plot_similarity(retrieval, held.labels, p),
+        "examples_v2a": lambda p: plot_retrieval_examples(retrieval["pretrained"].similarity, held, names, "video", p),
+        "examples_a2v": lambda p: plot_retrieval_examples(retrieval["pretrained"].similarity, held, names, "audio", p),
+        "finetune_curves": lambda p: plot_finetune_curves(
+            {k: out / "runs" / f"finetune_{k}" for k in classification}, classification, p
+        ),
+        "per_class": lambda p: plot_per_class(classification, names, p),
+    }
+    figures = {}
+    for name, draw in tqdm(jobs.items(), desc="drawing figures", unit="figure", dynamic_ncols=True):
+        figures[name] = Path(draw(fig_dir / f"{name}.png"))
+    report = out / "report.md"
+    report.write_text(markdown(metrics, figures, out))
+    return report
