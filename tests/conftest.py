@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import os
+
+# Without a GPU the Triton kernels are tested on Triton's CPU interpreter, which Triton configures when it is
+# first imported; test modules that import accelerate / torch's compiler pull Triton in during collection, before
+# tests/test_scan.py runs. conftest.py is loaded before any test module, so decide here (without importing torch).
+if not os.path.exists("/dev/nvidiactl"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
