@@ -86,7 +86,7 @@ def embed_shards(model, shards: list[str], cfg: Config, device="cpu", progress: 
     cfg = replace(cfg, model=model.cfg)  # input sizes of the model being evaluated
     loader = loader_for(cfg, shards, train=False, frame_mode="middle", rank=0, world_size=1)
     out = embed_batches(model, loader, device, progress)
-    skipped = loader.errors.counts()
+    skipped = {k: v for k, v in loader.errors.counts().items() if v}
     if skipped:
         log.warning("skipped samples while embedding: %s", skipped)
     return out
