@@ -266,23 +266,9 @@ class HeldOut:
 
 
 def load_heldout(cfg: Config, shards: str) -> HeldOut:
-    from cavmae.data.loader import build_loader
+    from cavmae.data.loader import loader_for
 
-    m = cfg.model
-    loader = build_loader(
-        cfg.data,
-        shards,
-        audio_length=m.audio_length,
-        num_mel_bins=m.num_mel_bins,
-        image_size=m.image_size,
-        num_classes=m.num_classes,
-        train=False,
-        frame_mode="middle",
-        batch_size=cfg.eval.batch_size,
-        num_workers=0,
-        rank=0,
-        world_size=1,
-    )
+    loader = loader_for(cfg, shards, train=False, frame_mode="middle", rank=0, world_size=1)
     batches = list(loader)
     return HeldOut(
         torch.cat([b["audio"] for b in batches]),
