@@ -237,12 +237,6 @@ def _parse_list(text: str) -> list:
     return [i for i in items if i]
 
 
-def _type_name(tp: Any) -> str:
-    if get_origin(tp) is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    return getattr(tp, "__name__", str(tp))
-
-
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`, converting strings from the command line."""
     origin = get_origin(tp)
