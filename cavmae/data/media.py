@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cavmae.audio import SAMPLE_RATE
+from cavmae.data.fbank import SAMPLE_RATE
 
 Source = str | os.PathLike | bytes
 

@@ -26,7 +26,7 @@ try:  # libjpeg-turbo straight into a tensor; deprecated in torchvision 0.29 (fo
 except ImportError:  # pragma: no cover - depends on the torchvision version
     _tv_decode_jpeg = None
 
-from cavmae.audio import (
+from cavmae.data.fbank import (
     SAMPLE_RATE,
     add_noise,
     kaldi_fbank,
@@ -193,7 +193,7 @@ def _decode_audio(item: Item) -> torch.Tensor:
                 wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
                 wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
                 if rate != SAMPLE_RATE:
-                    from cavmae.audio import to_mono_16k
+                    from cavmae.data.fbank import to_mono_16k
 
                     return to_mono_16k(torch.from_numpy(np.ascontiguousarray(wave)), rate)
         except Exception as e:

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cavmae.audio import wav_to_fbank
 from cavmae.config import ModelConfig
+from cavmae.data.fbank import wav_to_fbank
 from cavmae.data.media import MediaError, VideoFrames, evenly_spaced_times, probe, read_audio
 from cavmae.data.samples import normalize_frames, resize_center_crop
 
@@ -39,7 +39,7 @@ def _read_audio_file(path: Path) -> np.ndarray:
         import soundfile
 
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)  # [N, channels]
-        from cavmae.audio import to_mono_16k
+        from cavmae.data.fbank import to_mono_16k
 
         return to_mono_16k(torch.from_numpy(data.T.copy()), rate).numpy()
     except Exception:
