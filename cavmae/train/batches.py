@@ -54,7 +54,12 @@ def make_batches(
     if not shards:
         raise ConfigError(f"data.{split}_shards is empty and data.synthetic is false: no {split} data")
     # The shard loader splits shards by node and worker itself; it must not go through accelerator.prepare.
-    loader = loader_for(cfg, shards, train=train, epoch=epoch, rank=rank, world_size=world_size)
+    try:
+        loader = loader_for(cfg, shards, train=train, epoch=epoch, rank=rank, world_size=world_size)
+    except ConfigError:
+        raise
+    except ValueError as e:  # what the loader finds wrong in the data's set-up (class counts, missing manifests)
+        raise ConfigError(f"data.{split}_shards: {e}") from e
     if not train:
         return loader
     return _exact_epoch(cfg, shards, loader, epoch, rank, world_size, skip)

@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import logging
 import math
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -102,25 +103,46 @@ def train(cfg: Config, task: Task | None = None) -> Path:
     save_pretrained in ``<out_dir>/model``. Raises :class:`TrainingStopped` after ``train.max_bad_steps``
     non-finite steps in a row (after writing a checkpoint of the last good weights)."""
     task = task or get_task(cfg.train.task)
+    out_dir = Path(cfg.train.out_dir)
+    fresh = not out_dir.exists()
     accelerator = setup_accelerator(cfg)
+    main = accelerator.is_main_process
+    stepped = False
+    run: Run | None = None
     try:
-        ckpt = check_resume(cfg)
-        run = build_run(cfg, task, accelerator, ckpt)
-        run.model.train()
-        if cfg.train.val_at_start and run.state.step == 0:
-            validate(run)
-        batches: Iterator[dict] | None = None
-        while run.state.step < run.total_steps:
-            if batches is None:
-                skip = run.state.batch_in_epoch
-                batches = iter(make_batches(cfg, "train", run.state.epoch, run.rank, run.world, skip=skip))
-            metrics, last_batch, bad = train_step(run, batches)
-            log_step(run, metrics, last_batch, bad)
-            if end_of_step(run):
-                batches = None  # the next epoch
-        return finish(run)
-    finally:
-        release_accelerator(accelerator)
+        try:
+            ckpt = check_resume(cfg)
+            run = build_run(cfg, task, accelerator, ckpt)
+            run.model.train()
+            if cfg.train.val_at_start and run.state.step == 0:
+                validate(run)
+            batches: Iterator[dict] | None = None
+            while run.state.step < run.total_steps:
+                if batches is None:
+                    skip = run.state.batch_in_epoch
+                    batches = iter(make_batches(cfg, "train", run.state.epoch, run.rank, run.world, skip=skip))
+                metrics, last_batch, bad = train_step(run, batches)
+                stepped = True
+                log_step(run, metrics, last_batch, bad)
+                if end_of_step(run):
+                    batches = None  # the next epoch
+            return finish(run)
+        finally:
+            if run is not None:
+                run.logger.close()  # the progress bar, before an error is printed
+            release_accelerator(accelerator)
+    except Exception:
+        if fresh and not stepped and main:
+            remove_unstarted_run(out_dir)
+        raise
+
+
+def remove_unstarted_run(out_dir: Path) -> None:
+    """A run that failed before its first step leaves no half-made run directory (a config.yaml, empty logs)
+    behind, so the next attempt starts clean instead of meeting an 'earlier run'."""
+    if out_dir.is_dir():
+        shutil.rmtree(out_dir, ignore_errors=True)
+        log.info("removed %s: the run stopped before its first step", out_dir)
 
 
 def check_resume(cfg: Config) -> Path | None:
