@@ -30,6 +30,11 @@ class CheckpointError(ValueError):
     """A model file that cannot be read or does not fit the model."""
 
 
+class DamagedCheckpointError(CheckpointError):
+    """A file that cannot be read at all (truncated, corrupt, missing from its checkpoint), as opposed to a
+    readable one that does not fit the model: resume falls back to an older checkpoint only on these."""
+
+
 def model_kind(model: nn.Module) -> str:
     from cavmae.models.classifier import CAVMAEClassifier
 
@@ -78,11 +83,11 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file, with an error that names the file when it is damaged or truncated."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing")
+        raise DamagedCheckpointError(f"{path} is missing")
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for damaged files
-        raise CheckpointError(f"{path} is not a readable safetensors file (damaged or truncated): {e}") from e
+        raise DamagedCheckpointError(f"{path} is not a readable safetensors file (damaged or truncated): {e}") from e
 
 
 def model_directory(path: str | Path) -> Path:
@@ -159,16 +164,21 @@ def read_torch_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(
-            f"{path} could not be read as a weights-only PyTorch file (damaged, or it holds pickled objects "
-            f"other than tensors, which we refuse to unpickle): {e}"
-        ) from e
+    obj = load_weights_only(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a state dict")
     return obj
+
+
+def load_weights_only(path: str | Path):
+    """``torch.load(weights_only=True)`` of an existing file; a file it cannot read is named as damaged."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DamagedCheckpointError(
+            f"{path} could not be read as a weights-only PyTorch file (damaged or truncated, or it holds pickled "
+            f"objects other than tensors, which we refuse to unpickle): {e}"
+        ) from e
 
 
 def strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

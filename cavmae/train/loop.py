@@ -50,8 +50,9 @@ from cavmae.train.state import (
     TrainState,
     fault_point,
     list_checkpoints,
-    load_checkpoint,
-    resolve_resume,
+    list_incomplete,
+    load_newest_readable,
+    resume_candidates,
     save_checkpoint,
 )
 from cavmae.train.tasks import Task, get_task
@@ -111,8 +112,8 @@ def train(cfg: Config, task: Task | None = None) -> Path:
     run: Run | None = None
     try:
         try:
-            ckpt = check_resume(cfg)
-            run = build_run(cfg, task, accelerator, ckpt)
+            candidates = check_resume(cfg)
+            run = build_run(cfg, task, accelerator, candidates)
             run.model.train()
             if cfg.train.val_at_start and run.state.step == 0:
                 validate(run)
@@ -145,21 +146,22 @@ def remove_unstarted_run(out_dir: Path) -> None:
         log.info("removed %s: the run stopped before its first step", out_dir)
 
 
-def check_resume(cfg: Config) -> Path | None:
-    """The checkpoint to resume from (``train.resume``), or None; refuses a fresh start over an earlier run."""
+def check_resume(cfg: Config) -> list[Path]:
+    """The checkpoints to resume from (``train.resume``), newest first (empty for a fresh start); refuses a fresh
+    start over an earlier run."""
     out_dir = Path(cfg.train.out_dir)
-    ckpt = resolve_resume(cfg.train.resume, out_dir)
-    if ckpt is None and list_checkpoints(out_dir):
+    candidates = resume_candidates(cfg.train.resume, out_dir)
+    if not candidates and (list_checkpoints(out_dir) or list_incomplete(out_dir)):
         raise ConfigError(
             f"train.out_dir={str(out_dir)!r} already holds checkpoints; continue that run with --resume auto "
             "(train.resume=auto) or choose another train.out_dir"
         )
-    return ckpt
+    return candidates
 
 
-def build_run(cfg: Config, task: Task, accelerator, ckpt: Path | None) -> Run:
+def build_run(cfg: Config, task: Task, accelerator, candidates: list[Path]) -> Run:
     """Model (initialised, frozen where unused), optimizer and schedule, prepared by Accelerate; the state of
-    ``ckpt`` restored; the run directory, its resolved config and the logger."""
+    newest readable of the resume ``candidates`` restored; the run directory, its resolved config and the logger."""
     t = cfg.train
     out_dir = Path(t.out_dir)
     world, device = accelerator.num_processes, accelerator.device
@@ -187,8 +189,9 @@ def build_run(cfg: Config, task: Task, accelerator, ckpt: Path | None) -> Run:
     seed_everything(t.seed + accelerator.process_index, t.deterministic)  # different random masks per process
 
     state = TrainState()
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, accelerator, model, optimizer, scheduler, cfg)
+    ckpt = None
+    if candidates:
+        state, ckpt = load_newest_readable(candidates, accelerator, model, optimizer, scheduler, cfg)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(out_dir / "config.yaml")
