@@ -101,11 +101,17 @@ def batches_per_epoch(cfg: Config, world_size: int) -> int:
     """Training batches per process and epoch (the same on every process)."""
     if cfg.data.synthetic:
         return ShardedBatchSampler(cfg.data.synthetic_size, cfg.data.batch_size, 0, world_size).num_batches()
+    if not cfg.data.train_shards:
+        raise ConfigError("data.train_shards is empty and data.synthetic is false: no training data")
     samples = cfg.data.samples_per_epoch
     if samples <= 0:
         from cavmae.data.loader import expand_shards, shard_counts
 
-        counts = shard_counts(expand_shards(cfg.data.train_shards))
+        try:
+            urls = expand_shards(cfg.data.train_shards)
+        except ValueError as e:  # a pattern that matches no file
+            raise ConfigError(f"data.train_shards: {e}") from e
+        counts = shard_counts(urls)
         if not counts:
             raise ConfigError("data.samples_per_epoch must be set (> 0): the training shards have no manifest")
         samples = sum(counts.values())
