@@ -160,3 +160,67 @@ def test_a_failed_resume_keeps_the_earlier_run(caplog, micro_run, tmp_path):
     assert "data." in msg
     assert (run / "model" / "model.safetensors").is_file() and (run / "config.yaml").is_file()
     assert list((run / "checkpoints").glob("ckpt-*"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# small things: synth over an earlier dataset, prepare's unmatched files, logger names, query keys
+
+
+def synth_args(out: Path, *extra: str) -> list[str]:
+    return ["synth", "--out", out, "--clips", "2", "--classes", "2", "--duration", "1", "--size", "32", *extra]
+
+
+def test_synth_refuses_an_earlier_dataset_unless_overwrite(caplog, tmp_path):
+    out = tmp_path / "syn"
+    assert cli(caplog, *synth_args(out))[0] == 0
+    first = sorted(p.name for p in (out / "videos").iterdir())
+    assert cli(caplog, *synth_args(out))[0] == 0  # the same dataset again: every file is rewritten, none stale
+    msg = one_error(caplog, *synth_args(out, "--seed", "1"))
+    assert str(out / "videos") in msg and "already holds 2 file(s)" in msg and "--overwrite" in msg
+    assert sorted(p.name for p in (out / "videos").iterdir()) == first  # nothing touched
+    assert cli(caplog, *synth_args(out, "--seed", "1", "--overwrite"))[0] == 0
+    second = sorted(p.name for p in (out / "videos").iterdir())
+    assert len(second) == 2 and not set(second) & set(first)
+
+
+def test_prepare_log_names_unmatched_files(caplog, tmp_path):
+    import shutil
+
+    out = tmp_path / "syn"
+    assert cli(caplog, *synth_args(out))[0] == 0
+    video = next((out / "videos").iterdir())
+    shutil.copy(video, out / "videos" / "stray_clip.mp4")
+    code, errors = cli(
+        caplog,
+        "prepare",
+        "--videos",
+        out / "videos",
+        "--csv",
+        out / "audioset.csv",
+        "--label-csv",
+        out / "class_labels_indices.csv",
+        "--out",
+        tmp_path / "shards",
+        "--workers",
+        "0",
+    )
+    assert code == 0, errors
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("1 media file(s)" in w and "stray_clip.mp4" in w and "left out" in w for w in warnings), warnings
+
+
+def test_finetune_errors_are_logged_under_finetune(caplog, tmp_path):
+    code, _ = cli(caplog, "finetune", "--config", TINY_FT, "model.num_heads=5")
+    assert code == 2
+    names = {r.name for r in caplog.records if r.levelno >= logging.ERROR}
+    assert names == {"cavmae.commands.finetune"}
+
+
+def test_unknown_query_key_is_printed_without_quotes(caplog, tmp_path):
+    import torch
+
+    from cavmae.eval.retrieval import EmbeddingSet
+
+    path = EmbeddingSet(["a", "b"], torch.eye(2), torch.eye(2)).save(tmp_path / "emb.safetensors")
+    msg = one_error(caplog, "retrieve", "--embeddings", path, "--query-key", "nope")
+    assert msg == "key 'nope' is not in the embedding set (2 clips)"
