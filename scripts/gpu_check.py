@@ -40,6 +40,17 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
+class _Absent:
+    """A meta-path finder that makes the GPU image's missing packages missing here too (optional imports of
+    third-party code then take their fallback, and any import of ours fails loudly)."""
+
+    @staticmethod
+    def find_spec(name: str, path=None, target=None):
+        if name.split(".")[0] in FORBIDDEN:
+            raise ModuleNotFoundError(f"gpu_check: {name} is not available on the GPU image", name=name)
+        return None
+
+
 def import_project():
     """cavmae.kernels (and later cavmae.models) without running cavmae/__init__.py."""
     if "cavmae" not in sys.modules:
@@ -331,6 +342,7 @@ def main() -> int:
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
     started = time.perf_counter()
+    sys.meta_path.insert(0, _Absent())
     import torch
     import triton
 
