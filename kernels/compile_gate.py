@@ -40,7 +40,8 @@ ARCHS = (90, 80)
 # 4 warps per SM (168 registers); the backward may use the hardware limit of 255 but must not spill (spills fail the
 # gate separately).
 REGISTER_BUDGET = {"fwd": 168, "bwd": 255}
-_TORCH_TO_TRITON = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
+_TORCH_TO_TRITON = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64",
+                    torch.int32: "i32", torch.int64: "i64"}
 
 
 @dataclass(frozen=True)
