@@ -34,8 +34,9 @@ class MambaConfig:
     dt_rank: int = 0  # 0 -> ceil(dim / 16)
     dt_min: float = 0.001
     dt_max: float = 0.1
-    # How the forward and backward scans are combined: "add" (Vision Mamba) or "mean".
-    bidirectional_combine: Literal["add", "mean"] = "add"
+    # How the forward and backward scans are combined: "add" (Vision Mamba), "mean", or "concat" (both gated
+    # outputs side by side into an out projection twice as wide: each direction keeps its own output weights).
+    bidirectional_combine: Literal["add", "mean", "concat"] = "add"
     scan_impl: Literal["auto", "triton", "torch", "reference"] = "auto"
 
 
@@ -61,6 +62,11 @@ class ModelConfig:
     drop_path: float = 0.0
     norm_eps: float = 1e-5
     attention: Literal["sdpa", "math"] = "sdpa"  # math = explicit softmax(QK^T)V, for benchmarks and checks
+    # Order of the audio tokens through the encoder stacks: "freq_major" is the patch order f*(T/p) + t (a scan runs
+    # along time within a band, then jumps to the next band); "time_major" scans all bands of one time step, then
+    # the next. Only a scan backbone sees the difference (attention and the MLP do not care about order); the
+    # parameters, the masks and the decoder's order are the same either way.
+    audio_token_order: Literal["freq_major", "time_major"] = "freq_major"
     # pre-training objective
     mask_ratio_a: float = 0.75
     mask_ratio_v: float = 0.75

@@ -13,6 +13,11 @@ from cavmae.models.losses import info_nce, reconstruction_loss
 from cavmae.models.masking import Masked, random_masking
 
 
+def _gather_tokens(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """x [B, K, D] reordered along tokens by order [B, K]."""
+    return torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
 class CAVMAE(CAVMAEEncoder):
     """Contrastive audio-visual masked autoencoder.
 
@@ -59,11 +64,20 @@ class CAVMAE(CAVMAEEncoder):
         """Mask, encode. Returns joint latent [B, Ka+Kv, D], audio / video stream tokens [B, Ka|Kv, D] and masks."""
         masked_a = random_masking(self.tokens_a(audio), mask_ratio_a, mask_mode, self.cfg.audio_grid)
         masked_v = random_masking(self.tokens_v(frames), mask_ratio_v)
-        a = self.run_blocks(self.blocks_a, masked_a.tokens)
+        # the stacks see the kept audio tokens in model.audio_token_order; the outputs go back to masked_a's order
+        order = self.audio_scan_order(masked_a.ids_keep)  # [B, Ka] or None
+        a = masked_a.tokens if order is None else _gather_tokens(masked_a.tokens, order)
+        a = self.run_blocks(self.blocks_a, a)
         v = self.run_blocks(self.blocks_v, masked_v.tokens)
+        latent, latent_a = self.joint_stream(a, v), self.audio_stream(a)
+        if order is not None:
+            back = torch.argsort(order, dim=1)
+            keep_a = a.shape[1]
+            latent = torch.cat([_gather_tokens(latent[:, :keep_a], back), latent[:, keep_a:]], dim=1)
+            latent_a = _gather_tokens(latent_a, back)
         return {
-            "latent": self.joint_stream(a, v),
-            "latent_a": self.audio_stream(a),
+            "latent": latent,
+            "latent_a": latent_a,
             "latent_v": self.video_stream(v),
             "masked_a": masked_a,
             "masked_v": masked_v,

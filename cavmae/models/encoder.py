@@ -115,9 +115,24 @@ class CAVMAEEncoder(nn.Module):
     def video_stream(self, v: torch.Tensor) -> torch.Tensor:
         return self.norm_v(self.run_blocks(self.blocks_u, v, "v"))
 
+    def audio_scan_order(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """Audio token indices ids [B, K] (patch order f*(T/p) + t, ascending) -> the permutation [B, K] that puts
+        them in ``model.audio_token_order``, or None when that is the patch order itself."""
+        if self.cfg.audio_token_order == "freq_major":
+            return None
+        freqs, times = self.cfg.audio_grid
+        time_major_rank = (ids % times) * freqs + ids // times  # token f*T + t -> t*F + f
+        return torch.argsort(time_major_rank, dim=1)
+
     def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:
-        """Unmasked audio through blocks_a: [B, La, D]."""
-        return self.run_blocks(self.blocks_a, self.tokens_a(audio))
+        """Unmasked audio through blocks_a: [B, La, D], tokens in ``model.audio_token_order`` (the streams that
+        follow keep that order; every consumer of the unmasked streams pools over tokens)."""
+        x = self.tokens_a(audio)
+        ids = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+        order = self.audio_scan_order(ids)
+        if order is not None:
+            x = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        return self.run_blocks(self.blocks_a, x)
 
     def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
         return self.run_blocks(self.blocks_v, self.tokens_v(frames))

@@ -3,8 +3,9 @@
 The token mixer follows Vision Mamba / Audio Mamba: one input projection to (x, z); two directions, each with its
 own depthwise conv, x/dt projections, A and D; the forward direction scans tokens 0..L-1 with a causal conv, the
 backward direction scans L-1..0 with an anti-causal conv (the causal conv of the reversed sequence); each output
-is gated by silu(z) at its own position; the two are combined (sum or mean) and projected back. Nothing is
-flipped in memory: the scan op runs the backward direction in place.
+is gated by silu(z) at its own position; the two are combined (sum or mean) and projected back, or (``concat``)
+laid side by side into an out projection twice as wide. Nothing is flipped in memory: the scan op runs the backward
+direction in place.
 
 The block wraps the mixer in the same :class:`~cavmae.models.blocks.ModalityBlock` as the ViT block (three norm
 pairs, ``modality`` argument), followed by the ViT MLP, so the models never branch on the backbone.
@@ -21,7 +22,7 @@ from timm.layers import Mlp
 from torch import nn
 
 from cavmae.config import MambaConfig, ModelConfig
-from cavmae.kernels import selective_scan_bidirectional
+from cavmae.kernels import selective_scan, selective_scan_bidirectional
 from cavmae.models.blocks import ModalityBlock, register_block
 
 
@@ -86,7 +87,9 @@ class BiMambaMixer(nn.Module):
         self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
         self.fwd = _Direction(d_inner, cfg, dt_rank)
         self.bwd = _Direction(d_inner, cfg, dt_rank)
-        self.out_proj = nn.Linear(d_inner, dim, bias=False)
+        # "concat": each direction's gated output keeps its own half of the out projection
+        concat = cfg.bidirectional_combine == "concat"
+        self.out_proj = nn.Linear(2 * d_inner if concat else d_inner, dim, bias=False)
 
     def reset_backbone_parameters(self) -> None:
         self.fwd.reset_parameters()
@@ -98,6 +101,8 @@ class BiMambaMixer(nn.Module):
         u_f, delta_f, b_f, c_f = self.fwd.scan_inputs(xi, reverse=False)
         u_b, delta_b, b_b, c_b = self.bwd.scan_inputs(xi, reverse=True)
         f, b = self.fwd, self.bwd
+        if self.cfg.bidirectional_combine == "concat":
+            return self.out_proj(self._concat_directions(z, (u_f, delta_f, b_f, c_f), (u_b, delta_b, b_b, c_b)))
         y = selective_scan_bidirectional(
             (u_f, u_b),
             (delta_f, delta_b),
@@ -112,6 +117,26 @@ class BiMambaMixer(nn.Module):
             combine=self.cfg.bidirectional_combine,
         )  # [B, d_inner, L]
         return self.out_proj(y.transpose(1, 2))
+
+    def _concat_directions(self, z: torch.Tensor, inputs_f: tuple, inputs_b: tuple) -> torch.Tensor:
+        """Each direction scanned and gated on its own -> [B, L, 2*d_inner] (forward channels, then backward)."""
+        outs = []
+        for d, (u, delta, b, c), reverse in ((self.fwd, inputs_f, False), (self.bwd, inputs_b, True)):
+            y = selective_scan(
+                u,
+                delta,
+                -torch.exp(d.A_log.float()),
+                b,
+                c,
+                d.D.float(),
+                z=z,
+                delta_bias=d.dt_proj.bias.float(),
+                delta_softplus=True,
+                impl=self.cfg.scan_impl,
+                reverse=reverse,
+            )  # [B, d_inner, L]
+            outs.append(y)
+        return torch.cat(outs, dim=1).transpose(1, 2)
 
 
 class MambaBlock(ModalityBlock):
