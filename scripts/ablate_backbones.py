@@ -308,10 +308,6 @@ def prepared_data(work: Path, s):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if not args.verbose:
-        for name in ("cavmae", "accelerate"):
-            logging.getLogger(name).setLevel(logging.WARNING)
     names = [n for n in args.variants.split(",") if n]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -321,7 +317,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(s.threads)  # as the demo: one thread per op on a shared machine
+    try:
+        return _main(args, argv, names, seeds, s)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _main(args: argparse.Namespace, argv: list[str] | None, names: list[str], seeds: list[int], s) -> int:
     counts = check_sizes(s, list(VARIANTS) if args.list else names)
     if args.list:
         for name, v in VARIANTS.items():
@@ -406,5 +410,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not verbose:  # the trainer logs every step; the table's own progress is enough here
+        for name in ("cavmae", "accelerate"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 if __name__ == "__main__":
+    setup_logging("--verbose" in sys.argv)
     raise SystemExit(main())

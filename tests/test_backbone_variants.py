@@ -1,0 +1,247 @@
+"""Backbone variant options (audio token order, how the scan directions combine) and the ablation script's table.
+
+The options are off by default; the golden numbers below were produced by the code before they existed (same
+seeds, same tiny model), so a change to the default path shows up here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import cavmae
+from cavmae.config import ConfigError, MambaConfig, ModelConfig, apply_overrides, load_config
+from cavmae.models.mamba import BiMambaMixer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (loss_rec_a, loss_rec_v, loss_c, |emb_a|_1, |emb_v|_1, |classifier logits|_1) of _small() before the options
+GOLDEN = {
+    "vit": [1.119266, 1.0321, 1.83566, 48.2107, 50.45183, 16.22652],
+    "mamba": [1.113824, 1.038875, 2.893586, 39.83822, 46.07781, 14.15355],
+}
+
+
+def _small(backbone: str, **overrides) -> ModelConfig:
+    cfg = ModelConfig(
+        backbone=backbone,
+        embed_dim=32,
+        num_heads=4,
+        modality_depth=1,
+        shared_depth=1,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+        audio_length=64,  # audio grid (2, 4): 2 bands x 4 time steps
+        num_mel_bins=32,
+        image_size=32,
+        num_classes=5,
+    )
+    for k, v in overrides.items():
+        if k.startswith("mamba."):
+            setattr(cfg.mamba, k.split(".", 1)[1], v)
+        else:
+            setattr(cfg, k, v)
+    return cfg
+
+
+def _numbers(cfg: ModelConfig) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded losses, retrieval embeddings and classifier logits of a fresh model."""
+    torch.manual_seed(0)
+    model = cavmae.create_model(cfg)
+    g = torch.Generator().manual_seed(1)
+    audio, frames = torch.randn(3, 64, 32, generator=g), torch.randn(3, 3, 32, 32, generator=g)
+    torch.manual_seed(2)
+    out = model(audio, frames, return_outputs=True)
+    emb_a, emb_v = model.embed(audio, frames)
+    torch.manual_seed(0)
+    logits = cavmae.create_model(cfg, kind="classifier")(audio, frames)
+    return out, emb_a, emb_v, logits
+
+
+@pytest.mark.parametrize("backbone", ["vit", "mamba"])
+def test_defaults_give_the_numbers_of_before(backbone):
+    out, emb_a, emb_v, logits = _numbers(_small(backbone))
+    got = [out[k].item() for k in ("loss_rec_a", "loss_rec_v", "loss_c")]
+    got += [emb_a.abs().sum().item(), emb_v.abs().sum().item(), logits.abs().sum().item()]
+    assert got == pytest.approx(GOLDEN[backbone], rel=1e-4)
+
+
+def test_time_major_order_is_invisible_to_attention():
+    """ViT blocks do not care about token order, so a correct permutation (and its undoing before the decoder)
+    leaves every output unchanged; a wrong undo would move predictions to other patches' targets."""
+    ref_out, ref_a, ref_v, ref_logits = _numbers(_small("vit"))
+    out, emb_a, emb_v, logits = _numbers(_small("vit", audio_token_order="time_major"))
+    for key in ("loss_rec_a", "loss_c", "pred_a"):
+        assert torch.allclose(out[key], ref_out[key], atol=1e-5), key
+    assert torch.allclose(emb_a, ref_a, atol=1e-5) and torch.allclose(emb_v, ref_v)
+    assert torch.allclose(logits, ref_logits, atol=1e-5)
+
+
+def test_time_major_order_changes_what_a_scan_sees():
+    cfg = _small("mamba", audio_token_order="time_major")
+    torch.manual_seed(0)
+    model = cavmae.create_model(cfg)
+    freqs, times = cfg.audio_grid
+    # unmasked: the blocks see token t*F + f at position t*F + f (band index fastest)
+    ids = torch.arange(freqs * times).expand(2, -1)
+    order = model.audio_scan_order(ids)
+    assert order[0].tolist() == [f * times + t for t in range(times) for f in range(freqs)]
+    audio = torch.randn(2, 64, 32)
+    expected = model.run_blocks(model.blocks_a, model.tokens_a(audio)[:, order[0]])
+    assert torch.allclose(model.encode_audio(audio), expected, atol=1e-6)
+    # masked: the kept tokens go through in time-major order
+    kept = torch.tensor([[1, 2, 4, 7], [0, 3, 5, 6]])
+    sorted_ids = kept.gather(1, model.audio_scan_order(kept))
+    rank = (sorted_ids % times) * freqs + sorted_ids // times
+    assert torch.all(rank[:, 1:] > rank[:, :-1])
+    # and the scan's outputs differ from the patch order's (same weights)
+    plain = cavmae.create_model(_small("mamba"))
+    plain.load_state_dict(model.state_dict())
+    assert not torch.allclose(plain.embed_audio(audio), model.embed_audio(audio), atol=1e-4)
+    assert model.state_dict().keys() == plain.state_dict().keys()
+
+
+def _mixer(combine: str) -> BiMambaMixer:
+    torch.manual_seed(0)
+    mixer = BiMambaMixer(16, MambaConfig(d_state=4, expand=2, bidirectional_combine=combine))
+    mixer.reset_backbone_parameters()
+    return mixer
+
+
+def test_concat_combine_shapes_gradients_and_relation_to_add():
+    concat, add = _mixer("concat"), _mixer("add")
+    assert concat.out_proj.in_features == 64 and add.out_proj.in_features == 32
+    x = torch.randn(2, 11, 16, requires_grad=True)
+    y = concat(x)
+    assert y.shape == x.shape
+    y.square().sum().backward()
+    for name, p in concat.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert x.grad.abs().sum() > 0
+    # with the out projection [W, W] and the same other weights, concatenation + projection == sum of directions
+    state = {k: v for k, v in add.state_dict().items() if k != "out_proj.weight"}
+    concat.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        concat.out_proj.weight.copy_(torch.cat([add.out_proj.weight, add.out_proj.weight], dim=1))
+    x = torch.randn(2, 11, 16)
+    assert torch.allclose(concat(x), add(x), atol=1e-5)
+    # and unlike add, the two halves can weigh the directions differently
+    with torch.no_grad():
+        concat.out_proj.weight[:, 32:].zero_()
+    assert not torch.allclose(concat(x), add(x), atol=1e-3)
+
+
+def test_concat_variant_trains_in_the_full_model():
+    cfg = _small("mamba", **{"mamba.bidirectional_combine": "concat", "audio_token_order": "time_major"})
+    torch.manual_seed(0)
+    model = cavmae.create_model(cfg)
+    out = model(torch.randn(2, 64, 32), torch.randn(2, 3, 32, 32))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    assert model.blocks_a[0].mixer.out_proj.weight.grad.abs().sum() > 0
+
+
+def test_variant_options_are_checked_config_fields():
+    cfg = load_config(ROOT / "configs" / "tiny_mamba.yaml")
+    apply_overrides(cfg, ["model.audio_token_order=time_major", "model.mamba.bidirectional_combine=concat"])
+    assert cfg.model.audio_token_order == "time_major" and cfg.model.mamba.bidirectional_combine == "concat"
+    with pytest.raises(ConfigError, match="audio_token_order"):
+        apply_overrides(cfg, ["model.audio_token_order=diagonal"])
+    with pytest.raises(ConfigError, match="bidirectional_combine"):
+        apply_overrides(cfg, ["model.mamba.bidirectional_combine=max"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# scripts/ablate_backbones.py
+
+
+@pytest.fixture(scope="module")
+def ablate():
+    spec = importlib.util.spec_from_file_location("ablate_backbones", ROOT / "scripts" / "ablate_backbones.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ablate_backbones"] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["ablate_backbones"]
+
+
+def test_every_ablation_row_is_buildable_and_equal_parameter(ablate):
+    from cavmae.demo.pipeline import FULL
+
+    matched = [n for n, v in ablate.VARIANTS.items() if v.matched]
+    counts = ablate.check_sizes(FULL, matched)
+    assert set(ablate.DEFAULT_VARIANTS) <= set(matched)
+    assert list(ablate.DEFAULT_VARIANTS[:2]) == ["vit", "mamba"]
+    for name in matched:
+        assert abs(counts[name] / counts["vit"] - 1) <= 0.05, name
+
+
+def test_ablation_refuses_a_row_outside_the_tolerance(ablate):
+    from cavmae.demo.pipeline import FULL
+
+    with pytest.raises(SystemExit, match="mamba_wide"):
+        ablate.VARIANTS["mamba_wide"] = ablate.Variant("mamba", ("model.mamba.expand=4",))
+        try:
+            ablate.check_sizes(FULL, ["mamba_wide"])
+        finally:
+            del ablate.VARIANTS["mamba_wide"]
+
+
+def test_ablation_table_means_and_spread(ablate):
+    runs = [
+        {
+            "variant": "vit",
+            "seed": s,
+            "R@5_v2a": 40.0 + 2 * s,
+            "R@5_a2v": 30.0,
+            "top1_pretrained": 90.0,
+            "top1_scratch": 70.0 + 10 * s,
+            "end_loss_rec_a": 0.5,
+            "end_loss_rec_v": 0.4,
+            "end_loss_c": 1.0,
+            "total_s": 60.0,
+        }
+        for s in (0, 1)
+    ]
+    rows = ablate.aggregate(runs, ["vit", "mamba"], {"vit": 100, "mamba": 104})
+    assert len(rows) == 1 and rows[0]["seeds"] == [0, 1]
+    assert rows[0]["R@5_v2a"]["mean"] == 41.0 and rows[0]["R@5_v2a"]["sd"] == pytest.approx(2**0.5)
+    assert rows[0]["ft_gain"]["mean"] == 15.0
+    protocol = {
+        "reduced": True,
+        "clips": 300,
+        "classes": 8,
+        "train_clips": 250,
+        "heldout_clips": 50,
+        "chance_R@5": 10.0,
+        "pretrain_steps": 250,
+        "pretrain_batch": 32,
+        "finetune_steps": 30,
+        "finetune_batch": 16,
+        "seeds": [0, 1],
+        "command": "python scripts/ablate_backbones.py --quick",
+    }
+    budget = {"wall_min": 2.0, "runs": 2, "machine": "2 CPU cores", "load_start": 1.0, "load_end": 1.0}
+    text = ablate.markdown(rows, protocol, budget, {"vit": 100, "mamba": 104})
+    assert "REDUCED PROTOCOL" in text and "41.0 ± 1.4" in text and "2.0 min wall" in text
+
+
+@pytest.mark.slow
+def test_ablation_end_to_end_at_a_tiny_size(ablate, tmp_path):
+    """Data once, two variants, one seed: the JSON holds both runs and a rerun resumes without training."""
+    import json
+
+    args = ["--quick", "--clips", "24", "--steps", "2", "--finetune-steps", "1", "--seeds", "0"]
+    args += ["--variants", "vit,mamba_time", "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")]
+    assert ablate.main(args) == 0
+    table = json.loads((tmp_path / "r" / "ablate_backbones.json").read_text())
+    assert [r["variant"] for r in table["runs"]] == ["vit", "mamba_time"]
+    assert table["params"]["mamba_time"] != table["params"]["vit"]
+    assert "REDUCED PROTOCOL" in (tmp_path / "r" / "ablate_backbones.md").read_text()
+    assert ablate.main(args) == 0  # resumes: both runs are already there
+    assert len(json.loads((tmp_path / "r" / "ablate_backbones.json").read_text())["runs"]) == 2
