@@ -15,7 +15,8 @@ pre-training-only ones such as ``optim.lr``). Rows are equal-parameter: each Mam
 expand / state size so that its pre-training model has within 5 % of the ViT's parameter count (checked before
 anything runs; the counts are printed and written into the table). The Markdown and JSON tables go to
 ``scripts/results/<--name>.{md,json}``; the JSON also holds every run, and a rerun with the same protocol skips
-the (variant, seed) runs it already holds, so an interrupted table resumes.
+the (variant, seed) runs it already holds, so an interrupted table resumes. A variant that changes only the
+pre-training (``optim.lr``, say) reuses the from-scratch fine-tuning of the variant with its model at that seed.
 """
 
 from __future__ import annotations
@@ -127,8 +128,15 @@ def check_sizes(s, names: list[str]) -> dict[str, int]:
 # one run
 
 
-def run_one(name: str, seed: int, s, data, held, work: Path) -> dict[str, Any]:
-    """Pre-train, retrieve, fine-tune (pre-trained and scratch) one variant at one seed; the numbers of one run."""
+def scratch_key(variant: Variant, seed: int) -> str:
+    """What a from-scratch fine-tuning run depends on: variants that differ only in pre-training share it."""
+    return json.dumps([variant.backbone, sorted(variant.overrides), seed])
+
+
+def run_one(name: str, seed: int, s, data, held, work: Path, scratch: dict[str, float]) -> dict[str, Any]:
+    """Pre-train, retrieve, fine-tune (pre-trained and scratch) one variant at one seed; the numbers of one run.
+
+    ``scratch`` maps :func:`scratch_key` to the top-1 of a from-scratch run already made in this table."""
     from cavmae.demo.heldout import evaluate_classifier, evaluate_retrieval
     from cavmae.demo.pipeline import pretraining_summary
     from cavmae.models.weights import load_model
@@ -144,8 +152,13 @@ def run_one(name: str, seed: int, s, data, held, work: Path) -> dict[str, Any]:
     timings["pretrain_s"] = time.perf_counter() - start
     retrieval = evaluate_retrieval(load_model(pre_run / "model"), held, name).metrics
     top1 = {}
+    key = scratch_key(variant, seed)
     for kind, init in (("pretrained", str(pre_run / "model")), ("scratch", "")):
         t0 = time.perf_counter()
+        if kind == "scratch" and key in scratch:  # the same config and seed: the same run (one thread, seeded)
+            top1[kind] = scratch[key]
+            timings["finetune_scratch_s"] = 0.0
+            continue
         cfg = configure(s, data, run_dir / f"finetune_{kind}", seed=seed, variant=variant, task="finetune", init=init)
         top1[kind] = evaluate_classifier(train(cfg), held).top1
         timings[f"finetune_{kind}_s"] = time.perf_counter() - t0
@@ -159,6 +172,7 @@ def run_one(name: str, seed: int, s, data, held, work: Path) -> dict[str, Any]:
         "R@5_a2v": retrieval["audio_to_video"]["R@5"],
         "top1_pretrained": top1["pretrained"],
         "top1_scratch": top1["scratch"],
+        "scratch_key": key,
         **{f"end_{k}": v for k, v in pre.items()},
         **{k: round(v, 1) for k, v in timings.items()},
     }
@@ -217,7 +231,8 @@ def markdown(rows: list[dict], protocol: dict, budget: dict, counts: dict[str, i
         f"(torch threads 1; load average {budget['load_start']} at the start, {budget['load_end']} at the end). "
         f"Reproduce: `{p['command']}`.",
         "Cells: mean ± sd over seeds (sd only with 2+ seeds). Loss parts: mean over the last 5 % of pre-training "
-        "steps. Parameters: the pre-training model (encoder + decoder).",
+        "steps. Parameters: the pre-training model (encoder + decoder). A variant that changes only pre-training "
+        "reuses the from-scratch fine-tuning of its model at the same seed (the same config: the same run).",
         "",
         "| variant | params (vs vit) | " + " | ".join(h for _, h, _ in COLUMNS) + " | what |",
         "|" + "---|" * (len(COLUMNS) + 3),
@@ -392,7 +407,8 @@ def _main(args: argparse.Namespace, argv: list[str] | None, names: list[str], se
             if (name, seed) in done:
                 continue
             log.info("%s seed %d ...", name, seed)
-            result = run_one(name, seed, s, data, held, work)
+            scratch = {r["scratch_key"]: r["top1_scratch"] for r in runs if "scratch_key" in r}
+            result = run_one(name, seed, s, data, held, work, scratch)
             runs.append(result)
             log.info(
                 "%s seed %d: R@5 v->a %.1f a->v %.1f, top-1 pre-trained %.1f scratch %.1f (%.0f s)",

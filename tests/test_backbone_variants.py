@@ -245,3 +245,10 @@ def test_ablation_end_to_end_at_a_tiny_size(ablate, tmp_path):
     assert "REDUCED PROTOCOL" in (tmp_path / "r" / "ablate_backbones.md").read_text()
     assert ablate.main(args) == 0  # resumes: both runs are already there
     assert len(json.loads((tmp_path / "r" / "ablate_backbones.json").read_text())["runs"]) == 2
+
+
+def test_pretraining_only_variants_share_the_scratch_run(ablate):
+    v = ablate.VARIANTS
+    assert ablate.scratch_key(v["mamba_lr"], 1) == ablate.scratch_key(v["mamba"], 1)
+    assert ablate.scratch_key(v["mamba"], 1) != ablate.scratch_key(v["mamba"], 2)
+    assert ablate.scratch_key(v["mamba_time"], 1) != ablate.scratch_key(v["mamba"], 1)
