@@ -220,14 +220,16 @@ def markdown(rows: list[dict], protocol: dict, budget: dict, counts: dict[str, i
         (
             "**Full protocol.**"
             if full
-            else "**REDUCED PROTOCOL** (fewer steps / seeds / variants than the full table; "
-            "differences below the seed spread mean nothing)."
+            else "**REDUCED PROTOCOL**: not the acceptance table (the full protocol is the full demo's 800 clips, "
+            "16 classes, 1200 pre-training and 60 fine-tuning steps, 3 seeds); differences below the seed spread "
+            "mean nothing."
         ),
         f"Data: {p['clips']} synthetic clips, {p['classes']} classes (data seed 0; {p['train_clips']} train, "
         f"{p['heldout_clips']} held-out; chance R@5 = {p['chance_R@5']:.1f} %). "
         f"Pre-training {p['pretrain_steps']} steps x {p['pretrain_batch']} clips, fine-tuning {p['finetune_steps']} "
         f"steps x {p['finetune_batch']} clips (pre-trained and scratch alike), seeds {p['seeds']}.",
-        f"Budget: {budget['wall_min']:.1f} min wall for {budget['runs']} runs on {budget['machine']} "
+        f"Budget: {budget['wall_min']:.1f} min wall for {budget['runs']} runs (data preparation not counted) on "
+        f"{budget['machine']} "
         f"(torch threads 1; load average {budget['load_start']} at the start, {budget['load_end']} at the end). "
         f"Reproduce: `{p['command']}`.",
         "Cells: mean ± sd over seeds (sd only with 2+ seeds). Loss parts: mean over the last 5 % of pre-training "
@@ -375,14 +377,15 @@ def _main(args: argparse.Namespace, argv: list[str] | None, names: list[str], se
     same = ("clips", "classes", "pretrain_steps", "pretrain_batch", "finetune_steps", "finetune_batch")
     runs: list[dict] = []
     spent = 0.0
+    load_start = round(os.getloadavg()[0], 1)
     if out_json.is_file():
         old = json.loads(out_json.read_text())
         if all(old["protocol"].get(k) == protocol[k] for k in same):
             runs = [r for r in old["runs"] if r["variant"] in names and r["seed"] in seeds]
             spent = sum(r["total_s"] for r in runs)
+            load_start = old["budget"]["load_start"]  # the table's first invocation
             log.info("resuming: %d runs already in %s", len(runs), out_json)
     done = {(r["variant"], r["seed"]) for r in runs}
-    load_start = round(os.getloadavg()[0], 1)
     start = time.perf_counter()
 
     def write() -> None:
