@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("cavmae.commands.pretrain", "CAV-MAE pre-training on CPU, one or many GPUs (Accelerate)"),
     "finetune": ("cavmae.commands.finetune", "fine-tune a classifier from a pre-trained model (Accelerate)"),
     "retrieve": ("cavmae.commands.retrieve", "audio<->video retrieval: embed shards, R@k / ranks, query files or keys"),
+    "embed": ("cavmae.commands.embed", "embed a shard set into embedding shards (resumable; Accelerate for GPUs)"),
+    "index": ("cavmae.commands.index", "build FAISS indexes (exact flat or approximate IVF) over embeddings"),
     "predict": ("cavmae.commands.predict", "top-k classes of raw video / audio files with a fine-tuned model"),
     "prepare": ("cavmae.commands.prepare", "turn videos + AudioSet/VGGSound metadata into WebDataset shards"),
     "synth": ("cavmae.commands.synth", "write a synthetic audio-visual dataset (H.264 + AAC files and CSVs)"),
