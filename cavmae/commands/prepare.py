@@ -33,6 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--samples-per-shard", type=int, default=1000)
     out.add_argument("--max-shard-bytes", type=parse_size, default=0, help="e.g. 1G (default: no limit)")
     out.add_argument("--workers", type=int, default=4, help="decoding processes (0 = in this process)")
+    eng = parser.add_argument_group("engine (where clips are decoded; the shards are the same)")
+    eng.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help='local: a process pool of --workers; ray: one task per shard on a Ray cluster (pip install "cavmae[ray]")',
+    )
+    eng.add_argument("--ray-address", help="existing Ray cluster ('auto' or host:port); default: start a local one")
+    eng.add_argument("--ray-num-cpus", type=int, help="CPUs of a local Ray cluster started here (default: all)")
+    eng.add_argument("--ray-retries", type=int, default=3, help="extra tries of a failed Ray task (default 3)")
     out.add_argument("--frame-size", type=int, default=224, help="shorter side of stored frames (never enlarged)")
     out.add_argument("--jpeg-quality", type=int, default=90)
     out.add_argument("--audio-format", choices=["wav", "flac"], default="wav", help="16-bit PCM container")
@@ -68,6 +78,16 @@ def run(args: argparse.Namespace) -> int:
             audio_format=args.audio_format,
             clip_seconds=args.clip_seconds,
         )
+        engine = None
+        if args.engine == "ray":
+            from cavmae.data.engines import RayEngine
+
+            engine = RayEngine(
+                address=args.ray_address,
+                num_cpus=args.ray_num_cpus,
+                block_size=args.samples_per_shard,
+                max_retries=args.ray_retries,
+            )
         manifest = prepare_shards(
             plan,
             args.out,
@@ -77,8 +97,9 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             options=options,
             overwrite=args.overwrite,
+            engine=engine,
         )
-    except (MetadataError, PrepareError, ValueError) as e:
+    except (MetadataError, PrepareError, ImportError, ValueError) as e:
         log.error("%s", e)
         return 2
     n = len(manifest["shards"])
