@@ -304,6 +304,8 @@ def run_demo(
 def _run(out: Path, s: DemoSettings, backbone: str, quick: bool, seed: int) -> DemoResult:
     from cavmae import create_model
     from cavmae.demo.report import write_report
+    from cavmae.eval.gallery import write_gallery
+    from cavmae.eval.search import SearchSpace
     from cavmae.models.weights import load_model
     from cavmae.train import seed_everything, train
 
@@ -326,6 +328,14 @@ def _run(out: Path, s: DemoSettings, backbone: str, quick: bool, seed: int) -> D
             "pretrained": evaluate_retrieval(pretrained, held, "pre-trained"),
             "random_init": evaluate_retrieval(random_init, held, "random init"),
         }
+        write_gallery(  # listen to and look at what the pre-trained model retrieves (linked from the report)
+            out / "gallery",
+            SearchSpace(retrieval["pretrained"].embeddings),
+            [data.heldout_shards],
+            k=5,
+            seed=seed,
+            title="cavmae demo: held-out retrieval with the pre-trained model",
+        )
     classification = {}
     for name, init in (("pretrained", str(pre_run / "model")), ("scratch", "")):
         with _timed(timings, f"finetune_{name}"):

@@ -315,6 +315,11 @@ def markdown(metrics: dict[str, Any], figures: dict[str, Path], out: Path) -> st
         "",
         f"Chance R@5 is {metrics['retrieval_chance_R@5']:.1f} %.",
         "",
+        *(
+            ["Look at and listen to what it retrieves: [retrieval gallery](gallery/index.html).", ""]
+            if (out / "gallery" / "index.html").is_file()
+            else []
+        ),
         f"| classification after {s['finetune_steps']} fine-tuning steps | top-1 (%) |",
         "| --- | --- |",
         f"| fine-tuned from the pre-trained model | {c['pretrained']['top1']:.1f} |",
