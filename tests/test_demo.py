@@ -49,6 +49,7 @@ def test_quick_demo_writes_the_report_and_pretraining_beats_random_init(quick_de
         with Image.open(png) as img:
             assert img.format == "PNG" and min(img.size) >= 200, (name, img.size)
     assert set(re.findall(r"\]\((figures/[^)]+)\)", report)) == {f"figures/{n}.png" for n in FIGURES}
+    assert "](gallery/index.html)" in report and (out / "gallery" / "index.html").is_file()  # retrieval gallery
 
     m = json.loads((out / "metrics.json").read_text())
     assert m["data"]["heldout_clips"] >= 30 and m["data"]["train_clips"] >= 150
