@@ -93,8 +93,10 @@ def main() -> None:
     print(f"\n{args.n} x {args.dim} vectors, {args.queries} queries, top {args.k}")
     for name in ("flat", "approx"):
         b = builds[name]
-        print(f"build {b['factory']:>16}: {b['total_s']:7.1f} s  ({ {k: v for k, v in b.items() if k.endswith('_s')} })")
-    print(f"{'search':>22} {'median s':>9} {'range s':>15} {'queries/s':>10} {'speed-up':>9} {'recall@' + str(args.k):>10}")
+        parts = {k: round(v, 1) for k, v in b.items() if k.endswith("_s")}
+        print(f"build {b['factory']:>16}: {b['total_s']:7.1f} s  {parts}")
+    recall_name = f"recall@{args.k}"
+    print(f"{'search':>22} {'median s':>9} {'range s':>15} {'queries/s':>10} {'speed-up':>9} {recall_name:>10}")
     for name, ts in times.items():
         med = statistics.median(ts)
         row = {
