@@ -78,6 +78,7 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     meter: Throughput = field(default_factory=Throughput)
+    last_val: dict[str, float] = field(default_factory=dict)  # the latest validation's metrics
 
     @property
     def world(self) -> int:
@@ -279,20 +280,29 @@ def end_of_step(run: Run) -> bool:
     return epoch_done
 
 
+def val_batches(run: Run, frame_mode: str | None = None) -> Iterator[dict]:
+    """This process's validation batches on its device (at most ``train.val_batches`` of them)."""
+    cfg, device = run.cfg, run.accelerator.device
+    batches: Iterator[dict] = (
+        to_device(b, device) for b in make_batches(cfg, "val", 0, run.rank, run.world, frame_mode=frame_mode)
+    )
+    if cfg.train.val_batches:
+        batches = itertools.islice(batches, cfg.train.val_batches)
+    return batches
+
+
 def validate(run: Run) -> None:
     """The task's evaluation on the validation split, with the same masks every time (a forked RNG)."""
     cfg = run.cfg
     if not has_split(cfg, "val"):
         return
-    device = run.accelerator.device
-    batches: Iterator[dict] = (to_device(b, device) for b in make_batches(cfg, "val", 0, run.rank, run.world))
-    if cfg.train.val_batches:
-        batches = itertools.islice(batches, cfg.train.val_batches)
+    batches = val_batches(run, "middle")
     run.model.eval()
     with torch.random.fork_rng(devices=rng_devices()):
         torch.manual_seed(cfg.train.seed)  # the same masks at every validation: curves compare like with like
         metrics = run.task.evaluate(run.module, batches, run.accelerator, cfg)
     run.model.train()
+    run.last_val = metrics
     run.logger.val(run.state.step, run.state.epoch, metrics)
 
 
@@ -310,10 +320,23 @@ def checkpoint(run: Run) -> Path:
 
 
 def finish(run: Run) -> Path:
-    """The task's last word (e.g. weight averaging), the final model in ``<out_dir>/model``; returns out_dir."""
+    """The task's last word (e.g. weight averaging) and final evaluation, the final model in ``<out_dir>/model``;
+    returns out_dir."""
+    averaged: list[int] = run.task.finish(run.module, run.out_dir, run.cfg) if run.main else []
+    if run.world > 1:  # the main process's final weights (averaged) to every process, for the final evaluation
+        from accelerate.utils import broadcast_object_list
+
+        averaged = broadcast_object_list([averaged])[0]
+        for tensor in run.module.state_dict().values():
+            torch.distributed.broadcast(tensor, src=0)
+    if has_split(run.cfg, "val"):
+        run.model.eval()
+        summary, details = run.task.final_evaluation(
+            run.module, lambda mode: val_batches(run, mode), run.accelerator, run.cfg, run.last_val, averaged
+        )
+        run.logger.final(summary, details)
     run.logger.close()
     if run.main:
-        run.task.finish(run.module, run.out_dir, run.cfg)
         save_pretrained(run.module, run.out_dir / "model", run.cfg)
     run.accelerator.wait_for_everyone()
     log.info(
