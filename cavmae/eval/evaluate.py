@@ -136,3 +136,40 @@ def format_table(result: dict) -> str:
     lines += [f"{a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows]
     head = ", ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, dict))
     return (head + "\n" if head else "") + "\n".join(lines)
+
+
+def evaluate_shards(
+    model: nn.Module,
+    shards: list[str],
+    cfg,
+    *,
+    mode: str | None = None,
+    ten_frame: bool = True,
+    multilabel: bool | None = None,
+    device: torch.device | str = "cpu",
+    chunk: int = 1024,
+    progress: bool = True,
+) -> dict:
+    """Evaluate `model` on `shards`: classification for a fine-tuned model (``mode`` defaults to the model's
+    ``train.ft_mode``; ``ten_frame`` adds the ten-frame ensemble; ``multilabel`` defaults to ``train.ft_loss`` when
+    ``cfg`` comes from a run, else it is read off the labels), retrieval for a pre-trained one. ``cfg`` supplies the
+    data settings (fbank statistics, label CSV, eval.batch_size, data.num_workers)."""
+    from dataclasses import replace
+
+    from cavmae.data.loader import loader_for
+    from cavmae.eval.classify import AUDIO_ONLY_MODES
+    from cavmae.models.weights import model_kind
+
+    cfg = replace(cfg, model=model.cfg)  # input sizes of the model being evaluated
+    if model_kind(model) == "pretrain":
+        return {"kind": "retrieval", **evaluate_retrieval(model, shards, cfg, device, chunk)}
+    mode = mode or cfg.train.ft_mode
+    frames = "all" if ten_frame and mode not in AUDIO_ONLY_MODES else "middle"
+    loader = loader_for(cfg, shards, train=False, frame_mode=frames, rank=0, world_size=1)
+    model.to(device)
+    result = {"kind": "classification", **evaluate_classifier(model, loader, mode, multilabel, device, progress)}
+    skipped = {k: v for k, v in loader.errors.counts().items() if v}
+    if skipped:
+        log.warning("skipped samples while evaluating: %s", skipped)
+        result["skipped"] = skipped
+    return result
