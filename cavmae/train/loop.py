@@ -173,6 +173,13 @@ def build_run(cfg: Config, task: Task, accelerator, ckpt: Path | None) -> Run:
         cfg.save(out_dir / "config.yaml")
     logger = RunLogger(accelerator, cfg, out_dir, total, state.step, resumed=ckpt is not None)
     contrast = cfg.data.batch_size * (world if t.global_contrast else 1)
+    if t.contrast_group:
+        if (cfg.data.batch_size * world) % t.contrast_group:
+            raise ConfigError(
+                f"train.contrast_group={t.contrast_group} must divide the global batch ({world} process(es) x "
+                f"data.batch_size={cfg.data.batch_size})"
+            )
+        contrast = f"{t.contrast_group} (groups of the global batch, losses summed)"
     logger.message(
         f"run directory: {out_dir.resolve()} | {task.name}, {n_params / 1e6:.2f}M trainable parameters, "
         f"{world} process(es) on {device}, {total} steps ({steps_per_epoch}/epoch), "

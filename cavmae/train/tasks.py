@@ -129,7 +129,10 @@ class PretrainTask(Task):
         from cavmae.models.cavmae import CAVMAE
 
         model = CAVMAE(cfg.model)
-        model.gather_contrast = cfg.train.global_contrast  # negatives from every rank (autograd all-gather)
+        # negatives from every rank (autograd all-gather); with contrast groups the gather is used only where a
+        # group spans processes
+        model.gather_contrast = cfg.train.global_contrast or cfg.train.contrast_group > 0
+        model.contrast_group = cfg.train.contrast_group
         return model
 
     def step(self, model: nn.Module, batch: dict, cfg: Config) -> dict[str, torch.Tensor]:
