@@ -2,7 +2,8 @@
 
 ``python dist_worker.py OUT_DIR`` writes, from rank 0, ``OUT_DIR/step-global.pt`` and ``step-local.pt`` (reduced
 metrics and gradients of one step on this rank's share of the first global batch, with negatives gathered from
-all ranks / kept per device), ``step-group{2,8}.pt`` (the same with train.contrast_group), then trains a few steps with the real loop into ``OUT_DIR/run``.
+all ranks / kept per device), ``step-group{2,8}.pt`` (the same with train.contrast_group), then trains
+a few steps with the real loop into ``OUT_DIR/run``.
 """
 
 from __future__ import annotations
