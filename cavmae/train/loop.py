@@ -79,6 +79,7 @@ class Run:
     total_steps: int
     meter: Throughput = field(default_factory=Throughput)
     last_val: dict[str, float] = field(default_factory=dict)  # the latest validation's metrics
+    probe_set: list[dict] | None = None  # the probe clips' batches (CPU), read once
 
     @property
     def world(self) -> int:
@@ -272,6 +273,8 @@ def end_of_step(run: Run) -> bool:
     last = state.step == run.total_steps
     if epoch_done or last or (t.val_every and state.step % t.val_every == 0):
         validate(run)
+    if epoch_done and t.probe_every and state.epoch % t.probe_every == 0:
+        probe(run)
     if last or (t.ckpt_every and state.step % t.ckpt_every == 0):
         checkpoint(run)
     fault_point("kill_after_step", state.step)
@@ -311,6 +314,39 @@ def validate(run: Run) -> None:
     run.model.train()
     run.last_val = metrics
     run.logger.val(run.state.step, run.state.epoch, metrics)
+
+
+def probe_batches(cfg: Config) -> list[dict]:
+    """The first eval.probe_clips held-out clips (data.probe_shards, or the synthetic validation split), batched."""
+    want = cfg.eval.probe_clips
+    if cfg.data.probe_shards:
+        from cavmae.data.loader import loader_for
+
+        source = loader_for(cfg, cfg.data.probe_shards, train=False, frame_mode="middle", rank=0, world_size=1)
+    else:
+        source = make_batches(cfg, "val", 0, 0, 1)
+    out, have = [], 0
+    for b in source:
+        take = min(want - have, len(b["keys"]))
+        out.append({k: v[:take] for k, v in b.items()})
+        have += take
+        if have >= want:
+            break
+    return out
+
+
+def probe(run: Run) -> None:
+    """Retrieval and k-NN of the frozen embeddings of the probe set (main process; cavmae/eval/probe.py)."""
+    from cavmae.eval.probe import probe_metrics
+    from cavmae.train.tasks import local_contrast
+
+    if run.main:
+        if run.probe_set is None:
+            run.probe_set = probe_batches(run.cfg)
+        with torch.random.fork_rng(devices=rng_devices()), local_contrast(run.module):
+            metrics = probe_metrics(run.module, run.probe_set, run.cfg.eval.knn_k)
+        run.logger.probe(run.state.step, run.state.epoch, metrics)
+    run.accelerator.wait_for_everyone()
 
 
 def checkpoint(run: Run) -> Path:
