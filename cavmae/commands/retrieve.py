@@ -17,9 +17,10 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +40,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="a2v: audio query, video gallery; auto: a2v for audio files and keys, v2a for video files",
     )
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=int, default=5, help="matches printed per query")
     p.add_argument("--chunk", type=int, default=1024, help="queries scored at once (memory: chunk x N floats)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=32, help="clips embedded at once")
+    p.add_argument("--num-workers", type=int, default=2, help="data loader processes")
+    p.add_argument("--device", default="auto", help="torch device; auto: cuda when available, else cpu")
     html = p.add_argument_group("gallery page (--html)")
     html.add_argument("--html", metavar="DIR", help="write a retrieval gallery (index.html + media/) into DIR")
     html.add_argument("--html-queries", type=int, default=8, help="random queries when no --query-key is given")
     html.add_argument("--html-seconds", type=float, default=5.0, help="seconds of audio per clip on the page")
     html.add_argument("--seed", type=int, default=0, help="seed of the random query sample")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from cavmae.config import Config
     from cavmae.data.media import MediaError
     from cavmae.eval.embed import load_embeddings
@@ -59,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from cavmae.eval.search import SearchSpace
     from cavmae.models.weights import CheckpointError, load_model
 
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         model = load_model(args.model) if args.model else None
         embeddings = index = metrics = None
@@ -123,14 +128,19 @@ def run(args: argparse.Namespace) -> int:
                 chunk=args.chunk,
             )
             log.info("gallery: %s", page)
-    except (CheckpointError, MediaError, KeyError, ImportError, ValueError) as e:
+    except KeyError as e:  # str(KeyError) quotes its message: log the message itself
+        log.error("%s", e.args[0] if e.args else e)
+        return 1
+    except (CheckpointError, MediaError, ImportError, ValueError) as e:
         log.error("%s", e)
         return 1
     return 0
 
 
-@torch.no_grad()
 def _query_file(model, path: Path, gallery, args) -> None:
+    import torch
+    import torch.nn.functional as F
+
     from cavmae.eval.inputs import load_file
 
     x = load_file(path, model.cfg)
@@ -141,15 +151,17 @@ def _query_file(model, path: Path, gallery, args) -> None:
     if direction == "a2v":
         if x.audio is None:
             raise ValueError(f"{path}: no audio stream to query with (try --direction v2a)")
-        q = model.embed_audio(x.audio.to(args.device))[0]
+        with torch.no_grad():
+            q = model.embed_audio(x.audio.to(args.device))[0]
     else:
         if x.frames is None:
             raise ValueError(f"{path}: no video stream to query with (try --direction a2v)")
-        q = model.embed_video(x.frames.to(args.device))[0]
+        with torch.no_grad():
+            q = model.embed_video(x.frames.to(args.device))[0]
     _print_matches(str(path), F.normalize(q.float().cpu(), dim=-1), gallery, direction == "a2v", args.top_k)
 
 
-def _print_matches(name: str, query: torch.Tensor, space, a2v: bool, k: int) -> None:
+def _print_matches(name: str, query: torch.Tensor, space, a2v: bool, k: int) -> None:  # query: [D]
     scores, idx = space.top_k(query[None], "video" if a2v else "audio", k)
     kind = "videos" if a2v else "audios"
     print(f"{name}: top {scores.shape[1]} {kind}")
