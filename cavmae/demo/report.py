@@ -167,8 +167,9 @@ def plot_recalls(metrics: dict[str, Any], num_clips: int, path: Path) -> Path:
             values = [metrics["retrieval"][name][direction][f"R@{k}"] for k in ks]
             sds = [metrics["retrieval_sd"][name][direction][f"R@{k}"] for k in ks] if n_seeds > 1 else None
             xs = [i + (j - 0.5) * width for i in range(len(ks))]
-            bars = ax.bar(xs, values, width, yerr=sds, capsize=3, color=COLOURS[name], label=LABELS[name])
-            ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=2, label_type="center", color="white")
+            ax.bar(xs, values, width, yerr=sds, capsize=3, color=COLOURS[name], label=LABELS[name])
+            for x, v, e in zip(xs, values, sds or [0.0] * len(values)):  # exact value above its error bar
+                ax.text(x, v + e + 1.5, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
         ax.scatter(range(len(ks)), [100 * min(k, num_clips) / num_clips for k in ks], marker="_", s=600, color="black")
         ax.plot([], [], color="black", label="chance (k / N)")
         ax.set_xticks(range(len(ks)), [f"R@{k}" for k in ks])
