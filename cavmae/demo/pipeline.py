@@ -20,7 +20,10 @@ ViT-B with a 48-clip batch; the tiny model needs the stronger signal to align wi
 short (60 steps of 16 clips) because the classes are easy once seen often enough: the demo measures how much faster
 a pre-trained encoder gets there, and the curves in the report show both runs over every step.
 
-Measured on 2 shared CPU cores: the full demo takes about 2.5 minutes, the quick one under a minute.
+Training is repeated with three seeds on the same clips (``--seeds``; quick: one), each replica single-threaded in
+its own process, as many at a time as there are cores; the report gives mean ± sd. One full replica was measured at
+about 2.5 minutes of one idle core (a single-seed run), so three on 2 cores take about 6 minutes; the quick demo
+(one seed) about a minute.
 """
 
 from __future__ import annotations
