@@ -4,8 +4,9 @@ Load order: defaults <- YAML file(s) <- dotted command-line overrides (``model.b
 values of the wrong type raise :class:`ConfigError` naming the key and listing the valid ones. The resolved config
 is written beside every run (``config.yaml``) and inside every checkpoint.
 
-Defaults follow ../shared/design.md section 1: CAV-MAE base (ViT-B, 11 + 11 + 1 blocks, decoder 8 x 512),
-masking 75 %, k_rec = 1, k_c = 0.01, temperature 0.05, Adam (0.95, 0.999), wd 5e-7, batch 48, lr 5e-5.
+Defaults follow the CAV-MAE paper (arXiv 2210.07839) and its public code: CAV-MAE base (ViT-B, 11 + 11 + 1
+blocks, decoder 8 x 512), masking 75 %, k_rec = 1, k_c = 0.01, temperature 0.05, Adam (0.95, 0.999), wd 5e-7,
+batch 48, lr 5e-5.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class MambaConfig:
-    """Bidirectional Mamba block settings (design section 2); used when a stack's backbone is ``mamba``."""
+    """Bidirectional Mamba block settings (Vision Mamba style); used when a stack's backbone is ``mamba``."""
 
     d_state: int = 16
     d_conv: int = 4

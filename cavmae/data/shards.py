@@ -11,7 +11,7 @@ Sample schema (one WebDataset sample = consecutive tar members sharing a key)::
     <key>.mp4       optional: the raw source file, not re-encoded, for decoding at load time (``--store mp4|both``);
                     a sample may hold only json + mp4, then the loader decodes audio and frames with decord
 
-Keys are dot-free because WebDataset splits a member name at its first dot (design section 3): the key is the
+Keys are dot-free because WebDataset splits a member name at its first dot: the key is the
 source file's stem with its dots removed, e.g. ``00W1lcxW-WU_40.000.mp4`` -> ``00W1lcxW-WU_40000``.
 
 ``<key>.json`` holds::

@@ -92,3 +92,14 @@ def evaluate_classifier(run_dir: Path, held: HeldOut) -> ClassificationResult:
         if "val/top1" in r
     ]
     return ClassificationResult(top1, per_class_accuracy(logits, held.labels), curve)
+
+
+@dataclass
+class SeedResult:
+    """One training replica on the demo's data: pre-training, retrieval, the two fine-tuning runs."""
+
+    seed: int
+    runs_dir: Path  # runs/seed<N>/{pretrain,finetune_pretrained,finetune_scratch}
+    retrieval: dict[str, RetrievalResult]
+    classification: dict[str, ClassificationResult]
+    timings: dict[str, float]

@@ -271,7 +271,7 @@ def save_official(model: nn.Module, path: str | Path) -> None:
 
 
 def mae_to_cavmae(mae_state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map a facebookresearch/mae ViT checkpoint onto a CAV-MAE model (design section 1).
+    """Map a facebookresearch/mae ViT checkpoint onto a CAV-MAE model (the paper's ImageNet initialisation).
 
     MAE block i < modality_depth -> blocks_a.i and blocks_v.i; the next shared_depth blocks -> blocks_u; each
     block's norm1 / norm2 is copied to all three norm pairs; audio patch weights = sum over RGB of the image patch
