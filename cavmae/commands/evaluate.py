@@ -16,8 +16,6 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-
 log = logging.getLogger(__name__)
 
 MODES = ["auto", "audiovisual", "audio", "video", "missing_video", "missing_audio"]
@@ -51,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--chunk", type=int, default=1024, help="retrieval queries scored at once (chunk x N floats)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="torch device; auto: cuda when available, else cpu")
 
 
 def load_with_config(path: str):
@@ -68,10 +66,14 @@ def load_with_config(path: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from cavmae.data.media import MediaError
     from cavmae.eval.evaluate import evaluate_shards, format_table
     from cavmae.models.weights import CheckpointError
 
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         model, cfg, from_run = load_with_config(args.model)
         cfg.data.num_workers, cfg.eval.batch_size = args.num_workers, args.batch_size
