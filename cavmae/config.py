@@ -121,6 +121,9 @@ class DataConfig:
     fbank_mean: float = -5.081  # fbank normalisation (AudioSet statistics, also used for VGGSound)
     fbank_std: float = 4.4849
     drop_last: bool = True  # training drops each worker's last partial batch; evaluation always keeps it
+    # audio decoded from raw .mp4 members (--store mp4): the first channel (CAV-MAE's preprocessing) or (L+R)/2
+    audio_channel: Literal["first", "mean"] = "first"
+    verify: bool = False  # check every shard's sha256 against its manifest before training (cavmae verify-shards)
 
 
 @dataclass

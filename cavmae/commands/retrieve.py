@@ -31,6 +31,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="a2v: audio query, video gallery; auto: a2v for audio files and keys, v2a for video files",
     )
+    p.add_argument(
+        "--audio-channel",
+        choices=["first", "mean"],
+        default="first",
+        help="audio of stereo files: the first channel (CAV-MAE's preprocessing, default) or (L+R)/2",
+    )
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--chunk", type=int, default=1024, help="queries scored at once (memory: chunk x N floats)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -85,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 def _query_file(model, path: Path, gallery, args) -> None:
     from cavmae.inputs import load_file
 
-    x = load_file(path, model.cfg)
+    x = load_file(path, model.cfg, audio_channel=args.audio_channel)
     model.eval().to(args.device)
     direction = args.direction
     if direction == "auto":

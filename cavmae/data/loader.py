@@ -374,6 +374,7 @@ def build_loader(
         balance=balance,
         class_weights=class_weights(urls, num_classes, label_index) if balance else None,
         label_lookup=label_index.lookup() if label_index is not None else None,
+        audio_channel=data_cfg.audio_channel,
     )
     dataset = ShardDataset(urls, settings, LoadErrors(), r, world)  # resolved here: workers may not see dist
     dataset.set_epoch(epoch)
