@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             cfg = Config(model=model.cfg)
             cfg.data.num_workers, cfg.eval.batch_size = args.num_workers, args.batch_size
+            cfg.data.audio_channel = args.audio_channel  # for shards that hold raw .mp4 members
             gallery = embed_shards(model, args.shards, cfg, args.device)
             metrics = retrieval_metrics(gallery.audio, gallery.video, args.chunk)
             metrics["clips"] = len(gallery)
