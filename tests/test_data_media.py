@@ -116,13 +116,13 @@ def test_edit_list_frames_are_ffmpegs_at_the_recorded_times(edit_list_mp4, tmp_p
     ref, ref_times = ffmpeg_frames(edit_list_mp4)
     assert ref_times[0] == pytest.approx(0.0, abs=1e-3)  # ffmpeg applies the edit list: the video starts at 0
     clip = decode_clip(edit_list_mp4)
-    assert clip.decoder == "pyav"  # decord stamps these frames from -1.5 s: detected and handed over
     assert len(clip.frame_times) == 10 and clip.frame_times[0] == pytest.approx(0.0, abs=1e-3)
     for frame, t in zip(clip.frames, clip.frame_times):
         expected = frame_at(ref, ref_times, t)
         assert mean_abs(frame, expected) < 0.5
         # the picture 1.5 s later (what decord shows at t) is far from it: the check can tell the two apart
         assert mean_abs(frame_at(ref, ref_times, t + 1.5), expected) > 5
+    assert clip.decoder == "pyav"  # decord stamps these frames from -1.5 s: detected and handed over
 
     # through prepare: each stored JPEG (q90, not resized at 120 px) is, of all ffmpeg's frames, closest to the
     # one at its recorded time
@@ -341,8 +341,8 @@ def tiny_clip(tmp_path_factory) -> Path:
     folder.mkdir()
     path = folder / "tiny.mp4"
     ffmpeg(
-        *("-f", "lavfi", "-i", "testsrc2=size=32x32:rate=5:duration=1"),
-        *("-f", "lavfi", "-i", "aevalsrc=0.5*sin(2*PI*440*t)|0.3*sin(2*PI*660*t):s=44100:d=1"),
+        *("-f", "lavfi", "-i", "testsrc2=size=32x32:rate=2:duration=5"),
+        *("-f", "lavfi", "-i", "aevalsrc=0.5*sin(2*PI*440*t)|0.3*sin(2*PI*660*t):s=16000:d=5"),
         *("-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path)),
     )
     return path
@@ -364,6 +364,7 @@ def test_prepare_imports_no_torch(tiny_clip, tmp_path):
     assert (tmp_path / "s" / "data-000000.tar").is_file()
 
 
+@pytest.mark.slow
 def test_prepare_worker_memory_is_flat_over_1000_clips(tiny_clip):
     """RSS of one decoding process over 1,000 clips (the same tiny file): within 50 MiB after a warm-up.
     decord's AudioReader, used before, leaked ~0.7 MiB per clip (~700 MiB here)."""
@@ -387,4 +388,5 @@ def test_prepare_worker_memory_is_flat_over_1000_clips(tiny_clip):
         """
     )
     start, end = map(float, out.split())
+    print(f"RSS {start:.1f} -> {end:.1f} MiB over clips 50..1000")
     assert end - start < 50, f"RSS grew {end - start:.1f} MiB over 950 clips"
