@@ -13,8 +13,8 @@ Pipeline, per (rank, worker): shard list (brace patterns, several sources) -> sh
 (``urls[rank::world][worker::workers]``; in training the list is first shuffled identically on every rank with
 (seed, epoch)) or, with ``resampled``, shards drawn with replacement until the epoch's sample count -> tar samples ->
 member pruning (only the chosen frame's JPEG is kept) and class-balance resampling -> shuffle buffer (training) ->
-decode (WAV/FLAC or MP4 via decord, JPEG via torchvision) -> per-batch: mixup, fbank, SpecAugment, normalisation,
-noise + time roll, label smoothing -> batch.
+decode (WAV/FLAC, or MP4 via cavmae.data.media; JPEG strictly via simplejpeg) -> per-batch: mixup, fbank,
+SpecAugment, normalisation, noise + time roll, label smoothing -> batch.
 
 Every random choice of a sample (frame, mixup partner and weight, masks, noise, roll) comes from a generator seeded
 with (seed, epoch, sample key, copy), and the shard order and shuffle buffers from (seed, epoch, rank, worker), so a
@@ -56,7 +56,13 @@ ERROR_KINDS = ("shard", "member", "json", "audio", "image", "video", "labels")
 
 
 class LoadErrors:
-    """Skipped-sample counts per kind of error, shared by the loader's worker processes (shared memory)."""
+    """Skipped-sample counts per kind of error, shared by the loader's worker processes (shared memory).
+
+    Kinds (the cause of a skip): ``shard`` (a shard that cannot be opened, is empty, cut short or has a damaged
+    tar header: each one is logged with its URL), ``member`` (a sample without its json / audio / chosen frame,
+    or with a repeated member), ``json``, ``audio``, ``image`` (a JPEG that does not decode strictly), ``video``
+    (a raw .mp4 member), ``labels``. Counts are cumulative; :meth:`since` gives those of one epoch.
+    """
 
     def __init__(self) -> None:
         self._counts = multiprocessing.get_context().Array("q", len(ERROR_KINDS))
@@ -66,7 +72,9 @@ class LoadErrors:
         with self._counts.get_lock():
             self._counts[i] += 1
             first = self._counts[i] == 1
-        if first:
+        if kind == "shard":  # few and worth naming each: a damaged or missing file
+            log.warning("bad shard: %s", message)
+        elif first:
             log.warning("skipped a bad sample [%s]: %s (further [%s] errors are only counted)", kind, message, kind)
         else:
             log.debug("skipped a bad sample [%s]: %s", kind, message)
@@ -74,6 +82,11 @@ class LoadErrors:
     def counts(self) -> dict[str, int]:
         with self._counts.get_lock():
             return {k: int(v) for k, v in zip(ERROR_KINDS, self._counts)}
+
+    def since(self, before: dict[str, int]) -> dict[str, int]:
+        """Counts added after `before` (an earlier :meth:`counts`): the skips of one epoch, by cause."""
+        now = self.counts()
+        return {k: now[k] - before.get(k, 0) for k in ERROR_KINDS}
 
     @property
     def total(self) -> int:
