@@ -9,20 +9,35 @@ Public API::
     model = cavmae.load_model("cav-mae-scale++.pth")         # public checkpoint or our model directory
     audio_emb, video_emb = model.embed(fbank, frames)
     cavmae.save_pretrained(model, "out/model")
+
+The package is layered; each folder imports only from the ones above it in this list::
+
+    cavmae.kernels   the selective scan (reference, PyTorch path, Triton kernels); knows nothing of cavmae
+    cavmae.config    the one config tree
+    cavmae.models    blocks + registry, vit, mamba, embed, masking, losses, encoder, CAVMAE, classifier, weights
+    cavmae.data      fbank, media, sources, labels, prepare, shards, samples, loader, sampler, clips, random batches
+    cavmae.eval      metrics, retrieval, classify, inputs (raw files)          (models + data)
+    cavmae.train     loop, batches, setup, tasks, finetune, optim, state, logs  (models + data + eval)
+    cavmae.demo      the demo, its held-out results and report
+    cavmae.cli, cavmae.commands   one thin module per subcommand
+
+``models`` and ``data`` never import each other. Names are imported lazily, so ``import cavmae`` (and
+``cavmae --help``) does not load torch.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-# Names are imported on first use (PEP 562), so that `import cavmae.data.prepare` and the `cavmae` command stay
-# free of torch: prepare's decoding processes need none of it (~700 MiB each otherwise).
+__version__ = "0.2.0"
+
+# public name -> module that defines it
 _EXPORTS = {
-    "CheckpointError": "cavmae.checkpoint",
-    "from_pretrained": "cavmae.checkpoint",
-    "load_model": "cavmae.checkpoint",
-    "save_pretrained": "cavmae.checkpoint",
+    "CheckpointError": "cavmae.models.weights",
+    "from_pretrained": "cavmae.models.weights",
+    "load_model": "cavmae.models.weights",
+    "save_pretrained": "cavmae.models.weights",
     "Config": "cavmae.config",
     "ConfigError": "cavmae.config",
     "DataConfig": "cavmae.config",
@@ -38,33 +53,29 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from cavmae.checkpoint import CheckpointError, from_pretrained, load_model, save_pretrained
     from cavmae.config import Config, ConfigError, DataConfig, ModelConfig, OptimConfig, TrainConfig, load_config
     from cavmae.models.blocks import create_block, list_blocks, register_block
     from cavmae.models.cavmae import CAVMAE
     from cavmae.models.classifier import CAVMAEClassifier
+    from cavmae.models.weights import CheckpointError, from_pretrained, load_model, save_pretrained
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cavmae' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cavmae' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
-
-
-__version__ = "0.1.0"
+    return sorted([*globals(), *_EXPORTS])
 
 
 def create_model(cfg: ModelConfig | None = None, kind: str = "pretrain"):
     """A freshly initialised model: ``kind`` is ``pretrain`` (CAVMAE) or ``classifier`` (CAVMAEClassifier)."""
-    from cavmae.checkpoint import build_model
     from cavmae.config import ModelConfig
+    from cavmae.models.weights import build_model
 
     return build_model(kind, cfg or ModelConfig())
 
@@ -79,6 +90,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",
+    "__version__",
     "create_block",
     "create_model",
     "from_pretrained",

@@ -90,7 +90,7 @@ class DataConfig:
 
     train_shards: list[str] = field(default_factory=list)  # brace patterns / paths; several sources allowed
     val_shards: list[str] = field(default_factory=list)
-    # Learnable synthetic clips instead of shards (cavmae/data/synthetic.py): tests, demos, benchmarks.
+    # Learnable synthetic clips instead of shards (cavmae/data/random_batches.py): tests, demos, benchmarks.
     synthetic: bool = False
     synthetic_size: int = 64  # training clips
     synthetic_val_size: int = 64  # validation clips (a disjoint draw)

@@ -127,10 +127,10 @@ def make_data(root: Path, clips: int, classes: int, size: tuple[int, int], worke
     """Synthetic 10 s clips -> our shards + the official layout (wav + 224 px frame JPEGs + datafile)."""
     from PIL import Image
 
+    from cavmae.data.clips import make_synthetic_dataset
     from cavmae.data.media import decode_clip
     from cavmae.data.prepare import prepare_shards
     from cavmae.data.sources import plan_inputs
-    from cavmae.data.synth import make_synthetic_dataset
 
     ds = make_synthetic_dataset(
         root / "synth", num_clips=clips, num_classes=classes, duration=10.0, size=size, fps=8, seed=0, workers=workers

@@ -32,8 +32,8 @@ def run_case(model_name: str, variant: str, batch: int, steps: int, warmup: int)
     """Time `steps` training steps after `warmup` ones; variant is fp32, bf16, compile or bf16+compile."""
     import torch
 
-    from cavmae.optim import build_optimizer
-    from cavmae.tasks import PretrainTask
+    from cavmae.train.optim import build_optimizer
+    from cavmae.train.tasks import PretrainTask
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = model_config(model_name)

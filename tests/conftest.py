@@ -67,10 +67,10 @@ def build_tiny_shards(
     **prepare_options,
 ) -> TinyShards:
     """Synthetic clips (small and short: ~0.05 s each to write) -> prepared shards under `root`."""
+    from cavmae.data.clips import make_synthetic_dataset
     from cavmae.data.prepare import PrepareOptions, prepare_shards
     from cavmae.data.shards import expand_shards
     from cavmae.data.sources import plan_inputs
-    from cavmae.data.synth import make_synthetic_dataset
 
     synth = make_synthetic_dataset(
         root / "synth",

@@ -15,8 +15,8 @@ from train_helpers import content_masking, micro_config
 
 import cavmae.models.cavmae as cavmae_model
 from cavmae.config import Config
-from cavmae.tasks import PretrainTask
 from cavmae.train import freeze_unused, make_batches, seed_everything, setup_accelerator, to_device, train
+from cavmae.train.tasks import PretrainTask
 
 
 def one_step(cfg: Config, skip: int = 0) -> dict:

@@ -9,8 +9,9 @@ import torch
 from test_models import batch, tiny_cfg
 
 import cavmae
-from cavmae.checkpoint import CheckpointError, init_from_cavmae, init_from_mae, load_official, to_official
+import cavmae.models.weights
 from cavmae.cli import main as cli_main
+from cavmae.models.weights import CheckpointError, init_from_cavmae, init_from_mae, load_official, to_official
 
 BLOCK_PARAMS = {  # one block of width d, from design section 1 / the public key names
     **{f"norm{i}{s}.{p}": lambda d: (d,) for i in (1, 2) for s in ("", "_a", "_v") for p in ("weight", "bias")},
@@ -84,7 +85,7 @@ def test_public_layout_loads_and_converts_back(tmp_path, kind, prefix):
     path = tmp_path / "public.pth"
     torch.save(spec, path)
     model, inferred = load_official(path, base=cfg)  # strict: raises on missing / unexpected keys
-    assert cavmae.checkpoint.model_kind(model) == kind
+    assert cavmae.models.weights.model_kind(model) == kind
     assert (inferred.embed_dim, inferred.modality_depth, inferred.audio_length) == (64, 2, 512)
     back = to_official(model, prefix="module." if prefix else "")
     assert back.keys() == spec.keys()
@@ -249,5 +250,5 @@ def test_cli_convert_roundtrip(tmp_path):
         )
         == 0
     )
-    assert cavmae.checkpoint.model_kind(cavmae.load_model(tmp_path / "init")) == "pretrain"
+    assert cavmae.models.weights.model_kind(cavmae.load_model(tmp_path / "init")) == "pretrain"
     assert cli_main(["convert", str(tmp_path / "missing.pth"), str(tmp_path / "x")]) == 1

@@ -1,4 +1,4 @@
-"""cavmae.audio: the fast fbank against torchaudio's Kaldi fbank, padding, normalisation, augmentations."""
+"""cavmae.data.fbank: the fast fbank against torchaudio's Kaldi fbank, padding, normalisation, augmentations."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchaudio
 
-from cavmae.audio import (
+from cavmae.data.fbank import (
     FBANK_MEAN,
     FBANK_STD,
     add_noise,

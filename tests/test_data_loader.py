@@ -10,8 +10,8 @@ import pytest
 import torch
 import torchaudio
 
-from cavmae.audio import FBANK_MEAN, FBANK_STD
 from cavmae.config import DataConfig
+from cavmae.data.fbank import FBANK_MEAN, FBANK_STD
 from cavmae.data.loader import build_loader
 from cavmae.data.media import read_audio
 

@@ -216,23 +216,23 @@ def test_predict_and_retrieve_read_the_same_audio(stereo_files, tmp_path, monkey
     import torch
 
     import cavmae
-    import cavmae.inputs
-    from cavmae.audio import wav_to_fbank
+    import cavmae.eval.inputs
     from cavmae.cli import main
-    from cavmae.retrieval import EmbeddingSet
+    from cavmae.data.fbank import wav_to_fbank
+    from cavmae.eval.retrieval import EmbeddingSet
 
     cfg = cavmae.ModelConfig(
         embed_dim=64, num_heads=1, modality_depth=1, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=1
     )
     seen: list[tuple[str, Path, torch.Tensor]] = []
-    real = cavmae.inputs.load_file
+    real = cavmae.eval.inputs.load_file
 
     def spy(path, *args, **kw):
         x = real(path, *args, **kw)
         seen.append((command, Path(path), x.audio))
         return x
 
-    monkeypatch.setattr(cavmae.inputs, "load_file", spy)
+    monkeypatch.setattr(cavmae.eval.inputs, "load_file", spy)
     torch.manual_seed(0)
     classifier = cavmae.create_model(dataclasses.replace(cfg, num_classes=3), kind="classifier")
     cavmae.save_pretrained(classifier, tmp_path / "clf")
@@ -283,7 +283,7 @@ def test_a_latin1_metadata_tag_does_not_reject_the_file(stereo_files, tmp_path):
     np.testing.assert_allclose(read_audio(tagged), ffmpeg_audio(tagged)[:, 0], atol=1e-5)
 
     import cavmae
-    from cavmae.inputs import load_file
+    from cavmae.eval.inputs import load_file
 
     x = load_file(tagged, cavmae.ModelConfig())
     assert x.audio is not None and x.frames is not None

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from cavmae.data import prepare as prepare_module
+from cavmae.data.clips import make_synthetic_dataset, write_video
 from cavmae.data.media import probe
 from cavmae.data.prepare import PrepareError, PrepareOptions, prepare_shards
 from cavmae.data.sources import plan_inputs
-from cavmae.data.synth import make_synthetic_dataset, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 

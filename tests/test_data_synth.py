@@ -1,4 +1,4 @@
-"""cavmae.data.synth: real H.264 + AAC files, deterministic, with class and per-clip signatures in both modalities."""
+"""cavmae.data.clips: real H.264 + AAC files, deterministic, with class and per-clip signatures in both modalities."""
 
 import hashlib
 
@@ -6,9 +6,9 @@ import av
 import numpy as np
 import pytest
 
+from cavmae.data.clips import make_synthetic_dataset
 from cavmae.data.labels import LabelIndex, read_audioset_csv, read_vggsound_csv
 from cavmae.data.media import decode_clip, read_audio
-from cavmae.data.synth import make_synthetic_dataset
 
 
 def _digests(root):

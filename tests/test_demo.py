@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from cavmae.cli import main
-from cavmae.demo import FULL, MARKER, DemoData, DemoError, demo_config, prepare_out_dir, run_demo
+from cavmae.demo.pipeline import FULL, MARKER, DemoData, DemoError, demo_config, prepare_out_dir, run_demo
 
 FIGURES = (
     "examples",

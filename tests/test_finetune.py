@@ -10,10 +10,10 @@ import torch
 from conftest import PRETRAIN_SMALL_INPUTS
 
 import cavmae
-from cavmae.checkpoint import save_official, to_official
 from cavmae.config import load_config
-from cavmae.finetune import FinetuneTask, layer_id, weight_average
+from cavmae.models.weights import save_official, to_official
 from cavmae.train import train
+from cavmae.train.finetune import FinetuneTask, layer_id, weight_average
 
 FT = Path(__file__).resolve().parents[1] / "configs" / "tiny_finetune.yaml"
 
@@ -87,7 +87,7 @@ def test_head_multiplier_and_layer_decay():
 
 @pytest.mark.parametrize("loss", ["bce", "ce"])
 def test_ten_frame_evaluation_averages_logits(loss):
-    from cavmae.finetune import classify
+    from cavmae.eval.classify import classify
 
     cfg = load_config(FT, PRETRAIN_SMALL_INPUTS)
     model = cavmae.create_model(cfg.model, kind="classifier").eval()

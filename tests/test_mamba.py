@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import cavmae
 from cavmae.config import MambaConfig, load_config
 from cavmae.models.mamba import BiMambaMixer
-from cavmae.optim import param_groups
+from cavmae.train.optim import param_groups
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

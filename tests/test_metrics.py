@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cavmae.metrics import (
+from cavmae.eval.metrics import (
     classification_metrics,
     per_class_accuracy,
     rank_summary,

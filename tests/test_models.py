@@ -9,9 +9,9 @@ import torch
 
 import cavmae
 from cavmae.config import ModelConfig, load_config
-from cavmae.masking import random_masking
 from cavmae.models.blocks import ModalityBlock, create_block, list_blocks
 from cavmae.models.embed import patchify, sincos_2d, unpatchify
+from cavmae.models.masking import random_masking
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
@@ -180,7 +180,7 @@ def test_embed_shapes_and_unmasked():
 
 
 def test_contrastive_loss_matches_paper_direction():
-    from cavmae.losses import info_nce
+    from cavmae.models.losses import info_nce
 
     torch.manual_seed(0)
     a, v = torch.randn(5, 8), torch.randn(5, 8)
@@ -196,7 +196,7 @@ def test_contrastive_loss_matches_paper_direction():
 
 
 def test_norm_pix_reconstruction_loss_only_on_masked():
-    from cavmae.losses import reconstruction_loss
+    from cavmae.models.losses import reconstruction_loss
 
     target = torch.randn(2, 4, 16)
     norm = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5

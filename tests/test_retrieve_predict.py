@@ -10,7 +10,7 @@ import torch
 import cavmae
 from cavmae.cli import main
 from cavmae.commands.predict import choose_mode
-from cavmae.retrieval import EmbeddingSet
+from cavmae.eval.retrieval import EmbeddingSet
 
 MEDIA = ["00W1lcxW-WU_40.000.mp4", "chaplin.mp4", "FwVYUHKoLtQ_000034.wav"]
 

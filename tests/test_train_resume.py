@@ -9,11 +9,11 @@ import torch
 from safetensors.torch import load_file
 from train_helpers import micro_config, micro_overrides, read_jsonl, run_pretrain
 
-from cavmae.checkpoint import CheckpointError
-from cavmae.checkpointing import list_checkpoints
 from cavmae.config import ConfigError
-from cavmae.tasks import PretrainTask
+from cavmae.models.weights import CheckpointError
 from cavmae.train import TrainingStopped, train
+from cavmae.train.state import list_checkpoints
+from cavmae.train.tasks import PretrainTask
 
 STEPS = 12  # 8 steps per epoch: the run crosses an epoch boundary (and its validation) at step 8
 

@@ -11,14 +11,14 @@ from test_checkpoint import fake_mae
 from torch import nn
 from train_helpers import micro_config
 
-from cavmae.checkpoint import save_official, save_pretrained
-from cavmae.checkpointing import capture_rng, restore_rng
 from cavmae.config import ConfigError, OptimConfig, load_config
+from cavmae.data.random_batches import synthetic_dataset
 from cavmae.data.sampler import ShardedBatchSampler
-from cavmae.data.synthetic import synthetic_dataset
-from cavmae.optim import build_optimizer, lr_multiplier, param_groups
-from cavmae.tasks import PretrainTask
+from cavmae.models.weights import save_official, save_pretrained
 from cavmae.train import initialise, make_batches
+from cavmae.train.optim import build_optimizer, lr_multiplier, param_groups
+from cavmae.train.state import capture_rng, restore_rng
+from cavmae.train.tasks import PretrainTask
 
 
 def test_weight_decay_skips_norms_biases_embeddings_tokens_and_marked_parameters(tmp_path):
@@ -75,7 +75,7 @@ def test_synthetic_data_is_deterministic_and_ties_audio_to_video(tmp_path):
     assert train[0]["audio"].shape == (128, 64) and train[0]["frames"].shape == (3, 64, 64)
     assert train[0]["labels"].shape == (cfg.model.num_classes,) and train[0]["labels"].sum() == 1
     assert not torch.equal(train.audio[:16], val.audio)
-    from cavmae.data.synthetic import SyntheticAV
+    from cavmae.data.random_batches import SyntheticAV
 
     again = SyntheticAV(64, 128, 64, 64, cfg.model.num_classes, cfg.data.synthetic_classes, 0, "train", 0.3)
     assert torch.equal(again.audio, train.audio) and torch.equal(again.frames, train.frames)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from cavmae.config import Config, load_config
-from cavmae.masking import Masked, mask_from_noise
+from cavmae.models.masking import Masked, mask_from_noise
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"

@@ -6,14 +6,14 @@ import argparse
 import logging
 from pathlib import Path
 
-from cavmae.checkpoint import (
+from cavmae.config import Config, load_config
+from cavmae.models.weights import (
     CheckpointError,
     init_from_mae,
     load_model,
     save_official,
     save_pretrained,
 )
-from cavmae.config import Config, load_config
 
 log = logging.getLogger(__name__)
 

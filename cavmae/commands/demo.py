@@ -1,5 +1,5 @@
 """``cavmae demo [--out DIR] [--backbone vit|mamba] [--quick] [--seed N]``: the whole pipeline on synthetic videos,
-ending in a report (see cavmae.demo)."""
+ending in a report (see cavmae.demo.pipeline)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cavmae.config import ConfigError
-    from cavmae.demo import DemoError, run_demo
+    from cavmae.demo.pipeline import DemoError, run_demo
 
     try:
         result = run_demo(args.out, backbone=args.backbone, quick=args.quick, seed=args.seed)

@@ -7,8 +7,8 @@ import json
 
 import yaml
 
-from cavmae.checkpoint import build_model, describe, load_model
 from cavmae.config import load_config
+from cavmae.models.weights import build_model, describe, load_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -45,13 +45,13 @@ def choose_mode(trained_mode: str, has_audio: bool, has_video: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cavmae.checkpoint import CheckpointError, from_pretrained, load_model
     from cavmae.config import Config
     from cavmae.data.labels import LabelIndex
     from cavmae.data.media import MediaError
-    from cavmae.finetune import classify
-    from cavmae.inputs import load_file
+    from cavmae.eval.classify import classify
+    from cavmae.eval.inputs import load_file
     from cavmae.models.classifier import CAVMAEClassifier
+    from cavmae.models.weights import CheckpointError, from_pretrained, load_model
 
     try:
         path = Path(args.model)

@@ -10,8 +10,8 @@ import argparse
 import logging
 import os
 
-from cavmae.checkpoint import CheckpointError
 from cavmae.config import ConfigError, load_config
+from cavmae.models.weights import CheckpointError
 
 log = logging.getLogger(__name__)
 

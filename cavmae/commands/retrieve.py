@@ -45,11 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cavmae.checkpoint import CheckpointError, load_model
     from cavmae.config import Config
     from cavmae.data.media import MediaError
-    from cavmae.metrics import retrieval_metrics
-    from cavmae.retrieval import EmbeddingSet, embed_shards
+    from cavmae.eval.metrics import retrieval_metrics
+    from cavmae.eval.retrieval import EmbeddingSet, embed_shards
+    from cavmae.models.weights import CheckpointError, load_model
 
     try:
         model = load_model(args.model) if args.model else None
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
 @torch.no_grad()
 def _query_file(model, path: Path, gallery, args) -> None:
-    from cavmae.inputs import load_file
+    from cavmae.eval.inputs import load_file
 
     x = load_file(path, model.cfg, audio_channel=args.audio_channel)
     model.eval().to(args.device)
@@ -109,7 +109,7 @@ def _query_file(model, path: Path, gallery, args) -> None:
 
 
 def _print_matches(name: str, query: torch.Tensor, gallery, a2v: bool, k: int) -> None:
-    from cavmae.metrics import top_k
+    from cavmae.eval.metrics import top_k
 
     target = gallery.video if a2v else gallery.audio
     scores, idx = top_k(query[None], target, k)

@@ -1,4 +1,4 @@
-"""``cavmae synth``: write a synthetic audio-visual dataset (H.264 + AAC files + CSVs; see cavmae.data.synth)."""
+"""``cavmae synth``: write a synthetic audio-visual dataset (H.264 + AAC files + CSVs; see cavmae.data.clips)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cavmae.data.synth import make_synthetic_dataset
+    from cavmae.data.clips import make_synthetic_dataset
 
     if len(args.size) not in (1, 2):
         log.error("--size takes one value (square) or two (width height), got %s", args.size)

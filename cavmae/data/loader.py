@@ -2,7 +2,7 @@
 
 Used by pre-training, fine-tuning and retrieval through :func:`build_loader`. Each batch is a dict::
 
-    "audio"    float32 [B, audio_length, num_mel_bins]  normalised Kaldi fbank (cavmae.audio.wav_to_fbank)
+    "audio"    float32 [B, audio_length, num_mel_bins]  normalised Kaldi fbank (cavmae.data.fbank.wav_to_fbank)
     "frames"   float32 [B, 3, image_size, image_size]   ImageNet-normalised RGB frame
                float32 [B, 10, 3, image_size, image_size] with frame_mode="all"
     "labels"   float32 [B, num_classes]  multi-hot (one-hot for single-label data); soft after mixup / smoothing

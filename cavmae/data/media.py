@@ -1,7 +1,7 @@
 """Decoding audio-visual clips: 16 kHz audio (first channel, as CAV-MAE) and frames chosen by their timestamps.
 
 Used by ``cavmae prepare`` (files -> shard samples), by the loader for samples that hold a raw ``.mp4`` and by
-``predict`` / ``retrieve`` for raw files (:mod:`cavmae.inputs`): one audio path and one frame path for all of them.
+``predict`` / ``retrieve`` for raw files (:mod:`cavmae.eval.inputs`): one audio path and one frame path for all of them.
 This module imports no torch, so prepare's worker processes stay small.
 
 Which decoder does what, and why:
@@ -49,7 +49,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000  # CAV-MAE's audio rate (cavmae.audio uses the same)
+SAMPLE_RATE = 16000  # CAV-MAE's audio rate (cavmae.data.fbank uses the same)
 AUDIO_CHANNELS = ("first", "mean")
 AudioChannel = Literal["first", "mean"]
 

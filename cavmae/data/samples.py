@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from cavmae.audio import (
+from cavmae.data.fbank import (
     SAMPLE_RATE,
     add_noise,
     kaldi_fbank,

@@ -1,10 +1,11 @@
-"""The block contract, the block registry, and the ViT block.
+"""The block contract and the block registry.
 
 Every encoder / decoder block is a :class:`ModalityBlock`: a pre-norm residual block that owns three LayerNorm
 pairs (joint ``norm1/norm2``, audio ``norm1_a/norm2_a``, video ``norm1_v/norm2_v``) around ONE shared token
 mixer and channel MLP, and whose ``forward(x, modality=None|'a'|'v')`` picks the pair. The models build blocks
 only through :func:`create_block`, so a new backbone plugs in by registering a factory and the models never
-branch on the backbone (timm-style registry; tests iterate over :func:`list_blocks`).
+branch on the backbone (timm-style registry; tests iterate over :func:`list_blocks`). The registry imports none
+of its plug-ins: ``cavmae.models`` imports every built-in backbone (``vit``, ``mamba``) once.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath
 from torch import nn
 
 from cavmae.config import ModelConfig
@@ -34,24 +34,14 @@ def register_block(name: str) -> Callable[[BlockFactory], BlockFactory]:
 
 
 def list_blocks() -> list[str]:
-    _import_optional_backbones()
     return sorted(_REGISTRY)
 
 
 def create_block(name: str, dim: int, num_heads: int, cfg: ModelConfig, drop_path: float = 0.0) -> ModalityBlock:
     """Build one block of backbone `name` (a registry key such as ``vit``)."""
-    _import_optional_backbones()
     if name not in _REGISTRY:
         raise ValueError(f"unknown backbone {name!r}; registered backbones: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](dim, num_heads, cfg, drop_path)
-
-
-def _import_optional_backbones() -> None:
-    """Backbones defined in other modules register themselves on import."""
-    import importlib.util
-
-    if importlib.util.find_spec("cavmae.models.mamba") is not None:
-        importlib.import_module("cavmae.models.mamba")
 
 
 class ModalityBlock(nn.Module):
@@ -86,45 +76,3 @@ class ModalityBlock(nn.Module):
             raise ValueError(f"modality must be None, 'a' or 'v', got {modality!r}")
         x = x + self.drop_path(self.mix(n1(x)))
         return x + self.drop_path(self.ffn(n2(x)))
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention; ``impl='sdpa'`` uses F.scaled_dot_product_attention (flash / memory-efficient
-    kernels where available), ``'math'`` the explicit softmax(QK^T / sqrt(d)) V (benchmarks and checks)."""
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, impl: str = "sdpa"):
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.impl = impl
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        # [B, L, 3*dim] -> 3 x [B, heads, L, head_dim]
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if self.impl == "sdpa":
-            x = F.scaled_dot_product_attention(q, k, v)
-        else:
-            attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # [B, heads, L, L]
-            x = attn.softmax(dim=-1) @ v
-        return self.proj(x.transpose(1, 2).reshape(b, n, c))
-
-
-class ViTBlock(ModalityBlock):
-    """ViT block (attention + GELU MLP) with CAV-MAE's three norm pairs; key names match the public checkpoints."""
-
-    def __init__(self, dim: int, num_heads: int, cfg: ModelConfig, drop_path: float = 0.0):
-        super().__init__(dim, cfg.norm_eps, drop_path)
-        self.attn = Attention(dim, num_heads, qkv_bias=cfg.qkv_bias, impl=cfg.attention)
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * cfg.mlp_ratio), act_layer=nn.GELU)
-
-    def mix(self, x: torch.Tensor) -> torch.Tensor:
-        return self.attn(x)
-
-    def ffn(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(x)
-
-
-register_block("vit")(ViTBlock)

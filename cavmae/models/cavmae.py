@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from cavmae.config import ModelConfig
-from cavmae.losses import info_nce, reconstruction_loss
-from cavmae.masking import Masked, random_masking
 from cavmae.models.blocks import create_block
 from cavmae.models.embed import audio_to_image, init_linear_and_norm, patchify, sincos_2d
 from cavmae.models.encoder import CAVMAEEncoder, reset_backbones
+from cavmae.models.losses import info_nce, reconstruction_loss
+from cavmae.models.masking import Masked, random_masking
 
 
 class CAVMAE(CAVMAEEncoder):

@@ -3,7 +3,7 @@
 Embeddings follow the paper's protocol (design section 1): unmasked forward, modality-specific streams,
 mean-pooled; they are L2-normalised here so scores are cosine similarities. A set is saved as one safetensors
 file (``audio`` [N, D], ``video`` [N, D]) whose metadata holds the keys, so 100,000 clips cost 2 x 100,000 x D
-floats on disk and the ranks are computed in chunks (cavmae/metrics.py).
+floats on disk and the ranks are computed in chunks (cavmae/eval/metrics.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tasks: what the generic training loop (cavmae/train.py) needs to know about a job.
+"""Tasks: what the generic training loop (cavmae/train/loop.py) needs to know about a job.
 
 A task builds the model, turns a batch into named losses, evaluates, and draws a figure; the loop does the rest
 (devices, precision, accumulation, clipping, checkpoints, logging). Fine-tuning registers its own task::
@@ -35,8 +35,6 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
 
 
 def get_task(name: str) -> Task:
-    import cavmae.finetune  # noqa: F401  (registers "finetune"; imported here to keep the dependency one-way)
-
     if name not in _TASKS:
         raise ConfigError(f"train.task={name!r} has no training task yet; available: {', '.join(sorted(_TASKS))}")
     return _TASKS[name]()
@@ -147,7 +145,7 @@ class PretrainTask(Task):
         return {k: v / clips for k, v in total.items()}
 
     def figure(self, model: nn.Module, batch: dict, path: Path, cfg: Config) -> Path | None:
-        from cavmae.viz import reconstruction_figure
+        from cavmae.train.figures import reconstruction_figure
 
         with local_contrast(model):
             return reconstruction_figure(model, batch["audio"][:1], batch["frames"][:1], path)

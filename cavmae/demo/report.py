@@ -1,7 +1,7 @@
 """The demo's report: figures (PNG, matplotlib's object API, no pyplot state) and ``report.md`` that shows them.
 
 Every figure function takes plain tensors / paths and writes one PNG; :func:`write_report` draws them all from the
-demo's results (cavmae/demo.py) and writes the Markdown page beside them.
+demo's results (cavmae/demo/pipeline.py) and writes the Markdown page beside them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
-    from cavmae.demo import ClassificationResult, DemoData, HeldOut, RetrievalResult
+    from cavmae.demo.heldout import ClassificationResult, DemoData, HeldOut, RetrievalResult
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -404,7 +404,7 @@ def write_report(
     classification: dict[str, ClassificationResult],
 ) -> Path:
     """Draw every figure into ``out/figures`` and write ``out/report.md``; returns the report's path."""
-    from cavmae.viz import reconstruction_figure
+    from cavmae.train.figures import reconstruction_figure
 
     fig_dir = out / "figures"
     names = data.class_names

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from cavmae.audio import wav_to_fbank
 from cavmae.config import ModelConfig
+from cavmae.data.fbank import wav_to_fbank
 from cavmae.data.media import AudioChannel, MediaError, VideoFrames, evenly_spaced_times, probe, read_audio
 from cavmae.data.samples import normalize_frames, resize_center_crop
 

@@ -1,4 +1,4 @@
-"""Fine-tuning for classification: the ``finetune`` task of the generic training loop (cavmae/train.py).
+"""Fine-tuning for classification: the ``finetune`` task of the generic training loop (cavmae/train/loop.py).
 
 - model: :class:`~cavmae.models.classifier.CAVMAEClassifier`, initialised from ``train.init`` (our pre-trained or
   fine-tuned models, or the public CAV-MAE checkpoints; the decoder is dropped and a head of another size keeps
@@ -26,8 +26,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cavmae.config import Config
-from cavmae.metrics import classification_metrics
-from cavmae.tasks import Task, register_task
+from cavmae.eval.classify import classify
+from cavmae.eval.metrics import classification_metrics
+from cavmae.train.tasks import Task, register_task
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,6 @@ def layer_id(name: str, modality_depth: int, shared_depth: int) -> int:
     if name.startswith("blocks_u."):
         return modality_depth + 1 + int(name.split(".")[1])
     return modality_depth + shared_depth + 1
-
-
-def classify(model: nn.Module, batch: dict, mode: str) -> torch.Tensor:
-    """Logits [B, C]; frames [B, 10, 3, H, W] are classified one frame at a time and the logits averaged."""
-    frames = batch["frames"]
-    if frames.dim() == 4:
-        return model(batch["audio"], frames, mode=mode)
-    return torch.stack([model(batch["audio"], frames[:, i], mode=mode) for i in range(frames.shape[1])]).mean(0)
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
@@ -94,7 +87,7 @@ class FinetuneTask(Task):
         parts = gather_object([local]) if accelerator.num_processes > 1 else [local]
         all_logits = torch.cat([p[0] for p in parts if p[0].numel()])
         all_labels = torch.cat([p[1] for p in parts if p[1].numel()])
-        from cavmae.tasks import sum_over_processes
+        from cavmae.train.tasks import sum_over_processes
 
         loss = sum_over_processes(accelerator, {"loss": loss_sum})["loss"] / max(len(all_logits), 1)
         metrics = classification_metrics(all_logits, all_labels, multilabel=cfg.train.ft_loss == "bce")

@@ -15,7 +15,7 @@ finished: a crash mid-write leaves only a temporary directory, which is ignored 
 every process sees (as does Accelerate's save_state).
 
 Fault injection for tests: ``CAVMAE_FAULT=kill_in_save:<step>`` SIGKILLs the process after it wrote the model file
-of that step's checkpoint; ``CAVMAE_FAULT=kill_after_step:<step>`` (see cavmae/train.py) after that step.
+of that step's checkpoint; ``CAVMAE_FAULT=kill_after_step:<step>`` (see cavmae/train/loop.py) after that step.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from cavmae.checkpoint import CheckpointError, _load_strict
 from cavmae.config import Config
+from cavmae.models.weights import CheckpointError, _load_strict
 
 log = logging.getLogger(__name__)
 

@@ -2,14 +2,14 @@
 
 Every stage is the library call a user would make on real data:
 
-1. data: synthetic clips written as real H.264 + AAC files (:mod:`cavmae.data.synth`, VGGSound layout whose CSV
+1. data: synthetic clips written as real H.264 + AAC files (:mod:`cavmae.data.clips`, VGGSound layout whose CSV
    has a train / test split column), prepared into WebDataset shards (:mod:`cavmae.data.prepare`): ``train`` and
    ``heldout``;
 2. pre-training: a tiny CAV-MAE (:func:`cavmae.train.train`) on the train shards, without labels;
 3. retrieval on the held-out clips: the pre-trained model vs the same network at its random initialisation;
 4. classification: fine-tuning from the pre-trained model vs training from scratch, for the same number of steps,
    scored on the held-out clips;
-5. the report (:mod:`cavmae.report`): ``report.md``, ``figures/*.png`` and ``metrics.json``.
+5. the report (:mod:`cavmae.demo.report`): ``report.md``, ``figures/*.png`` and ``metrics.json``.
 
 Why the sizes (:data:`FULL`): each class pairs a sound (pitch, timbre) with a picture (colour, shape), and within a
 class the object's height sets the pitch, so a model that aligns audio with video ranks clips of the right class
@@ -40,6 +40,14 @@ import torch
 from tqdm.auto import tqdm
 
 from cavmae.config import Config, merge, validate
+from cavmae.demo.heldout import (
+    ClassificationResult,
+    DemoData,
+    RetrievalResult,
+    evaluate_classifier,
+    evaluate_retrieval,
+    load_heldout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,25 +110,15 @@ QUICK = dataclasses.replace(FULL, num_clips=300, num_classes=8, pretrain_steps=2
 # stage 1: clips and shards
 
 
-@dataclass
-class DemoData:
-    clips_dir: Path
-    train_shards: str  # brace pattern
-    heldout_shards: str
-    num_train: int
-    num_heldout: int
-    class_names: list[str]
-
-
 def _bar(total: int, desc: str, unit: str):
     return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
 
 
 def make_data(out: Path, s: DemoSettings, seed: int) -> DemoData:
     """Synthetic clips in ``out/clips`` -> shards ``out/shards/{train,heldout}-NNNNNN.tar``."""
+    from cavmae.data.clips import make_synthetic_dataset
     from cavmae.data.prepare import PrepareOptions, prepare_shards
     from cavmae.data.sources import plan_inputs
-    from cavmae.data.synth import make_synthetic_dataset
 
     with _bar(s.num_clips, "writing clips", "clip") as bar:
         synth = make_synthetic_dataset(
@@ -244,78 +242,6 @@ def check_backbone(backbone: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# held-out evaluation
-
-
-@dataclass
-class HeldOut:
-    """The held-out clips as the models see them (middle frame), in shard order."""
-
-    audio: torch.Tensor  # [N, T, F] normalised fbank
-    frames: torch.Tensor  # [N, 3, S, S] ImageNet-normalised
-    labels: torch.Tensor  # [N] class index
-    keys: list[str]
-
-    def batches(self, size: int = 64) -> Iterator[dict]:
-        for i in range(0, len(self.keys), size):
-            yield {
-                "audio": self.audio[i : i + size],
-                "frames": self.frames[i : i + size],
-                "keys": self.keys[i : i + size],
-            }
-
-
-def load_heldout(cfg: Config, shards: str) -> HeldOut:
-    from cavmae.data.loader import loader_for
-
-    loader = loader_for(cfg, shards, train=False, frame_mode="middle", rank=0, world_size=1)
-    batches = list(loader)
-    return HeldOut(
-        torch.cat([b["audio"] for b in batches]),
-        torch.cat([b["frames"] for b in batches]),
-        torch.cat([b["labels"] for b in batches]).argmax(dim=1),
-        [k for b in batches for k in b["keys"]],
-    )
-
-
-@dataclass
-class RetrievalResult:
-    metrics: dict[str, dict[str, float]]  # direction -> R@1/5/10, median / mean rank
-    similarity: torch.Tensor  # [N, N] cosine similarity, rows = audio clips, columns = video clips
-
-
-def evaluate_retrieval(model: torch.nn.Module, held: HeldOut, desc: str) -> RetrievalResult:
-    from cavmae.metrics import retrieval_metrics
-    from cavmae.retrieval import embed_batches
-
-    emb = embed_batches(model, tqdm(list(held.batches()), desc=f"embedding ({desc})", leave=False), progress=False)
-    return RetrievalResult(retrieval_metrics(emb.audio, emb.video), emb.audio @ emb.video.t())
-
-
-@dataclass
-class ClassificationResult:
-    top1: float  # held-out accuracy, percent
-    per_class: torch.Tensor  # [C] percent (NaN for classes without held-out clips)
-    curve: list[tuple[int, float]]  # (step, held-out top-1) logged during fine-tuning
-
-
-@torch.no_grad()
-def evaluate_classifier(run_dir: Path, held: HeldOut) -> ClassificationResult:
-    from cavmae.checkpoint import load_model
-    from cavmae.metrics import classification_metrics, per_class_accuracy
-
-    model = load_model(run_dir / "model").eval()
-    logits = torch.cat([model(b["audio"], b["frames"], mode="audiovisual") for b in held.batches()])  # [N, C]
-    top1 = classification_metrics(logits, held.labels, multilabel=False)["top1"]
-    curve = [
-        (r["step"], r["val/top1"])
-        for r in map(json.loads, (run_dir / "val_metrics.jsonl").read_text().splitlines())
-        if "val/top1" in r
-    ]
-    return ClassificationResult(top1, per_class_accuracy(logits, held.labels), curve)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # the whole demo
 
 
@@ -377,8 +303,8 @@ def run_demo(
 
 def _run(out: Path, s: DemoSettings, backbone: str, quick: bool, seed: int) -> DemoResult:
     from cavmae import create_model
-    from cavmae.checkpoint import load_model
-    from cavmae.report import write_report
+    from cavmae.demo.report import write_report
+    from cavmae.models.weights import load_model
     from cavmae.train import seed_everything, train
 
     timings: dict[str, float] = {}

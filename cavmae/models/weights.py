@@ -1,0 +1,349 @@
+"""Model files: our format (safetensors + config), the public CAV-MAE ``.pth`` layout, and MAE ImageNet init.
+
+Our model directory holds ``model.safetensors`` (weights; metadata names the model class) and ``config.yaml``
+(the full resolved :class:`~cavmae.config.Config`). Public CAV-MAE checkpoints are state dicts saved from
+``nn.DataParallel`` (``module.`` prefix) whose key names equal ours. Untrusted ``.pth`` files are read with
+``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from cavmae.config import Config, ConfigError, ModelConfig, from_dict
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+KINDS = ("pretrain", "classifier")
+
+
+class CheckpointError(ValueError):
+    """A model file that cannot be read or does not fit the model."""
+
+
+def model_kind(model: nn.Module) -> str:
+    from cavmae.models.classifier import CAVMAEClassifier
+
+    return "classifier" if isinstance(model, CAVMAEClassifier) else "pretrain"
+
+
+def build_model(kind: str, cfg: ModelConfig) -> nn.Module:
+    from cavmae.models.cavmae import CAVMAE
+    from cavmae.models.classifier import CAVMAEClassifier
+
+    if kind not in KINDS:
+        raise CheckpointError(f"unknown model kind {kind!r}; expected one of {KINDS}")
+    return CAVMAE(cfg) if kind == "pretrain" else CAVMAEClassifier(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# our format
+
+
+def save_pretrained(model: nn.Module, directory: str | Path, config: Config | None = None) -> Path:
+    """Write ``model.safetensors`` + ``config.yaml`` into `directory` (created; files replaced atomically)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = config or Config(model=model.cfg)
+    if config.model != model.cfg:
+        raise ConfigError("save_pretrained: config.model differs from the model's own config")
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    tmp = directory / (WEIGHTS + ".tmp")
+    save_file(state, str(tmp), metadata={"cavmae_kind": model_kind(model), "format": "pt"})
+    tmp.replace(directory / WEIGHTS)
+    tmp_cfg = directory / (CONFIG + ".tmp")
+    config.save(tmp_cfg)
+    tmp_cfg.replace(directory / CONFIG)
+    return directory
+
+
+def _read_kind(weights: Path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        meta = f.metadata() or {}
+    return meta.get("cavmae_kind", "pretrain")
+
+
+def from_pretrained(directory: str | Path) -> tuple[nn.Module, Config]:
+    """Load a model directory written by :func:`save_pretrained`. Returns (model in eval mode, config)."""
+    directory = Path(directory)
+    weights, cfg_path = directory / WEIGHTS, directory / CONFIG
+    for p in (weights, cfg_path):
+        if not p.is_file():
+            raise CheckpointError(f"{directory} is not a cavmae model directory: {p.name} is missing")
+    try:
+        cfg = from_dict(yaml.safe_load(cfg_path.read_text()) or {})
+    except (ConfigError, yaml.YAMLError) as e:
+        raise CheckpointError(f"{cfg_path}: {e}") from e
+    try:
+        state = load_file(str(weights))
+        kind = _read_kind(weights)
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise CheckpointError(f"{weights} is not a readable safetensors file: {e}") from e
+    model = build_model(kind, cfg.model)
+    _load_strict(model, state, str(weights))
+    return model.eval(), cfg
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(
+                f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}"
+                f"{' ...' if len(unexpected) > 8 else ''}"
+            )
+        if shapes:
+            parts.append("shape mismatches: " + "; ".join(shapes[:8]))
+        raise CheckpointError(f"{source} does not fit the model: " + " | ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the public CAV-MAE layout
+
+
+def read_torch_file(path: str | Path) -> dict:
+    """``torch.load(weights_only=True)`` with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"{path} could not be read as a weights-only PyTorch file (damaged, or it holds pickled objects "
+            f"other than tensors, which we refuse to unpickle): {e}"
+        ) from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a state dict")
+    return obj
+
+
+def strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the ``module.`` prefix that nn.DataParallel / DDP put on every key."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module.") :]: v for k, v in state.items()}
+    return dict(state)
+
+
+def infer_model_config(state: dict[str, torch.Tensor], base: ModelConfig | None = None) -> tuple[str, ModelConfig]:
+    """Model kind and architecture read off a public-layout state dict's key names and shapes."""
+    cfg = ModelConfig(**{k: getattr(base or ModelConfig(), k) for k in ModelConfig.__dataclass_fields__})
+    if "pos_embed_a" not in state or "patch_embed_a.proj.weight" not in state:
+        raise CheckpointError(
+            "not a CAV-MAE state dict: no pos_embed_a / patch_embed_a.proj.weight "
+            f"(first keys: {', '.join(list(state)[:5])})"
+        )
+    kind = "classifier" if "mlp_head.1.weight" in state else "pretrain"
+    dim = state["pos_embed_a"].shape[-1]
+    cfg.embed_dim = dim
+    cfg.patch_size = state["patch_embed_a.proj.weight"].shape[-1]
+    if dim != 768 and cfg.num_heads == 12:
+        cfg.num_heads = max(dim // 64, 1)  # head count is not visible in the weights; ViT convention: 64 per head
+
+    def depth(prefix: str) -> int:
+        ids = {int(m.group(1)) for k in state if (m := re.match(rf"{prefix}\.(\d+)\.", k))}
+        return max(ids) + 1 if ids else 0
+
+    cfg.modality_depth = depth("blocks_a")
+    cfg.shared_depth = depth("blocks_u")
+    n_a = state["pos_embed_a"].shape[1]
+    n_v = state["pos_embed_v"].shape[1]
+    cfg.audio_length = n_a // (cfg.num_mel_bins // cfg.patch_size) * cfg.patch_size
+    cfg.image_size = int(round(n_v**0.5)) * cfg.patch_size
+    cfg.mlp_ratio = state["blocks_a.0.mlp.fc1.weight"].shape[0] / dim if "blocks_a.0.mlp.fc1.weight" in state else 4.0
+    cfg.qkv_bias = "blocks_u.0.attn.qkv.bias" in state
+    if kind == "classifier":
+        cfg.num_classes = state["mlp_head.1.weight"].shape[0]
+    else:
+        ddim = state["decoder_embed.weight"].shape[0]
+        cfg.decoder_embed_dim = ddim
+        cfg.decoder_depth = depth("decoder_blocks")
+        if ddim != 512 and cfg.decoder_num_heads == 16:
+            cfg.decoder_num_heads = max(ddim // 32, 1)
+    return kind, cfg
+
+
+def load_official(path: str | Path, base: ModelConfig | None = None) -> tuple[nn.Module, ModelConfig]:
+    """A public CAV-MAE ``.pth`` (pre-training or fine-tuning; with or without ``module.``) -> our model."""
+    state = strip_prefix(read_torch_file(path))
+    kind, cfg = infer_model_config(state, base)
+    model = build_model(kind, cfg)
+    _load_strict(model, state, str(path))
+    return model.eval(), cfg
+
+
+def to_official(model: nn.Module, prefix: str = "module.") -> dict[str, torch.Tensor]:
+    """Our model's state dict in the public layout (DataParallel ``module.`` prefix by default)."""
+    return {prefix + k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def save_official(model: nn.Module, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(to_official(model), str(tmp))
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MAE ImageNet initialisation
+
+
+def mae_to_cavmae(mae_state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map a facebookresearch/mae ViT checkpoint onto a CAV-MAE model (design section 1).
+
+    MAE block i < modality_depth -> blocks_a.i and blocks_v.i; the next shared_depth blocks -> blocks_u; each
+    block's norm1 / norm2 is copied to all three norm pairs; audio patch weights = sum over RGB of the image patch
+    weights; the decoder (if present) is copied, with decoder_pred_a = the first p*p rows of MAE's decoder_pred.
+    Position embeddings stay sin-cos (the grids differ) and MAE's cls_token is dropped.
+    """
+    state = strip_prefix(mae_state.get("model", mae_state))
+    if "patch_embed.proj.weight" not in state or not any(k.startswith("blocks.") for k in state):
+        raise CheckpointError("not an MAE ViT checkpoint: no patch_embed.proj.weight / blocks.* keys")
+    cfg = model.cfg
+    own = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+
+    def put(dst: str, value: torch.Tensor) -> None:
+        if dst in own:
+            if own[dst].shape != value.shape:
+                raise CheckpointError(
+                    f"MAE weight for {dst} has shape {tuple(value.shape)}, model has {tuple(own[dst].shape)}"
+                )
+            out[dst] = value
+
+    def copy_block(src: str, dst: str) -> None:
+        for k, v in state.items():
+            if not k.startswith(src + "."):
+                continue
+            rest = k[len(src) + 1 :]
+            m = re.match(r"norm([12])\.(weight|bias)$", rest)
+            if m:
+                for suffix in ("", "_a", "_v"):
+                    put(f"{dst}.norm{m.group(1)}{suffix}.{m.group(2)}", v)
+            else:
+                put(f"{dst}.{rest}", v)
+
+    n_mae = len({int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
+    need = cfg.modality_depth + cfg.shared_depth
+    if n_mae < need:
+        raise CheckpointError(f"MAE checkpoint has {n_mae} blocks, the model needs {need} (modality + shared)")
+    for i in range(cfg.modality_depth):
+        copy_block(f"blocks.{i}", f"blocks_a.{i}")
+        copy_block(f"blocks.{i}", f"blocks_v.{i}")
+    for j in range(cfg.shared_depth):
+        copy_block(f"blocks.{cfg.modality_depth + j}", f"blocks_u.{j}")
+    w = state["patch_embed.proj.weight"]  # [D, 3, p, p]
+    put("patch_embed_v.proj.weight", w)
+    put("patch_embed_a.proj.weight", w.sum(dim=1, keepdim=True))
+    for name in ("patch_embed_v.proj.bias", "patch_embed_a.proj.bias"):
+        put(name, state["patch_embed.proj.bias"])
+    for n in ("norm_a", "norm_v", "norm"):
+        for p in ("weight", "bias"):
+            if f"norm.{p}" in state:
+                put(f"{n}.{p}", state[f"norm.{p}"])
+    if "decoder_embed.weight" in state:
+        for k, v in state.items():
+            if k.startswith("decoder_blocks."):
+                copy_block(".".join(k.split(".")[:2]), ".".join(k.split(".")[:2]))
+            elif k in (
+                "decoder_embed.weight",
+                "decoder_embed.bias",
+                "decoder_norm.weight",
+                "decoder_norm.bias",
+                "mask_token",
+            ):
+                put(k, v)
+        pa = cfg.patch_size**2
+        put("decoder_pred_v.weight", state["decoder_pred.weight"])
+        put("decoder_pred_v.bias", state["decoder_pred.bias"])
+        put("decoder_pred_a.weight", state["decoder_pred.weight"][:pa])
+        put("decoder_pred_a.bias", state["decoder_pred.bias"][:pa])
+    return out
+
+
+def init_from_mae(model: nn.Module, path: str | Path) -> list[str]:
+    """Load MAE weights into `model` in place; returns the model keys that kept their own initialisation."""
+    mapped = mae_to_cavmae(read_torch_file(path), model)
+    model.load_state_dict(mapped, strict=False)
+    kept = sorted(set(model.state_dict()) - set(mapped))
+    log.info("initialised %d tensors from MAE checkpoint %s; %d kept their init", len(mapped), path, len(kept))
+    return kept
+
+
+def init_from_cavmae(model: nn.Module, path: str | Path) -> list[str]:
+    """Copy every tensor of a CAV-MAE checkpoint (ours or public) whose name and shape fit `model`.
+
+    Used to start fine-tuning from pre-training (the decoder is dropped, the head keeps its init) or to continue
+    pre-training from another run. Returns the keys that kept their own initialisation.
+    """
+    src = Path(path)
+    state = load_file(str(src / WEIGHTS)) if src.is_dir() else strip_prefix(read_torch_file(src))
+    own = model.state_dict()
+    use = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not any(k.startswith("blocks_") for k in use):
+        raise CheckpointError(f"{path}: no encoder weights fit the model (is it a CAV-MAE checkpoint of this size?)")
+    model.load_state_dict(use, strict=False)
+    kept = sorted(set(own) - set(use))
+    log.info(
+        "initialised %d tensors from %s; kept init for %d (%s)",
+        len(use),
+        path,
+        len(kept),
+        ", ".join(kept[:4]) + (" ..." if len(kept) > 4 else ""),
+    )
+    return kept
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the one entry point
+
+
+def load_model(path: str | Path, base: ModelConfig | None = None) -> nn.Module:
+    """Our model directory (or its ``model.safetensors``) or a public CAV-MAE ``.pth``; returns the model in eval mode.
+
+    The kind (pre-training or classifier) and the architecture are read from the file. For public files the
+    attention head counts are not stored in the weights: they follow ViT's 64 dims per head unless `base` says
+    otherwise.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return from_pretrained(path)[0]
+    if path.name == WEIGHTS and (path.parent / CONFIG).is_file():
+        return from_pretrained(path.parent)[0]
+    if not path.exists():
+        raise CheckpointError(f"model file {path} does not exist")
+    return load_official(path, base)[0]
+
+
+def describe(model: nn.Module) -> dict[str, int | str]:
+    """Kind, parameter counts and state-dict size of a model (for ``cavmae info`` and logs)."""
+    return {
+        "kind": model_kind(model),
+        "backbone": model.cfg.backbone,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "tensors": len(model.state_dict()),
+    }
