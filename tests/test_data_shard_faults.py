@@ -6,6 +6,7 @@ a lightly corrupted JPEG frame. The shards are the session's tiny synthetic ones
 from __future__ import annotations
 
 import io
+import json
 import logging
 import shutil
 import tarfile
@@ -174,3 +175,57 @@ def test_skip_counts_per_epoch(shards):
     read_keys(loader)
     assert first["shard"] == 1 and loader.errors.since(before)["shard"] == 1
     assert loader.errors.counts()["shard"] == 2
+
+
+def _train_cfg(urls: list[str], out: Path, *extra: str):
+    from cavmae.config import load_config
+
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    shards = ",".join(urls)
+    return load_config(
+        tiny,
+        [
+            "data.synthetic=false",
+            f"data.train_shards=[{shards}]",
+            "data.batch_size=2",
+            "data.num_workers=0",
+            "data.shuffle_buffer=4",
+            "model.num_classes=4",
+            "train.epochs=1",
+            "train.log_every=100",
+            "train.val_at_start=false",
+            "train.image_every=0",
+            "train.progress_bar=false",
+            "train.wandb_mode=disabled",
+            f"train.out_dir={out}",
+            *extra,
+        ],
+    )
+
+
+def test_training_logs_the_epochs_skips_by_cause(shards, tmp_path):
+    from cavmae.train import train
+
+    urls, _ = shards
+    open(urls[1], "wb").close()
+    run = train(_train_cfg(urls, tmp_path / "run"))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last = rows[-1]  # the epoch's last step is logged although log_every is larger, with its skip counts
+    assert last["step"] == 4 and last["epoch"] == 0
+    assert last["skipped/shard"] >= 1 and last["skipped"] == sum(v for k, v in last.items() if k.startswith("skipped/"))
+    assert last["skipped/image"] == 0
+
+
+def test_verify_stops_training_on_a_changed_shard(shards, tmp_path, caplog):
+    from cavmae.cli import main
+
+    urls, _ = shards
+    data = bytearray(Path(urls[2]).read_bytes())
+    data[3000] ^= 0x01
+    Path(urls[2]).write_bytes(bytes(data))
+    cfg_args = [f"data.train_shards=[{','.join(urls)}]", "data.verify=true", f"train.out_dir={tmp_path / 'run'}"]
+    tiny = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+    with caplog.at_level(logging.ERROR):
+        assert main(["pretrain", "--config", tiny, "data.synthetic=false", "model.num_classes=4", *cfg_args]) == 2
+    assert any(urls[2] in r.message and "sha256" in r.message for r in caplog.records)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -23,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, task: str = "pretrain") -> int:
+    from cavmae.data.verify import ShardVerifyError
     from cavmae.train import TrainingStopped, train
 
     main_process = int(os.environ.get("RANK", "0")) == 0
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace, task: str = "pretrain") -> int:
     try:
         cfg = load_config(args.config, overrides)
         out_dir = train(cfg)
-    except (ConfigError, CheckpointError) as e:
+    except (ConfigError, CheckpointError, ShardVerifyError) as e:
         log.error("%s", e)
         return 2
     except TrainingStopped as e:

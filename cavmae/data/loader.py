@@ -319,13 +319,16 @@ def build_loader(
     num_workers: int | None = None,
     rank: int | None = None,
     world_size: int | None = None,
+    errors: LoadErrors | None = None,
 ) -> ShardLoader:
     """A loader of batches (see the module docstring) over `shards` (brace patterns / lists / '::'-joined sources).
 
     train: shuffling and the augmentations of `data_cfg` (noise, time_roll, freqm, timem, mixup, label_smoothing,
     class balance) are on only when True. frame_mode: "random" | "middle" | "all"; default ``data_cfg.frame_mode``
     when training and "middle" otherwise ("all" stays "all"). batch_size / num_workers default to `data_cfg`.
-    rank / world_size default to torch.distributed's when it is initialised, else 0 / 1.
+    rank / world_size default to torch.distributed's when it is initialised, else 0 / 1. errors: the
+    :class:`LoadErrors` to count skips in (several loaders may share one, e.g. the passes of one epoch); a new one
+    by default.
     """
     bs = batch_size or data_cfg.batch_size
     if frame_mode is None:
@@ -389,7 +392,7 @@ def build_loader(
         label_lookup=label_index.lookup() if label_index is not None else None,
         audio_channel=data_cfg.audio_channel,
     )
-    dataset = ShardDataset(urls, settings, LoadErrors(), r, world)  # resolved here: workers may not see dist
+    dataset = ShardDataset(urls, settings, errors or LoadErrors(), r, world)  # resolved here: workers may not see dist
     dataset.set_epoch(epoch)
     return ShardLoader(dataset, workers, counts)
 
@@ -403,6 +406,7 @@ def loader_for(
     rank: int | None = None,
     world_size: int | None = None,
     frame_mode: str | None = None,
+    errors: LoadErrors | None = None,
 ) -> ShardLoader:
     """:func:`build_loader` with the input sizes of ``cfg.model`` and the batch size of the job: ``data.batch_size``
     for training, ``eval.batch_size`` otherwise. ``cfg`` is a :class:`cavmae.config.Config`."""
@@ -421,4 +425,5 @@ def loader_for(
         batch_size=cfg.data.batch_size if train else cfg.eval.batch_size,
         rank=rank,
         world_size=world_size,
+        errors=errors,
     )

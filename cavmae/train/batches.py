@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cavmae.config import Config, ConfigError
-from cavmae.data.loader import loader_for
+from cavmae.data.loader import LoadErrors, loader_for
 from cavmae.data.random_batches import collate, synthetic_dataset
 from cavmae.data.sampler import ShardedBatchSampler
 
@@ -19,14 +19,20 @@ log = logging.getLogger(__name__)
 
 
 def make_batches(
-    cfg: Config, split: str, epoch: int = 0, rank: int = 0, world_size: int = 1, skip: int = 0
+    cfg: Config,
+    split: str,
+    epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    skip: int = 0,
+    errors: LoadErrors | None = None,
 ) -> Iterable[dict]:
     """This process's batches of ``split`` ("train" or "val") for ``epoch``, skipping the first ``skip``.
 
     Batches are dicts: ``audio`` [B, T, F], ``frames`` [B, 3, H, W], ``labels`` [B, C], ``keys`` (list[str]), on
     the CPU; the loop moves them to the device. Training batches hold data.batch_size clips and their order is a
     function of (train.seed, epoch); validation batches hold eval.batch_size clips in a fixed order, and every
-    clip is seen once over all processes.
+    clip is seen once over all processes. ``errors`` counts the samples the shard loader skips, by cause.
     """
     train = split == "train"
     if cfg.data.synthetic:
@@ -54,7 +60,7 @@ def make_batches(
     if not shards:
         raise ConfigError(f"data.{split}_shards is empty and data.synthetic is false: no {split} data")
     # The shard loader splits shards by node and worker itself; it must not go through accelerator.prepare.
-    loader = loader_for(cfg, shards, train=train, epoch=epoch, rank=rank, world_size=world_size)
+    loader = loader_for(cfg, shards, train=train, epoch=epoch, rank=rank, world_size=world_size, errors=errors)
     if not train:
         return loader
     return _exact_epoch(cfg, shards, loader, epoch, rank, world_size, skip)
@@ -87,7 +93,10 @@ def _exact_epoch(cfg: Config, shards, loader, epoch: int, rank: int, world: int,
             epoch,
             passes,
         )
-        loader = loader_for(cfg, shards, train=True, epoch=epoch + 1_000_003 * passes, rank=rank, world_size=world)
+        seed_epoch = epoch + 1_000_003 * passes
+        loader = loader_for(
+            cfg, shards, train=True, epoch=seed_epoch, rank=rank, world_size=world, errors=loader.errors
+        )
         if passes > 100:
             raise RuntimeError(f"process {rank}: the training shards yield no batch ({loader.errors.counts()})")
 
