@@ -9,7 +9,7 @@ Sample schema (one WebDataset sample = consecutive tar members sharing a key)::
                     RGB frames at evenly spaced times t_i = clip_start + i * (clip_end - clip_start) / 10 (the
                     frame showing t_i), shorter side resized to the prepare-time frame size (never enlarged)
     <key>.mp4       optional: the raw source file, not re-encoded, for decoding at load time (``--store mp4|both``);
-                    a sample may hold only json + mp4, then the loader decodes audio and frames with decord
+                    a sample may hold only json + mp4, then the loader decodes it as prepare does (cavmae.data.media)
 
 Keys are dot-free because WebDataset splits a member name at its first dot (design section 3): the key is the
 source file's stem with its dots removed, e.g. ``00W1lcxW-WU_40.000.mp4`` -> ``00W1lcxW-WU_40000``.
@@ -30,6 +30,9 @@ source file's stem with its dots removed, e.g. ``00W1lcxW-WU_40.000.mp4`` -> ``0
     labels        label mids (VGGSound: display names), in metadata order; [] when unlabelled
     label_indices their indices in the dataset's label index (manifest ``label_index``)
     split         the split column of a VGGSound CSV, else null
+    audio_channel "first" (default: the first channel at unit gain, as CAV-MAE) or "mean" ((L+R)/2)
+    clipped_samples
+                  samples beyond 16-bit full scale (clipped when stored; 0 unless the source exceeds full scale)
 
 Tars are written deterministically (members in a fixed order, mtime 0, uid/gid 0, no user names, mode 0644) so that
 the same inputs give byte-identical shards.
