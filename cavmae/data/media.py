@@ -319,12 +319,20 @@ class VideoFrames:
     def _pyav_at(self, starts: list[float]) -> np.ndarray:
         """Decode in presentation order and keep, for each wanted start time, the frame shown at that time."""
         wanted = sorted(set(starts))
+        if wanted[0] > 2.0:  # seek to the keyframe before the first wanted frame (frame-exact afterwards)
+            try:
+                return self._pyav_decode(starts, wanted, seek=True)
+            except MediaError:
+                log.debug("seeking in %s missed its frames; decoding from the start", self._name)
+        return self._pyav_decode(starts, wanted, seek=False)
+
+    def _pyav_decode(self, starts: list[float], wanted: list[float], seek: bool) -> np.ndarray:
         got: dict[float, np.ndarray] = {}
         try:
             with open_container(self.source) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "SLICE"  # one frame thread: prepare runs one process per core
-                if wanted[0] > 2.0:  # seek to the keyframe before the first wanted frame (frame-exact afterwards)
+                if seek:
                     container.seek(int((wanted[0] - 0.5) / float(stream.time_base)), stream=stream, backward=True)
                 k = 0
                 prev = None
