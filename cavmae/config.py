@@ -413,11 +413,25 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(m, name)}")
     if m.shared_depth < 1:
         raise ConfigError("model.shared_depth must be at least 1")
+    if not m.temperature > 0:
+        raise ConfigError(f"model.temperature must be > 0 (it divides the similarities), got {m.temperature}")
     if cfg.data.batch_size < 1:
         raise ConfigError("data.batch_size must be at least 1")
     if cfg.eval.batch_size < 1:
         raise ConfigError("eval.batch_size must be at least 1")
     d = cfg.data
+    if d.synthetic and (d.train_shards or d.val_shards):
+        given = "data.train_shards" if d.train_shards else "data.val_shards"
+        raise ConfigError(
+            f"data.synthetic=true and {given} are both set: synthetic clips would replace the shards; set "
+            "data.synthetic=false to use the shards, or leave the shard lists empty"
+        )
+    for name in ("num_workers", "shuffle_buffer"):
+        if getattr(d, name) < 0:
+            raise ConfigError(f"data.{name} must be >= 0, got {getattr(d, name)}")
+    for name in ("mixup", "label_smoothing"):
+        if not 0.0 <= getattr(d, name) <= 1.0:
+            raise ConfigError(f"data.{name} must be in [0, 1], got {getattr(d, name)}")
     if d.synthetic:
         if d.synthetic_size < 1 or d.synthetic_val_size < 0:
             raise ConfigError("data.synthetic_size must be at least 1 and data.synthetic_val_size at least 0")

@@ -122,6 +122,7 @@ def selective_scan_bidirectional(
     holding each direction's own parameters or inputs, all in the original token order: the backward scan reads its
     inputs from position L-1 down to 0 and writes each output at its own position, so nothing is flipped or copied.
     The gate ``z`` is shared, so ``out = (y_fwd + y_bwd) * silu(z)`` for ``combine="add"`` (half that for "mean").
+    With the Triton implementation both directions, the combination and the gate run in one kernel launch.
 
     Returns:
         out (batch, dim, L), or (out, (last_state_fwd, last_state_bwd)) with ``return_last_state``; the backward
@@ -134,6 +135,15 @@ def selective_scan_bidirectional(
     names = ("u", "delta", "A", "B", "C", "D", "delta_bias")
     pairs = [_pair(name, x) for name, x in zip(names, (u, delta, A, B, C, D, delta_bias))]
     forward_args, backward_args = ([p[i] for p in pairs] for i in (0, 1))
+    scale = 0.5 if combine == "mean" else 1.0
+    if _resolve(impl, forward_args[0]).__name__ == "selective_scan_triton":
+        # One launch for both directions, the gate and the combination (no second pass over out, z read once).
+        from .triton_scan import selective_scan_bidirectional_triton
+
+        out, last_f, last_b = selective_scan_bidirectional_triton(
+            tuple(forward_args), tuple(backward_args), z, delta_softplus, out_scale=scale
+        )
+        return (out, (last_f, last_b)) if return_last_state else out
     results = []
     for args, reverse in ((forward_args, False), (backward_args, True)):
         u_, delta_, A_, B_, C_, D_, bias_ = args

@@ -1,25 +1,31 @@
-"""Fused selective scan in Triton: forward and backward kernels, their launchers, the autograd function.
+"""Fused selective scan in Triton: forward and backward kernels, their launchers, the autograd functions.
 
-One program owns one batch element and BLOCK_D channels of one B/C group, all N states, and walks the sequence in
-chunks of BLOCK_L positions. A chunk is a (BLOCK_L, BLOCK_D, BLOCK_N) register tile; the recurrence inside it is an
-associative scan over axis 0 of the affine maps h -> decay * h + x, and the state carried between chunks is one
-(BLOCK_D, BLOCK_N) tile. The (batch, dim, L, N) states never reach memory: the forward writes only the state at each
-chunk start, (batch, dim, n_chunks, N) fp32, and the backward recomputes a chunk's states from it.
+Work split. One program owns one batch element, BLOCK_D channels of one B/C group and one or both scan directions,
+and walks the sequence in chunks of BLOCK_L positions. Every register tile is (BLOCK_L, BLOCK_D): positions by
+channels. The N states are a static (unrolled) loop inside the chunk, as in mamba-ssm's CUDA kernel, so the output
+``y = sum_n C_n h_n`` is an in-register accumulation and no reduction over states ever crosses lanes. Per (t, d, n)
+the forward evaluates one exp2. The (batch, dim, L, N) states never reach memory: the forward saves the state at the
+start of every chunk but the first, (batch, n_chunks - 1, N, dim) fp32, and the backward recomputes a chunk from it.
 
-Backward, per chunk, last chunk first. With g_p = dLoss/dh_p (p = scan position):
+Backward, per chunk, last chunk (in scan order) first. With g_p = dLoss/dh_p at scan position p:
 
-    g_p = C_p dy_p + decay_{p+1} g_{p+1}        (a scan in the opposite direction)
+    g_p = C_p dy_p + decay_{p+1} g_{p+1}        a reverse scan, seeded with decay * g flowing in from the next chunk
     a_p * h_{p-1} = h_p - x_p                   (the identity that gives the decay gradient without h_{p-1})
     q_p = g_p * (h_p - x_p)                     gradient of the log-decay delta_p * A
     dA = sum_p q_p delta_p, ddelta_p = sum_n (q_p A + g_p B_p u_p), du_p = sum_n g_p B_p delta_p + D dy_p,
-    dB_p = sum_d g_p delta_p u_p, dC_p = sum_d h_p dy_p   (summed over channels with atomics, fp32)
+    dB_p = sum_d g_p delta_p u_p, dC_p = sum_d h_p dy_p
 
-The opposite-direction scan runs as a forward scan over the chunk flipped in registers (``tl.gather``), not with
-``tl.associative_scan(reverse=True)``: Triton's reverse scan has had wrong results for non-commutative combine
-functions (triton-lang/triton#4362), and the affine combine is non-commutative.
+The reverse scan needs decay_{p+1} at row p; instead of shifting the tile across lanes it scans the triple
+(alpha, beta, last decay) whose combine carries the decay of a segment's first element (see ``_grad_combine``), so
+the recomputed decays serve both scans and nothing is evaluated twice. The backward is deterministic: dB and dC are
+summed over the program's channels in registers and written as per-channel-block partial sums (n_blocks, batch, G,
+N, L), reduced in a fixed order afterwards; dA, dD and d(delta_bias) are per-batch partials. No float atomics.
 
-``reverse=True`` maps scan position p to sequence position L-1-p in every load and store, so the backward half of a
-bidirectional block reads its inputs in place. All strides are passed to the kernels; nothing is made contiguous.
+Directions. ``reverse=True`` maps scan position p to sequence position L-1-p in every load and store, so the
+backward half of a bidirectional block reads its inputs in place. A bidirectional call runs both directions in one
+program, one after the other: the first writes its ungated y into the output, the second adds its own and applies
+the gate (the z gate is shared), with a barrier between them. All strides are passed to the kernels; nothing is made
+contiguous, and the output is allocated in the layout of u (e.g. a transposed (batch, L, dim) view stays one).
 """
 
 from __future__ import annotations
@@ -43,16 +49,17 @@ _LOG2E = tl.constexpr(1.4426950408889634)
 class ScanConfig:
     """Tile sizes and warps. The backward recomputes the forward's chunks, so both use the same BLOCK_L.
 
-    Defaults are a starting point chosen without a GPU at hand; tune with scripts/bench_scan.py --block-l / --block-d
-    / --num-warps on the target card.
+    Defaults were chosen from the compiled code (registers, spills, SASS counts; scripts/bench_scan.py --static);
+    tune on the target card with scripts/bench_scan.py --block-l / --block-d / --num-warps.
     """
 
     block_l: int = 32
-    block_d: int = 8  # channels per program: the B/C gradients are summed over them before the atomics
-    num_warps: int = 8  # a 32 x 8 x 16 fp32 tile is 16 registers per thread per live tile at 8 warps
+    block_d: int = 8  # sm_90, bf16, N 16: forward 96 registers, backward 255 without spills (compile_gate)
+    num_warps: int = 4
+    num_warps_bwd: int = 4
 
     def __post_init__(self) -> None:
-        for name in ("block_l", "block_d"):
+        for name in ("block_l", "block_d", "num_warps", "num_warps_bwd"):
             value = getattr(self, name)
             if value < 1 or value & (value - 1):
                 raise ValueError(f"ScanConfig.{name} must be a power of two, got {value}")
@@ -68,6 +75,17 @@ def _affine_combine(a_left, b_left, a_right, b_right):
 
 
 @triton.jit
+def _grad_combine(alpha_l, beta_l, decay_l, alpha_r, beta_r, decay_r):
+    # Reverse scan for g_p = c_p + a_{p+1} g_{p+1}. A segment of positions [p, q] is summarised as
+    # g_p = beta + alpha * v with v = a_{q+1} g_{q+1} flowing in from the right, plus `decay` = a_p of its first
+    # position (which turns the segment's g_p into the v of the segment before it). With reverse=True Triton
+    # combines the accumulated later segment (left) with the earlier one (right), as a forward scan of the flipped
+    # sequence would. A single position is (1, c_p, a_p).
+    scale = alpha_r * decay_l
+    return scale * alpha_l, beta_r + scale * beta_l, decay_r
+
+
+@triton.jit
 def _softplus(x):
     # torch.nn.functional.softplus (beta 1, threshold 20). log1p(e) = log(u) * e / (u - 1) with u = 1 + e: u - 1
     # is exact, so the rounding of u cancels (Goldberg); where u rounds to 1, log1p(e) = e.
@@ -79,326 +97,536 @@ def _softplus(x):
 
 
 @triton.jit
+def _positions(c, length, BLOCK_L: tl.constexpr, REVERSE: tl.constexpr):
+    """Sequence positions (int64) of chunk c's rows and their mask: scan position p is t = p or L-1-p."""
+    pos = c * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_l = pos < length
+    if REVERSE:
+        t = length - 1 - pos
+    else:
+        t = pos
+    return t.to(tl.int64), mask_l  # t * stride can pass 2**31 for long, strided sequences
+
+
+@triton.jit
+def _delta(raw, bias, mask_ld, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    if HAS_BIAS:
+        raw += bias[None, :]
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    else:
+        dt = raw
+    return tl.where(mask_ld, dt, 0.0), raw  # padded positions: decay 1, input 0 (the carry passes unchanged)
+
+
+@triton.jit
+def _pick(tile, states, n):
+    """Row n of a (BLOCK_N, BLOCK_D) per-state tile, as a (BLOCK_D,) vector."""
+    return tl.sum(tl.where(states[:, None] == n, tile, 0.0), axis=0)
+
+
+@triton.jit
+def _fwd_direction(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, out_ptr, last_ptr, chunk_ptr,
+    b, grp, offs_d, mask_d, length, dim, n_chunks, out_scale,
+    s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
+    s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
+    s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l,
+    HAS_D: tl.constexpr, GATE: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr, SAVE_CHUNKS: tl.constexpr, ACCUMULATE: tl.constexpr, FINAL: tl.constexpr,
+    N_STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    states = tl.arange(0, BLOCK_N)
+    rows = tl.arange(0, BLOCK_L)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = None
+    u_base = u_ptr + b * s_u_b + offs_d[None, :] * s_u_d
+    dt_base = dt_ptr + b * s_dt_b + offs_d[None, :] * s_dt_d
+    z_base = z_ptr + b * s_z_b + offs_d[None, :] * s_z_d
+    o_base = out_ptr + b * s_o_b + offs_d[None, :] * s_o_d
+    B_base = B_ptr + b * s_B_b + grp * s_B_g
+    C_base = C_ptr + b * s_C_b + grp * s_C_g
+    A_base = A_ptr + offs_d * s_A_d
+    n_saved = n_chunks - 1
+    chunk_base = chunk_ptr + b * n_saved * N_STATE * dim + offs_d  # chunk states: (batch, n_chunks - 1, N, dim)
+
+    h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)  # state entering the chunk, one row per n
+    for c in range(0, n_chunks):
+        t, mask_l = _positions(c, length, BLOCK_L, REVERSE)
+        mask_ld = mask_l[:, None] & mask_d[None, :]
+        u = tl.load(u_base + t[:, None] * s_u_l, mask=mask_ld, other=0.0).to(tl.float32)  # (BLOCK_L, BLOCK_D)
+        raw = tl.load(dt_base + t[:, None] * s_dt_l, mask=mask_ld, other=0.0).to(tl.float32)
+        dt, raw = _delta(raw, bias, mask_ld, HAS_BIAS, SOFTPLUS)
+        dtu = dt * u
+        y = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+        h_next = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        for n in tl.static_range(N_STATE):
+            # A in log2 units: exp(delta * A) = exp2(delta * A * log2(e)). Padded channels get A = 0: decay 1.
+            A2 = tl.load(A_base + n * s_A_n, mask=mask_d, other=0.0).to(tl.float32) * _LOG2E  # (BLOCK_D,)
+            B_n = tl.load(B_base + n * s_B_n + t * s_B_l, mask=mask_l, other=0.0).to(tl.float32)  # (BLOCK_L,)
+            C_n = tl.load(C_base + n * s_C_n + t * s_C_l, mask=mask_l, other=0.0).to(tl.float32)
+            decay = tl.exp2(dt * A2[None, :])
+            x = dtu * B_n[:, None]
+            prod, acc = tl.associative_scan((decay, x), 0, _affine_combine)
+            hs = acc + prod * _pick(h, states, n)[None, :]  # states at every position of the chunk
+            y += hs * C_n[:, None]
+            h_end = tl.sum(tl.where(rows[:, None] == BLOCK_L - 1, hs, 0.0), axis=0)
+            h_next = tl.where(states[:, None] == n, h_end[None, :], h_next)
+            if SAVE_CHUNKS:
+                tl.store(chunk_base + (c * N_STATE + n) * dim, h_end, mask=mask_d & (c < n_saved))
+        h = h_next
+        if HAS_D:
+            y += u * Dv[None, :]
+        if ACCUMULATE:  # the other direction's ungated y, written by this program before the barrier
+            y += tl.load(o_base + t[:, None] * s_o_l, mask=mask_ld, other=0.0).to(tl.float32)
+        if FINAL:
+            y = y * out_scale
+            if GATE:
+                zv = tl.load(z_base + t[:, None] * s_z_l, mask=mask_ld, other=0.0).to(tl.float32)
+                y = y * zv * tl.sigmoid(zv)
+        tl.store(o_base + t[:, None] * s_o_l, y.to(out_ptr.dtype.element_ty), mask=mask_ld)
+
+    mask_nd = (states[:, None] < N_STATE) & mask_d[None, :]
+    tl.store(last_ptr + (b * dim + offs_d[None, :]) * N_STATE + states[:, None], h, mask=mask_nd)
+
+
+@triton.jit
 def _scan_fwd_kernel(
-    u_ptr,
-    delta_ptr,
-    A_ptr,
-    B_ptr,
-    C_ptr,
-    D_ptr,
-    z_ptr,
-    bias_ptr,
-    out_ptr,
-    last_ptr,
-    chunk_ptr,
-    length,
-    dim_per_group,
-    n_groups,
-    d_state,
-    n_chunks,
-    s_u_b,
-    s_u_d,
-    s_u_l,
-    s_dt_b,
-    s_dt_d,
-    s_dt_l,
-    s_A_d,
-    s_A_n,
-    s_B_b,
-    s_B_g,
-    s_B_n,
-    s_B_l,
-    s_C_b,
-    s_C_g,
-    s_C_n,
-    s_C_l,
-    s_z_b,
-    s_z_d,
-    s_z_l,
-    s_o_b,
-    s_o_d,
-    s_o_l,
-    HAS_D: tl.constexpr,
-    HAS_Z: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr,
-    REVERSE: tl.constexpr,
-    SAVE_CHUNKS: tl.constexpr,
-    BLOCK_L: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
+    u0_ptr, dt0_ptr, A0_ptr, B0_ptr, C0_ptr, D0_ptr, bias0_ptr,
+    u1_ptr, dt1_ptr, A1_ptr, B1_ptr, C1_ptr, D1_ptr, bias1_ptr,
+    z_ptr, out_ptr, last_ptr, chunk_ptr,
+    batch, length, dim_per_group, n_groups, n_chunks, out_scale,
+    s0_u_b, s0_u_d, s0_u_l, s0_dt_b, s0_dt_d, s0_dt_l, s0_A_d, s0_A_n,
+    s0_B_b, s0_B_g, s0_B_n, s0_B_l, s0_C_b, s0_C_g, s0_C_n, s0_C_l,
+    s1_u_b, s1_u_d, s1_u_l, s1_dt_b, s1_dt_d, s1_dt_l, s1_A_d, s1_A_n,
+    s1_B_b, s1_B_g, s1_B_n, s1_B_l, s1_C_b, s1_C_g, s1_C_n, s1_C_l,
+    s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr, BIDIRECTIONAL: tl.constexpr, SAVE_CHUNKS: tl.constexpr,
+    N_STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
     pid_bg = tl.program_id(0)
     b = (pid_bg // n_groups).to(tl.int64)
     grp = pid_bg % n_groups
     offs_j = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # channel inside the group
     mask_d = offs_j < dim_per_group
     offs_d = (grp * dim_per_group + offs_j).to(tl.int64)  # (BLOCK_D,) channel
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < d_state
-    rows = tl.arange(0, BLOCK_L)
     dim = n_groups * dim_per_group
-
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    # A in log2 units, so a decay is one exp2: exp(delta * A) = exp2(delta * A * log2(e)). Padded lanes get A = 0,
-    # decay 1 and input 0, so they stay 0 and add nothing.
-    A2 = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0)
-    A2 = A2.to(tl.float32) * _LOG2E  # (BLOCK_D, BLOCK_N)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-
-    u_base = u_ptr + b * s_u_b + offs_d[None, :] * s_u_d
-    dt_base = delta_ptr + b * s_dt_b + offs_d[None, :] * s_dt_d
-    z_base = z_ptr + b * s_z_b + offs_d[None, :] * s_z_d
-    o_base = out_ptr + b * s_o_b + offs_d[None, :] * s_o_d
-    B_base = B_ptr + b * s_B_b + grp * s_B_g + offs_n[None, :] * s_B_n
-    C_base = C_ptr + b * s_C_b + grp * s_C_g + offs_n[None, :] * s_C_n
-    # chunk states: contiguous (batch, dim, n_chunks, N)
-    state_base = ((b * dim + offs_d[:, None]) * n_chunks) * d_state + offs_n[None, :]
-
-    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    for c in range(0, n_chunks):
-        if SAVE_CHUNKS:
-            tl.store(chunk_ptr + state_base + c * d_state, h, mask=mask_dn)
-        pos = c * BLOCK_L + rows  # scan positions
-        mask_l = pos < length
-        if REVERSE:
-            t = length - 1 - pos
-        else:
-            t = pos
-        t = t.to(tl.int64)  # t * stride can pass 2**31 for long, strided sequences
-        mask_ld = mask_l[:, None] & mask_d[None, :]
-        mask_ln = mask_l[:, None] & mask_n[None, :]
-
-        u = tl.load(u_base + t[:, None] * s_u_l, mask=mask_ld, other=0.0).to(tl.float32)  # (BLOCK_L, BLOCK_D)
-        dt = tl.load(dt_base + t[:, None] * s_dt_l, mask=mask_ld, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt += bias[None, :]
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        dt = tl.where(mask_ld, dt, 0.0)  # padded positions: decay 1, input 0 (carry passes unchanged)
-        Bt = tl.load(B_base + t[:, None] * s_B_l, mask=mask_ln, other=0.0).to(tl.float32)  # (BLOCK_L, BLOCK_N)
-        Ct = tl.load(C_base + t[:, None] * s_C_l, mask=mask_ln, other=0.0).to(tl.float32)
-
-        decay = tl.exp2(dt[:, :, None] * A2[None, :, :])  # (BLOCK_L, BLOCK_D, BLOCK_N)
-        x = (dt * u)[:, :, None] * Bt[:, None, :]
-        prod, acc = tl.associative_scan((decay, x), 0, _affine_combine)
-        hs = acc + prod * h[None, :, :]  # states at every position of the chunk
-
-        y = tl.sum(hs * Ct[:, None, :], axis=2)  # (BLOCK_L, BLOCK_D)
-        if HAS_D:
-            y += u * Dv[None, :]
-        if HAS_Z:
-            zv = tl.load(z_base + t[:, None] * s_z_l, mask=mask_ld, other=0.0).to(tl.float32)
-            y = y * zv * tl.sigmoid(zv)
-        tl.store(o_base + t[:, None] * s_o_l, y.to(out_ptr.dtype.element_ty), mask=mask_ld)
-        h = tl.sum(tl.where(rows[:, None, None] == BLOCK_L - 1, hs, 0.0), axis=0)
-
-    last_offs = (b * dim + offs_d[:, None]) * d_state + offs_n[None, :]
-    tl.store(last_ptr + last_offs, h, mask=mask_dn)
+    _fwd_direction(
+        u0_ptr, dt0_ptr, A0_ptr, B0_ptr, C0_ptr, D0_ptr, bias0_ptr, z_ptr, out_ptr, last_ptr, chunk_ptr,
+        b, grp, offs_d, mask_d, length, dim, n_chunks, out_scale,
+        s0_u_b, s0_u_d, s0_u_l, s0_dt_b, s0_dt_d, s0_dt_l, s0_A_d, s0_A_n,
+        s0_B_b, s0_B_g, s0_B_n, s0_B_l, s0_C_b, s0_C_g, s0_C_n, s0_C_l,
+        s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l,
+        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, SAVE_CHUNKS, False, not BIDIRECTIONAL,
+        N_STATE, BLOCK_L, BLOCK_D, BLOCK_N,
+    )  # fmt: skip
+    if BIDIRECTIONAL:
+        # The second direction reads y of the first at positions that other threads of this program wrote.
+        tl.debug_barrier()
+        n_saved = tl.maximum(n_chunks - 1, 1)
+        _fwd_direction(
+            u1_ptr, dt1_ptr, A1_ptr, B1_ptr, C1_ptr, D1_ptr, bias1_ptr, z_ptr, out_ptr,
+            last_ptr + batch * dim * N_STATE, chunk_ptr + batch * n_saved * N_STATE * dim,
+            b, grp, offs_d, mask_d, length, dim, n_chunks, out_scale,
+            s1_u_b, s1_u_d, s1_u_l, s1_dt_b, s1_dt_d, s1_dt_l, s1_A_d, s1_A_n,
+            s1_B_b, s1_B_g, s1_B_n, s1_B_l, s1_C_b, s1_C_g, s1_C_n, s1_C_l,
+            s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l,
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, SAVE_CHUNKS, True, True,
+            N_STATE, BLOCK_L, BLOCK_D, BLOCK_N,
+        )  # fmt: skip
 
 
 @triton.jit
-def _scan_bwd_kernel(
-    u_ptr,
-    delta_ptr,
-    A_ptr,
-    B_ptr,
-    C_ptr,
-    D_ptr,
-    z_ptr,
-    bias_ptr,
-    dout_ptr,
-    dlast_ptr,
-    chunk_ptr,
-    du_ptr,
-    ddelta_ptr,
-    dz_ptr,
-    dB_ptr,
-    dC_ptr,
-    dA_ptr,
-    dD_ptr,
-    dbias_ptr,
-    length,
-    dim_per_group,
-    n_groups,
-    d_state,
-    n_chunks,
-    s_u_b,
-    s_u_d,
-    s_u_l,
-    s_dt_b,
-    s_dt_d,
-    s_dt_l,
-    s_A_d,
-    s_A_n,
-    s_B_b,
-    s_B_g,
-    s_B_n,
-    s_B_l,
-    s_C_b,
-    s_C_g,
-    s_C_n,
-    s_C_l,
-    s_z_b,
-    s_z_d,
-    s_z_l,
-    s_do_b,
-    s_do_d,
-    s_do_l,
-    HAS_D: tl.constexpr,
-    HAS_Z: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr,
-    REVERSE: tl.constexpr,
-    HAS_DLAST: tl.constexpr,
-    BLOCK_L: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    pid_bg = tl.program_id(0)
-    b = (pid_bg // n_groups).to(tl.int64)
-    grp = pid_bg % n_groups
-    offs_j = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_j < dim_per_group
-    offs_d = (grp * dim_per_group + offs_j).to(tl.int64)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < d_state
+def _bwd_direction(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, dout_ptr, dlast_ptr, chunk_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    b, grp, offs_d, mask_d, pid_d, batch, length, dim, n_groups, n_chunks, out_scale,
+    s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
+    s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
+    s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
+    s_du_b, s_du_d, s_du_l, s_ddt_b, s_ddt_d, s_ddt_l, s_dz_b, s_dz_d, s_dz_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr, HAS_DLAST: tl.constexpr, DZ_ACCUMULATE: tl.constexpr,
+    N_STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    states = tl.arange(0, BLOCK_N)
     rows = tl.arange(0, BLOCK_L)
-    dim = n_groups * dim_per_group
-
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0).to(tl.float32)
-    A2 = A * _LOG2E
+    mask_nd = (states[:, None] < N_STATE) & mask_d[None, :]
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-
+    else:
+        bias = None
     u_base = u_ptr + b * s_u_b + offs_d[None, :] * s_u_d
-    dt_base = delta_ptr + b * s_dt_b + offs_d[None, :] * s_dt_d
+    dt_base = dt_ptr + b * s_dt_b + offs_d[None, :] * s_dt_d
     z_base = z_ptr + b * s_z_b + offs_d[None, :] * s_z_d
     do_base = dout_ptr + b * s_do_b + offs_d[None, :] * s_do_d
-    B_base = B_ptr + b * s_B_b + grp * s_B_g + offs_n[None, :] * s_B_n
-    C_base = C_ptr + b * s_C_b + grp * s_C_g + offs_n[None, :] * s_C_n
-    # Gradients of u, delta, z: contiguous (batch, dim, L). dB, dC: contiguous fp32 (batch, G, N, L).
-    grad_base = (b * dim + offs_d[None, :]) * length
-    dBC_base = ((b * n_groups + grp) * d_state + offs_n[None, :]) * length
-    state_base = ((b * dim + offs_d[:, None]) * n_chunks) * d_state + offs_n[None, :]
-    dn_offs = (b * dim + offs_d[:, None]) * d_state + offs_n[None, :]
+    du_base = du_ptr + b * s_du_b + offs_d[None, :] * s_du_d
+    ddt_base = ddt_ptr + b * s_ddt_b + offs_d[None, :] * s_ddt_d
+    dz_base = dz_ptr + b * s_dz_b + offs_d[None, :] * s_dz_d
+    B_base = B_ptr + b * s_B_b + grp * s_B_g
+    C_base = C_ptr + b * s_C_b + grp * s_C_g
+    A_base = A_ptr + offs_d * s_A_d
+    n_saved = n_chunks - 1
+    chunk_base = chunk_ptr + b * n_saved * N_STATE * dim + offs_d
+    # Partial sums of dB, dC over this program's channels: fp32 (n_channel_blocks, batch, G, N, L).
+    dBC_base = ((pid_d * batch + b) * n_groups + grp) * N_STATE * length
+    nd_offs = (b * dim + offs_d[None, :]) * N_STATE + states[:, None]  # (BLOCK_N, BLOCK_D) in (batch, dim, N)
 
-    # carry = decay_{p+1} * g_{p+1} flowing into the chunk's last position from the chunk after it; it starts as
+    # carry[n] = decay_{p+1} * g_{p+1} flowing into the chunk's last position from the chunk after it; it starts as
     # the gradient of the last state (the scan's final state is h at the last position).
     if HAS_DLAST:
-        carry = tl.load(dlast_ptr + dn_offs, mask=mask_dn, other=0.0).to(tl.float32)
+        carry = tl.load(dlast_ptr + nd_offs, mask=mask_nd, other=0.0).to(tl.float32)
     else:
-        carry = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+        carry = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dA_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-
-    # Flipping the chunk: flipped row r holds row BLOCK_L-1-r; its recurrence multiplier is the decay one position
-    # later, row BLOCK_L-r (flipped row 0 takes the carry instead, multiplier 1).
-    tile = (BLOCK_L, BLOCK_D, BLOCK_N)
-    flip_idx = tl.broadcast_to((BLOCK_L - 1 - rows)[:, None, None], tile)
-    next_idx = tl.broadcast_to(tl.minimum(BLOCK_L - rows, BLOCK_L - 1)[:, None, None], tile)
-    first_row = rows[:, None, None] == 0
+    ones = tl.full((BLOCK_L, BLOCK_D), 1.0, dtype=tl.float32)
 
     for ci in range(0, n_chunks):
         c = n_chunks - 1 - ci
-        pos = c * BLOCK_L + rows
-        mask_l = pos < length
-        if REVERSE:
-            t = length - 1 - pos
-        else:
-            t = pos
-        t = t.to(tl.int64)  # t * stride can pass 2**31 for long, strided sequences
+        t, mask_l = _positions(c, length, BLOCK_L, REVERSE)
         mask_ld = mask_l[:, None] & mask_d[None, :]
-        mask_ln = mask_l[:, None] & mask_n[None, :]
-
-        # Recompute the chunk's forward from its saved starting state.
-        h0 = tl.load(chunk_ptr + state_base + c * d_state, mask=mask_dn, other=0.0)
         u = tl.load(u_base + t[:, None] * s_u_l, mask=mask_ld, other=0.0).to(tl.float32)
         raw = tl.load(dt_base + t[:, None] * s_dt_l, mask=mask_ld, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            raw += bias[None, :]
-        if SOFTPLUS:
-            dt = _softplus(raw)
-        else:
-            dt = raw
-        dt = tl.where(mask_ld, dt, 0.0)
-        Bt = tl.load(B_base + t[:, None] * s_B_l, mask=mask_ln, other=0.0).to(tl.float32)
-        Ct = tl.load(C_base + t[:, None] * s_C_l, mask=mask_ln, other=0.0).to(tl.float32)
-        decay = tl.exp2(dt[:, :, None] * A2[None, :, :])
+        dt, raw = _delta(raw, bias, mask_ld, HAS_BIAS, SOFTPLUS)
         dtu = dt * u
-        x = dtu[:, :, None] * Bt[:, None, :]
-        prod, acc = tl.associative_scan((decay, x), 0, _affine_combine)
-        hs = acc + prod * h0[None, :, :]
-
-        dout = tl.load(do_base + t[:, None] * s_do_l, mask=mask_ld, other=0.0).to(tl.float32)
+        dout = tl.load(do_base + t[:, None] * s_do_l, mask=mask_ld, other=0.0).to(tl.float32) * out_scale
         if HAS_Z:
-            y = tl.sum(hs * Ct[:, None, :], axis=2)
-            if HAS_D:
-                y += u * Dv[None, :]
             zv = tl.load(z_base + t[:, None] * s_z_l, mask=mask_ld, other=0.0).to(tl.float32)
             sig = tl.sigmoid(zv)
-            dz = dout * y * sig * (1.0 + zv * (1.0 - sig))
-            tl.store(dz_ptr + grad_base + t[:, None], dz.to(dz_ptr.dtype.element_ty), mask=mask_ld)
             dy = dout * zv * sig
         else:
             dy = dout
         if HAS_D:
-            dD_acc += tl.sum(dy * u, axis=0)
             du = dy * Dv[None, :]
+            y = u * Dv[None, :]  # this direction's y before the gate, for dz
         else:
             du = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+            y = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+        ddt = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+        carry_next = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        for n in tl.static_range(N_STATE):
+            A = tl.load(A_base + n * s_A_n, mask=mask_d, other=0.0).to(tl.float32)
+            B_n = tl.load(B_base + n * s_B_n + t * s_B_l, mask=mask_l, other=0.0).to(tl.float32)
+            C_n = tl.load(C_base + n * s_C_n + t * s_C_l, mask=mask_l, other=0.0).to(tl.float32)
+            # Recompute the chunk's states from its saved starting state (zero before the first chunk).
+            h0 = tl.load(chunk_base + ((c - 1) * N_STATE + n) * dim, mask=mask_d & (c > 0), other=0.0)
+            decay = tl.exp2(dt * (A * _LOG2E)[None, :])
+            x = dtu * B_n[:, None]
+            prod, acc = tl.associative_scan((decay, x), 0, _affine_combine)
+            hs = acc + prod * h0[None, :]
+            if HAS_Z:
+                y += hs * C_n[:, None]
+            # g_p = C_p dy_p + decay_{p+1} g_{p+1}, seeded by the carry from the next chunk.
+            alpha, beta, _ = tl.associative_scan((ones, dy * C_n[:, None], decay), 0, _grad_combine, reverse=True)
+            g = beta + alpha * _pick(carry, states, n)[None, :]
+            v_first = tl.sum(tl.where(rows[:, None] == 0, decay * g, 0.0), axis=0)
+            carry_next = tl.where(states[:, None] == n, v_first[None, :], carry_next)
 
-        # g_p = C_p dy_p + decay_{p+1} g_{p+1}, as a forward scan over the flipped chunk.
-        c_in = dy[:, :, None] * Ct[:, None, :]
-        mult = tl.where(first_row, 1.0, tl.gather(decay, next_idx, 0))
-        g_prod, g_acc = tl.associative_scan((mult, tl.gather(c_in, flip_idx, 0)), 0, _affine_combine)
-        g = tl.gather(g_acc + g_prod * carry[None, :, :], flip_idx, 0)
-        carry = tl.sum(tl.where(first_row, decay * g, 0.0), axis=0)
+            q = g * (hs - x)  # gradient of the log-decay delta * A
+            dA_acc += tl.where(states[:, None] == n, tl.sum(q * dt, axis=0)[None, :], 0.0)
+            gB = g * B_n[:, None]
+            ddt += q * A[None, :] + gB * u
+            du += gB * dt
+            # Channel sums of this program for the shared B and C, at sequence positions t.
+            dB_n = tl.sum(g * dtu, axis=1)  # (BLOCK_L,)
+            dC_n = tl.sum(hs * dy, axis=1)
+            tl.store(dB_ptr + dBC_base + n * length + t, dB_n, mask=mask_l)
+            tl.store(dC_ptr + dBC_base + n * length + t, dC_n, mask=mask_l)
+        carry = carry_next
 
-        q = g * (hs - x)  # gradient of the log-decay delta * A
-        dA_acc += tl.sum(q * dt[:, :, None], axis=0)
-        gB = tl.sum(g * Bt[:, None, :], axis=2)  # (BLOCK_L, BLOCK_D)
-        ddt = tl.sum(q * A[None, :, :], axis=2) + gB * u
-        du += gB * dt
+        if HAS_Z:
+            dz = dout * y * sig * (1.0 + zv * (1.0 - sig))
+            if DZ_ACCUMULATE:  # the other direction's share, written by this program before the barrier
+                dz += tl.load(dz_base + t[:, None] * s_dz_l, mask=mask_ld, other=0.0).to(tl.float32)
+            tl.store(dz_base + t[:, None] * s_dz_l, dz.to(dz_ptr.dtype.element_ty), mask=mask_ld)
+        if HAS_D:
+            dD_acc += tl.sum(dy * u, axis=0)
         if SOFTPLUS:
             ddt = ddt * tl.sigmoid(raw)
         if HAS_BIAS:
             dbias_acc += tl.sum(tl.where(mask_ld, ddt, 0.0), axis=0)
-        tl.store(du_ptr + grad_base + t[:, None], du.to(du_ptr.dtype.element_ty), mask=mask_ld)
-        tl.store(ddelta_ptr + grad_base + t[:, None], ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_ld)
+        tl.store(du_base + t[:, None] * s_du_l, du.to(du_ptr.dtype.element_ty), mask=mask_ld)
+        tl.store(ddt_base + t[:, None] * s_ddt_l, ddt.to(ddt_ptr.dtype.element_ty), mask=mask_ld)
 
-        # Channel sums for the shared B and C: this program's channels first, then atomics across programs.
-        dB = tl.sum(g * dtu[:, :, None], axis=1)  # (BLOCK_L, BLOCK_N)
-        dC = tl.sum(hs * dy[:, :, None], axis=1)
-        tl.atomic_add(dB_ptr + dBC_base + t[:, None], dB, mask=mask_ln)
-        tl.atomic_add(dC_ptr + dBC_base + t[:, None], dC, mask=mask_ln)
-
-    tl.store(dA_ptr + dn_offs, dA_acc, mask=mask_dn)
+    tl.store(dA_ptr + nd_offs, dA_acc, mask=mask_nd)
     tl.store(dD_ptr + b * dim + offs_d, dD_acc, mask=mask_d)
     tl.store(dbias_ptr + b * dim + offs_d, dbias_acc, mask=mask_d)
+
+
+@triton.jit
+def _scan_bwd_kernel(
+    u0_ptr, dt0_ptr, A0_ptr, B0_ptr, C0_ptr, D0_ptr, bias0_ptr,
+    u1_ptr, dt1_ptr, A1_ptr, B1_ptr, C1_ptr, D1_ptr, bias1_ptr,
+    z_ptr, dout_ptr, dlast_ptr, chunk_ptr,
+    du0_ptr, ddt0_ptr, du1_ptr, ddt1_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    batch, length, dim_per_group, n_groups, n_chunks, out_scale,
+    s0_u_b, s0_u_d, s0_u_l, s0_dt_b, s0_dt_d, s0_dt_l, s0_A_d, s0_A_n,
+    s0_B_b, s0_B_g, s0_B_n, s0_B_l, s0_C_b, s0_C_g, s0_C_n, s0_C_l,
+    s1_u_b, s1_u_d, s1_u_l, s1_dt_b, s1_dt_d, s1_dt_l, s1_A_d, s1_A_n,
+    s1_B_b, s1_B_g, s1_B_n, s1_B_l, s1_C_b, s1_C_g, s1_C_n, s1_C_l,
+    s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
+    s0_du_b, s0_du_d, s0_du_l, s0_ddt_b, s0_ddt_d, s0_ddt_l,
+    s1_du_b, s1_du_d, s1_du_l, s1_ddt_b, s1_ddt_d, s1_ddt_l,
+    s_dz_b, s_dz_d, s_dz_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr, BIDIRECTIONAL: tl.constexpr, HAS_DLAST: tl.constexpr,
+    N_STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    pid_bg = tl.program_id(0)
+    b = (pid_bg // n_groups).to(tl.int64)
+    grp = pid_bg % n_groups
+    pid_d = tl.program_id(1)
+    offs_j = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_j < dim_per_group
+    offs_d = (grp * dim_per_group + offs_j).to(tl.int64)
+    dim = n_groups * dim_per_group
+    _bwd_direction(
+        u0_ptr, dt0_ptr, A0_ptr, B0_ptr, C0_ptr, D0_ptr, bias0_ptr, z_ptr, dout_ptr, dlast_ptr, chunk_ptr,
+        du0_ptr, ddt0_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+        b, grp, offs_d, mask_d, pid_d, batch, length, dim, n_groups, n_chunks, out_scale,
+        s0_u_b, s0_u_d, s0_u_l, s0_dt_b, s0_dt_d, s0_dt_l, s0_A_d, s0_A_n,
+        s0_B_b, s0_B_g, s0_B_n, s0_B_l, s0_C_b, s0_C_g, s0_C_n, s0_C_l,
+        s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
+        s0_du_b, s0_du_d, s0_du_l, s0_ddt_b, s0_ddt_d, s0_ddt_l, s_dz_b, s_dz_d, s_dz_l,
+        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, HAS_DLAST, False,
+        N_STATE, BLOCK_L, BLOCK_D, BLOCK_N,
+    )  # fmt: skip
+    if BIDIRECTIONAL:
+        tl.debug_barrier()  # the second direction adds to dz written by other threads of this program
+        n_saved = tl.maximum(n_chunks - 1, 1)
+        n_blocks = tl.num_programs(1)
+        _bwd_direction(
+            u1_ptr, dt1_ptr, A1_ptr, B1_ptr, C1_ptr, D1_ptr, bias1_ptr, z_ptr, dout_ptr,
+            dlast_ptr + batch * dim * N_STATE, chunk_ptr + batch * n_saved * N_STATE * dim,
+            du1_ptr, ddt1_ptr, dz_ptr,
+            dB_ptr + n_blocks * batch * n_groups * N_STATE * length,
+            dC_ptr + n_blocks * batch * n_groups * N_STATE * length,
+            dA_ptr + batch * dim * N_STATE, dD_ptr + batch * dim, dbias_ptr + batch * dim,
+            b, grp, offs_d, mask_d, pid_d, batch, length, dim, n_groups, n_chunks, out_scale,
+            s1_u_b, s1_u_d, s1_u_l, s1_dt_b, s1_dt_d, s1_dt_l, s1_A_d, s1_A_n,
+            s1_B_b, s1_B_g, s1_B_n, s1_B_l, s1_C_b, s1_C_g, s1_C_n, s1_C_l,
+            s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
+            s1_du_b, s1_du_d, s1_du_l, s1_ddt_b, s1_ddt_d, s1_ddt_l, s_dz_b, s_dz_d, s_dz_l,
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, HAS_DLAST, True,
+            N_STATE, BLOCK_L, BLOCK_D, BLOCK_N,
+        )  # fmt: skip
 
 
 # True when TRITON_INTERPRET=1 was set as this module was imported: the kernels then run on the CPU interpreter.
 INTERPRETED = isinstance(_scan_fwd_kernel, InterpretedFunction)
 
 
-def _strides(x: Tensor | None, ndim: int) -> tuple[int, ...]:
-    return tuple(x.stride()) if x is not None else (0,) * ndim
+# ----------------------------------------------------------------------------------------------------------------
+# launchers
+
+Inputs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]  # u, delta, A, B, C, D, bias
 
 
 def _grid(shape: ScanShape, config: ScanConfig) -> tuple[int, int]:
     return (shape.batch * shape.groups, triton.cdiv(shape.dim_per_group, config.block_d))
 
 
-def _block_n(shape: ScanShape) -> int:
-    return triton.next_power_of_2(shape.d_state)
+def _like(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """A result buffer of x's shape, channels-last (a transposed (batch, L, dim) tensor) when x is, else contiguous."""
+    b, d, L = x.shape
+    dtype = dtype or x.dtype
+    if x.stride(1) == 1 and d > 1:
+        return new_output((b, L, d), dtype, x.device).transpose(1, 2)
+    return new_output((b, d, L), dtype, x.device)
+
+
+def _direction(inputs: Inputs) -> tuple[list, list, ScanShape]:
+    """Kernel pointers and strides of one direction's inputs; absent D / bias become u (never read)."""
+    u, delta, A, B, C, D, bias = inputs
+    shape = check_inputs(u, delta, A, B, C, D, None, bias)
+    B4, C4 = grouped(B), grouped(C)
+    pointers = [u, delta, A, B4, C4, D if D is not None else u, bias if bias is not None else u]
+    strides = [*u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride()]
+    return pointers, strides, shape
+
+
+def _check_pair(first: Inputs, second: Inputs, z: Tensor | None) -> ScanShape:
+    shape = check_inputs(*first[:6], z, first[6])
+    other = check_inputs(*second[:6], z, second[6])
+    if other != shape:
+        raise ValueError(f"selective_scan_bidirectional: the two directions' shapes differ: {shape} and {other}")
+    if (first[5] is None) != (second[5] is None) or (first[6] is None) != (second[6] is None):
+        raise ValueError("selective_scan_bidirectional: D and delta_bias must be given for both directions or neither")
+    return shape
+
+
+def _n_chunks(shape: ScanShape, config: ScanConfig) -> int:
+    return triton.cdiv(shape.length, config.block_l)
+
+
+def _forward(
+    first: Inputs,
+    second: Inputs | None,
+    z: Tensor | None,
+    delta_softplus: bool,
+    reverse: bool,
+    save_chunks: bool,
+    out_scale: float,
+    config: ScanConfig,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Launch the forward kernel for one direction (second=None) or both. Returns out (u's dtype and layout), the
+    last states (n_dirs, batch, dim, N) fp32 and, with ``save_chunks``, the chunk-start states
+    (n_dirs, batch, max(n_chunks - 1, 1), N, dim) fp32 that the backward needs."""
+    shape = _check_pair(first, second, z) if second is not None else check_inputs(*first[:6], z, first[6])
+    n_dirs = 2 if second is not None else 1
+    p0, s0, _ = _direction(first)
+    p1, s1, _ = _direction(second) if second is not None else (p0, s0, None)
+    u = first[0]
+    n_chunks = _n_chunks(shape, config)
+    out = _like(u)
+    last = new_output((n_dirs, shape.batch, shape.dim, shape.d_state), torch.float32, u.device)
+    chunks = (
+        new_output((n_dirs, shape.batch, max(n_chunks - 1, 1), shape.d_state, shape.dim), torch.float32, u.device)
+        if save_chunks
+        else None
+    )
+    _scan_fwd_kernel[_grid(shape, config)](
+        *p0,
+        *p1,
+        z if z is not None else u,
+        out,
+        last,
+        chunks if chunks is not None else last,
+        shape.batch,
+        shape.length,
+        shape.dim_per_group,
+        shape.groups,
+        n_chunks,
+        float(out_scale),
+        *s0,
+        *s1,
+        *(z.stride() if z is not None else (0, 0, 0)),
+        *out.stride(),
+        HAS_D=first[5] is not None,
+        HAS_Z=z is not None,
+        HAS_BIAS=first[6] is not None,
+        SOFTPLUS=delta_softplus,
+        REVERSE=reverse,
+        BIDIRECTIONAL=second is not None,
+        SAVE_CHUNKS=save_chunks,
+        N_STATE=shape.d_state,
+        BLOCK_L=config.block_l,
+        BLOCK_D=config.block_d,
+        BLOCK_N=triton.next_power_of_2(shape.d_state),
+        num_warps=config.num_warps,
+    )
+    return out, last, chunks
+
+
+def _backward(
+    first: Inputs,
+    second: Inputs | None,
+    z: Tensor | None,
+    delta_softplus: bool,
+    reverse: bool,
+    chunks: Tensor,
+    dout: Tensor,
+    dlast: Tensor | None,
+    out_scale: float,
+    config: ScanConfig,
+) -> list[tuple[Tensor | None, ...]]:
+    """Launch the backward kernel. Returns, per direction, (du, ddelta, dA, dB, dC, dD, ddelta_bias) in the inputs'
+    dtypes, and dz as the last entry of the first direction's tuple."""
+    shape = _check_pair(first, second, z) if second is not None else check_inputs(*first[:6], z, first[6])
+    n_dirs = 2 if second is not None else 1
+    p0, s0, _ = _direction(first)
+    p1, s1, _ = _direction(second) if second is not None else (p0, s0, None)
+    u = first[0]
+    n_chunks = _n_chunks(shape, config)
+    if chunks.shape != (n_dirs, shape.batch, max(n_chunks - 1, 1), shape.d_state, shape.dim):
+        raise ValueError(f"scan backward: chunk states of shape {tuple(chunks.shape)} do not match block_l")
+    grid = _grid(shape, config)
+    n_blocks = grid[1]
+    du = [_like(d[0]) for d in (first, second) if d is not None]
+    ddelta = [_like(d[1]) for d in (first, second) if d is not None]
+    dz = _like(z) if z is not None else None
+    # Deterministic reductions: per-channel-block partials of dB / dC, per-batch partials of dA / dD / dbias.
+    dB_part = new_output((n_dirs, n_blocks, shape.batch, shape.groups, shape.d_state, shape.length), torch.float32,
+                         u.device)  # fmt: skip
+    dC_part = new_output(dB_part.shape, torch.float32, u.device)
+    dA_part = new_output((n_dirs, shape.batch, shape.dim, shape.d_state), torch.float32, u.device)
+    dD_part = new_output((n_dirs, shape.batch, shape.dim), torch.float32, u.device)
+    dbias_part = new_output((n_dirs, shape.batch, shape.dim), torch.float32, u.device)
+    dlast_all = dlast.float().contiguous() if dlast is not None else None  # small (n_dirs, batch, dim, N)
+    du1, ddt1 = (du[1], ddelta[1]) if second is not None else (du[0], ddelta[0])
+    _scan_bwd_kernel[grid](
+        *p0,
+        *p1,
+        z if z is not None else u,
+        dout,
+        dlast_all if dlast_all is not None else dA_part,
+        chunks,
+        du[0],
+        ddelta[0],
+        du1,
+        ddt1,
+        dz if dz is not None else du[0],
+        dB_part,
+        dC_part,
+        dA_part,
+        dD_part,
+        dbias_part,
+        shape.batch,
+        shape.length,
+        shape.dim_per_group,
+        shape.groups,
+        n_chunks,
+        float(out_scale),
+        *s0,
+        *s1,
+        *(z.stride() if z is not None else (0, 0, 0)),
+        *dout.stride(),
+        *du[0].stride(),
+        *ddelta[0].stride(),
+        *du1.stride(),
+        *ddt1.stride(),
+        *(dz.stride() if dz is not None else (0, 0, 0)),
+        HAS_D=first[5] is not None,
+        HAS_Z=z is not None,
+        HAS_BIAS=first[6] is not None,
+        SOFTPLUS=delta_softplus,
+        REVERSE=reverse,
+        BIDIRECTIONAL=second is not None,
+        HAS_DLAST=dlast is not None,
+        N_STATE=shape.d_state,
+        BLOCK_L=config.block_l,
+        BLOCK_D=config.block_d,
+        BLOCK_N=triton.next_power_of_2(shape.d_state),
+        num_warps=config.num_warps_bwd,
+    )
+    results = []
+    for i, inputs in enumerate(d for d in (first, second) if d is not None):
+        _, _, A, B, C, D, bias = inputs
+        # Fixed-order sums over the channel blocks and the batch (torch reductions do not use atomics).
+        dB = dB_part[i].sum(0) if n_blocks > 1 else dB_part[i, 0]
+        dC = dC_part[i].sum(0) if n_blocks > 1 else dC_part[i, 0]
+        results.append(
+            (
+                du[i],
+                ddelta[i],
+                dA_part[i].sum(0).to(A.dtype),
+                dB.view(B.shape).to(B.dtype),
+                dC.view(C.shape).to(C.dtype),
+                dD_part[i].sum(0).to(D.dtype) if D is not None else None,
+                dbias_part[i].sum(0).to(bias.dtype) if bias is not None else None,
+            )
+        )
+    results[0] = (*results[0], dz)
+    return results
 
 
 def scan_forward(
@@ -415,52 +643,10 @@ def scan_forward(
     save_chunks: bool,
     config: ScanConfig = DEFAULT_CONFIG,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Launch the forward kernel. Returns out (u's dtype), last_state fp32 and, with ``save_chunks``, the
-    chunk-start states (batch, dim, n_chunks, N) fp32 that the backward needs."""
-    shape = check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    B4, C4 = grouped(B), grouped(C)
-    n_chunks = triton.cdiv(shape.length, config.block_l)
-    out = new_output((shape.batch, shape.dim, shape.length), u.dtype, u.device)
-    last_state = new_output((shape.batch, shape.dim, shape.d_state), torch.float32, u.device)
-    chunks = (
-        new_output((shape.batch, shape.dim, n_chunks, shape.d_state), torch.float32, u.device) if save_chunks else None
-    )
-    _scan_fwd_kernel[_grid(shape, config)](
-        u,
-        delta,
-        A,
-        B4,
-        C4,
-        D if D is not None else u,
-        z if z is not None else u,
-        delta_bias if delta_bias is not None else u,
-        out,
-        last_state,
-        chunks if chunks is not None else last_state,
-        shape.length,
-        shape.dim_per_group,
-        shape.groups,
-        shape.d_state,
-        n_chunks,
-        *u.stride(),
-        *delta.stride(),
-        *A.stride(),
-        *B4.stride(),
-        *C4.stride(),
-        *_strides(z, 3),
-        *out.stride(),
-        HAS_D=D is not None,
-        HAS_Z=z is not None,
-        HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=delta_softplus,
-        REVERSE=reverse,
-        SAVE_CHUNKS=save_chunks,
-        BLOCK_L=config.block_l,
-        BLOCK_D=config.block_d,
-        BLOCK_N=_block_n(shape),
-        num_warps=config.num_warps,
-    )
-    return out, last_state, chunks
+    """One direction: out (u's dtype), last_state (batch, dim, N) fp32 and, with ``save_chunks``, the chunk states."""
+    out, last, chunks = _forward((u, delta, A, B, C, D, delta_bias), None, z, delta_softplus, reverse, save_chunks,
+                                 1.0, config)  # fmt: skip
+    return out, last[0], chunks
 
 
 def scan_backward(
@@ -478,81 +664,63 @@ def scan_backward(
     dout: Tensor,
     dlast: Tensor | None,
     config: ScanConfig = DEFAULT_CONFIG,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
-    """Launch the backward kernel; returns du, ddelta, dA, dB, dC, dD, dz, ddelta_bias in the inputs' dtypes."""
-    shape = check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    B4, C4 = grouped(B), grouped(C)
-    n_chunks = triton.cdiv(shape.length, config.block_l)
-    if chunks.shape != (shape.batch, shape.dim, n_chunks, shape.d_state):
-        raise ValueError(f"scan_backward: chunk states of shape {tuple(chunks.shape)} do not match block_l")
-    bdl = (shape.batch, shape.dim, shape.length)
-    du = new_output(bdl, u.dtype, u.device)
-    ddelta = new_output(bdl, delta.dtype, u.device)
-    dz = new_output(bdl, z.dtype, u.device) if z is not None else None
-    # Summed over channel blocks with atomics, so these start at zero.
-    dB = torch.zeros(B4.shape, dtype=torch.float32, device=u.device)
-    dC = torch.zeros(C4.shape, dtype=torch.float32, device=u.device)
-    # Per-batch partial sums, reduced below (deterministic, and small: batch * dim * N).
-    dA = new_output((shape.batch, shape.dim, shape.d_state), torch.float32, u.device)
-    dD = new_output((shape.batch, shape.dim), torch.float32, u.device)
-    dbias = new_output((shape.batch, shape.dim), torch.float32, u.device)
-    _scan_bwd_kernel[_grid(shape, config)](
-        u,
-        delta,
-        A,
-        B4,
-        C4,
-        D if D is not None else u,
-        z if z is not None else u,
-        delta_bias if delta_bias is not None else u,
-        dout,
-        dlast.float().contiguous() if dlast is not None else dA,  # small (batch, dim, N)
-        chunks,
-        du,
-        ddelta,
-        dz if dz is not None else du,
-        dB,
-        dC,
-        dA,
-        dD,
-        dbias,
-        shape.length,
-        shape.dim_per_group,
-        shape.groups,
-        shape.d_state,
-        n_chunks,
-        *u.stride(),
-        *delta.stride(),
-        *A.stride(),
-        *B4.stride(),
-        *C4.stride(),
-        *_strides(z, 3),
-        *dout.stride(),
-        HAS_D=D is not None,
-        HAS_Z=z is not None,
-        HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=delta_softplus,
-        REVERSE=reverse,
-        HAS_DLAST=dlast is not None,
-        BLOCK_L=config.block_l,
-        BLOCK_D=config.block_d,
-        BLOCK_N=_block_n(shape),
-        num_warps=config.num_warps,
+) -> tuple[Tensor | None, ...]:
+    """One direction: du, ddelta, dA, dB, dC, dD, dz, ddelta_bias in the inputs' dtypes."""
+    dlast4 = dlast.unsqueeze(0) if dlast is not None else None
+    ((du, ddelta, dA, dB, dC, dD, dbias, dz),) = _backward(
+        (u, delta, A, B, C, D, delta_bias), None, z, delta_softplus, reverse, chunks, dout, dlast4, 1.0, config
     )
-    return (
-        du,
-        ddelta,
-        dA.sum(0).to(A.dtype),
-        dB.view(B.shape).to(B.dtype),
-        dC.view(C.shape).to(C.dtype),
-        dD.sum(0).to(D.dtype) if D is not None else None,
-        dz,
-        dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
-    )
+    return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
+def scan_forward_bidirectional(
+    u: tuple[Tensor, Tensor],
+    delta: tuple[Tensor, Tensor],
+    A: tuple[Tensor, Tensor],
+    B: tuple[Tensor, Tensor],
+    C: tuple[Tensor, Tensor],
+    D: tuple[Tensor | None, Tensor | None],
+    z: Tensor | None,
+    delta_bias: tuple[Tensor | None, Tensor | None],
+    delta_softplus: bool,
+    save_chunks: bool,
+    out_scale: float = 1.0,
+    config: ScanConfig = DEFAULT_CONFIG,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Both directions in one launch: out = (y_fwd + y_bwd) * out_scale * silu(z); last states (2, batch, dim, N)."""
+    first = (u[0], delta[0], A[0], B[0], C[0], D[0], delta_bias[0])
+    second = (u[1], delta[1], A[1], B[1], C[1], D[1], delta_bias[1])
+    return _forward(first, second, z, delta_softplus, False, save_chunks, out_scale, config)
+
+
+def scan_backward_bidirectional(
+    u: tuple[Tensor, Tensor],
+    delta: tuple[Tensor, Tensor],
+    A: tuple[Tensor, Tensor],
+    B: tuple[Tensor, Tensor],
+    C: tuple[Tensor, Tensor],
+    D: tuple[Tensor | None, Tensor | None],
+    z: Tensor | None,
+    delta_bias: tuple[Tensor | None, Tensor | None],
+    delta_softplus: bool,
+    chunks: Tensor,
+    dout: Tensor,
+    dlast: Tensor | None,
+    out_scale: float = 1.0,
+    config: ScanConfig = DEFAULT_CONFIG,
+) -> list[tuple[Tensor | None, ...]]:
+    """Gradients of both directions: [(du, ddelta, dA, dB, dC, dD, dbias, dz), (du, ddelta, dA, dB, dC, dD, dbias)]."""
+    first = (u[0], delta[0], A[0], B[0], C[0], D[0], delta_bias[0])
+    second = (u[1], delta[1], A[1], B[1], C[1], D[1], delta_bias[1])
+    return _backward(first, second, z, delta_softplus, False, chunks, dout, dlast, out_scale, config)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# autograd
 
 
 class SelectiveScanTriton(torch.autograd.Function):
-    """Autograd function over the two kernels; outputs (out, last_state)."""
+    """Autograd function over the two kernels, one direction; outputs (out, last_state)."""
 
     @staticmethod
     def forward(
@@ -593,6 +761,57 @@ class SelectiveScanTriton(torch.autograd.Function):
         return (*(grad if need else None for grad, need in zip(grads, needs[:8])), None, None, None)
 
 
+class SelectiveScanBidirectionalTriton(torch.autograd.Function):
+    """Both directions in one forward and one backward launch; outputs (out, last_fwd, last_bwd).
+
+    Inputs: u, delta, A, B, C, D, delta_bias of the forward direction, the same of the backward direction, then z.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, *args: object) -> tuple[Tensor, Tensor, Tensor]:
+        *tensors, delta_softplus, out_scale, config = args
+        first, second, z = tuple(tensors[:7]), tuple(tensors[7:14]), tensors[14]
+        save = any(ctx.needs_input_grad[:15])
+        pair = list(zip(first, second))
+        out, last, chunks = scan_forward_bidirectional(
+            *pair[:6], z, pair[6], delta_softplus, save, out_scale=out_scale, config=config
+        )
+        if save:
+            ctx.save_for_backward(*first, *second, z, chunks)
+            ctx.options = (delta_softplus, out_scale, config)
+        ctx.set_materialize_grads(False)
+        return out, last[0], last[1]
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: FunctionCtx, dout: Tensor | None, dlast_f: Tensor | None, dlast_b: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        *tensors, z, chunks = ctx.saved_tensors
+        first, second = tuple(tensors[:7]), tuple(tensors[7:14])
+        delta_softplus, out_scale, config = ctx.options
+        if dout is None:
+            dout = torch.zeros_like(first[0])
+        dlast = None
+        if dlast_f is not None or dlast_b is not None:
+            shape = (first[0].shape[0], first[0].shape[1], first[2].shape[1])
+            dlast = torch.stack(
+                [
+                    d.float() if d is not None else torch.zeros(shape, dtype=torch.float32, device=dout.device)
+                    for d in (dlast_f, dlast_b)
+                ]
+            )
+        pair = list(zip(first, second))
+        (du0, ddt0, dA0, dB0, dC0, dD0, dbias0, dz), (du1, ddt1, dA1, dB1, dC1, dD1, dbias1) = (
+            scan_backward_bidirectional(
+                *pair[:6], z, pair[6], delta_softplus, chunks, dout, dlast, out_scale=out_scale, config=config
+            )
+        )
+        grads = (du0, ddt0, dA0, dB0, dC0, dD0, dbias0, du1, ddt1, dA1, dB1, dC1, dD1, dbias1, dz)
+        needs = ctx.needs_input_grad
+        return (*(grad if need else None for grad, need in zip(grads, needs[:15])), None, None, None)
+
+
 def selective_scan_triton(
     u: Tensor,
     delta: Tensor,
@@ -610,3 +829,17 @@ def selective_scan_triton(
     """Triton selective scan; same arguments and results as :func:`cavmae.kernels.selective_scan`."""
     out, last_state = SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, config)
     return (out, last_state) if return_last_state else out
+
+
+def selective_scan_bidirectional_triton(
+    forward_inputs: Inputs,
+    backward_inputs: Inputs,
+    z: Tensor | None,
+    delta_softplus: bool,
+    out_scale: float = 1.0,
+    config: ScanConfig = DEFAULT_CONFIG,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Both directions fused: (out, last_state_fwd, last_state_bwd); inputs are (u, delta, A, B, C, D, delta_bias)."""
+    return SelectiveScanBidirectionalTriton.apply(
+        *forward_inputs, *backward_inputs, z, delta_softplus, out_scale, config
+    )

@@ -18,10 +18,24 @@ the reference with --with-reference), median times from triton.testing.do_bench,
                    x 132 SMs x 1.98 GHz boost = 4.18e12 /s
     floor        = max(bytes floor, exp floor); achieved = floor / measured time
 
-At N = 16 the exp floor is the larger one (design notes section 2). Usage:
+At N = 16 the exp floor is the larger one. Usage:
 
     python scripts/bench_scan.py                        # CPU, or the GPU shape when CUDA is available
     python scripts/bench_scan.py --device cuda --block-l 32 --block-d 8 --num-warps 4
+    python scripts/bench_scan.py --static [--module old=path/to/triton_scan.py]   # no GPU needed
+
+--static compiles the kernels at the GPU shape for sm_90 with Triton's real compiler on the CPU (TRITON_INTERPRET
+must be unset) and reports, per kernel: registers, spills, shared memory, and per (t, d, n) element of its chunk
+loop the SASS instructions, exp-unit (MUFU) ops and lane shuffles; then an ESTIMATE of the time at the GPU shape
+from those counts (not a measurement):
+
+    issue   = warps x loop instructions x chunks / (4 schedulers x SMs x clock)
+    mufu    = lanes x MUFU ops x chunks / (16 per SM per clock x SMs x clock)
+    shuffle = lanes x SHFL ops x chunks / (32 per SM per clock x SMs x clock)
+    memory  = the bytes floor above
+    estimate = max(issue, mufu, shuffle, memory)       (latency, occupancy and tails are not modelled)
+
+against the floor above. The results go to scripts/results/bench_scan_static.{md,json}.
 """
 
 from __future__ import annotations
@@ -61,6 +75,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--block-d", type=int, default=None, help="Triton channels per program (power of two)")
     p.add_argument("--num-warps", type=int, default=None)
     p.add_argument("--with-reference", action="store_true", help="GPU: also time the sequential reference")
+    p.add_argument("--static", action="store_true", help="static cost report from the compiled code (no GPU)")
+    p.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        help="LABEL=PATH of a triton_scan.py to report beside the current one (repeatable)",
+    )
+    p.add_argument("--sms", type=int, default=132, help="--static: streaming multiprocessors (H200: 132)")
+    p.add_argument("--clock", type=float, default=1.98e9, help="--static: SM clock in Hz (H200 boost: 1.98e9)")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="--static output")
     return p.parse_args()
 
 
@@ -201,8 +225,134 @@ def bench_gpu(args: argparse.Namespace) -> None:
     print("achieved = max(bytes floor, exp floor) / measured median")
 
 
+def static_report(args: argparse.Namespace) -> None:
+    import json
+
+    from cavmae.kernels import compile_gate
+
+    for key, value in GPU_SHAPE.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    modules = [("current", None)] + [tuple(m.split("=", 1)) for m in args.module]
+    rows = []
+    for label, path in modules:
+        module = compile_gate.load_module(path)
+        config = module.ScanConfig()
+        specs = [compile_gate.Spec("one direction", batch=2, d_state=args.d_state, dtype=DTYPES[args.dtype])]
+        if hasattr(module, "scan_forward_bidirectional"):
+            specs.append(
+                compile_gate.Spec("bidirectional, fused", batch=2, d_state=args.d_state, dtype=DTYPES[args.dtype],
+                                  bidirectional=True, strided=True)  # fmt: skip
+            )
+        for spec in specs:
+            launches = compile_gate.record_launches(module, spec)
+            fwd = next(x for x in launches if "fwd" in x.kernel.__name__ and x.kwargs.get("SAVE_CHUNKS"))
+            bwd = next(x for x in launches if "bwd" in x.kernel.__name__)
+            for role, launch in (("forward (saving chunk states)", fwd), ("backward", bwd)):
+                result = compile_gate.compile_launch(launch, 90, spec.name, with_sass=True)
+                rows.append(static_row(args, label, spec, role, launch, result, config))
+                log_row(rows[-1])
+    n_chunks = math.ceil(args.length / 64)
+    floor_s = max(b / args.bandwidth if i == 0 else b / args.exp_rate
+                  for i, b in enumerate(floors(args, n_chunks)["forward+backward"]))  # fmt: skip
+    summary = {}
+    for label, _ in modules:
+        for direction in ("one direction", "bidirectional, fused"):
+            picked = [r for r in rows if r["module"] == label and r["spec"] == direction]
+            if len(picked) == 2 and all(r["ok"] for r in picked):
+                per_direction = sum(r["estimate_s"] for r in picked) / (2 if direction.startswith("bi") else 1)
+                summary[f"{label}, {direction}"] = {
+                    "estimate_fwd_bwd_ms_per_direction": per_direction * 1e3,
+                    "floor_ms": floor_s * 1e3,
+                    "x_floor": per_direction / floor_s,
+                }
+    report = {"shape": GPU_SHAPE | {"d_state": args.d_state, "dtype": args.dtype}, "sms": args.sms,
+              "clock_hz": args.clock, "exp_rate": args.exp_rate, "bandwidth": args.bandwidth, "floor_ms": floor_s * 1e3,
+              "kernels": rows, "summary": summary}  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_scan_static.json").write_text(json.dumps(report, indent=1, default=str))
+    (args.out / "bench_scan_static.md").write_text(static_markdown(report))
+    print(static_markdown(report))
+
+
+def static_row(args, label, spec, role, launch, result, config) -> dict:
+    """Per-element counts of a compiled kernel's chunk loop and the estimated time at the GPU shape."""
+    kw = launch.kwargs
+    block_l, block_d = kw["BLOCK_L"], kw["BLOCK_D"]
+    n_state = kw.get("N_STATE", kw.get("BLOCK_N"))
+    warps = kw.get("num_warps", 4)
+    directions = 2 if kw.get("BIDIRECTIONAL") else 1
+    row = {"module": label, "spec": spec.name, "kernel": role, "ok": result.ok, "error": result.error,
+           "registers": result.registers, "spill_bytes": result.spill_stores + result.spill_loads,
+           "shared_bytes": result.shared_bytes, "block_l": block_l, "block_d": block_d, "num_warps": warps}  # fmt: skip
+    if not result.ok:
+        return row
+    loops = result.sass["per_loop"][:directions]  # the chunk loop of each direction
+    elements = block_l * block_d * n_state / (32 * warps)  # (t, d, n) elements per thread per chunk iteration
+    per = {k: sum(lp[k] for lp in loops) / directions / elements for k in ("total", "mufu", "shfl", "ldg_stg")}
+    n_chunks = math.ceil(args.length / block_l)
+    programs = args.batch * math.ceil(args.dim / block_d)
+    warp_iters = programs * warps * n_chunks * directions  # warp-level executions of one loop iteration
+    cycles = {
+        "issue": warp_iters * per["total"] * elements / (4 * args.sms),
+        "mufu": warp_iters * per["mufu"] * elements * 32 / (16 * args.sms),
+        "shuffle": warp_iters * per["shfl"] * elements * 32 / (32 * args.sms),
+    }
+    seconds = {k: v / args.clock for k, v in cycles.items()}
+    fwd_bytes, bwd_bytes = (floors(args, n_chunks)[p][0] for p in ("forward", "forward+backward"))
+    seconds["memory"] = (fwd_bytes if role.startswith("forward") else bwd_bytes - fwd_bytes) * directions / args.bandwidth
+    row.update({"per_element": per, "estimate_parts_s": seconds, "estimate_s": max(seconds.values()),
+                "bound": max(seconds, key=seconds.get)})  # fmt: skip
+    return row
+
+
+def log_row(row: dict) -> None:
+    if row["ok"]:
+        p = row["per_element"]
+        print(f"{row['module']:<10} {row['spec']:<22} {row['kernel']:<30} regs {row['registers']:>3} spills "
+              f"{row['spill_bytes']:>5} B  SASS/elem {p['total']:6.1f} MUFU/elem {p['mufu']:5.2f} SHFL/elem "
+              f"{p['shfl']:5.2f}  est {row['estimate_s'] * 1e3:7.3f} ms ({row['bound']})")  # fmt: skip
+    else:
+        print(f"{row['module']:<10} {row['spec']:<22} {row['kernel']:<30} does not compile: {row['error'][:200]}")
+
+
+def static_markdown(report: dict) -> str:
+    shape = report["shape"]
+    lines = [
+        "# Selective scan: static cost report (ESTIMATES from compiled code, not measurements)",
+        "",
+        f"Shape b{shape['batch']} d{shape['dim']} L{shape['length']} N{shape['d_state']} {shape['dtype']}, sm_90 "
+        f"({report['sms']} SMs at {report['clock_hz'] / 1e9:.2f} GHz, {report['exp_rate'] / 1e12:.2f} T exp/s, "
+        f"{report['bandwidth'] / 1e12:.1f} TB/s). Floor of forward+backward, one direction: "
+        f"{report['floor_ms']:.3f} ms. Per-element counts are per (t, d, n) of the chunk loop.",
+        "",
+        "| kernels | call | kernel | regs | spill B | smem B | tile L x D, warps | SASS/elem | MUFU/elem | SHFL/elem "
+        "| estimate ms | bound |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["kernels"]:
+        if not r["ok"]:
+            lines.append(f"| {r['module']} | {r['spec']} | {r['kernel']} | does not compile: "
+                         f"{r['error'][:160]} | | | | | | | | |")  # fmt: skip
+            continue
+        p = r["per_element"]
+        lines.append(
+            f"| {r['module']} | {r['spec']} | {r['kernel']} | {r['registers']} | {r['spill_bytes']} | "
+            f"{r['shared_bytes']} | {r['block_l']} x {r['block_d']}, {r['num_warps']} | {p['total']:.1f} | "
+            f"{p['mufu']:.2f} | {p['shfl']:.2f} | {r['estimate_s'] * 1e3:.3f} | {r['bound']} |"
+        )
+    lines += ["", "| kernels | estimated forward+backward per direction, ms | floor ms | x floor |", "|---|---|---|---|"]
+    for name, s in report["summary"].items():
+        lines.append(f"| {name} | {s['estimate_fwd_bwd_ms_per_direction']:.3f} | {s['floor_ms']:.3f} | "
+                     f"{s['x_floor']:.1f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     args = parse_args()
+    if args.static:
+        static_report(args)
+        return
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

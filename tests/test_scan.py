@@ -234,7 +234,7 @@ def test_triton_passes_strided_inputs_to_the_kernels_without_copies(monkeypatch:
 
         def __getitem__(self, grid: tuple) -> Callable[..., None]:
             def launch(*args: object, **kwargs: object) -> None:
-                launches.append(args)
+                launches.append(dict(zip(self.kernel.arg_names, args)))
                 self.kernel[grid](*args, **kwargs)
 
             return launch
@@ -247,11 +247,14 @@ def test_triton_passes_strided_inputs_to_the_kernels_without_copies(monkeypatch:
     out = module.selective_scan_triton(**inputs, delta_softplus=True)
     out.sum().backward()
     assert len(launches) == 2
+    kernel_args = {"u": "u0_ptr", "delta": "dt0_ptr", "A": "A0_ptr", "B": "B0_ptr", "C": "C0_ptr", "D": "D0_ptr",
+                   "z": "z_ptr", "delta_bias": "bias0_ptr"}  # fmt: skip
     for args in launches:
-        for position, name in enumerate(NAMES):
-            passed, given = args[position], inputs[name]
+        for name in NAMES:
+            passed, given = args[kernel_args[name]], inputs[name]
             assert passed.data_ptr() == given.data_ptr(), f"{name} was copied before the launch"
             assert passed.stride()[-1] == given.stride()[-1] and passed.dtype == given.dtype, name
+    assert out.stride() == inputs["u"].stride(), "the output is not in the layout of u"
 
 
 def flipped(x: torch.Tensor | None) -> torch.Tensor | None:
@@ -287,6 +290,78 @@ def test_bidirectional_matches_flipping_by_hand(impl: str) -> None:
     wanted = torch.autograd.grad(expected, leaves, grad_out)
     for i, (a, e) in enumerate(zip(actual, wanted)):
         assert relative_error(a.double().cpu(), e.double().cpu()) <= tol, f"gradient {i}"
+
+
+FUSED_CASES = [
+    Case(70, batch=2, dim=6, d_state=3, groups=2, strided=True),
+    Case(37, batch=1, dim=5, d_state=4, z=False, D=False, dtype=torch.bfloat16),
+]
+
+
+def fused_bidirectional(case: Case, combine: str = "add", block_l: int = 16) -> tuple[dict, dict]:
+    """The fused Triton bidirectional scan (small tiles) and the float64 reference pair, results and gradients."""
+    module = triton_scan()
+    config = module.ScanConfig(block_l=block_l, block_d=4)
+    fwd, bwd = make_inputs(case, seed=10), make_inputs(case, seed=11)
+    z = fwd["z"]
+    keys = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+    scale = 0.5 if combine == "mean" else 1.0
+
+    def triton_pair(f: dict, b: dict, z_: torch.Tensor | None) -> tuple:
+        return module.selective_scan_bidirectional_triton(
+            tuple(f[k] for k in keys), tuple(b[k] for k in keys), z_, case.softplus, out_scale=scale, config=config
+        )
+
+    def reference_pair(f: dict, b: dict, z_: torch.Tensor | None) -> tuple:
+        out_f, last_f = selective_scan_reference(**{**f, "z": z_}, delta_softplus=case.softplus, return_last_state=True)
+        out_b, last_b = selective_scan_reference(
+            **{**b, "z": z_}, delta_softplus=case.softplus, return_last_state=True, reverse=True
+        )
+        return (out_f + out_b) * scale, last_f, last_b
+
+    def results(fn: Callable, f: dict, b: dict, z_: torch.Tensor | None) -> dict:
+        out, last_f, last_b = fn(f, b, z_)
+        gen = torch.Generator().manual_seed(4)
+        cotangents = [torch.randn(x.shape, generator=gen).to(x) for x in (out, last_f, last_b)]
+        leaves = {f"{d}{k}": x[k] for d, x in (("f_", f), ("b_", b)) for k in keys if x[k] is not None}
+        if z_ is not None:
+            leaves["z"] = z_
+        grads = torch.autograd.grad((out, last_f, last_b), tuple(leaves.values()), cotangents)
+        found = {"out": out, "last_f": last_f, "last_b": last_b}
+        found.update({f"d{k}": g for k, g in zip(leaves, grads)})
+        return {k: v.detach().double().cpu() for k, v in found.items()}
+
+    with nan_filled_outputs():
+        actual = results(triton_pair, fwd, bwd, z)
+    as64 = [{k: v.detach().double().requires_grad_() if v is not None else None for k, v in x.items()} for x in (fwd, bwd)]
+    z64 = as64[0]["z"]
+    expected = results(reference_pair, as64[0], as64[1], z64)
+    return actual, expected
+
+
+@pytest.mark.parametrize("case", FUSED_CASES, ids=str)
+def test_triton_fused_bidirectional_matches_reference(case: Case) -> None:
+    actual, expected = fused_bidirectional(case, combine="mean" if case.z else "add")
+    assert actual.keys() == expected.keys()
+    tol = TOLERANCE[case.dtype]
+    errors = {k: relative_error(actual[k], expected[k]) for k in expected}
+    bad = {k: f"{e:.2e}" for k, e in errors.items() if not e <= tol}
+    assert not bad, f"{case}: relative error above {tol:g} in {bad}"
+
+
+def test_triton_backward_is_bitwise_deterministic() -> None:
+    # No float atomics: two backward passes over the same inputs give the same bits, single and fused bidirectional.
+    case = Case(70, batch=2, dim=8, d_state=3, groups=2)
+    module = triton_scan()
+    fn = partial(module.selective_scan_triton, config=module.ScanConfig(block_l=16, block_d=2))
+    inputs = make_inputs(case)
+    first, second = run(fn, inputs, case), run(fn, inputs, case)
+    for k in first:
+        assert torch.equal(first[k], second[k]), f"{k} differs between two identical runs"
+    pair_1, _ = fused_bidirectional(case, block_l=32)
+    pair_2, _ = fused_bidirectional(case, block_l=32)
+    for k in pair_1:
+        assert torch.equal(pair_1[k], pair_2[k]), f"bidirectional {k} differs between two identical runs"
 
 
 def test_bidirectional_shared_inputs_and_mean() -> None:

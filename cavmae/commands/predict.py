@@ -12,8 +12,6 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-
 log = logging.getLogger(__name__)
 
 
@@ -21,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", help="video (mp4, mkv, ...) or audio (wav, flac, mp3) files")
     p.add_argument("--model", required=True, help="fine-tuned model: our model directory or a public .pth")
     p.add_argument("--labels", help="label index CSV (index,mid,display_name), e.g. AudioSet's")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=int, default=5, help="classes printed per file")
     p.add_argument("--ten-frames", action="store_true", help="average the logits of the ten frames")
     p.add_argument(
         "--audio-channel",
@@ -30,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="audio of stereo files: the first channel (CAV-MAE's preprocessing, default) or (L+R)/2",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object per file")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="torch device; auto: cuda when available, else cpu")
 
 
 def choose_mode(trained_mode: str, has_audio: bool, has_video: bool) -> str:
@@ -45,6 +43,8 @@ def choose_mode(trained_mode: str, has_audio: bool, has_video: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from cavmae.config import Config
     from cavmae.data.labels import LabelIndex
     from cavmae.data.media import MediaError
@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     except (CheckpointError, ValueError, OSError) as e:
         log.error("%s", e)
         return 2
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     model.eval().to(args.device)
     failed = 0
     for file in args.files:

@@ -88,6 +88,15 @@ def run(args: argparse.Namespace) -> int:
     except (MetadataError, PrepareError, ValueError) as e:
         log.error("%s", e)
         return 2
+    unmatched = manifest.get("unmatched") or []
+    if unmatched:  # files that no metadata row names are not in the shards: say so, not only in the manifest
+        log.warning(
+            "%d media file(s) in --videos are named by no metadata row and were left out: %s%s (all listed under "
+            "'unmatched' in the manifest)",
+            len(unmatched),
+            ", ".join(unmatched[:5]),
+            " ..." if len(unmatched) > 5 else "",
+        )
     n = len(manifest["shards"])
     pattern = f"{args.out}/{args.name}-{{000000..{n - 1:06d}}}.tar" if n else "(no shards)"
     log.info(

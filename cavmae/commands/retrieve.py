@@ -11,9 +11,10 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +38,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="first",
         help="audio of stereo files: the first channel (CAV-MAE's preprocessing, default) or (L+R)/2",
     )
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=int, default=5, help="matches printed per query")
     p.add_argument("--chunk", type=int, default=1024, help="queries scored at once (memory: chunk x N floats)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-size", type=int, default=32, help="clips embedded at once")
+    p.add_argument("--num-workers", type=int, default=2, help="data loader processes")
+    p.add_argument("--device", default="auto", help="torch device; auto: cuda when available, else cpu")
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from cavmae.config import Config
     from cavmae.data.media import MediaError
     from cavmae.eval.metrics import retrieval_metrics
     from cavmae.eval.retrieval import EmbeddingSet, embed_shards
     from cavmae.models.weights import CheckpointError, load_model
 
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         model = load_model(args.model) if args.model else None
         if args.shards:
@@ -82,14 +87,19 @@ def run(args: argparse.Namespace) -> int:
                 log.error("file queries need --model to embed them")
                 return 2
             _query_file(model, Path(file), gallery, args)
-    except (CheckpointError, MediaError, KeyError, ValueError) as e:
+    except KeyError as e:  # str(KeyError) quotes its message: log the message itself
+        log.error("%s", e.args[0] if e.args else e)
+        return 1
+    except (CheckpointError, MediaError, ValueError) as e:
         log.error("%s", e)
         return 1
     return 0
 
 
-@torch.no_grad()
 def _query_file(model, path: Path, gallery, args) -> None:
+    import torch
+    import torch.nn.functional as F
+
     from cavmae.eval.inputs import load_file
 
     x = load_file(path, model.cfg, audio_channel=args.audio_channel)
@@ -100,15 +110,17 @@ def _query_file(model, path: Path, gallery, args) -> None:
     if direction == "a2v":
         if x.audio is None:
             raise ValueError(f"{path}: no audio stream to query with (try --direction v2a)")
-        q = model.embed_audio(x.audio.to(args.device))[0]
+        with torch.no_grad():
+            q = model.embed_audio(x.audio.to(args.device))[0]
     else:
         if x.frames is None:
             raise ValueError(f"{path}: no video stream to query with (try --direction a2v)")
-        q = model.embed_video(x.frames.to(args.device))[0]
+        with torch.no_grad():
+            q = model.embed_video(x.frames.to(args.device))[0]
     _print_matches(str(path), F.normalize(q.float().cpu(), dim=-1), gallery, direction == "a2v", args.top_k)
 
 
-def _print_matches(name: str, query: torch.Tensor, gallery, a2v: bool, k: int) -> None:
+def _print_matches(name: str, query: torch.Tensor, gallery, a2v: bool, k: int) -> None:  # query: [D]
     from cavmae.eval.metrics import top_k
 
     target = gallery.video if a2v else gallery.audio

@@ -300,6 +300,22 @@ def _write_one(args: tuple) -> None:
     write_video(path, frames, audio, fps=fps, sample_rate=sample_rate, channels=channels)
 
 
+def _clear_stale(videos: Path, keep: set[str], overwrite: bool) -> None:
+    """Refuse (or with `overwrite` remove) what an earlier dataset left in `videos` that this one will not write."""
+    stale = sorted(p for p in videos.rglob("*") if not p.is_dir() and p.relative_to(videos).as_posix() not in keep)
+    if not stale:
+        return
+    if not overwrite:
+        raise ValueError(
+            f"{videos} already holds {len(stale)} file(s) this dataset does not write (e.g. {stale[0].name}, from "
+            "an earlier synth?); they would end up unmatched in prepare: choose an empty --out, or --overwrite "
+            "to remove them"
+        )
+    for p in stale:
+        p.unlink()
+    log.info("removed %d file(s) of an earlier dataset from %s", len(stale), videos)
+
+
 def make_synthetic_dataset(
     out_dir: str | Path,
     *,
@@ -316,6 +332,7 @@ def make_synthetic_dataset(
     object_size: tuple[float, float] = (0.08, 0.16),
     workers: int = 0,
     progress: Callable[[int], None] | None = None,
+    overwrite: bool = False,
 ) -> SyntheticDataset:
     """Write `num_clips` clips into ``out_dir/videos`` plus the metadata CSV and the label index CSV.
 
@@ -323,6 +340,8 @@ def make_synthetic_dataset(
     clips with two classes. object_size: (min, max) object radius as a fraction of the shorter side (larger objects
     are easier to see in small frames; loudness follows size). workers > 0 renders in that many processes (the
     output does not depend on it). `progress(n)` is called after each clip is written, with the clips written so far.
+    Files in ``out_dir/videos`` that this dataset does not write (an earlier, different dataset) would be listed
+    as unmatched by ``prepare``: they are refused with a ValueError, or removed first when `overwrite` is set.
     """
     if layout not in ("audioset", "vggsound"):
         raise ValueError(f"layout must be 'audioset' or 'vggsound', got {layout!r}")
@@ -351,6 +370,7 @@ def make_synthetic_dataset(
     for c in clips:
         stem = f"{c.ytid}_{c.start:.3f}" if layout == "audioset" else f"{c.ytid}_{int(c.start):06d}"
         c.file = f"{stem}.mp4"
+    _clear_stale(videos, {c.file for c in clips}, overwrite)
     jobs = [(c, videos / c.file, duration, fps, width, height, sample_rate, channels, seed) for c in clips]
     if workers > 0:
         with multiprocessing.get_context().Pool(workers) as pool:

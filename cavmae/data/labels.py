@@ -67,6 +67,7 @@ class LabelIndex:
         if not rows or [c.strip() for c in rows[0][:3]] != ["index", "mid", "display_name"]:
             raise MetadataError(f"label index {path}: expected a header 'index,mid,display_name' on line 1")
         mids, names = [], []
+        lines: dict[str, int] = {}  # mid -> the line that defined it
         for line, row in enumerate(rows[1:], start=2):
             if not row:
                 continue
@@ -76,9 +77,15 @@ class LabelIndex:
                 idx = int(row[0])
             except ValueError as e:
                 raise MetadataError(f"label index {path}:{line}: index {row[0]!r} is not an integer") from e
+            if idx < len(mids):
+                raise MetadataError(f"label index {path}:{line}: duplicate index {idx} (expected {len(mids)})")
             if idx != len(mids):
                 raise MetadataError(f"label index {path}:{line}: expected index {len(mids)}, got {idx}")
-            mids.append(row[1].strip())
+            mid = row[1].strip()
+            if mid in lines:  # a second row for a mid would silently move its class to another index
+                raise MetadataError(f"label index {path}:{line}: duplicate mid {mid!r} (first on line {lines[mid]})")
+            lines[mid] = line
+            mids.append(mid)
             names.append(row[2].strip())
         if not mids:
             raise MetadataError(f"label index {path}: no classes")

@@ -307,7 +307,12 @@ def iter_shard(url: str, on_error: Callable[[str, str], None]) -> Iterator[dict]
 
 
 def expand_shards(shards: str | Sequence[str]) -> list[str]:
-    """Shard URLs from brace patterns; several sources as a list or joined by '::' (``a-{000..009}.tar::b.tar``)."""
+    """Shard URLs from brace patterns; several sources as a list or joined by '::' (``a-{000..009}.tar::b.tar``).
+
+    Local paths may also be glob patterns (``/data/as-*.tar``; matches sorted). A local pattern, brace or glob,
+    that matches no existing file is a ValueError naming it (remote and ``pipe:`` URLs are taken as they are)."""
+    import glob
+
     import braceexpand
 
     if isinstance(shards, (str, os.PathLike)):
@@ -316,8 +321,15 @@ def expand_shards(shards: str | Sequence[str]) -> list[str]:
     for pattern in shards:
         for part in os.fspath(pattern).split("::"):
             part = part.strip()
-            if part:
-                urls.extend(braceexpand.braceexpand(part))
+            if not part:
+                continue
+            expanded = list(braceexpand.braceexpand(part))
+            if "://" not in part and not part.startswith("pipe:"):
+                if glob.has_magic(part):
+                    expanded = [match for e in expanded for match in sorted(glob.glob(e))]
+                if not any(os.path.exists(u) for u in expanded):
+                    raise ValueError(f"shard pattern {part!r} matches no file")
+            urls.extend(expanded)
     return urls
 
 

@@ -30,6 +30,11 @@ class CheckpointError(ValueError):
     """A model file that cannot be read or does not fit the model."""
 
 
+class DamagedCheckpointError(CheckpointError):
+    """A file that cannot be read at all (truncated, corrupt, missing from its checkpoint), as opposed to a
+    readable one that does not fit the model: resume falls back to an older checkpoint only on these."""
+
+
 def model_kind(model: nn.Module) -> str:
     from cavmae.models.classifier import CAVMAEClassifier
 
@@ -66,30 +71,61 @@ def save_pretrained(model: nn.Module, directory: str | Path, config: Config | No
     return directory
 
 
-def _read_kind(weights: Path) -> str:
+def _read_kind(weights: Path) -> str | None:
     from safetensors import safe_open
 
     with safe_open(str(weights), framework="pt") as f:
         meta = f.metadata() or {}
-    return meta.get("cavmae_kind", "pretrain")
+    return meta.get("cavmae_kind")
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, with an error that names the file when it is damaged or truncated."""
+    path = Path(path)
+    if not path.is_file():
+        raise DamagedCheckpointError(f"{path} is missing")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise DamagedCheckpointError(f"{path} is not a readable safetensors file (damaged or truncated): {e}") from e
+
+
+def model_directory(path: str | Path) -> Path:
+    """The folder holding ``model.safetensors`` that a user means by `path`: our model directory or a training
+    checkpoint (``ckpt-*``) as it is, a run directory through its final ``model/``. Anything else is an error
+    that says what to pass instead."""
+    path = Path(path)
+    if (path / WEIGHTS).is_file():
+        return path
+    if (path / "model" / WEIGHTS).is_file():  # a run directory: its final model
+        log.info("%s is a run directory: using its final model %s", path, path / "model")
+        return path / "model"
+    checkpoints = sorted((path / "checkpoints").glob("ckpt-*/" + WEIGHTS))
+    if checkpoints:
+        raise CheckpointError(
+            f"{path} is a run directory without a final model ({path / 'model'} is missing: the run has not "
+            f"finished); pass one of its checkpoints instead, e.g. {checkpoints[-1].parent}"
+        )
+    raise CheckpointError(
+        f"{path} is not a cavmae model directory: {WEIGHTS} is missing (expected our model directory such as "
+        "runs/NAME/model, a run directory holding model/, a training checkpoint, or a .pth file)"
+    )
 
 
 def from_pretrained(directory: str | Path) -> tuple[nn.Module, Config]:
-    """Load a model directory written by :func:`save_pretrained`. Returns (model in eval mode, config)."""
-    directory = Path(directory)
+    """Load a model directory written by :func:`save_pretrained` (or a run directory / training checkpoint, see
+    :func:`model_directory`). Returns (model in eval mode, config)."""
+    directory = model_directory(directory)
     weights, cfg_path = directory / WEIGHTS, directory / CONFIG
-    for p in (weights, cfg_path):
-        if not p.is_file():
-            raise CheckpointError(f"{directory} is not a cavmae model directory: {p.name} is missing")
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{directory} is not a cavmae model directory: {CONFIG} is missing")
     try:
         cfg = from_dict(yaml.safe_load(cfg_path.read_text()) or {})
     except (ConfigError, yaml.YAMLError) as e:
         raise CheckpointError(f"{cfg_path}: {e}") from e
-    try:
-        state = load_file(str(weights))
-        kind = _read_kind(weights)
-    except Exception as e:  # safetensors raises its own error types for damaged files
-        raise CheckpointError(f"{weights} is not a readable safetensors file: {e}") from e
+    state = read_safetensors(weights)
+    # Training checkpoints do not record the kind in their metadata: their config's task says it.
+    kind = _read_kind(weights) or ("classifier" if cfg.train.task == "finetune" else "pretrain")
     model = build_model(kind, cfg.model)
     _load_strict(model, state, str(weights))
     return model.eval(), cfg
@@ -128,16 +164,21 @@ def read_torch_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(
-            f"{path} could not be read as a weights-only PyTorch file (damaged, or it holds pickled objects "
-            f"other than tensors, which we refuse to unpickle): {e}"
-        ) from e
+    obj = load_weights_only(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a state dict")
     return obj
+
+
+def load_weights_only(path: str | Path):
+    """``torch.load(weights_only=True)`` of an existing file; a file it cannot read is named as damaged."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DamagedCheckpointError(
+            f"{path} could not be read as a weights-only PyTorch file (damaged or truncated, or it holds pickled "
+            f"objects other than tensors, which we refuse to unpickle): {e}"
+        ) from e
 
 
 def strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -300,7 +341,12 @@ def init_from_cavmae(model: nn.Module, path: str | Path) -> list[str]:
     pre-training from another run. Returns the keys that kept their own initialisation.
     """
     src = Path(path)
-    state = load_file(str(src / WEIGHTS)) if src.is_dir() else strip_prefix(read_torch_file(src))
+    if src.is_dir():
+        state = read_safetensors(model_directory(src) / WEIGHTS)
+    elif src.suffix == ".safetensors":
+        state = read_safetensors(src)
+    else:
+        state = strip_prefix(read_torch_file(src))
     own = model.state_dict()
     use = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not any(k.startswith("blocks_") for k in use):

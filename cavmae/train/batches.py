@@ -60,7 +60,12 @@ def make_batches(
     if not shards:
         raise ConfigError(f"data.{split}_shards is empty and data.synthetic is false: no {split} data")
     # The shard loader splits shards by node and worker itself; it must not go through accelerator.prepare.
-    loader = loader_for(cfg, shards, train=train, epoch=epoch, rank=rank, world_size=world_size, errors=errors)
+    try:
+        loader = loader_for(cfg, shards, train=train, epoch=epoch, rank=rank, world_size=world_size, errors=errors)
+    except ConfigError:
+        raise
+    except ValueError as e:  # what the loader finds wrong in the data's set-up (class counts, missing manifests)
+        raise ConfigError(f"data.{split}_shards: {e}") from e
     if not train:
         return loader
     return _exact_epoch(cfg, shards, loader, epoch, rank, world_size, skip)
@@ -105,11 +110,17 @@ def batches_per_epoch(cfg: Config, world_size: int) -> int:
     """Training batches per process and epoch (the same on every process)."""
     if cfg.data.synthetic:
         return ShardedBatchSampler(cfg.data.synthetic_size, cfg.data.batch_size, 0, world_size).num_batches()
+    if not cfg.data.train_shards:
+        raise ConfigError("data.train_shards is empty and data.synthetic is false: no training data")
     samples = cfg.data.samples_per_epoch
     if samples <= 0:
         from cavmae.data.loader import expand_shards, shard_counts
 
-        counts = shard_counts(expand_shards(cfg.data.train_shards))
+        try:
+            urls = expand_shards(cfg.data.train_shards)
+        except ValueError as e:  # a pattern that matches no file
+            raise ConfigError(f"data.train_shards: {e}") from e
+        counts = shard_counts(urls)
         if not counts:
             raise ConfigError("data.samples_per_epoch must be set (> 0): the training shards have no manifest")
         samples = sum(counts.values())

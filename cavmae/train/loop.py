@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import logging
 import math
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -51,8 +52,9 @@ from cavmae.train.state import (
     TrainState,
     fault_point,
     list_checkpoints,
-    load_checkpoint,
-    resolve_resume,
+    list_incomplete,
+    load_newest_readable,
+    resume_candidates,
     save_checkpoint,
 )
 from cavmae.train.tasks import Task, get_task
@@ -105,49 +107,71 @@ def train(cfg: Config, task: Task | None = None) -> Path:
     save_pretrained in ``<out_dir>/model``. Raises :class:`TrainingStopped` after ``train.max_bad_steps``
     non-finite steps in a row (after writing a checkpoint of the last good weights)."""
     task = task or get_task(cfg.train.task)
-    accelerator = setup_accelerator(cfg)
-    try:
-        if cfg.data.verify and not cfg.data.synthetic:
-            for split in ("train", "val"):
-                if getattr(cfg.data, f"{split}_shards"):
-                    require_valid_shards(getattr(cfg.data, f"{split}_shards"), f"data.{split}_shards")
-        ckpt = check_resume(cfg)
-        run = build_run(cfg, task, accelerator, ckpt)
-        run.model.train()
-        if cfg.train.val_at_start and run.state.step == 0:
-            validate(run)
-        batches: Iterator[dict] | None = None
-        while run.state.step < run.total_steps:
-            if batches is None:
-                skip = run.state.batch_in_epoch
-                run.skips = None if cfg.data.synthetic else LoadErrors()
-                batches = iter(
-                    make_batches(cfg, "train", run.state.epoch, run.rank, run.world, skip=skip, errors=run.skips)
-                )
-            metrics, last_batch, bad = train_step(run, batches)
-            log_step(run, metrics, last_batch, bad)
-            if end_of_step(run):
-                batches = None  # the next epoch
-        return finish(run)
-    finally:
-        release_accelerator(accelerator)
-
-
-def check_resume(cfg: Config) -> Path | None:
-    """The checkpoint to resume from (``train.resume``), or None; refuses a fresh start over an earlier run."""
     out_dir = Path(cfg.train.out_dir)
-    ckpt = resolve_resume(cfg.train.resume, out_dir)
-    if ckpt is None and list_checkpoints(out_dir):
+    fresh = not out_dir.exists()
+    accelerator = setup_accelerator(cfg)
+    main = accelerator.is_main_process
+    stepped = False
+    run: Run | None = None
+    try:
+        try:
+            if cfg.data.verify and not cfg.data.synthetic:
+                for split in ("train", "val"):
+                    if getattr(cfg.data, f"{split}_shards"):
+                        require_valid_shards(getattr(cfg.data, f"{split}_shards"), f"data.{split}_shards")
+            candidates = check_resume(cfg)
+            run = build_run(cfg, task, accelerator, candidates)
+            run.model.train()
+            if cfg.train.val_at_start and run.state.step == 0:
+                validate(run)
+            batches: Iterator[dict] | None = None
+            while run.state.step < run.total_steps:
+                if batches is None:
+                    skip = run.state.batch_in_epoch
+                    run.skips = None if cfg.data.synthetic else LoadErrors()
+                    batches = iter(
+                        make_batches(cfg, "train", run.state.epoch, run.rank, run.world, skip=skip, errors=run.skips)
+                    )
+                metrics, last_batch, bad = train_step(run, batches)
+                stepped = True
+                log_step(run, metrics, last_batch, bad)
+                if end_of_step(run):
+                    batches = None  # the next epoch
+            return finish(run)
+        finally:
+            if run is not None:
+                run.logger.close()  # the progress bar, before an error is printed
+            release_accelerator(accelerator)
+    except Exception:
+        if fresh and not stepped and main:
+            remove_unstarted_run(out_dir)
+        raise
+
+
+def remove_unstarted_run(out_dir: Path) -> None:
+    """A run that failed before its first step leaves no half-made run directory (a config.yaml, empty logs)
+    behind, so the next attempt starts clean instead of meeting an 'earlier run'."""
+    if out_dir.is_dir():
+        shutil.rmtree(out_dir, ignore_errors=True)
+        log.info("removed %s: the run stopped before its first step", out_dir)
+
+
+def check_resume(cfg: Config) -> list[Path]:
+    """The checkpoints to resume from (``train.resume``), newest first (empty for a fresh start); refuses a fresh
+    start over an earlier run."""
+    out_dir = Path(cfg.train.out_dir)
+    candidates = resume_candidates(cfg.train.resume, out_dir)
+    if not candidates and (list_checkpoints(out_dir) or list_incomplete(out_dir)):
         raise ConfigError(
             f"train.out_dir={str(out_dir)!r} already holds checkpoints; continue that run with --resume auto "
             "(train.resume=auto) or choose another train.out_dir"
         )
-    return ckpt
+    return candidates
 
 
-def build_run(cfg: Config, task: Task, accelerator, ckpt: Path | None) -> Run:
+def build_run(cfg: Config, task: Task, accelerator, candidates: list[Path]) -> Run:
     """Model (initialised, frozen where unused), optimizer and schedule, prepared by Accelerate; the state of
-    ``ckpt`` restored; the run directory, its resolved config and the logger."""
+    newest readable of the resume ``candidates`` restored; the run directory, its resolved config and the logger."""
     t = cfg.train
     out_dir = Path(t.out_dir)
     world, device = accelerator.num_processes, accelerator.device
@@ -175,8 +199,9 @@ def build_run(cfg: Config, task: Task, accelerator, ckpt: Path | None) -> Run:
     seed_everything(t.seed + accelerator.process_index, t.deterministic)  # different random masks per process
 
     state = TrainState()
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, accelerator, model, optimizer, scheduler, cfg)
+    ckpt = None
+    if candidates:
+        state, ckpt = load_newest_readable(candidates, accelerator, model, optimizer, scheduler, cfg)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(out_dir / "config.yaml")
