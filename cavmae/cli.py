@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("cavmae.commands.index", "build FAISS indexes (exact flat or approximate IVF) over embeddings"),
     "predict": ("cavmae.commands.predict", "top-k classes of raw video / audio files with a fine-tuned model"),
     "prepare": ("cavmae.commands.prepare", "turn videos + AudioSet/VGGSound metadata into WebDataset shards"),
+    "verify-shards": ("cavmae.commands.verify_shards", "check shards against their manifests (size and sha256)"),
     "synth": ("cavmae.commands.synth", "write a synthetic audio-visual dataset (H.264 + AAC files and CSVs)"),
 }
 

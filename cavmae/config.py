@@ -128,6 +128,9 @@ class DataConfig:
     # held-out clips for the pre-training probes (train.probe_every); empty with data.synthetic = the synthetic
     # validation split
     probe_shards: list[str] = field(default_factory=list)
+    # audio decoded from raw .mp4 members (--store mp4): the first channel (CAV-MAE's preprocessing) or (L+R)/2
+    audio_channel: Literal["first", "mean"] = "first"
+    verify: bool = False  # check every shard's sha256 against its manifest before training (cavmae verify-shards)
 
 
 @dataclass

@@ -26,6 +26,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--top-k", type=int, default=5, help="classes printed per file")
     p.add_argument("--ten-frames", action="store_true", help="average the logits of the ten frames")
+    p.add_argument(
+        "--audio-channel",
+        choices=["first", "mean"],
+        default="first",
+        help="audio of stereo files: the first channel (CAV-MAE's preprocessing, default) or (L+R)/2",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per file")
     p.add_argument("--device", default="auto", help="torch device; auto: cuda when available, else cpu")
 
@@ -72,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     for file in args.files:
         try:
-            x = load_file(file, model.cfg, all_frames=args.ten_frames)
+            x = load_file(file, model.cfg, all_frames=args.ten_frames, audio_channel=args.audio_channel)
             mode = choose_mode(cfg.train.ft_mode, x.audio is not None, x.frames is not None)
             batch = {"audio": x.audio, "frames": x.frames}
             batch = {k: v.to(args.device) if v is not None else None for k, v in batch.items()}

@@ -58,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="decoded",
         help="decoded audio + frames, the raw mp4 (decoded at load time), or both",
     )
+    out.add_argument(
+        "--audio-channel",
+        choices=["first", "mean"],
+        default="first",
+        help="stored audio: the first channel at unit gain (CAV-MAE's preprocessing, default) or (L+R)/2",
+    )
     out.add_argument("--clip-seconds", type=float, default=10.0, help="window per file when no end is given")
     out.add_argument("--overwrite", action="store_true", help="replace shards from other inputs or options")
 
@@ -106,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             jpeg_quality=args.jpeg_quality,
             store=args.store,
             audio_format=args.audio_format,
+            audio_channel=args.audio_channel,
             clip_seconds=args.clip_seconds,
         )
         engine = None

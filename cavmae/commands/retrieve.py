@@ -40,6 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="a2v: audio query, video gallery; auto: a2v for audio files and keys, v2a for video files",
     )
+    p.add_argument(
+        "--audio-channel",
+        choices=["first", "mean"],
+        default="first",
+        help="audio of stereo files: the first channel (CAV-MAE's preprocessing, default) or (L+R)/2",
+    )
     p.add_argument("--top-k", type=int, default=5, help="matches printed per query")
     p.add_argument("--chunk", type=int, default=1024, help="queries scored at once (memory: chunk x N floats)")
     p.add_argument("--batch-size", type=int, default=32, help="clips embedded at once")
@@ -79,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             cfg = Config(model=model.cfg)
             cfg.data.num_workers, cfg.eval.batch_size = args.num_workers, args.batch_size
+            cfg.data.audio_channel = args.audio_channel  # for shards that hold raw .mp4 members
             embeddings = embed_shards(model, args.shards, cfg, args.device)
         if embeddings is None and index is None:
             log.error("give --shards (with --model) to embed a set, or --embeddings / --index to query a saved one")
@@ -143,7 +150,7 @@ def _query_file(model, path: Path, gallery, args) -> None:
 
     from cavmae.eval.inputs import load_file
 
-    x = load_file(path, model.cfg)
+    x = load_file(path, model.cfg, audio_channel=args.audio_channel)
     model.eval().to(args.device)
     direction = args.direction
     if direction == "auto":

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cavmae.config import Config, ConfigError
-from cavmae.data.loader import loader_for
+from cavmae.data.loader import LoadErrors, loader_for
 from cavmae.data.random_batches import TenFrames, collate, synthetic_dataset
 from cavmae.data.sampler import ShardedBatchSampler
 
@@ -26,6 +26,7 @@ def make_batches(
     world_size: int = 1,
     skip: int = 0,
     frame_mode: str | None = None,
+    errors: LoadErrors | None = None,
 ) -> Iterable[dict]:
     """This process's batches of ``split`` ("train" or "val") for ``epoch``, skipping the first ``skip``.
 
@@ -33,6 +34,7 @@ def make_batches(
     the CPU; the loop moves them to the device. Training batches hold data.batch_size clips and their order is a
     function of (train.seed, epoch); validation batches hold eval.batch_size clips in a fixed order, and every
     clip is seen once over all processes. ``frame_mode="all"`` (evaluation) gives frames [B, 10, 3, H, W].
+    ``errors`` counts the samples the shard loader skips, by cause.
     """
     train = split == "train"
     if cfg.data.synthetic:
@@ -64,7 +66,14 @@ def make_batches(
     # The shard loader splits shards by node and worker itself; it must not go through accelerator.prepare.
     try:
         loader = loader_for(
-            cfg, shards, train=train, epoch=epoch, rank=rank, world_size=world_size, frame_mode=frame_mode
+            cfg,
+            shards,
+            train=train,
+            epoch=epoch,
+            rank=rank,
+            world_size=world_size,
+            frame_mode=frame_mode,
+            errors=errors,
         )
     except ConfigError:
         raise
@@ -102,7 +111,10 @@ def _exact_epoch(cfg: Config, shards, loader, epoch: int, rank: int, world: int,
             epoch,
             passes,
         )
-        loader = loader_for(cfg, shards, train=True, epoch=epoch + 1_000_003 * passes, rank=rank, world_size=world)
+        seed_epoch = epoch + 1_000_003 * passes
+        loader = loader_for(
+            cfg, shards, train=True, epoch=seed_epoch, rank=rank, world_size=world, errors=loader.errors
+        )
         if passes > 100:
             raise RuntimeError(f"process {rank}: the training shards yield no batch ({loader.errors.counts()})")
 

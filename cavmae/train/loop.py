@@ -34,6 +34,8 @@ import torch
 from torch import nn
 
 from cavmae.config import Config, ConfigError
+from cavmae.data.loader import ERROR_KINDS, LoadErrors
+from cavmae.data.verify import require_valid_shards
 from cavmae.models.weights import save_pretrained
 from cavmae.train.batches import batches_per_epoch, has_split, make_batches, to_device
 from cavmae.train.logs import RunLogger, Throughput
@@ -82,6 +84,7 @@ class Run:
     meter: Throughput = field(default_factory=Throughput)
     last_val: dict[str, float] = field(default_factory=dict)  # the latest validation's metrics
     probe_set: list[dict] | None = None  # the probe clips' batches (CPU), read once
+    skips: LoadErrors | None = None  # samples the shard loader skipped this epoch, by cause (None: synthetic data)
 
     @property
     def world(self) -> int:
@@ -114,6 +117,10 @@ def train(cfg: Config, task: Task | None = None) -> Path:
     run: Run | None = None
     try:
         try:
+            if cfg.data.verify and not cfg.data.synthetic:
+                for split in ("train", "val"):
+                    if getattr(cfg.data, f"{split}_shards"):
+                        require_valid_shards(getattr(cfg.data, f"{split}_shards"), f"data.{split}_shards")
             candidates = check_resume(cfg)
             run = build_run(cfg, task, accelerator, candidates)
             run.model.train()
@@ -123,7 +130,10 @@ def train(cfg: Config, task: Task | None = None) -> Path:
             while run.state.step < run.total_steps:
                 if batches is None:
                     skip = run.state.batch_in_epoch
-                    batches = iter(make_batches(cfg, "train", run.state.epoch, run.rank, run.world, skip=skip))
+                    run.skips = None if cfg.data.synthetic else LoadErrors()
+                    batches = iter(
+                        make_batches(cfg, "train", run.state.epoch, run.rank, run.world, skip=skip, errors=run.skips)
+                    )
                 metrics, last_batch, bad = train_step(run, batches)
                 stepped = True
                 log_step(run, metrics, last_batch, bad)
@@ -275,14 +285,33 @@ def log_step(run: Run, metrics: dict[str, float], batch: dict, bad: bool) -> Non
         run.logger.message(
             f"step {step}: non-finite loss or gradient, update skipped ({run.state.bad_in_row} in a row)"
         )
-    if step % t.log_every == 0 or step == run.total_steps or bad:
+    # The last step of an epoch on shards is always logged, with the epoch's skipped samples by cause.
+    epoch_end = run.skips is not None and run.state.batch_in_epoch + t.grad_accum > run.steps_per_epoch * t.grad_accum
+    if step % t.log_every == 0 or step == run.total_steps or bad or epoch_end:
         metrics["samples_per_s"], metrics["data_wait"] = run.meter.read()
+        if run.skips is not None:
+            metrics.update(epoch_skips(run))
+            if epoch_end and metrics["skipped"]:
+                causes = ", ".join(
+                    f"{k} {int(metrics[f'skipped/{k}'])}" for k in ERROR_KINDS if metrics[f"skipped/{k}"]
+                )
+                run.logger.message(f"epoch {run.state.epoch}: skipped {int(metrics['skipped'])} sample(s) ({causes})")
         run.logger.train(step, run.state.epoch, metrics)
     run.logger.progress(step, metrics)
     if run.main and t.image_every and step % t.image_every == 0:
         fig = run.task.figure(run.module, batch, run.out_dir / "images" / f"step_{step:08d}.png", run.cfg)
         if fig is not None:
             run.logger.image(step, fig)
+
+
+def epoch_skips(run: Run) -> dict[str, float]:
+    """Samples skipped so far this epoch, summed over processes: ``skipped`` and ``skipped/<cause>``."""
+    counts = run.skips.counts()
+    local = torch.tensor([float(counts[k]) for k in ERROR_KINDS], device=run.accelerator.device)
+    total = run.accelerator.reduce(local, reduction="sum").tolist()
+    out = {f"skipped/{k}": float(v) for k, v in zip(ERROR_KINDS, total)}
+    out["skipped"] = float(sum(total))
+    return out
 
 
 def end_of_step(run: Run) -> bool:
