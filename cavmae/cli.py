@@ -25,9 +25,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("cavmae.commands.info", "print the resolved config and parameter counts of a recipe or model"),
     "pretrain": ("cavmae.commands.pretrain", "CAV-MAE pre-training on CPU, one or many GPUs (Accelerate)"),
     "finetune": ("cavmae.commands.finetune", "fine-tune a classifier from a pre-trained model (Accelerate)"),
+    "evaluate": (
+        "cavmae.commands.evaluate",
+        "score a model on shards the paper's way: mAP / top-1 (ten frames) or R@k",
+    ),
     "retrieve": ("cavmae.commands.retrieve", "audio<->video retrieval: embed shards, R@k / ranks, query files or keys"),
+    "embed": ("cavmae.commands.embed", "embed a shard set into embedding shards (resumable; Accelerate for GPUs)"),
+    "index": ("cavmae.commands.index", "build FAISS indexes (exact flat or approximate IVF) over embeddings"),
     "predict": ("cavmae.commands.predict", "top-k classes of raw video / audio files with a fine-tuned model"),
     "prepare": ("cavmae.commands.prepare", "turn videos + AudioSet/VGGSound metadata into WebDataset shards"),
+    "verify-shards": ("cavmae.commands.verify_shards", "check shards against their manifests (size and sha256)"),
     "synth": ("cavmae.commands.synth", "write a synthetic audio-visual dataset (H.264 + AAC files and CSVs)"),
 }
 

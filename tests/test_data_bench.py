@@ -24,3 +24,9 @@ def test_benchmark_runs_both_loaders(bench, tmp_path):
     assert result["load_errors"] == 0
     assert result["ours_samples_per_s"] > 0 and result["baseline_samples_per_s"] > 0
     assert math.isfinite(result["ratio"]) and result["ratio"] > 0
+
+
+def test_tar_benchmark_counts_the_same_samples(bench, tiny_shards):
+    result = bench.run_tar_benchmark(tiny_shards.urls, rounds=1, repeat=1)
+    assert result["errors"] == 0 and result["ours_samples_per_s"] > 0 and result["wds_samples_per_s"] > 0
+    assert result["samples"] == {"ours": 8, "theirs": 8}

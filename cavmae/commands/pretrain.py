@@ -27,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, task: str = "pretrain", logger: logging.Logger = log) -> int:
     """Train ``task``; errors are logged under ``logger`` (the calling command's)."""
     from cavmae.config import ConfigError, load_config
+    from cavmae.data.verify import ShardVerifyError
     from cavmae.models.weights import CheckpointError
     from cavmae.train import TrainingStopped, train
 
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace, task: str = "pretrain", logger: logging.Logger
     try:
         cfg = load_config(args.config, overrides)
         out_dir = train(cfg)
-    except (ConfigError, CheckpointError) as e:
+    except (ConfigError, CheckpointError, ShardVerifyError) as e:
         logger.error("%s", e)
         return 2
     except TrainingStopped as e:

@@ -37,7 +37,34 @@ log = logging.getLogger(__name__)
 SHAPES = ("circle", "square", "triangle", "diamond", "ring", "cross", "bar")
 SOUNDS = ("tone", "chirp", "noise", "am", "square", "clicks")
 MOTIONS = ("horizontal", "circle", "static", "zigzag")
-COLOUR_NAMES = ("red", "orange", "yellow", "lime", "green", "teal", "cyan", "blue", "violet", "magenta")
+# Colour names by hue band (degrees, upper bound exclusive), chosen so that a fully saturated colour of that hue is
+# what most people call it: equal-width bins put e.g. hue 222 (a plain blue) under "cyan" and hue 32 under "red".
+HUE_NAMES = (
+    (15, "red"),
+    (45, "orange"),
+    (70, "yellow"),
+    (100, "lime"),
+    (145, "green"),
+    (165, "spring green"),
+    (175, "turquoise"),
+    (195, "cyan"),
+    (210, "sky blue"),
+    (250, "blue"),
+    (275, "violet"),
+    (290, "purple"),
+    (320, "magenta"),
+    (345, "rose"),
+    (360, "red"),
+)
+
+
+def colour_name(rgb: tuple[int, int, int]) -> str:
+    """The name of a saturated RGB colour (0-255 per channel), from its hue."""
+    hue, _, _ = colorsys.rgb_to_hsv(*(c / 255 for c in rgb))
+    degrees = hue * 360
+    return next(name for bound, name in HUE_NAMES if degrees < bound)
+
+
 _YTID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
@@ -101,7 +128,7 @@ def make_classes(num_classes: int) -> list[SynthClass]:
         # base pitches spread over 3.5 octaves from 220 Hz, in an order unrelated to the shape / sound cycles
         freq = 220.0 * 2 ** (3.5 * ((k * 0.381966 + 0.1) % 1.0))
         shape, sound, motion = SHAPES[k % len(SHAPES)], SOUNDS[k % len(SOUNDS)], MOTIONS[(k // 2) % len(MOTIONS)]
-        colour = COLOUR_NAMES[int(hue * len(COLOUR_NAMES)) % len(COLOUR_NAMES)]
+        colour = colour_name(rgb)  # named from the RGB actually drawn
         classes.append(
             SynthClass(k, f"/t/syn{k:03d}", f"{colour} {shape} {sound} {k:03d}", shape, sound, motion, rgb, freq)
         )

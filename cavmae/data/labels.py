@@ -20,6 +20,29 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Label indices shipped with the package (files in the repository's data/, reached through the symlink
+# cavmae/data/label_files -> ../../data and installed as package data; sources and licences in data/README.md).
+BUNDLED_LABEL_CSVS = {
+    "audioset": "class_labels_indices_as.csv",  # AudioSet: 527 classes, index,mid,display_name
+    "vggsound": "class_labels_indices_vgg.csv",  # VGGSound: 309 classes, sorted display names (doubling as mids)
+}
+BUNDLED_NUM_CLASSES = {"audioset": 527, "vggsound": 309}
+
+
+def bundled_label_csv(dataset: str) -> Path:
+    """Path of the label index shipped for `dataset` ('audioset' or 'vggsound')."""
+    if dataset not in BUNDLED_LABEL_CSVS:
+        raise ValueError(f"no bundled label index for {dataset!r}; expected one of {sorted(BUNDLED_LABEL_CSVS)}")
+    return Path(__file__).resolve().parent / "label_files" / BUNDLED_LABEL_CSVS[dataset]
+
+
+def bundled_label_csv_for(num_classes: int) -> Path | None:
+    """The bundled index with exactly `num_classes` classes (527: AudioSet, 309: VGGSound), else None."""
+    for dataset, n in BUNDLED_NUM_CLASSES.items():
+        if n == num_classes:
+            return bundled_label_csv(dataset)
+    return None
+
 
 class MetadataError(ValueError):
     """A metadata file that does not have the expected layout (names the file, line and what was expected)."""

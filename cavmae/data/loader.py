@@ -13,8 +13,8 @@ Pipeline, per (rank, worker): shard list (brace patterns, several sources) -> sh
 (``urls[rank::world][worker::workers]``; in training the list is first shuffled identically on every rank with
 (seed, epoch)) or, with ``resampled``, shards drawn with replacement until the epoch's sample count -> tar samples ->
 member pruning (only the chosen frame's JPEG is kept) and class-balance resampling -> shuffle buffer (training) ->
-decode (WAV/FLAC or MP4 via decord, JPEG via torchvision) -> per-batch: mixup, fbank, SpecAugment, normalisation,
-noise + time roll, label smoothing -> batch.
+decode (WAV/FLAC, or MP4 via cavmae.data.media; JPEG strictly via simplejpeg) -> per-batch: mixup, fbank,
+SpecAugment, normalisation, noise + time roll, label smoothing -> batch.
 
 Every random choice of a sample (frame, mixup partner and weight, masks, noise, roll) comes from a generator seeded
 with (seed, epoch, sample key, copy), and the shard order and shuffle buffers from (seed, epoch, rank, worker), so a
@@ -33,16 +33,18 @@ processes; the first error of each kind is logged once. The epoch goes on.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import multiprocessing
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cavmae.config import DataConfig
@@ -56,7 +58,13 @@ ERROR_KINDS = ("shard", "member", "json", "audio", "image", "video", "labels")
 
 
 class LoadErrors:
-    """Skipped-sample counts per kind of error, shared by the loader's worker processes (shared memory)."""
+    """Skipped-sample counts per kind of error, shared by the loader's worker processes (shared memory).
+
+    Kinds (the cause of a skip): ``shard`` (a shard that cannot be opened, is empty, cut short or has a damaged
+    tar header: each one is logged with its URL), ``member`` (a sample without its json / audio / chosen frame,
+    or with a repeated member), ``json``, ``audio``, ``image`` (a JPEG that does not decode strictly), ``video``
+    (a raw .mp4 member), ``labels``. Counts are cumulative; :meth:`since` gives those of one epoch.
+    """
 
     def __init__(self) -> None:
         self._counts = multiprocessing.get_context().Array("q", len(ERROR_KINDS))
@@ -66,7 +74,9 @@ class LoadErrors:
         with self._counts.get_lock():
             self._counts[i] += 1
             first = self._counts[i] == 1
-        if first:
+        if kind == "shard":  # few and worth naming each: a damaged or missing file
+            log.warning("bad shard: %s", message)
+        elif first:
             log.warning("skipped a bad sample [%s]: %s (further [%s] errors are only counted)", kind, message, kind)
         else:
             log.debug("skipped a bad sample [%s]: %s", kind, message)
@@ -74,6 +84,11 @@ class LoadErrors:
     def counts(self) -> dict[str, int]:
         with self._counts.get_lock():
             return {k: int(v) for k, v in zip(ERROR_KINDS, self._counts)}
+
+    def since(self, before: dict[str, int]) -> dict[str, int]:
+        """Counts added after `before` (an earlier :meth:`counts`): the skips of one epoch, by cause."""
+        now = self.counts()
+        return {k: now[k] - before.get(k, 0) for k in ERROR_KINDS}
 
     @property
     def total(self) -> int:
@@ -97,21 +112,58 @@ def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return 0, 1
 
 
-def _shuffle(items: Iterator, size: int, rng: random.Random) -> Iterator:
-    """Shuffle buffer: emits a random element of the last `size` once the buffer is full, then the rest shuffled."""
-    buf: list = []
-    for x in items:
-        buf.append(x)
-        if len(buf) >= size:
-            k = rng.randrange(len(buf))
-            buf[k], buf[-1] = buf[-1], buf[k]
-            yield buf.pop()
-    rng.shuffle(buf)
-    yield from buf
+def tar_samples(errors: LoadErrors) -> Callable[[Iterable[dict]], Iterator[dict]]:
+    """WebDataset stage: shard dicts ``{"url": ...}`` -> samples, by :func:`cavmae.data.shards.iter_shard`.
+
+    Our own stage rather than ``wds.tarfile_to_samples`` because it measures faster (``scripts/bench_data.py
+    --tar``, prepare's shards of 12 members per sample, one core: 8,300-8,500 against 1,900-2,000 samples per
+    CPU-second, 4.1-4.3x, median of 5 interleaved rounds in two runs) and counts and names every fault (empty
+    shards, damaged headers with resynchronisation) in `errors`.
+    """
+
+    def stage(shards: Iterable[dict]) -> Iterator[dict]:
+        for shard in shards:
+            yield from iter_shard(shard["url"], errors.add)
+
+    return stage
+
+
+def prune_samples(s: LoaderSettings, epoch: int, errors: LoadErrors) -> Callable[[Iterable[dict]], Iterator]:
+    """WebDataset stage: samples -> pruned items (json parsed, the chosen frame's JPEG only, balance copies)."""
+
+    def stage(samples: Iterable[dict]) -> Iterator:
+        for sample in samples:
+            try:
+                yield from prune(sample, s, epoch)
+            except SampleError as e:
+                errors.add(e.kind, str(e))
+
+    return stage
+
+
+def decode_samples(s: LoaderSettings, epoch: int, errors: LoadErrors) -> Callable[[Iterable], Iterator[Decoded]]:
+    """WebDataset stage: pruned items -> decoded samples (waveform, frames); bad ones are counted and skipped."""
+
+    def stage(items: Iterable) -> Iterator[Decoded]:
+        for item in items:
+            try:
+                yield decode(item, s, epoch)
+            except SampleError as e:
+                errors.add(e.kind, str(e))
+
+    return stage
 
 
 class ShardDataset(IterableDataset):
-    """Iterable over batches (dicts) of one rank's share of the shards; see the module docstring."""
+    """Iterable over batches (dicts) of one rank's share of the shards: a ``wds.DataPipeline`` per worker.
+
+    Stages (see :meth:`pipeline`): ``wds.SimpleShardList`` (shuffled with (seed, epoch) in training) then
+    ``wds.slice(rank, None, world)`` and ``wds.split_by_worker``, or ``wds.ResampledShards`` seeded by (seed, epoch,
+    rank, worker); :func:`tar_samples`; :func:`prune_samples`; ``wds.shuffle`` seeded by (seed, epoch, rank,
+    worker) (training); :func:`decode_samples`; ``wds.batched`` with :func:`collate`; in resampled mode
+    ``wds.slice`` to this worker's share of the epoch's batches. The rank is resolved in the main process
+    (``wds.split_by_node`` would look it up in the worker, which may not see the process group) and passed in.
+    """
 
     def __init__(
         self, urls: list[str], settings: LoaderSettings, errors: LoadErrors, rank: int | None, world_size: int | None
@@ -126,59 +178,46 @@ class ShardDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _shard_seed(self) -> int | None:
+        return stable_seed(self.settings.seed, self.epoch, "shards") if self.settings.train else None
+
     def shards_for(self, rank: int, world: int, worker: int, workers: int) -> list[str]:
-        """Non-resampled mode: the shards one (rank, worker) reads this epoch."""
+        """Non-resampled mode: the shards one (rank, worker) reads this epoch (what the pipeline's first three
+        stages give; used to count the batches)."""
         urls = list(self.urls)
-        if self.settings.train:
-            random.Random(stable_seed(self.settings.seed, self.epoch, "shards")).shuffle(urls)
+        seed = self._shard_seed()
+        if seed is not None:
+            random.Random(seed).shuffle(urls)  # what wds.SimpleShardList(urls, seed=seed) does
         return urls[rank::world][worker::workers]
 
-    def _urls(self, rank: int, world: int, worker: int, workers: int) -> Iterator[str]:
-        if not self.settings.resampled:
-            yield from self.shards_for(rank, world, worker, workers)
-            return
-        rng = random.Random(stable_seed(self.settings.seed, self.epoch, rank, worker, "resample"))
-        while True:
-            yield rng.choice(self.urls)
-
-    def _items(self, urls: Iterator[str]) -> Iterator:
-        for url in urls:
-            for sample in iter_shard(url, self.errors.add):
-                try:
-                    yield from prune(sample, self.settings, self.epoch)
-                except SampleError as e:
-                    self.errors.add(e.kind, str(e))
+    def pipeline(self, rank: int, world: int, worker: int, workers: int) -> wds.DataPipeline:
+        """The stages of one (rank, worker) for the current epoch, as a ``wds.DataPipeline``."""
+        s, epoch = self.settings, self.epoch
+        if s.resampled:
+            seed = stable_seed(s.seed, epoch, rank, worker, "resample")
+            stages: list = [wds.ResampledShards(self.urls, worker_seed=lambda: seed, deterministic=True)]
+        else:
+            stages = [wds.SimpleShardList(self.urls, seed=self._shard_seed()), wds.slice(rank, None, world)]
+            stages.append(wds.split_by_worker)
+        stages += [tar_samples(self.errors), prune_samples(s, epoch, self.errors)]
+        if s.train and s.shuffle_buffer > 1:
+            rng = random.Random(stable_seed(s.seed, epoch, rank, worker, "buf"))
+            stages.append(wds.shuffle(s.shuffle_buffer, initial=s.shuffle_buffer, rng=rng))
+        stages.append(decode_samples(s, epoch, self.errors))
+        stages.append(
+            wds.batched(
+                s.batch_size, collation_fn=functools.partial(collate, s=s), partial=not (s.train and s.drop_last)
+            )
+        )
+        if s.resampled:  # this worker's share of the rank's batches
+            stages.append(wds.slice(s.batches_per_rank // workers + (worker < s.batches_per_rank % workers)))
+        return wds.DataPipeline(*stages)
 
     def __iter__(self) -> Iterator[dict]:
-        s = self.settings
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rank, world = _rank_world(self.rank, self.world_size)
-        items = self._items(self._urls(rank, world, worker, workers))
-        if s.train and s.shuffle_buffer > 1:
-            items = _shuffle(
-                items, s.shuffle_buffer, random.Random(stable_seed(s.seed, self.epoch, rank, worker, "buf"))
-            )
-        quota = None
-        if s.resampled:  # this worker's share of the rank's batches
-            quota = s.batches_per_rank // workers + (worker < s.batches_per_rank % workers)
-            if quota == 0:
-                return
-        batch: list[Decoded] = []
-        produced = 0
-        for item in items:
-            try:
-                batch.append(decode(item, s, self.epoch))
-            except SampleError as e:
-                self.errors.add(e.kind, str(e))
-                continue
-            if len(batch) == s.batch_size:
-                yield collate(batch, s)
-                batch, produced = [], produced + 1
-                if quota is not None and produced >= quota:
-                    return
-        if batch and not (s.train and s.drop_last):
-            yield collate(batch, s)
+        return iter(self.pipeline(rank, world, worker, workers))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -306,13 +345,16 @@ def build_loader(
     num_workers: int | None = None,
     rank: int | None = None,
     world_size: int | None = None,
+    errors: LoadErrors | None = None,
 ) -> ShardLoader:
     """A loader of batches (see the module docstring) over `shards` (brace patterns / lists / '::'-joined sources).
 
     train: shuffling and the augmentations of `data_cfg` (noise, time_roll, freqm, timem, mixup, label_smoothing,
     class balance) are on only when True. frame_mode: "random" | "middle" | "all"; default ``data_cfg.frame_mode``
     when training and "middle" otherwise ("all" stays "all"). batch_size / num_workers default to `data_cfg`.
-    rank / world_size default to torch.distributed's when it is initialised, else 0 / 1.
+    rank / world_size default to torch.distributed's when it is initialised, else 0 / 1. errors: the
+    :class:`LoadErrors` to count skips in (several loaders may share one, e.g. the passes of one epoch); a new one
+    by default.
     """
     bs = batch_size or data_cfg.batch_size
     if frame_mode is None:
@@ -374,8 +416,9 @@ def build_loader(
         balance=balance,
         class_weights=class_weights(urls, num_classes, label_index) if balance else None,
         label_lookup=label_index.lookup() if label_index is not None else None,
+        audio_channel=data_cfg.audio_channel,
     )
-    dataset = ShardDataset(urls, settings, LoadErrors(), r, world)  # resolved here: workers may not see dist
+    dataset = ShardDataset(urls, settings, errors or LoadErrors(), r, world)  # resolved here: workers may not see dist
     dataset.set_epoch(epoch)
     return ShardLoader(dataset, workers, counts)
 
@@ -389,6 +432,7 @@ def loader_for(
     rank: int | None = None,
     world_size: int | None = None,
     frame_mode: str | None = None,
+    errors: LoadErrors | None = None,
 ) -> ShardLoader:
     """:func:`build_loader` with the input sizes of ``cfg.model`` and the batch size of the job: ``data.batch_size``
     for training, ``eval.batch_size`` otherwise. ``cfg`` is a :class:`cavmae.config.Config`."""
@@ -407,4 +451,5 @@ def loader_for(
         batch_size=cfg.data.batch_size if train else cfg.eval.batch_size,
         rank=rank,
         world_size=world_size,
+        errors=errors,
     )

@@ -37,7 +37,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -67,6 +67,9 @@ class PrepareOptions:
     # clip against ~1.7 ms for FLAC (more than the whole fbank), for ~25 % more bytes per sample.
     audio_format: Literal["wav", "flac"] = "wav"
     clip_seconds: float = 10.0  # window read from a file when the metadata gives no end (folders, VGGSound)
+    # Which audio is stored: the first channel at unit gain (CAV-MAE's extraction, what its checkpoints saw) or the
+    # mean of the channels ((L+R)/2).
+    audio_channel: Literal["first", "mean"] = "first"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -85,6 +88,11 @@ def _jpeg(frame: np.ndarray, size: int, quality: int) -> tuple[bytes, tuple[int,
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality)
     return buf.getvalue(), (img.size[1], img.size[0])
+
+
+def clipped_samples(audio: np.ndarray) -> int:
+    """Samples that 16-bit PCM cannot hold (|x| > 32767 / 32768 after rounding): clipped when stored."""
+    return int(np.count_nonzero(np.abs(np.rint(audio * 32768.0)) > 32767))
 
 
 def _encode_audio(audio: np.ndarray, fmt: str) -> bytes:
@@ -119,9 +127,16 @@ def _encode_json(meta: dict) -> bytes:
 
 
 def _video_sample(inp: ClipInput, opts: PrepareOptions) -> dict[str, bytes]:
-    clip = decode_clip(inp.source, start=inp.clip_start, end=inp.clip_end, num_frames=opts.num_frames)
+    clip = decode_clip(
+        inp.source,
+        start=inp.clip_start,
+        end=inp.clip_end,
+        num_frames=opts.num_frames,
+        audio_channel=opts.audio_channel,
+    )
     members: dict[str, bytes] = {}
     frame_size = [clip.height, clip.width]
+    audio_meta = {"audio_channel": opts.audio_channel, "clipped_samples": clipped_samples(clip.audio)}
     if opts.store in ("decoded", "both"):
         members[opts.audio_format] = _encode_audio(clip.audio, opts.audio_format)
         for i, frame in enumerate(clip.frames):
@@ -139,6 +154,7 @@ def _video_sample(inp: ClipInput, opts: PrepareOptions) -> dict[str, bytes]:
             frame_times=clip.frame_times,
             frame_size=frame_size,
             num_frames=len(clip.frames),
+            **audio_meta,
         )
     )
     return members
@@ -150,7 +166,7 @@ def _datafile_sample(inp: ClipInput, opts: PrepareOptions) -> dict[str, bytes]:
     _, has_audio = probe(inp.source)
     if not has_audio:
         raise MediaError("no audio stream")
-    audio = read_audio(inp.source)
+    audio = read_audio(inp.source, channel=opts.audio_channel)
     paths = inp.frame_paths or []
     present = [i for i, p in enumerate(paths) if os.path.isfile(p)]
     if not present:
@@ -178,6 +194,8 @@ def _datafile_sample(inp: ClipInput, opts: PrepareOptions) -> dict[str, bytes]:
             frame_size=frame_size,
             num_frames=len(paths),
             missing_frames=[i for i in range(len(paths)) if i not in present],
+            audio_channel=opts.audio_channel,
+            clipped_samples=clipped_samples(audio),
         )
     )
     return members
@@ -288,12 +306,15 @@ def prepare_shards(
     options: PrepareOptions | None = None,
     overwrite: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    engine: Callable[[list[ClipInput], PrepareOptions], Iterator] | None = None,
 ) -> dict:
     """Decode the plan's inputs and write shards + manifest into `out_dir`; returns the manifest.
 
     samples_per_shard / max_shard_bytes (0 = no limit) bound each shard; workers = 0 decodes in this process.
     `progress(event, shard, count)` is called with ("sample", shard index, samples in it so far) after each sample
-    and ("shard", shard index, samples) after each finished shard.
+    and ("shard", shard index, samples) after each finished shard. `engine(inputs, options)` yields
+    :func:`process_clip`'s result for each input, in order (default: this process or a local pool of `workers`;
+    cavmae.data.engines.RayEngine decodes on a Ray cluster); packing, resume and the manifest do not depend on it.
     """
     opts = options or PrepareOptions()
     if samples_per_shard < 1:
@@ -380,7 +401,8 @@ def prepare_shards(
             progress("shard", index, writer.count)
         writer, shard_first, shard_labels, shard_keys = None, end_input, collections.Counter(), []
 
-    for i, (ok, result) in enumerate(_results(plan.inputs[start:], opts, workers), start=start):
+    results = engine(plan.inputs[start:], opts) if engine else _results(plan.inputs[start:], opts, workers)
+    for i, (ok, result) in enumerate(results, start=start):
         inp = plan.inputs[i]
         if not ok:
             log.warning("skipped %s: %s", inp.rel, result)

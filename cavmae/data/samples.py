@@ -20,12 +20,6 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as F
 
-try:  # libjpeg-turbo straight into a tensor; deprecated in torchvision 0.29 (for torchcodec), hence the fallback
-    from torchvision.io import ImageReadMode
-    from torchvision.io import decode_jpeg as _tv_decode_jpeg
-except ImportError:  # pragma: no cover - depends on the torchvision version
-    _tv_decode_jpeg = None
-
 from cavmae.data.fbank import (
     SAMPLE_RATE,
     add_noise,
@@ -78,6 +72,7 @@ class LoaderSettings:
     balance: str = ""  # "", "resample" or "weights"
     class_weights: np.ndarray | None = None  # [num_classes] weight of one label occurrence (mean sample weight 1)
     label_lookup: dict[str, int] | None = None  # label mid / name -> index, when a label CSV overrides the shards'
+    audio_channel: str = "first"  # audio of raw .mp4 / multi-channel members: "first" or "mean" (cavmae.data.media)
 
 
 def stable_seed(*parts) -> int:
@@ -181,8 +176,15 @@ def _wav_pcm16(data: bytes) -> np.ndarray | None:
     return None
 
 
-def _decode_audio(item: Item) -> torch.Tensor:
-    """float32 [N] 16 kHz mono waveform of the sample."""
+def _decode_audio(item: Item, s: LoaderSettings) -> torch.Tensor:
+    """float32 [N] 16 kHz mono waveform of the sample.
+
+    Stored audio is 16 kHz mono (prepare writes it so) and is read directly; anything else (another rate, several
+    channels) and raw .mp4 members go through prepare's reader (cavmae.data.media.read_audio), with the channel
+    choice ``s.audio_channel``.
+    """
+    from cavmae.data.media import MediaError, read_audio
+
     if item.audio is not None:
         ext, data = item.audio
         try:
@@ -190,32 +192,34 @@ def _decode_audio(item: Item) -> torch.Tensor:
             if wave is None:
                 import soundfile as sf
 
-                wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-                wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
-                if rate != SAMPLE_RATE:
-                    from cavmae.data.fbank import to_mono_16k
-
-                    return to_mono_16k(torch.from_numpy(np.ascontiguousarray(wave)), rate)
-        except Exception as e:
-            raise SampleError("audio", f"sample {item.key}: undecodable .{ext} ({e})") from None
+                with sf.SoundFile(io.BytesIO(data)) as f:
+                    plain = f.samplerate == SAMPLE_RATE and f.channels == 1
+                    wave = f.read(dtype="float32", always_2d=True)[:, 0] if plain else None
+            if wave is None:
+                wave = read_audio(data, channel=s.audio_channel)
+        except (MediaError, RuntimeError, ValueError) as e:  # soundfile raises LibsndfileError (a RuntimeError)
+            reason = e.reason if isinstance(e, MediaError) else str(e)
+            raise SampleError("audio", f"sample {item.key}: undecodable .{ext} ({reason})") from None
         return torch.from_numpy(np.ascontiguousarray(wave))
-    from cavmae.data.media import MediaError, read_audio
-
     try:
         end = item.meta.get("clip_end")
-        return torch.from_numpy(read_audio(item.mp4, float(item.meta.get("clip_start") or 0.0), end))
+        start = float(item.meta.get("clip_start") or 0.0)
+        return torch.from_numpy(read_audio(item.mp4, start, end, channel=s.audio_channel))
     except MediaError as e:
         raise SampleError("video", f"sample {item.key}: {e.reason}") from None
 
 
 def decode_jpeg(data: bytes) -> torch.Tensor:
-    """JPEG bytes -> uint8 [3, H, W] RGB (torchvision's decoder, or PIL where torchvision has none)."""
-    if _tv_decode_jpeg is not None:
-        return _tv_decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    from PIL import Image
+    """JPEG bytes -> uint8 [3, H, W] RGB; strict: libjpeg's warnings ("Corrupt JPEG data: ...", "Premature end of
+    JPEG file") are errors, so a damaged frame is rejected and counted instead of decoding to a smeared picture.
 
-    with Image.open(io.BytesIO(data)) as img:
-        return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
+    simplejpeg (libjpeg-turbo) is the decoder because it can be strict; torchvision's and PIL's decoders print the
+    warning and return the damaged image. It is also a little faster (224 x 298 q90: 1.19 ms against 1.44 ms).
+    """
+    import simplejpeg
+
+    rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)  # [H, W, 3]; ValueError when damaged
+    return torch.from_numpy(rgb).permute(2, 0, 1)
 
 
 def _decode_frames(item: Item, size: int) -> torch.Tensor:
@@ -269,7 +273,7 @@ class Decoded:
 
 
 def decode(item: Item, s: LoaderSettings, epoch: int) -> Decoded:
-    wave = _decode_audio(item)
+    wave = _decode_audio(item, s)
     wave = wave - wave.mean()  # DC removal over the whole clip, before cutting (as CAV-MAE does)
     wave = wave[: samples_for_frames(s.audio_length)]
     frames = _decode_frames(item, s.image_size)

@@ -9,9 +9,9 @@ Sample schema (one WebDataset sample = consecutive tar members sharing a key)::
                     RGB frames at evenly spaced times t_i = clip_start + i * (clip_end - clip_start) / 10 (the
                     frame showing t_i), shorter side resized to the prepare-time frame size (never enlarged)
     <key>.mp4       optional: the raw source file, not re-encoded, for decoding at load time (``--store mp4|both``);
-                    a sample may hold only json + mp4, then the loader decodes audio and frames with decord
+                    a sample may hold only json + mp4, then the loader decodes it as prepare does (cavmae.data.media)
 
-Keys are dot-free because WebDataset splits a member name at its first dot (design section 3): the key is the
+Keys are dot-free because WebDataset splits a member name at its first dot: the key is the
 source file's stem with its dots removed, e.g. ``00W1lcxW-WU_40.000.mp4`` -> ``00W1lcxW-WU_40000``.
 
 ``<key>.json`` holds::
@@ -30,6 +30,9 @@ source file's stem with its dots removed, e.g. ``00W1lcxW-WU_40.000.mp4`` -> ``0
     labels        label mids (VGGSound: display names), in metadata order; [] when unlabelled
     label_indices their indices in the dataset's label index (manifest ``label_index``)
     split         the split column of a VGGSound CSV, else null
+    audio_channel "first" (default: the first channel at unit gain, as CAV-MAE) or "mean" ((L+R)/2)
+    clipped_samples
+                  samples beyond 16-bit full scale (clipped when stored; 0 unless the source exceeds full scale)
 
 Tars are written deterministically (members in a fixed order, mtime 0, uid/gid 0, no user names, mode 0644) so that
 the same inputs give byte-identical shards.
@@ -162,24 +165,53 @@ def _octal(field: bytes) -> int:
     return int(text, 8) if text else 0
 
 
-def iter_tar(stream) -> Iterator[tuple[str, bytes]]:
+def _header_ok(header: bytes) -> bool:
+    """A tar header block whose checksum is right (the checksum field counted as 8 spaces)."""
+    try:
+        return sum(header[:148]) + sum(header[156:]) + 256 == _octal(header[148:156])
+    except ValueError:  # a checksum field that is not octal
+        return False
+
+
+def iter_tar(stream, on_resync: Callable[[str], None] | None = None) -> Iterator[tuple[str, bytes]]:
     """(name, data) of the regular files of an uncompressed tar stream (ustar, GNU long names, pax paths).
 
     Written for speed: Python's tarfile spends ~40 us per member on header objects, which at 12 members per sample
-    was a third of the loader's per-sample time. Raises TarFormatError on a bad header checksum or a member cut
-    short; an archive that ends without the two zero blocks ends quietly, as with tar(1).
+    was a third of the loader's per-sample time. A header with a bad checksum raises TarFormatError, or, with
+    `on_resync`, is skipped: the stream is scanned block by block for the next valid ustar header and reading goes
+    on from there, after ``on_resync(message)`` (one damaged header costs one sample, not the rest of the shard).
+    A member cut short raises TarFormatError; zero bytes raise TarFormatError ("empty file (0 bytes)"); an archive
+    that ends without the two zero blocks ends quietly, as with tar(1).
     """
     long_name: str | None = None
+    offset = 0  # bytes read so far
+    first = True
     while True:
         header = stream.read(_BLOCK)
+        if first and not header:
+            raise TarFormatError("empty file (0 bytes)")
+        first = False
         if len(header) < _BLOCK:
             if header:
                 raise TarFormatError("truncated header")
             return
+        offset += _BLOCK
         if header == b"\0" * _BLOCK:
             return
-        if sum(header[:148]) + sum(header[156:]) + 256 != _octal(header[148:156]):  # checksum field as 8 spaces
-            raise TarFormatError("bad header checksum")
+        if not _header_ok(header):
+            if on_resync is None:
+                raise TarFormatError(f"bad header checksum at byte {offset - _BLOCK}")
+            bad_at = offset - _BLOCK
+            while True:
+                header = stream.read(_BLOCK)
+                if len(header) < _BLOCK:
+                    on_resync(f"bad header checksum at byte {bad_at}; no valid header after it")
+                    return
+                offset += _BLOCK
+                if header[257:262] == b"ustar" and _header_ok(header):
+                    break
+            on_resync(f"bad header checksum at byte {bad_at}; resynchronised at byte {offset - _BLOCK}")
+            long_name = None
         size = _octal(header[124:136])
         data = stream.read(size)
         if len(data) < size:
@@ -187,6 +219,7 @@ def iter_tar(stream) -> Iterator[tuple[str, bytes]]:
         pad = -size % _BLOCK
         if pad and len(stream.read(pad)) < pad:
             raise TarFormatError("archive cut short")
+        offset += size + pad
         kind = header[156:157]
         if kind == b"L":  # GNU long name for the next member
             long_name = data.rstrip(b"\0").decode()
@@ -202,24 +235,38 @@ def iter_tar(stream) -> Iterator[tuple[str, bytes]]:
         if long_name is not None:
             name, long_name = long_name, None
         else:
-            name = header[:100].split(b"\0", 1)[0].decode()
+            name = header[:100].split(b"\0", 1)[0].decode(errors="replace")
             if header[257:262] == b"ustar" and header[345:346] != b"\0":
-                name = header[345:500].split(b"\0", 1)[0].decode() + "/" + name
+                name = header[345:500].split(b"\0", 1)[0].decode(errors="replace") + "/" + name
         yield name, data
 
 
 def iter_shard(url: str, on_error: Callable[[str, str], None]) -> Iterator[dict]:
     """Samples of one tar shard as dicts {"__key__", "__url__", ext: bytes}.
 
-    Never raises for bad data: an unreadable or truncated shard reports ``on_error("shard", message)`` and ends
-    (the samples read before the damage are kept; the one being read is dropped), a sample with a repeated member
-    reports ``on_error("member", message)`` and is dropped. URLs are opened with webdataset's ``gopen`` (local
-    paths, ``pipe:`` commands, http(s)); gzip-compressed tars are recognised by their magic bytes.
+    Never raises for bad data; every fault is reported with the shard's URL:
+
+    - a shard that cannot be opened, is empty (0 bytes) or is cut short: ``on_error("shard", message)``; the
+      samples read before the damage are kept, the one being read is dropped;
+    - a damaged tar header: ``on_error("shard", message)``; its member is lost and reading resumes at the next
+      valid header, so the samples after it are kept (a sample left without its json or audio is then dropped
+      and counted as a "member" error by the loader);
+    - a sample with a repeated member: ``on_error("member", message)``; the sample is dropped.
+
+    URLs are opened with webdataset's ``gopen`` (local paths, ``pipe:`` commands, http(s)); gzip-compressed tars
+    are recognised by their magic bytes.
     """
     from webdataset import gopen
 
     current: dict | None = None
     broken = False
+
+    def resynced(message: str) -> None:
+        # The damaged header's member is lost (the scan lands on the header after it); the sample that misses it is
+        # dropped and counted downstream if it needed that member (json, audio, the chosen frame).
+        after = f" after sample {current['__key__']}" if current is not None else ""
+        on_error("shard", f"{url}: {message}{after}; one member lost, reading goes on")
+
     try:
         stream = gopen(url, "rb")
     except Exception as e:
@@ -231,7 +278,7 @@ def iter_shard(url: str, on_error: Callable[[str, str], None]) -> Iterator[dict]
             import gzip
 
             stream = gzip.GzipFile(fileobj=stream)
-        for name, data in iter_tar(stream):
+        for name, data in iter_tar(stream, resynced):
             key, ext = split_key(name)
             if key.rsplit("/", 1)[-1].startswith("__"):  # WebDataset metadata members (__key__ etc.)
                 continue
@@ -248,7 +295,8 @@ def iter_shard(url: str, on_error: Callable[[str, str], None]) -> Iterator[dict]
             current[ext] = data
     except Exception as e:  # TarFormatError, OSError, zlib errors from compressed tars ...
         where = f" (in or after sample {current['__key__']})" if current else ""
-        on_error("shard", f"{url}: unreadable tar data{where}: {e}; rest of the shard skipped")
+        rest = "" if str(e).startswith("empty file") else "; rest of the shard skipped"
+        on_error("shard", f"{url}: unreadable tar data{where}: {e}{rest}")
         return
     finally:
         close = getattr(stream, "close", None)

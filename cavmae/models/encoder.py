@@ -4,7 +4,7 @@ Attributes carry the public checkpoints' names (``patch_embed_a``, ``pos_embed_a
 ``blocks_v``, ``blocks_u``, ``norm_a``, ``norm_v``, ``norm``), so converting a public state dict is a matter of
 stripping the ``module.`` prefix.
 
-Streams (design section 1):
+Streams (as in the paper and its public code):
 - audio tokens -> blocks_a; video tokens -> blocks_v;
 - joint: cat(audio, video) -> blocks_u with the joint norms -> ``norm``;
 - audio-only: audio -> blocks_u with the audio norms -> ``norm_a``; video-only likewise with ``norm_v``.

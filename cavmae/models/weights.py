@@ -188,6 +188,24 @@ def strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+# Tensors of the public files that no CAV-MAE model uses: the adapted ImageNet initialisation (IN-initial.pth)
+# carries MAE's CLS token three times (cls_token_a / cls_token_v / cls_token_av); CAV-MAE has no CLS token.
+UNUSED_PUBLIC_KEYS = re.compile(r"cls_token(_a|_v|_av)?$")
+
+
+def drop_unused_public_keys(state: dict[str, torch.Tensor], source: str | Path) -> dict[str, torch.Tensor]:
+    """`state` without the tensors no CAV-MAE model uses (``cls_token_*``); names them in one log line."""
+    dropped = sorted(k for k in state if UNUSED_PUBLIC_KEYS.fullmatch(k))
+    if dropped:
+        log.info("%s: ignoring %d tensors CAV-MAE does not use: %s", source, len(dropped), ", ".join(dropped))
+    return {k: v for k, v in state.items() if k not in dropped}
+
+
+def is_cavmae_layout(state: dict[str, torch.Tensor]) -> bool:
+    """Keys of the CAV-MAE layout (ours or public, e.g. the adapted IN-initial.pth), not of an MAE ViT."""
+    return "patch_embed_a.proj.weight" in state and any(k.startswith("blocks_a.") for k in state)
+
+
 def infer_model_config(state: dict[str, torch.Tensor], base: ModelConfig | None = None) -> tuple[str, ModelConfig]:
     """Model kind and architecture read off a public-layout state dict's key names and shapes."""
     cfg = ModelConfig(**{k: getattr(base or ModelConfig(), k) for k in ModelConfig.__dataclass_fields__})
@@ -228,7 +246,7 @@ def infer_model_config(state: dict[str, torch.Tensor], base: ModelConfig | None 
 
 def load_official(path: str | Path, base: ModelConfig | None = None) -> tuple[nn.Module, ModelConfig]:
     """A public CAV-MAE ``.pth`` (pre-training or fine-tuning; with or without ``module.``) -> our model."""
-    state = strip_prefix(read_torch_file(path))
+    state = drop_unused_public_keys(strip_prefix(read_torch_file(path)), path)
     kind, cfg = infer_model_config(state, base)
     model = build_model(kind, cfg)
     _load_strict(model, state, str(path))
@@ -253,7 +271,7 @@ def save_official(model: nn.Module, path: str | Path) -> None:
 
 
 def mae_to_cavmae(mae_state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map a facebookresearch/mae ViT checkpoint onto a CAV-MAE model (design section 1).
+    """Map a facebookresearch/mae ViT checkpoint onto a CAV-MAE model (the paper's ImageNet initialisation).
 
     MAE block i < modality_depth -> blocks_a.i and blocks_v.i; the next shared_depth blocks -> blocks_u; each
     block's norm1 / norm2 is copied to all three norm pairs; audio patch weights = sum over RGB of the image patch
@@ -326,8 +344,16 @@ def mae_to_cavmae(mae_state: dict[str, torch.Tensor], model: nn.Module) -> dict[
 
 
 def init_from_mae(model: nn.Module, path: str | Path) -> list[str]:
-    """Load MAE weights into `model` in place; returns the model keys that kept their own initialisation."""
-    mapped = mae_to_cavmae(read_torch_file(path), model)
+    """Load MAE weights into `model` in place; returns the model keys that kept their own initialisation.
+
+    A file already in the CAV-MAE layout (the public adapted ``IN-initial.pth``: MAE weights mapped onto CAV-MAE
+    key names, plus unused ``cls_token_*``) is loaded as such, by :func:`init_from_cavmae`.
+    """
+    raw = read_torch_file(path)
+    if is_cavmae_layout(strip_prefix(raw.get("model", raw))):
+        log.info("%s is an MAE initialisation already in the CAV-MAE layout (IN-initial.pth); loading it as such", path)
+        return init_from_cavmae(model, path)
+    mapped = mae_to_cavmae(raw, model)
     model.load_state_dict(mapped, strict=False)
     kept = sorted(set(model.state_dict()) - set(mapped))
     log.info("initialised %d tensors from MAE checkpoint %s; %d kept their init", len(mapped), path, len(kept))
@@ -347,6 +373,7 @@ def init_from_cavmae(model: nn.Module, path: str | Path) -> list[str]:
         state = read_safetensors(src)
     else:
         state = strip_prefix(read_torch_file(src))
+    state = drop_unused_public_keys(state, path)
     own = model.state_dict()
     use = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not any(k.startswith("blocks_") for k in use):

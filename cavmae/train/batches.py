@@ -11,26 +11,36 @@ import torch
 from torch.utils.data import DataLoader
 
 from cavmae.config import Config, ConfigError
-from cavmae.data.loader import loader_for
-from cavmae.data.random_batches import collate, synthetic_dataset
+from cavmae.data.loader import LoadErrors, loader_for
+from cavmae.data.random_batches import TenFrames, collate, synthetic_dataset
 from cavmae.data.sampler import ShardedBatchSampler
 
 log = logging.getLogger(__name__)
 
 
 def make_batches(
-    cfg: Config, split: str, epoch: int = 0, rank: int = 0, world_size: int = 1, skip: int = 0
+    cfg: Config,
+    split: str,
+    epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    skip: int = 0,
+    frame_mode: str | None = None,
+    errors: LoadErrors | None = None,
 ) -> Iterable[dict]:
     """This process's batches of ``split`` ("train" or "val") for ``epoch``, skipping the first ``skip``.
 
     Batches are dicts: ``audio`` [B, T, F], ``frames`` [B, 3, H, W], ``labels`` [B, C], ``keys`` (list[str]), on
     the CPU; the loop moves them to the device. Training batches hold data.batch_size clips and their order is a
     function of (train.seed, epoch); validation batches hold eval.batch_size clips in a fixed order, and every
-    clip is seen once over all processes.
+    clip is seen once over all processes. ``frame_mode="all"`` (evaluation) gives frames [B, 10, 3, H, W].
+    ``errors`` counts the samples the shard loader skips, by cause.
     """
     train = split == "train"
     if cfg.data.synthetic:
         ds = synthetic_dataset(cfg, split)
+        if frame_mode == "all":
+            ds = TenFrames(ds)
         sampler = ShardedBatchSampler(
             len(ds),
             cfg.data.batch_size if train else cfg.eval.batch_size,
@@ -55,7 +65,16 @@ def make_batches(
         raise ConfigError(f"data.{split}_shards is empty and data.synthetic is false: no {split} data")
     # The shard loader splits shards by node and worker itself; it must not go through accelerator.prepare.
     try:
-        loader = loader_for(cfg, shards, train=train, epoch=epoch, rank=rank, world_size=world_size)
+        loader = loader_for(
+            cfg,
+            shards,
+            train=train,
+            epoch=epoch,
+            rank=rank,
+            world_size=world_size,
+            frame_mode=frame_mode,
+            errors=errors,
+        )
     except ConfigError:
         raise
     except ValueError as e:  # what the loader finds wrong in the data's set-up (class counts, missing manifests)
@@ -92,7 +111,10 @@ def _exact_epoch(cfg: Config, shards, loader, epoch: int, rank: int, world: int,
             epoch,
             passes,
         )
-        loader = loader_for(cfg, shards, train=True, epoch=epoch + 1_000_003 * passes, rank=rank, world_size=world)
+        seed_epoch = epoch + 1_000_003 * passes
+        loader = loader_for(
+            cfg, shards, train=True, epoch=seed_epoch, rank=rank, world_size=world, errors=loader.errors
+        )
         if passes > 100:
             raise RuntimeError(f"process {rank}: the training shards yield no batch ({loader.errors.counts()})")
 

@@ -34,6 +34,8 @@ import torch
 from torch import nn
 
 from cavmae.config import Config, ConfigError
+from cavmae.data.loader import ERROR_KINDS, LoadErrors
+from cavmae.data.verify import require_valid_shards
 from cavmae.models.weights import save_pretrained
 from cavmae.train.batches import batches_per_epoch, has_split, make_batches, to_device
 from cavmae.train.logs import RunLogger, Throughput
@@ -80,6 +82,9 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     meter: Throughput = field(default_factory=Throughput)
+    last_val: dict[str, float] = field(default_factory=dict)  # the latest validation's metrics
+    probe_set: list[dict] | None = None  # the probe clips' batches (CPU), read once
+    skips: LoadErrors | None = None  # samples the shard loader skipped this epoch, by cause (None: synthetic data)
 
     @property
     def world(self) -> int:
@@ -112,6 +117,10 @@ def train(cfg: Config, task: Task | None = None) -> Path:
     run: Run | None = None
     try:
         try:
+            if cfg.data.verify and not cfg.data.synthetic:
+                for split in ("train", "val"):
+                    if getattr(cfg.data, f"{split}_shards"):
+                        require_valid_shards(getattr(cfg.data, f"{split}_shards"), f"data.{split}_shards")
             candidates = check_resume(cfg)
             run = build_run(cfg, task, accelerator, candidates)
             run.model.train()
@@ -121,7 +130,10 @@ def train(cfg: Config, task: Task | None = None) -> Path:
             while run.state.step < run.total_steps:
                 if batches is None:
                     skip = run.state.batch_in_epoch
-                    batches = iter(make_batches(cfg, "train", run.state.epoch, run.rank, run.world, skip=skip))
+                    run.skips = None if cfg.data.synthetic else LoadErrors()
+                    batches = iter(
+                        make_batches(cfg, "train", run.state.epoch, run.rank, run.world, skip=skip, errors=run.skips)
+                    )
                 metrics, last_batch, bad = train_step(run, batches)
                 stepped = True
                 log_step(run, metrics, last_batch, bad)
@@ -197,6 +209,13 @@ def build_run(cfg: Config, task: Task, accelerator, candidates: list[Path]) -> R
         cfg.save(out_dir / "config.yaml")
     logger = RunLogger(accelerator, cfg, out_dir, total, state.step, resumed=ckpt is not None)
     contrast = cfg.data.batch_size * (world if t.global_contrast else 1)
+    if t.contrast_group:
+        if (cfg.data.batch_size * world) % t.contrast_group:
+            raise ConfigError(
+                f"train.contrast_group={t.contrast_group} must divide the global batch ({world} process(es) x "
+                f"data.batch_size={cfg.data.batch_size})"
+            )
+        contrast = f"{t.contrast_group} (groups of the global batch, losses summed)"
     logger.message(
         f"run directory: {out_dir.resolve()} | {task.name}, {n_params / 1e6:.2f}M trainable parameters, "
         f"{world} process(es) on {device}, {total} steps ({steps_per_epoch}/epoch), "
@@ -266,14 +285,33 @@ def log_step(run: Run, metrics: dict[str, float], batch: dict, bad: bool) -> Non
         run.logger.message(
             f"step {step}: non-finite loss or gradient, update skipped ({run.state.bad_in_row} in a row)"
         )
-    if step % t.log_every == 0 or step == run.total_steps or bad:
+    # The last step of an epoch on shards is always logged, with the epoch's skipped samples by cause.
+    epoch_end = run.skips is not None and run.state.batch_in_epoch + t.grad_accum > run.steps_per_epoch * t.grad_accum
+    if step % t.log_every == 0 or step == run.total_steps or bad or epoch_end:
         metrics["samples_per_s"], metrics["data_wait"] = run.meter.read()
+        if run.skips is not None:
+            metrics.update(epoch_skips(run))
+            if epoch_end and metrics["skipped"]:
+                causes = ", ".join(
+                    f"{k} {int(metrics[f'skipped/{k}'])}" for k in ERROR_KINDS if metrics[f"skipped/{k}"]
+                )
+                run.logger.message(f"epoch {run.state.epoch}: skipped {int(metrics['skipped'])} sample(s) ({causes})")
         run.logger.train(step, run.state.epoch, metrics)
     run.logger.progress(step, metrics)
     if run.main and t.image_every and step % t.image_every == 0:
         fig = run.task.figure(run.module, batch, run.out_dir / "images" / f"step_{step:08d}.png", run.cfg)
         if fig is not None:
             run.logger.image(step, fig)
+
+
+def epoch_skips(run: Run) -> dict[str, float]:
+    """Samples skipped so far this epoch, summed over processes: ``skipped`` and ``skipped/<cause>``."""
+    counts = run.skips.counts()
+    local = torch.tensor([float(counts[k]) for k in ERROR_KINDS], device=run.accelerator.device)
+    total = run.accelerator.reduce(local, reduction="sum").tolist()
+    out = {f"skipped/{k}": float(v) for k, v in zip(ERROR_KINDS, total)}
+    out["skipped"] = float(sum(total))
+    return out
 
 
 def end_of_step(run: Run) -> bool:
@@ -289,6 +327,8 @@ def end_of_step(run: Run) -> bool:
     last = state.step == run.total_steps
     if epoch_done or last or (t.val_every and state.step % t.val_every == 0):
         validate(run)
+    if epoch_done and t.probe_every and state.epoch % t.probe_every == 0:
+        probe(run)
     if last or (t.ckpt_every and state.step % t.ckpt_every == 0):
         checkpoint(run)
     fault_point("kill_after_step", state.step)
@@ -304,21 +344,63 @@ def end_of_step(run: Run) -> bool:
     return epoch_done
 
 
+def val_batches(run: Run, frame_mode: str | None = None) -> Iterator[dict]:
+    """This process's validation batches on its device (at most ``train.val_batches`` of them)."""
+    cfg, device = run.cfg, run.accelerator.device
+    batches: Iterator[dict] = (
+        to_device(b, device) for b in make_batches(cfg, "val", 0, run.rank, run.world, frame_mode=frame_mode)
+    )
+    if cfg.train.val_batches:
+        batches = itertools.islice(batches, cfg.train.val_batches)
+    return batches
+
+
 def validate(run: Run) -> None:
     """The task's evaluation on the validation split, with the same masks every time (a forked RNG)."""
     cfg = run.cfg
     if not has_split(cfg, "val"):
         return
-    device = run.accelerator.device
-    batches: Iterator[dict] = (to_device(b, device) for b in make_batches(cfg, "val", 0, run.rank, run.world))
-    if cfg.train.val_batches:
-        batches = itertools.islice(batches, cfg.train.val_batches)
+    batches = val_batches(run, "middle")
     run.model.eval()
     with torch.random.fork_rng(devices=rng_devices()):
         torch.manual_seed(cfg.train.seed)  # the same masks at every validation: curves compare like with like
         metrics = run.task.evaluate(run.module, batches, run.accelerator, cfg)
     run.model.train()
+    run.last_val = metrics
     run.logger.val(run.state.step, run.state.epoch, metrics)
+
+
+def probe_batches(cfg: Config) -> list[dict]:
+    """The first eval.probe_clips held-out clips (data.probe_shards, or the synthetic validation split), batched."""
+    want = cfg.eval.probe_clips
+    if cfg.data.probe_shards:
+        from cavmae.data.loader import loader_for
+
+        source = loader_for(cfg, cfg.data.probe_shards, train=False, frame_mode="middle", rank=0, world_size=1)
+    else:
+        source = make_batches(cfg, "val", 0, 0, 1)
+    out, have = [], 0
+    for b in source:
+        take = min(want - have, len(b["keys"]))
+        out.append({k: v[:take] for k, v in b.items()})
+        have += take
+        if have >= want:
+            break
+    return out
+
+
+def probe(run: Run) -> None:
+    """Retrieval and k-NN of the frozen embeddings of the probe set (main process; cavmae/eval/probe.py)."""
+    from cavmae.eval.probe import probe_metrics
+    from cavmae.train.tasks import local_contrast
+
+    if run.main:
+        if run.probe_set is None:
+            run.probe_set = probe_batches(run.cfg)
+        with torch.random.fork_rng(devices=rng_devices()), local_contrast(run.module):
+            metrics = probe_metrics(run.module, run.probe_set, run.cfg.eval.knn_k)
+        run.logger.probe(run.state.step, run.state.epoch, metrics)
+    run.accelerator.wait_for_everyone()
 
 
 def checkpoint(run: Run) -> Path:
@@ -335,10 +417,23 @@ def checkpoint(run: Run) -> Path:
 
 
 def finish(run: Run) -> Path:
-    """The task's last word (e.g. weight averaging), the final model in ``<out_dir>/model``; returns out_dir."""
+    """The task's last word (e.g. weight averaging) and final evaluation, the final model in ``<out_dir>/model``;
+    returns out_dir."""
+    averaged: list[int] = run.task.finish(run.module, run.out_dir, run.cfg) if run.main else []
+    if run.world > 1:  # the main process's final weights (averaged) to every process, for the final evaluation
+        from accelerate.utils import broadcast_object_list
+
+        averaged = broadcast_object_list([averaged])[0]
+        for tensor in run.module.state_dict().values():
+            torch.distributed.broadcast(tensor, src=0)
+    if has_split(run.cfg, "val"):
+        run.model.eval()
+        summary, details = run.task.final_evaluation(
+            run.module, lambda mode: val_batches(run, mode), run.accelerator, run.cfg, run.last_val, averaged
+        )
+        run.logger.final(summary, details)
     run.logger.close()
     if run.main:
-        run.task.finish(run.module, run.out_dir, run.cfg)
         save_pretrained(run.module, run.out_dir / "model", run.cfg)
     run.accelerator.wait_for_everyone()
     log.info(
