@@ -236,7 +236,7 @@ def test_ablation_end_to_end_at_a_tiny_size(ablate, tmp_path):
     """Data once, two variants, one seed: the JSON holds both runs and a rerun resumes without training."""
     import json
 
-    args = ["--quick", "--clips", "24", "--steps", "2", "--finetune-steps", "1", "--seeds", "0"]
+    args = ["--quick", "--clips", "48", "--steps", "2", "--finetune-steps", "1", "--seeds", "0"]
     args += ["--variants", "vit,mamba_time", "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")]
     assert ablate.main(args) == 0
     table = json.loads((tmp_path / "r" / "ablate_backbones.json").read_text())
