@@ -283,7 +283,7 @@ def static_row(args, label, spec, role, launch, result, config) -> dict:
     warps = kw.get("num_warps", 4)
     directions = 2 if kw.get("BIDIRECTIONAL") else 1
     row = {"module": label, "spec": spec.name, "kernel": role, "ok": result.ok, "error": result.error,
-           "registers": result.registers, "spill_bytes": result.spill_stores + result.spill_loads,
+           "registers": result.registers, "spill_bytes": result.stack_bytes,
            "shared_bytes": result.shared_bytes, "block_l": block_l, "block_d": block_d, "num_warps": warps}  # fmt: skip
     if not result.ok:
         return row
