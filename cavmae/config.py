@@ -4,8 +4,9 @@ Load order: defaults <- YAML file(s) <- dotted command-line overrides (``model.b
 values of the wrong type raise :class:`ConfigError` naming the key and listing the valid ones. The resolved config
 is written beside every run (``config.yaml``) and inside every checkpoint.
 
-Defaults follow ../shared/design.md section 1: CAV-MAE base (ViT-B, 11 + 11 + 1 blocks, decoder 8 x 512),
-masking 75 %, k_rec = 1, k_c = 0.01, temperature 0.05, Adam (0.95, 0.999), wd 5e-7, batch 48, lr 5e-5.
+Defaults follow the CAV-MAE paper (arXiv 2210.07839) and its public code: CAV-MAE base (ViT-B, 11 + 11 + 1
+blocks, decoder 8 x 512), masking 75 %, k_rec = 1, k_c = 0.01, temperature 0.05, Adam (0.95, 0.999), wd 5e-7,
+batch 48, lr 5e-5.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class MambaConfig:
-    """Bidirectional Mamba block settings (design section 2); used when a stack's backbone is ``mamba``."""
+    """Bidirectional Mamba block settings (Vision Mamba style); used when a stack's backbone is ``mamba``."""
 
     d_state: int = 16
     d_conv: int = 4
@@ -101,10 +102,13 @@ class DataConfig:
     shuffle_buffer: int = 1000  # samples per worker held for shuffling (training only; ~350 KB each: 10 s WAV + 1 JPEG)
     resampled: bool = False  # resampled shards (multi-node) instead of split_by_node / split_by_worker
     samples_per_epoch: int = 0  # needed when resampled; 0 = one pass over the shards (counted from the manifests)
-    frame_mode: Literal["random", "middle", "all"] = "random"  # evaluation always uses "middle" unless "all"
+    # the training frame: "random" (the paper) or "middle"; "all" is refused (training uses one frame per clip; the
+    # ten-frame ensemble is an evaluation: eval.ten_frame). Per-epoch validation uses the middle frame.
+    frame_mode: Literal["random", "middle", "all"] = "random"
     # augmentation (pre-training)
     noise: bool = False  # uniform noise (scale U(0, 0.1)) on the normalised fbank
-    time_roll: bool = False  # circular time shift of the fbank by U[-T, T) frames
+    # circular time shift of the fbank by U[-T, T) frames; the public scripts' noise=True means noise AND this roll
+    time_roll: bool = False
     # augmentation (fine-tuning)
     freqm: int = 0  # SpecAugment frequency mask width (48 in the recipes)
     timem: int = 0  # SpecAugment time mask width (192 in the recipes)
@@ -114,13 +118,16 @@ class DataConfig:
     # class-balanced sampling (AudioSet-2M / VGGSound fine-tuning): sample weight = sum over its labels of
     # 1 / label count (from the shard manifests), mean 1. "resample": each sample is repeated floor(w) or
     # floor(w) + 1 times in the stream (expected frequencies of CAV-MAE's weighted sampler); "weights": the stream is
-    # left alone and batches carry "weights" [B] for a weighted loss.
+    # left alone and batches carry "weights" [B]: fine-tuning weights each clip's loss by it (pre-training refuses it).
     class_balanced: bool = False
     balance_mode: Literal["resample", "weights"] = "resample"
     label_csv: str = ""  # label index CSV (index,mid,display_name) mapping sample labels by mid; empty = the shards'
     fbank_mean: float = -5.081  # fbank normalisation (AudioSet statistics, also used for VGGSound)
     fbank_std: float = 4.4849
     drop_last: bool = True  # training drops each worker's last partial batch; evaluation always keeps it
+    # held-out clips for the pre-training probes (train.probe_every); empty with data.synthetic = the synthetic
+    # validation split
+    probe_shards: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -160,7 +167,15 @@ class TrainConfig:
     log_every: int = 10
     image_every: int = 500  # reconstruction figure every M steps (0 = off)
     max_bad_steps: int = 20  # non-finite losses in a row before the run stops (0 = never stop, only skip)
-    global_contrast: bool = True  # gather negatives across ranks; False = per-device negatives as in the paper
+    global_contrast: bool = True  # gather negatives across ranks; False = per-device negatives
+    # InfoNCE within groups of N consecutive clips of the global batch (0 = one group: the whole contrastive batch),
+    # the group losses summed as the paper's DataParallel did (with 4 GPUs, N = 12 / 30 / 64 for base / scale+ /
+    # scale++); the same objective on any number of devices. With groups the whole pre-training loss is the sum
+    # over groups (rec + k * InfoNCE of each group), i.e. (global batch / N) times the per-group mean.
+    contrast_group: int = 0
+    # pre-training probes every N epochs (0 = off): retrieval R@1/5/10 both ways and k-NN accuracy of the frozen
+    # embeddings of eval.probe_clips held-out clips (data.probe_shards)
+    probe_every: int = 0
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     wandb_project: str = "cavmae"
     wandb_name: str = ""  # run name shown in W&B; empty = the out_dir's name
@@ -172,6 +187,7 @@ class TrainConfig:
     # fine-tuning
     ft_mode: Literal["audiovisual", "audio", "video"] = "audiovisual"  # which inputs the classifier sees
     ft_loss: Literal["bce", "ce"] = "bce"  # bce: multi-label (AudioSet, mAP); ce: single-label (VGGSound, top-1)
+    freeze_base: bool = False  # linear probe: only the head (mlp_head) trains, as the public --freeze_base
     # fine-tuning: the final model is the average of the weights after epochs [from, to] (1-based, inclusive);
     # avg_weights_from = 0 turns averaging off, avg_weights_to = 0 means the last epoch
     avg_weights_from: int = 0
@@ -182,7 +198,11 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = 32
     retrieval_chunk: int = 4096
-    ten_frame: bool = False  # average predictions over all ten frames
+    # the final evaluation of fine-tuning also scores the ten-frame ensemble (per-frame probabilities averaged);
+    # training and per-epoch validation use one frame either way
+    ten_frame: bool = True
+    probe_clips: int = 256  # clips of the pre-training probe set (the first ones of data.probe_shards)
+    knn_k: int = 10  # neighbours of the probe's k-NN classifier (leave-one-out within the probe set)
 
 
 @dataclass
@@ -410,11 +430,25 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(m, name)}")
     if m.shared_depth < 1:
         raise ConfigError("model.shared_depth must be at least 1")
+    if not m.temperature > 0:
+        raise ConfigError(f"model.temperature must be > 0 (it divides the similarities), got {m.temperature}")
     if cfg.data.batch_size < 1:
         raise ConfigError("data.batch_size must be at least 1")
     if cfg.eval.batch_size < 1:
         raise ConfigError("eval.batch_size must be at least 1")
     d = cfg.data
+    if d.synthetic and (d.train_shards or d.val_shards):
+        given = "data.train_shards" if d.train_shards else "data.val_shards"
+        raise ConfigError(
+            f"data.synthetic=true and {given} are both set: synthetic clips would replace the shards; set "
+            "data.synthetic=false to use the shards, or leave the shard lists empty"
+        )
+    for name in ("num_workers", "shuffle_buffer"):
+        if getattr(d, name) < 0:
+            raise ConfigError(f"data.{name} must be >= 0, got {getattr(d, name)}")
+    for name in ("mixup", "label_smoothing"):
+        if not 0.0 <= getattr(d, name) <= 1.0:
+            raise ConfigError(f"data.{name} must be in [0, 1], got {getattr(d, name)}")
     if d.synthetic:
         if d.synthetic_size < 1 or d.synthetic_val_size < 0:
             raise ConfigError("data.synthetic_size must be at least 1 and data.synthetic_val_size at least 0")
@@ -429,6 +463,28 @@ def validate(cfg: Config) -> None:
     for name in ("max_steps", "ckpt_every", "keep_last", "image_every", "val_every", "val_batches", "max_bad_steps"):
         if getattr(t, name) < 0:
             raise ConfigError(f"train.{name} must be >= 0, got {getattr(t, name)}")
+    if t.contrast_group < 0 or t.probe_every < 0:
+        raise ConfigError("train.contrast_group and train.probe_every must be >= 0")
+    if t.contrast_group and t.task != "pretrain":
+        raise ConfigError("train.contrast_group applies to pre-training (train.task=pretrain) only")
+    if t.freeze_base and t.task != "finetune":
+        raise ConfigError("train.freeze_base (linear probe) applies to fine-tuning (train.task=finetune) only")
+    if t.probe_every and t.task != "pretrain":
+        raise ConfigError("train.probe_every applies to pre-training (train.task=pretrain) only")
+    if t.probe_every and not (d.probe_shards or (d.synthetic and d.synthetic_val_size > 0)):
+        raise ConfigError("train.probe_every needs held-out clips: set data.probe_shards")
+    if cfg.eval.probe_clips < 2 or cfg.eval.knn_k < 1:
+        raise ConfigError("eval.probe_clips must be at least 2 and eval.knn_k at least 1")
+    if d.frame_mode == "all":
+        raise ConfigError(
+            "data.frame_mode='all' is not a training mode: training uses one frame per clip ('random', as the "
+            "paper, or 'middle'); the ten-frame ensemble is part of the final evaluation (eval.ten_frame=true)"
+        )
+    if d.class_balanced and d.balance_mode == "weights" and t.task != "finetune":
+        raise ConfigError(
+            "data.balance_mode='weights' weights the fine-tuning loss per clip; pre-training has no per-clip loss "
+            "to weight: use data.balance_mode='resample' or data.class_balanced=false"
+        )
     o = cfg.optim
     if o.lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {o.lr}")

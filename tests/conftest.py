@@ -17,20 +17,67 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# ../shared sits beside the clone (CI and developer machines); CAVMAE_SHARED overrides.
+# Real media files (a few AudioSet / VGGSound clips and a film) live outside the repository, in a folder `shared/`
+# beside the clone (CI and developer machines have it; a fresh clone does not) or wherever CAVMAE_SHARED points.
+# Tests that need them skip when it is absent, unless CAVMAE_REQUIRE_SHARED=1 (set by .ci/run) makes that a failure.
 SHARED = Path(os.environ.get("CAVMAE_SHARED", REPO.parent / "shared"))
+REQUIRE_SHARED = os.environ.get("CAVMAE_REQUIRE_SHARED", "") not in ("", "0")
+SHARED_FIXTURES = ("shared_dir", "media_dir", "media_shards")
+
+
+def _missing_shared(what: str) -> None:
+    """Skip (a user's clone) or fail (CI, or CAVMAE_SHARED set to a wrong path) when the real media are absent."""
+    reason = (
+        f"real media not found: {what}; set CAVMAE_SHARED to the folder holding media/ "
+        "(CI keeps it as shared/ beside the clone)"
+    )
+    if REQUIRE_SHARED or "CAVMAE_SHARED" in os.environ:
+        pytest.fail(reason + (" [CAVMAE_REQUIRE_SHARED=1]" if REQUIRE_SHARED else ""), pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED.is_dir():
-        pytest.fail(f"../shared not found at {SHARED}; set CAVMAE_SHARED to its path")
+        _missing_shared(f"no folder {SHARED}")
     return SHARED
 
 
 @pytest.fixture(scope="session")
 def media_dir(shared_dir: Path) -> Path:
-    return shared_dir / "media"
+    media = shared_dir / "media"
+    if not media.is_dir():
+        _missing_shared(f"no folder {media}")
+    return media
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if any(name in SHARED_FIXTURES for name in getattr(item, "fixturenames", ())):
+            item.add_marker("shared_media")
+
+
+_shared_outcomes: dict[str, int] = {}
+
+
+def pytest_runtest_logreport(report) -> None:
+    if "shared_media" in report.keywords and (report.when == "call" or report.outcome != "passed"):
+        outcome = "error" if report.failed and report.when != "call" else report.outcome
+        _shared_outcomes[outcome] = _shared_outcomes.get(outcome, 0) + 1
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    # CI must run every shared-media test: any that skipped (for whatever reason) fails the run
+    if REQUIRE_SHARED and _shared_outcomes.get("skipped") and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """One line that says whether the real-media tests ran (with CAVMAE_REQUIRE_SHARED=1 none may skip)."""
+    if _shared_outcomes:
+        summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(_shared_outcomes.items()))
+        required = "; CAVMAE_REQUIRE_SHARED=1: a skip fails the run" if REQUIRE_SHARED else ""
+        terminalreporter.write_line(f"shared-media tests ({SHARED}): {summary}{required}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

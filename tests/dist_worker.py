@@ -2,7 +2,8 @@
 
 ``python dist_worker.py OUT_DIR`` writes, from rank 0, ``OUT_DIR/step-global.pt`` and ``step-local.pt`` (reduced
 metrics and gradients of one step on this rank's share of the first global batch, with negatives gathered from
-all ranks / kept per device), then trains a few steps with the real loop into ``OUT_DIR/run``.
+all ranks / kept per device), ``step-group{2,8}.pt`` (the same with train.contrast_group), then trains
+a few steps with the real loop into ``OUT_DIR/run``.
 """
 
 from __future__ import annotations
@@ -49,4 +50,10 @@ if __name__ == "__main__":
         if torch.distributed.get_rank() == 0:
             torch.save(result, out / f"step-{name}.pt")
     cfg.train.global_contrast = True
+    for group in (2, 8):  # groups inside each process's 4 clips / one group spanning both processes
+        cfg.train.contrast_group = group
+        result = one_step(cfg)
+        if torch.distributed.get_rank() == 0:
+            torch.save(result, out / f"step-group{group}.pt")
+    cfg.train.contrast_group = 0
     train(cfg)  # ends with destroy_process_group (without it the workers abort at exit)

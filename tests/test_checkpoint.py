@@ -141,7 +141,7 @@ def test_bad_checkpoints_are_named(tmp_path):
             return (print, ("pwned",))
 
     evil = tmp_path / "evil.pth"
-    evil.write_bytes(pickle.dumps({"x": Evil()}))
+    evil.write_bytes(pickle.dumps({"x": Evil()}, protocol=2))  # torch.save's protocol: no "protocol 4" warning
     with pytest.raises(CheckpointError, match="refuse to unpickle"):
         cavmae.load_model(evil)
     wrong = tmp_path / "wrong.pth"

@@ -1,9 +1,14 @@
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from cavmae.cli import COMMANDS, main
+import cavmae
+from cavmae.cli import COMMANDS, main, parse_args
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_help_lists_every_subcommand(capsys):
@@ -28,3 +33,65 @@ def test_subcommand_help_shows_its_options(command, capsys):
 def test_unknown_subcommand_fails():
     out = subprocess.run([sys.executable, "-m", "cavmae.cli", "frobnicate"], capture_output=True, text=True)
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def _python(*args: str) -> subprocess.CompletedProcess:
+    """A fresh interpreter running this checkout's cavmae (not whatever copy is installed)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=REPO)
+
+
+HELP_IMPORTS = """
+import sys
+from cavmae.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+heavy = sorted(m for m in ("torch", "timm", "torchvision", "torchaudio", "accelerate") if m in sys.modules)
+print("HEAVY:" + ",".join(heavy))
+"""
+
+
+@pytest.mark.parametrize("command", ["", *sorted(COMMANDS)])
+def test_help_imports_no_torch(command):
+    out = _python("-c", HELP_IMPORTS, *([command] if command else []), "--help")
+    assert out.returncode == 0, out.stderr
+    assert "usage: cavmae" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY:", out.stdout.splitlines()[-1]
+
+
+def test_python_dash_m_version():
+    out = _python("-m", "cavmae", "--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"cavmae {cavmae.__version__}"
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["prepare", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: 4)" in out  # --workers, with help text
+    assert "default: 1000" in out  # --samples-per-shard, without
+    with pytest.raises(SystemExit):
+        main(["info", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--kind {auto,pretrain,classifier}" in out and "(default: auto)" in out
+
+
+def test_overrides_anywhere_after_the_subcommand():
+    _, args = parse_args(["pretrain", "--config", "x.yaml", "--resume", "auto", "train.max_steps=2"])
+    assert (args.config, args.resume, args.overrides) == ("x.yaml", "auto", ["train.max_steps=2"])
+    _, args = parse_args(["finetune", "a.b=1", "--config", "x.yaml", "c.d=2", "-v"])
+    assert args.overrides == ["a.b=1", "c.d=2"] and args.config == "x.yaml" and args.verbose
+    _, args = parse_args(["-v", "convert", "in.pth", "--to", "cavmae", "out", "model.embed_dim=64"])
+    assert (args.input, args.output, args.to, args.overrides) == ("in.pth", "out", "cavmae", ["model.embed_dim=64"])
+    assert args.verbose
+
+
+def test_convert_to_follows_the_output_name():
+    from cavmae.commands.convert import output_layout
+
+    assert output_layout("auto", "out/model") == "cavmae"
+    assert output_layout("auto", "cav-mae.pth") == "official"
+    assert output_layout("cavmae", "weird.pth") == "cavmae"

@@ -269,12 +269,16 @@ def test_mp4_only_and_flac_samples(make_tiny_shards, tiny_shards, tmp_path):
             assert torch.equal(x, ref[k][0])
 
 
-def test_clear_errors(tiny_shards):
+def test_clear_errors(tiny_shards, tmp_path):
     with pytest.raises(ValueError, match="4 classes but num_classes is 3"):
         build_loader(cfg(), tiny_shards.pattern, num_classes=3, train=True)
     with pytest.raises(ValueError, match="no shards"):
         build_loader(cfg(), [], train=True)
     with pytest.raises(ValueError, match="frame_mode"):
         build_loader(cfg(), ["x.tar"], train=True, frame_mode="first")
+    unlisted = tmp_path / "x.tar"  # a shard without a manifest to count its samples
+    unlisted.write_bytes(b"")
     with pytest.raises(ValueError, match="samples_per_epoch"):
-        build_loader(cfg(resampled=True), ["/nowhere/x.tar"], train=True)
+        build_loader(cfg(resampled=True), [str(unlisted)], train=True)
+    with pytest.raises(ValueError, match="shard pattern '/nowhere/x-\\*.tar' matches no file"):
+        build_loader(cfg(), ["/nowhere/x-*.tar"], train=True)

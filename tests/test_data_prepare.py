@@ -53,7 +53,7 @@ def test_shared_media_folder(media_shards):
     assert 9.5 < chaplin["duration"] <= 10.0  # MP3 audio converted to 16 kHz mono
 
 
-def test_audioset_and_vggsound_csv_matching(media_dir, shared_dir, tmp_path):
+def test_audioset_and_vggsound_csv_matching(media_dir, tmp_path):
     csv = tmp_path / "segments.csv"
     csv.write_text(
         "# Segments csv\n# num_ytids=3\n# YTID, start_seconds, end_seconds, positive_labels\n"
@@ -61,7 +61,7 @@ def test_audioset_and_vggsound_csv_matching(media_dir, shared_dir, tmp_path):
         'notdownload, 30.000, 40.000, "/m/09x0r"\n'
         'chaplin, 0.000, 10.000, "/m/not_a_mid"\n'
     )
-    plan = plan_inputs(videos=media_dir, csv=csv, label_csv=shared_dir / "data" / "class_labels_indices_as.csv")
+    plan = plan_inputs(videos=media_dir, csv=csv, label_csv=REPO / "data" / "class_labels_indices_as.csv")
     assert plan.mode == "audioset" and [c.key for c in plan.inputs] == ["00W1lcxW-WU_40000"]
     clip = plan.inputs[0]
     assert clip.label_indices == [0, 137] and clip.clip_start == 0.0 and clip.clip_end == 10.0

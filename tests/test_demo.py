@@ -8,10 +8,14 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from cavmae.cli import main
-from cavmae.demo.pipeline import FULL, MARKER, DemoData, DemoError, demo_config, prepare_out_dir, run_demo
+from cavmae.data.clips import colour_name, make_classes
+from cavmae.demo.pipeline import FULL, MARKER, DemoData, DemoError, demo_config, mean_sd, prepare_out_dir, run_demo
+from cavmae.demo.report import block_similarity, pm
+from cavmae.train.figures import _reconstruct
 
 FIGURES = (
     "examples",
@@ -49,11 +53,16 @@ def test_quick_demo_writes_the_report_and_pretraining_beats_random_init(quick_de
         with Image.open(png) as img:
             assert img.format == "PNG" and min(img.size) >= 200, (name, img.size)
     assert set(re.findall(r"\]\((figures/[^)]+)\)", report)) == {f"figures/{n}.png" for n in FIGURES}
+    assert "](gallery/index.html)" in report and (out / "gallery" / "index.html").is_file()  # retrieval gallery
 
     m = json.loads((out / "metrics.json").read_text())
     assert m["data"]["heldout_clips"] >= 30 and m["data"]["train_clips"] >= 150
+    assert m["seeds"] == [0] and len(m["per_seed"]) == 1  # --quick: one seed
     for run in ("pretrain", "finetune_pretrained", "finetune_scratch"):
-        assert (out / "runs" / run / "model" / "model.safetensors").is_file()
+        assert (out / "runs" / "seed0" / run / "model" / "model.safetensors").is_file()
+    assert m["retrieval"] == m["per_seed"][0]["retrieval"] and m["classification"]["pretrained"]["top1_sd"] == 0
+    own, same, other = m["similarity_blocks"]["pretrained"]
+    assert f"pre-trained {own:.2f} / {same:.2f} / {other:.2f}" in report  # the caption quotes the matrix
     start, end = m["pretraining"]["start"], m["pretraining"]["end"]
     assert end["loss_c"] < start["loss_c"] and end["loss_rec_a"] < start["loss_rec_a"], (start, end)
     chance = m["retrieval_chance_R@5"]
@@ -107,3 +116,34 @@ def test_unknown_backbone_fails_before_any_work(tmp_path, caplog):
     assert not (tmp_path / "out").exists()
     assert main(["demo", "--backbone", "no-such-block", "--out", str(tmp_path / "cli")]) == 2
     assert "unknown backbone" in caplog.text
+
+
+def test_class_names_name_the_colours_drawn():
+    # hues that equal-width bins misnamed (the drawn colour, then the old name): 222 deg was "cyan", 97 "yellow",
+    # 287 "blue", 32 "red"
+    assert colour_name((25, 92, 255)) == "blue" and colour_name((112, 255, 25)) == "lime"
+    assert colour_name((206, 25, 255)) == "purple" and colour_name((255, 149, 25)) == "orange"
+    primaries = {(255, 0, 0): "red", (0, 255, 0): "green", (0, 0, 255): "blue", (255, 255, 0): "yellow"}
+    primaries |= {(0, 255, 255): "cyan", (255, 0, 255): "magenta", (255, 128, 0): "orange"}
+    assert {rgb: colour_name(rgb) for rgb in primaries} == primaries
+    for cls in make_classes(16):
+        assert cls.name.startswith(colour_name(cls.colour) + " "), cls
+
+
+def test_reconstruction_shows_only_the_masked_patches():
+    target = torch.arange(12.0).view(4, 3)
+    pred = target + 1.0
+    mask = torch.tensor([1, 0, 1, 0])
+    visible, predicted, error = _reconstruct(target, pred, mask, norm_pix=False)
+    assert torch.isnan(predicted[1]).all() and torch.isnan(predicted[3]).all()  # visible patches: not shown
+    assert torch.equal(predicted[0], pred[0]) and torch.equal(error[2], torch.ones(3))
+    assert torch.isnan(visible[0]).all() and torch.equal(visible[1], target[1])
+
+
+def test_seed_statistics_and_similarity_blocks():
+    assert mean_sd([1.0, 2.0, 3.0]) == (2.0, 1.0) and mean_sd([4.0]) == (4.0, 0.0)
+    assert pm(36.5, 2.04, 3) == "36.5 ± 2.0" and pm(36.5, 0.0, 1) == "36.5"
+    labels = torch.tensor([0, 0, 1])
+    sim = torch.tensor([[0.9, 0.5, 0.1], [0.5, 0.7, 0.2], [0.1, 0.2, 0.8]])
+    own, same, other = block_similarity(sim, labels)
+    assert (round(own, 3), round(same, 3), round(other, 3)) == (0.8, 0.5, 0.15)

@@ -85,15 +85,20 @@ def test_head_multiplier_and_layer_decay():
     assert task.lr_scale("patch_embed_a.proj.weight", cfg) == 0.5 ** (d + s + 1)
 
 
-@pytest.mark.parametrize("loss", ["bce", "ce"])
-def test_ten_frame_evaluation_averages_logits(loss):
-    from cavmae.eval.classify import classify
+@pytest.mark.parametrize("mode", ["audiovisual", "audio"])
+def test_frame_logits_run_one_forward_per_frame(mode):
+    from cavmae.eval.classify import classify, frame_logits
 
     cfg = load_config(FT, PRETRAIN_SMALL_INPUTS)
     model = cavmae.create_model(cfg.model, kind="classifier").eval()
     audio = torch.randn(2, 256, 64)
     frames = torch.randn(2, 10, 3, 64, 64)
     with torch.no_grad():
-        got = classify(model, {"audio": audio, "frames": frames}, "audiovisual")
-        want = torch.stack([model(audio, frames[:, i]) for i in range(10)]).mean(0)
-    assert torch.allclose(got, want, atol=1e-6)
+        got = frame_logits(model, {"audio": audio, "frames": frames}, mode)  # [B, F, C]
+        want = torch.stack([model(audio, frames[:, i], mode=mode) for i in range(10)], dim=1)
+    if mode == "audio":  # the frames are not looked at: one pass
+        assert got.shape == (2, 1, cfg.model.num_classes) and torch.allclose(got[:, 0], want[:, 0], atol=1e-6)
+    else:
+        assert torch.allclose(got, want, atol=1e-6)
+    with pytest.raises(ValueError, match="frame_logits"):
+        classify(model, {"audio": audio, "frames": frames}, mode)

@@ -33,9 +33,10 @@ def two_processes(tmp_path_factory):
 def one_process(monkeypatch, tmp_path):
     monkeypatch.setattr(cavmae_model, "random_masking", content_masking)
 
-    def run(batch_size: int, global_contrast: bool = True, skip: int = 0) -> dict:
+    def run(batch_size: int, global_contrast: bool = True, skip: int = 0, group: int = 0) -> dict:
         cfg = micro_config(tmp_path / "run", f"data.batch_size={batch_size}", "train.max_steps=3")
         cfg.train.global_contrast = global_contrast
+        cfg.train.contrast_group = group
         return one_step(cfg, skip)
 
     return run
@@ -67,6 +68,19 @@ def test_per_device_negatives_reproduce_the_paper(two_processes, one_process):
     assert_grads_close(dist["grads"], {n: 0.5 * (g + halves[1]["grads"][n]) for n, g in halves[0]["grads"].items()})
     whole = one_process(8)["metrics"]["loss_c"]
     assert abs(dist["metrics"]["loss_c"] - whole) > 1e-3, "per-device negatives must differ from the global batch"
+
+
+@pytest.mark.parametrize("group", [2, 8])
+def test_contrast_groups_give_the_one_process_objective_on_two_processes(two_processes, one_process, group):
+    """train.contrast_group: the same objective (sum over the groups of the global batch) and gradients on two
+    processes as on one, whether the groups lie inside a process (2) or span both (8: gathered)."""
+    dist = torch.load(two_processes / f"step-group{group}.pt", weights_only=True)
+    ref = one_process(8, group=group)
+    for k in ("loss", "loss_rec", "loss_c", "acc_c"):
+        assert abs(dist["metrics"][k] - ref["metrics"][k]) < 1e-5, (k, dist["metrics"][k], ref["metrics"][k])
+    assert_grads_close(dist["grads"], ref["grads"])
+    if group == 2:
+        assert abs(ref["metrics"]["loss_c"] - one_process(8)["metrics"]["loss_c"]) > 1e-3
 
 
 def test_training_loop_on_two_processes_logs_the_one_process_losses(two_processes, monkeypatch, tmp_path):

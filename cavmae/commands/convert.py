@@ -1,4 +1,4 @@
-"""``cavmae convert IN OUT --to cavmae|official [--from auto|cavmae|official|mae]``."""
+"""``cavmae convert IN OUT [--to auto|cavmae|official] [--from auto|mae]``: convert checkpoints between layouts."""
 
 from __future__ import annotations
 
@@ -6,22 +6,18 @@ import argparse
 import logging
 from pathlib import Path
 
-from cavmae.config import Config, load_config
-from cavmae.models.weights import (
-    CheckpointError,
-    init_from_mae,
-    load_model,
-    save_official,
-    save_pretrained,
-)
-
 log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="our model directory, a public CAV-MAE .pth, or (with --from mae) an MAE ViT-B .pth")
     p.add_argument("output", help="a directory (--to cavmae) or a .pth file (--to official)")
-    p.add_argument("--to", choices=["cavmae", "official"], default="cavmae")
+    p.add_argument(
+        "--to",
+        choices=["auto", "cavmae", "official"],
+        default="auto",
+        help="output layout: our model directory or a public CAV-MAE .pth; auto: official for a .pth / .pt OUT",
+    )
     p.add_argument(
         "--from",
         dest="source",
@@ -29,11 +25,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="mae: initialise a CAV-MAE pre-training model from an ImageNet MAE checkpoint",
     )
-    p.add_argument("--config", help="with --from mae: recipe giving the architecture (default: CAV-MAE base)")
+    p.add_argument("--config", help="with --from mae: recipe giving the architecture (default: the CAV-MAE base)")
     p.add_argument("overrides", nargs="*", default=[], help="dotted config overrides, with --from mae")
 
 
+def output_layout(to: str, output: str) -> str:
+    """``--to auto``: a ``.pth`` / ``.pt`` output is the public layout, anything else our model directory."""
+    if to != "auto":
+        return to
+    return "official" if Path(output).suffix.lower() in (".pth", ".pt") else "cavmae"
+
+
 def run(args: argparse.Namespace) -> int:
+    from cavmae.config import Config, ConfigError, load_config
+    from cavmae.models.weights import CheckpointError, init_from_mae, load_model, save_official, save_pretrained
+
+    to = output_layout(args.to, args.output)
     try:
         if args.source == "mae":
             from cavmae.models.cavmae import CAVMAE
@@ -45,12 +52,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             model = load_model(args.input)
             cfg = Config(model=model.cfg)
-        if args.to == "cavmae":
+        if to == "cavmae":
             save_pretrained(model, args.output, cfg)
         else:
             save_official(model, Path(args.output))
-    except CheckpointError as e:
+    except (CheckpointError, ConfigError) as e:
         log.error("%s", e)
         return 1
-    log.info("wrote %s (%s layout)", args.output, args.to)
+    log.info("wrote %s (%s layout)", args.output, to)
     return 0

@@ -1,5 +1,5 @@
-"""``cavmae demo [--out DIR] [--backbone vit|mamba] [--quick] [--seed N]``: the whole pipeline on synthetic videos,
-ending in a report (see cavmae.demo.pipeline)."""
+"""``cavmae demo [--out DIR] [--backbone vit|mamba] [--quick] [--seed N] [--seeds K] [--jobs J]``: the whole
+pipeline on synthetic videos, ending in a report (see cavmae.demo.pipeline)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="vit", help="encoder block: vit or mamba (model.backbone)")
     p.add_argument("--quick", action="store_true", help="a shorter demo (about a minute; what CI runs)")
     p.add_argument("--seed", type=int, default=0, help="seeds the clips, the initialisations and the data order")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        help="training replicas on the same clips, seeds SEED, SEED+1, ... (default: 3; with --quick 1); "
+        "the report gives mean ± sd",
+    )
+    p.add_argument("--jobs", type=int, help="replicas trained at a time, one process each (default: CPU cores)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,20 +30,35 @@ def run(args: argparse.Namespace) -> int:
     from cavmae.demo.pipeline import DemoError, run_demo
 
     try:
-        result = run_demo(args.out, backbone=args.backbone, quick=args.quick, seed=args.seed)
+        result = run_demo(
+            args.out, backbone=args.backbone, quick=args.quick, seed=args.seed, seeds=args.seeds, jobs=args.jobs
+        )
     except (DemoError, ConfigError) as e:
         log.error("%s", e)
         return 2
     m = result.metrics
     pre, rnd = m["retrieval"]["pretrained"], m["retrieval"]["random_init"]
+    pre_sd, rnd_sd = m["retrieval_sd"]["pretrained"], m["retrieval_sd"]["random_init"]
     cls = m["classification"]
+    n = len(m["seeds"])
+
+    def pm(mean: float, sd: float) -> str:
+        return f"{mean:.1f} ± {sd:.1f} %" if n > 1 else f"{mean:.1f} %"
+
     print(f"\nreport: {result.report.resolve()}")
     data = m["data"]
-    print(f"held-out clips: {data['heldout_clips']} ({len(data['classes'])} classes); {m['timings_s']['total']:.0f} s")
-    for d, name in (("video_to_audio", "video->audio"), ("audio_to_video", "audio->video")):
-        print(f"  retrieval {name} R@5: pre-trained {pre[d]['R@5']:.1f} %  vs  random init {rnd[d]['R@5']:.1f} %")
     print(
-        f"  classification after {cls['pretrained']['steps']} steps: fine-tuned {cls['pretrained']['top1']:.1f} %"
-        f"  vs  from scratch {cls['scratch']['top1']:.1f} %"
+        f"held-out clips: {data['heldout_clips']} ({len(data['classes'])} classes); {n} seed(s)"
+        f"{' (mean ± sd)' if n > 1 else ''}; {m['timings_s']['total']:.0f} s"
+    )
+    for d, name in (("video_to_audio", "video->audio"), ("audio_to_video", "audio->video")):
+        print(
+            f"  retrieval {name} R@5: pre-trained {pm(pre[d]['R@5'], pre_sd[d]['R@5'])}"
+            f"  vs  random init {pm(rnd[d]['R@5'], rnd_sd[d]['R@5'])}"
+        )
+    c_pre, c_scr = cls["pretrained"], cls["scratch"]
+    print(
+        f"  classification after {c_pre['steps']} steps: fine-tuned {pm(c_pre['top1'], c_pre['top1_sd'])}"
+        f"  vs  from scratch {pm(c_scr['top1'], c_scr['top1_sd'])}"
     )
     return 0

@@ -6,8 +6,11 @@ Start from a pre-trained model with ``train.init=runs/pretrain/model`` (ours) or
 from __future__ import annotations
 
 import argparse
+import logging
 
 from cavmae.commands import pretrain
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -15,4 +18,4 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return pretrain.run(args, task="finetune")
+    return pretrain.run(args, task="finetune", logger=log)

@@ -1,28 +1,51 @@
-"""``cavmae info [--config RECIPE] [overrides] | --model PATH``: resolved config and parameter counts."""
+"""``cavmae info [--config RECIPE] [overrides] [--kind K] | --model PATH``: resolved config and parameter counts."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 
-import yaml
-
-from cavmae.config import load_config
-from cavmae.models.weights import build_model, describe, load_model
+log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="recipe YAML (default: the built-in CAV-MAE base)")
     p.add_argument("--model", help="a model directory or public .pth to describe instead")
-    p.add_argument("--kind", choices=["pretrain", "classifier"], default="pretrain")
+    p.add_argument(
+        "--kind",
+        choices=["auto", "pretrain", "classifier"],
+        default="auto",
+        help="model to build from the recipe; auto: classifier when train.task is finetune, else pretrain",
+    )
     p.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. model.backbone=vit")
 
 
+def model_kind_for(kind: str, task: str) -> str:
+    """``--kind auto`` follows the recipe's ``train.task``: fine-tuning builds the classifier."""
+    if kind != "auto":
+        return kind
+    return "classifier" if task == "finetune" else "pretrain"
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.model:
-        print(json.dumps(describe(load_model(args.model)), indent=2))
-        return 0
-    cfg = load_config(args.config, args.overrides)
+    import yaml
+
+    from cavmae.config import ConfigError, load_config
+    from cavmae.models.weights import CheckpointError, build_model, describe, load_model
+
+    try:
+        if args.model:
+            if args.config or args.overrides:
+                log.error("give either --model (a saved model) or --config / overrides (a recipe), not both")
+                return 2
+            print(json.dumps(describe(load_model(args.model)), indent=2))
+            return 0
+        cfg = load_config(args.config, args.overrides)
+        model = build_model(model_kind_for(args.kind, cfg.train.task), cfg.model)
+    except (ConfigError, CheckpointError) as e:
+        log.error("%s", e)
+        return 2
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    print(json.dumps(describe(build_model(args.kind, cfg.model)), indent=2))
+    print(json.dumps(describe(model), indent=2))
     return 0

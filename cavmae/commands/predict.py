@@ -2,7 +2,8 @@
 
 The mode follows the inputs: both streams -> the model's fine-tuning mode (audiovisual by default); one stream
 missing -> the paper's missing-modality mode for an audio-visual model (or the single-modality mode it was
-fine-tuned for). Class names come from --labels (index,mid,display_name) or the model's data.label_csv.
+fine-tuned for). Class names come from --labels (index,mid,display_name), the model's data.label_csv, or the bundled
+AudioSet / VGGSound index when the model has 527 / 309 classes.
 """
 
 from __future__ import annotations
@@ -12,19 +13,21 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-
 log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", help="video (mp4, mkv, ...) or audio (wav, flac, mp3) files")
     p.add_argument("--model", required=True, help="fine-tuned model: our model directory or a public .pth")
-    p.add_argument("--labels", help="label index CSV (index,mid,display_name), e.g. AudioSet's")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument(
+        "--labels",
+        help="label index CSV (index,mid,display_name); default: the model's data.label_csv, else the bundled "
+        "AudioSet (527 classes) or VGGSound (309) index when the model has that many classes",
+    )
+    p.add_argument("--top-k", type=int, default=5, help="classes printed per file")
     p.add_argument("--ten-frames", action="store_true", help="average the logits of the ten frames")
     p.add_argument("--json", action="store_true", help="print one JSON object per file")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="torch device; auto: cuda when available, else cpu")
 
 
 def choose_mode(trained_mode: str, has_audio: bool, has_video: bool) -> str:
@@ -39,8 +42,10 @@ def choose_mode(trained_mode: str, has_audio: bool, has_video: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from cavmae.config import Config
-    from cavmae.data.labels import LabelIndex
+    from cavmae.data.labels import LabelIndex, bundled_label_csv_for
     from cavmae.data.media import MediaError
     from cavmae.eval.classify import classify
     from cavmae.eval.inputs import load_file
@@ -54,13 +59,15 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(model, CAVMAEClassifier):
             log.error("%s is a pre-training model; predict needs a fine-tuned classifier", args.model)
             return 2
-        label_csv = args.labels or cfg.data.label_csv
+        label_csv = args.labels or cfg.data.label_csv or bundled_label_csv_for(model.cfg.num_classes)
         names = LabelIndex.from_csv(label_csv).names if label_csv else None
         if names is not None and len(names) != model.cfg.num_classes:
             log.warning("%s has %d classes, the model %d", label_csv, len(names), model.cfg.num_classes)
     except (CheckpointError, ValueError, OSError) as e:
         log.error("%s", e)
         return 2
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     model.eval().to(args.device)
     failed = 0
     for file in args.files:

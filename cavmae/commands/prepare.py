@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--videos", help="folder of video files (searched recursively)")
     src.add_argument("--csv", help="AudioSet segments CSV or VGGSound CSV naming the clips and their labels")
     src.add_argument("--datafile", help="CAV-MAE datafile JSON (wav + frame_<i>/<video_id>.jpg)")
-    src.add_argument("--label-csv", help="label index CSV (index,mid,display_name); built from the labels if absent")
+    src.add_argument(
+        "--label-csv",
+        help="label index CSV (index,mid,display_name). Default: the bundled AudioSet index (527 classes) for an "
+        "AudioSet segments CSV, the bundled VGGSound list (309 classes) for a VGGSound CSV, else built from the "
+        "labels; 'build' builds one from the labels in any case",
+    )
     src.add_argument("--layout", choices=["auto", "audioset", "vggsound"], default="auto", help="CSV layout")
     src.add_argument("--split", help="VGGSound: keep only rows of this split (train / test)")
     out = parser.add_argument_group("output")
@@ -33,6 +39,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--samples-per-shard", type=int, default=1000)
     out.add_argument("--max-shard-bytes", type=parse_size, default=0, help="e.g. 1G (default: no limit)")
     out.add_argument("--workers", type=int, default=4, help="decoding processes (0 = in this process)")
+    eng = parser.add_argument_group("engine (where clips are decoded; the shards are the same)")
+    eng.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help='local: a process pool of --workers; ray: one task per shard on a Ray cluster (pip install "cavmae[ray]")',
+    )
+    eng.add_argument("--ray-address", help="existing Ray cluster ('auto' or host:port); default: start a local one")
+    eng.add_argument("--ray-num-cpus", type=int, help="CPUs of a local Ray cluster started here (default: all)")
+    eng.add_argument("--ray-retries", type=int, default=3, help="extra tries of a failed Ray task (default 3)")
     out.add_argument("--frame-size", type=int, default=224, help="shorter side of stored frames (never enlarged)")
     out.add_argument("--jpeg-quality", type=int, default=90)
     out.add_argument("--audio-format", choices=["wav", "flac"], default="wav", help="16-bit PCM container")
@@ -46,21 +62,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--overwrite", action="store_true", help="replace shards from other inputs or options")
 
 
+def default_label_csv(args: argparse.Namespace) -> str | None:
+    """--label-csv as given; unset with an AudioSet / VGGSound CSV: the bundled index; 'build' (or unset): None."""
+    from cavmae.data.labels import bundled_label_csv, detect_csv_layout
+
+    if args.label_csv == "build":
+        return None
+    if args.label_csv or not args.csv or args.datafile:
+        return args.label_csv
+    layout = args.layout
+    if layout == "auto":
+        if not os.path.isfile(args.csv):
+            return None  # plan_inputs reports the missing file
+        layout = detect_csv_layout(args.csv)
+    path = str(bundled_label_csv(layout))
+    log.info("label index: %s (bundled for %s; --label-csv to use another)", path, layout)
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
     from cavmae.data.labels import MetadataError
     from cavmae.data.prepare import PrepareError, PrepareOptions, prepare_shards
     from cavmae.data.sources import plan_inputs
 
     try:
+        label_csv = default_label_csv(args)
         plan = plan_inputs(
             videos=args.videos,
             csv=args.csv,
             datafile=args.datafile,
-            label_csv=args.label_csv,
+            label_csv=label_csv,
             layout=args.layout,
             split=args.split,
             clip_seconds=args.clip_seconds,
         )
+        if label_csv != args.label_csv and plan.failed and not plan.inputs:
+            raise ValueError(
+                f"none of the rows of {args.csv} could be used with the bundled label index {label_csv} "
+                f"(first problem: {plan.failed[0]['reason']}); pass --label-csv FILE, or --label-csv build"
+            )
         options = PrepareOptions(
             frame_size=args.frame_size,
             jpeg_quality=args.jpeg_quality,
@@ -68,6 +108,16 @@ def run(args: argparse.Namespace) -> int:
             audio_format=args.audio_format,
             clip_seconds=args.clip_seconds,
         )
+        engine = None
+        if args.engine == "ray":
+            from cavmae.data.engines import RayEngine
+
+            engine = RayEngine(
+                address=args.ray_address,
+                num_cpus=args.ray_num_cpus,
+                block_size=args.samples_per_shard,
+                max_retries=args.ray_retries,
+            )
         manifest = prepare_shards(
             plan,
             args.out,
@@ -77,10 +127,20 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             options=options,
             overwrite=args.overwrite,
+            engine=engine,
         )
-    except (MetadataError, PrepareError, ValueError) as e:
+    except (MetadataError, PrepareError, ImportError, ValueError) as e:
         log.error("%s", e)
         return 2
+    unmatched = manifest.get("unmatched") or []
+    if unmatched:  # files that no metadata row names are not in the shards: say so, not only in the manifest
+        log.warning(
+            "%d media file(s) in --videos are named by no metadata row and were left out: %s%s (all listed under "
+            "'unmatched' in the manifest)",
+            len(unmatched),
+            ", ".join(unmatched[:5]),
+            " ..." if len(unmatched) > 5 else "",
+        )
     n = len(manifest["shards"])
     pattern = f"{args.out}/{args.name}-{{000000..{n - 1:06d}}}.tar" if n else "(no shards)"
     log.info(

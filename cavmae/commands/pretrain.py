@@ -10,19 +10,24 @@ import argparse
 import logging
 import os
 
-from cavmae.config import ConfigError, load_config
-from cavmae.models.weights import CheckpointError
-
 log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="recipe YAML (default: the built-in CAV-MAE base recipe)")
-    p.add_argument("--resume", help="'auto' (latest complete checkpoint of train.out_dir) or a checkpoint directory")
-    p.add_argument("overrides", nargs="*", default=[], help="dotted config overrides, e.g. train.epochs=5")
+    p.add_argument(
+        "--resume",
+        help="'auto' (the newest complete, readable checkpoint of train.out_dir) or a checkpoint directory",
+    )
+    p.add_argument(
+        "overrides", nargs="*", default=[], help="dotted config overrides, anywhere after the command: train.epochs=5"
+    )
 
 
-def run(args: argparse.Namespace, task: str = "pretrain") -> int:
+def run(args: argparse.Namespace, task: str = "pretrain", logger: logging.Logger = log) -> int:
+    """Train ``task``; errors are logged under ``logger`` (the calling command's)."""
+    from cavmae.config import ConfigError, load_config
+    from cavmae.models.weights import CheckpointError
     from cavmae.train import TrainingStopped, train
 
     main_process = int(os.environ.get("RANK", "0")) == 0
@@ -35,12 +40,12 @@ def run(args: argparse.Namespace, task: str = "pretrain") -> int:
         cfg = load_config(args.config, overrides)
         out_dir = train(cfg)
     except (ConfigError, CheckpointError) as e:
-        log.error("%s", e)
+        logger.error("%s", e)
         return 2
     except TrainingStopped as e:
-        log.error("%s", e)
+        logger.error("%s", e)
         return 1
     if main_process:
-        run = out_dir.resolve()
-        print(f"run directory: {run}  (model: {run / 'model'}, metrics: {run / 'metrics.jsonl'})")
+        run_dir = out_dir.resolve()
+        print(f"run directory: {run_dir}  (model: {run_dir / 'model'}, metrics: {run_dir / 'metrics.jsonl'})")
     return 0

@@ -3,6 +3,12 @@
 cavmae retrieve --model runs/base/model --shards 'eval-{000000..000009}.tar' --out eval_emb.safetensors
 cavmae retrieve --model runs/base/model --embeddings eval_emb.safetensors --query clip.mp4 --top-k 5
 cavmae retrieve --embeddings eval_emb.safetensors --query-key 00W1lcxW-WU_40000 --direction a2v
+cavmae retrieve --index index/eval                       # R@k from an exact (flat) index, see cavmae index
+cavmae retrieve --index index/as2m --embeddings emb/as2m --query-key KEY --top-k 10
+cavmae retrieve --embeddings eval_emb.safetensors --shards 'eval-{000000..000009}.tar' --html gallery/
+
+--embeddings takes a .safetensors file (retrieve --out) or a folder written by ``cavmae embed``. With --embeddings
+or --index, --shards only supplies the frames and sounds of the --html gallery.
 """
 
 from __future__ import annotations
@@ -11,9 +17,10 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="pre-trained model: our model directory or a public CAV-MAE .pth")
     p.add_argument("--shards", nargs="+", help="shards to embed (brace patterns allowed)")
     p.add_argument("--out", help="where to save the embeddings (.safetensors) and metrics (.json beside it)")
-    p.add_argument("--embeddings", help="embeddings saved by an earlier run (the gallery for queries)")
+    p.add_argument("--embeddings", help="embeddings saved by an earlier run or an embed folder (the gallery)")
+    p.add_argument("--index", help="an index folder from cavmae index: queries answered by FAISS")
+    p.add_argument("--nprobe", type=int, help="approximate index: cells scanned per query (default: recorded)")
     p.add_argument("--query", nargs="+", default=[], help="audio or video files to look up in the gallery")
     p.add_argument("--query-key", nargs="+", default=[], help="keys of clips in the gallery to use as queries")
     p.add_argument(
@@ -31,58 +40,107 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="a2v: audio query, video gallery; auto: a2v for audio files and keys, v2a for video files",
     )
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=int, default=5, help="matches printed per query")
     p.add_argument("--chunk", type=int, default=1024, help="queries scored at once (memory: chunk x N floats)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-size", type=int, default=32, help="clips embedded at once")
+    p.add_argument("--num-workers", type=int, default=2, help="data loader processes")
+    p.add_argument("--device", default="auto", help="torch device; auto: cuda when available, else cpu")
+    html = p.add_argument_group("gallery page (--html)")
+    html.add_argument("--html", metavar="DIR", help="write a retrieval gallery (index.html + media/) into DIR")
+    html.add_argument("--html-queries", type=int, default=8, help="random queries when no --query-key is given")
+    html.add_argument("--html-seconds", type=float, default=5.0, help="seconds of audio per clip on the page")
+    html.add_argument("--seed", type=int, default=0, help="seed of the random query sample")
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from cavmae.config import Config
     from cavmae.data.media import MediaError
-    from cavmae.eval.metrics import retrieval_metrics
-    from cavmae.eval.retrieval import EmbeddingSet, embed_shards
+    from cavmae.eval.embed import load_embeddings
+    from cavmae.eval.retrieval import embed_shards
+    from cavmae.eval.search import SearchSpace
     from cavmae.models.weights import CheckpointError, load_model
 
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         model = load_model(args.model) if args.model else None
-        if args.shards:
+        embeddings = index = metrics = None
+        if args.index:
+            from cavmae.eval.index import RetrievalIndex
+
+            index = RetrievalIndex.load(args.index, args.nprobe)
+        if args.embeddings:
+            embeddings = load_embeddings(args.embeddings)
+        elif args.shards and index is None:
             if model is None:
-                log.error("--shards needs --model")
+                log.error("--shards needs --model (or --embeddings / --index, then --shards is the gallery's media)")
                 return 2
             cfg = Config(model=model.cfg)
             cfg.data.num_workers, cfg.eval.batch_size = args.num_workers, args.batch_size
-            gallery = embed_shards(model, args.shards, cfg, args.device)
-            metrics = retrieval_metrics(gallery.audio, gallery.video, args.chunk)
-            metrics["clips"] = len(gallery)
-            print(json.dumps(metrics, indent=2))
-            if args.out:
-                path = gallery.save(args.out)
-                Path(path).with_suffix(".json").write_text(json.dumps(metrics, indent=2))
-                log.info("saved %d embeddings to %s and metrics beside it", len(gallery), path)
-        elif args.embeddings:
-            gallery = EmbeddingSet.load(args.embeddings)
-        else:
-            log.error("give --shards (with --model) to embed a set, or --embeddings to query a saved one")
+            embeddings = embed_shards(model, args.shards, cfg, args.device)
+        if embeddings is None and index is None:
+            log.error("give --shards (with --model) to embed a set, or --embeddings / --index to query a saved one")
             return 2
+        space = SearchSpace(embeddings, index)
+        embedded_here = embeddings is not None and not args.embeddings
+        if embedded_here or (index is not None and index.exact):
+            metrics = space.metrics(args.chunk)
+            metrics["clips"] = len(space)
+            print(json.dumps(metrics, indent=2))
+        elif index is not None:
+            log.info("approximate %s index: answering queries only (R@k needs an exact flat index)", index.info["kind"])
+        if args.out:
+            if not embedded_here:
+                log.error("--out saves embeddings made from --shards; nothing was embedded")
+                return 2
+            path = embeddings.save(args.out)
+            Path(path).with_suffix(".json").write_text(json.dumps(metrics, indent=2))
+            log.info("saved %d embeddings to %s and metrics beside it", len(embeddings), path)
+        direction = args.direction
         for key in args.query_key:
-            i = gallery.index(key)
-            a2v = args.direction != "v2a"
-            _print_matches(f"key {key}", gallery.audio[i] if a2v else gallery.video[i], gallery, a2v, args.top_k)
+            a2v = direction != "v2a"
+            _print_matches(f"key {key}", space.vector(key, "audio" if a2v else "video"), space, a2v, args.top_k)
         for file in args.query:
             if model is None:
                 log.error("file queries need --model to embed them")
                 return 2
-            _query_file(model, Path(file), gallery, args)
-    except (CheckpointError, MediaError, KeyError, ValueError) as e:
+            _query_file(model, Path(file), space, args)
+        if args.html:
+            if not args.shards:
+                log.error("--html needs --shards: the gallery shows the clips' frames and sounds from them")
+                return 2
+            from cavmae.eval.gallery import write_gallery
+
+            page = write_gallery(
+                args.html,
+                space,
+                args.shards,
+                query_keys=args.query_key,
+                num_queries=args.html_queries,
+                directions=("v2a", "a2v") if direction == "auto" else (direction,),
+                k=args.top_k,
+                seed=args.seed,
+                audio_seconds=args.html_seconds,
+                metrics={k: v for k, v in metrics.items() if k != "clips"} if metrics else None,
+                title=f"Retrieval: {args.model or args.embeddings or args.index}",
+                chunk=args.chunk,
+            )
+            log.info("gallery: %s", page)
+    except KeyError as e:  # str(KeyError) quotes its message: log the message itself
+        log.error("%s", e.args[0] if e.args else e)
+        return 1
+    except (CheckpointError, MediaError, ImportError, ValueError) as e:
         log.error("%s", e)
         return 1
     return 0
 
 
-@torch.no_grad()
 def _query_file(model, path: Path, gallery, args) -> None:
+    import torch
+    import torch.nn.functional as F
+
     from cavmae.eval.inputs import load_file
 
     x = load_file(path, model.cfg)
@@ -93,20 +151,19 @@ def _query_file(model, path: Path, gallery, args) -> None:
     if direction == "a2v":
         if x.audio is None:
             raise ValueError(f"{path}: no audio stream to query with (try --direction v2a)")
-        q = model.embed_audio(x.audio.to(args.device))[0]
+        with torch.no_grad():
+            q = model.embed_audio(x.audio.to(args.device))[0]
     else:
         if x.frames is None:
             raise ValueError(f"{path}: no video stream to query with (try --direction a2v)")
-        q = model.embed_video(x.frames.to(args.device))[0]
+        with torch.no_grad():
+            q = model.embed_video(x.frames.to(args.device))[0]
     _print_matches(str(path), F.normalize(q.float().cpu(), dim=-1), gallery, direction == "a2v", args.top_k)
 
 
-def _print_matches(name: str, query: torch.Tensor, gallery, a2v: bool, k: int) -> None:
-    from cavmae.eval.metrics import top_k
-
-    target = gallery.video if a2v else gallery.audio
-    scores, idx = top_k(query[None], target, k)
+def _print_matches(name: str, query: torch.Tensor, space, a2v: bool, k: int) -> None:  # query: [D]
+    scores, idx = space.top_k(query[None], "video" if a2v else "audio", k)
     kind = "videos" if a2v else "audios"
     print(f"{name}: top {scores.shape[1]} {kind}")
     for rank, (s, i) in enumerate(zip(scores[0].tolist(), idx[0].tolist()), 1):
-        print(f"  {rank:>2}. {gallery.keys[i]}  {s:.4f}")
+        print(f"  {rank:>2}. {space.keys[i]}  {s:.4f}")

@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--multi-label", type=float, default=0.25, help="AudioSet layout: fraction of 2-class clips")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0, help="rendering processes (0 = in this process)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="remove videos of an earlier dataset in --out (refused without it)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
             channels=args.channels,
             multi_label=args.multi_label,
             workers=args.workers,
+            overwrite=args.overwrite,
         )
     except ValueError as e:
         log.error("%s", e)

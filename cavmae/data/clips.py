@@ -37,7 +37,34 @@ log = logging.getLogger(__name__)
 SHAPES = ("circle", "square", "triangle", "diamond", "ring", "cross", "bar")
 SOUNDS = ("tone", "chirp", "noise", "am", "square", "clicks")
 MOTIONS = ("horizontal", "circle", "static", "zigzag")
-COLOUR_NAMES = ("red", "orange", "yellow", "lime", "green", "teal", "cyan", "blue", "violet", "magenta")
+# Colour names by hue band (degrees, upper bound exclusive), chosen so that a fully saturated colour of that hue is
+# what most people call it: equal-width bins put e.g. hue 222 (a plain blue) under "cyan" and hue 32 under "red".
+HUE_NAMES = (
+    (15, "red"),
+    (45, "orange"),
+    (70, "yellow"),
+    (100, "lime"),
+    (145, "green"),
+    (165, "spring green"),
+    (175, "turquoise"),
+    (195, "cyan"),
+    (210, "sky blue"),
+    (250, "blue"),
+    (275, "violet"),
+    (290, "purple"),
+    (320, "magenta"),
+    (345, "rose"),
+    (360, "red"),
+)
+
+
+def colour_name(rgb: tuple[int, int, int]) -> str:
+    """The name of a saturated RGB colour (0-255 per channel), from its hue."""
+    hue, _, _ = colorsys.rgb_to_hsv(*(c / 255 for c in rgb))
+    degrees = hue * 360
+    return next(name for bound, name in HUE_NAMES if degrees < bound)
+
+
 _YTID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
@@ -101,7 +128,7 @@ def make_classes(num_classes: int) -> list[SynthClass]:
         # base pitches spread over 3.5 octaves from 220 Hz, in an order unrelated to the shape / sound cycles
         freq = 220.0 * 2 ** (3.5 * ((k * 0.381966 + 0.1) % 1.0))
         shape, sound, motion = SHAPES[k % len(SHAPES)], SOUNDS[k % len(SOUNDS)], MOTIONS[(k // 2) % len(MOTIONS)]
-        colour = COLOUR_NAMES[int(hue * len(COLOUR_NAMES)) % len(COLOUR_NAMES)]
+        colour = colour_name(rgb)  # named from the RGB actually drawn
         classes.append(
             SynthClass(k, f"/t/syn{k:03d}", f"{colour} {shape} {sound} {k:03d}", shape, sound, motion, rgb, freq)
         )
@@ -300,6 +327,22 @@ def _write_one(args: tuple) -> None:
     write_video(path, frames, audio, fps=fps, sample_rate=sample_rate, channels=channels)
 
 
+def _clear_stale(videos: Path, keep: set[str], overwrite: bool) -> None:
+    """Refuse (or with `overwrite` remove) what an earlier dataset left in `videos` that this one will not write."""
+    stale = sorted(p for p in videos.rglob("*") if not p.is_dir() and p.relative_to(videos).as_posix() not in keep)
+    if not stale:
+        return
+    if not overwrite:
+        raise ValueError(
+            f"{videos} already holds {len(stale)} file(s) this dataset does not write (e.g. {stale[0].name}, from "
+            "an earlier synth?); they would end up unmatched in prepare: choose an empty --out, or --overwrite "
+            "to remove them"
+        )
+    for p in stale:
+        p.unlink()
+    log.info("removed %d file(s) of an earlier dataset from %s", len(stale), videos)
+
+
 def make_synthetic_dataset(
     out_dir: str | Path,
     *,
@@ -316,6 +359,7 @@ def make_synthetic_dataset(
     object_size: tuple[float, float] = (0.08, 0.16),
     workers: int = 0,
     progress: Callable[[int], None] | None = None,
+    overwrite: bool = False,
 ) -> SyntheticDataset:
     """Write `num_clips` clips into ``out_dir/videos`` plus the metadata CSV and the label index CSV.
 
@@ -323,6 +367,8 @@ def make_synthetic_dataset(
     clips with two classes. object_size: (min, max) object radius as a fraction of the shorter side (larger objects
     are easier to see in small frames; loudness follows size). workers > 0 renders in that many processes (the
     output does not depend on it). `progress(n)` is called after each clip is written, with the clips written so far.
+    Files in ``out_dir/videos`` that this dataset does not write (an earlier, different dataset) would be listed
+    as unmatched by ``prepare``: they are refused with a ValueError, or removed first when `overwrite` is set.
     """
     if layout not in ("audioset", "vggsound"):
         raise ValueError(f"layout must be 'audioset' or 'vggsound', got {layout!r}")
@@ -351,6 +397,7 @@ def make_synthetic_dataset(
     for c in clips:
         stem = f"{c.ytid}_{c.start:.3f}" if layout == "audioset" else f"{c.ytid}_{int(c.start):06d}"
         c.file = f"{stem}.mp4"
+    _clear_stale(videos, {c.file for c in clips}, overwrite)
     jobs = [(c, videos / c.file, duration, fps, width, height, sample_rate, channels, seed) for c in clips]
     if workers > 0:
         with multiprocessing.get_context().Pool(workers) as pool:

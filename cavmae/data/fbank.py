@@ -1,6 +1,6 @@
 """Waveform -> normalised log-mel fbank, exactly as CAV-MAE computes it, plus the fbank augmentations.
 
-Reference (design section 1): 16 kHz mono waveform, DC removed (subtract its mean), then
+Reference (the public CAV-MAE code's data loader): 16 kHz mono waveform, DC removed (subtract its mean), then
 ``torchaudio.compliance.kaldi.fbank(w, htk_compat=True, sample_frequency=16000, use_energy=False,
 window_type='hanning', num_mel_bins=128, dither=0.0, frame_shift=10)`` (25 ms window, preemphasis 0.97,
 power spectrum, snip_edges), zero-padded at the end or cut to ``target_length`` frames, then
@@ -28,7 +28,7 @@ FRAME_LENGTH = 400  # 25 ms at 16 kHz
 FRAME_SHIFT = 160  # 10 ms at 16 kHz
 FFT_SIZE = 512  # frame length rounded up to a power of two, as Kaldi does
 PREEMPHASIS = 0.97
-FBANK_MEAN = -5.081  # AudioSet statistics (design section 1), also used for VGGSound
+FBANK_MEAN = -5.081  # AudioSet statistics (the public CAV-MAE code's), also used for VGGSound
 FBANK_STD = 4.4849
 _EPS = torch.finfo(torch.float32).eps  # Kaldi's floor before the log
 

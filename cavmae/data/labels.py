@@ -20,6 +20,29 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Label indices shipped with the package (files in the repository's data/, reached through the symlink
+# cavmae/data/label_files -> ../../data and installed as package data; sources and licences in data/README.md).
+BUNDLED_LABEL_CSVS = {
+    "audioset": "class_labels_indices_as.csv",  # AudioSet: 527 classes, index,mid,display_name
+    "vggsound": "class_labels_indices_vgg.csv",  # VGGSound: 309 classes, sorted display names (doubling as mids)
+}
+BUNDLED_NUM_CLASSES = {"audioset": 527, "vggsound": 309}
+
+
+def bundled_label_csv(dataset: str) -> Path:
+    """Path of the label index shipped for `dataset` ('audioset' or 'vggsound')."""
+    if dataset not in BUNDLED_LABEL_CSVS:
+        raise ValueError(f"no bundled label index for {dataset!r}; expected one of {sorted(BUNDLED_LABEL_CSVS)}")
+    return Path(__file__).resolve().parent / "label_files" / BUNDLED_LABEL_CSVS[dataset]
+
+
+def bundled_label_csv_for(num_classes: int) -> Path | None:
+    """The bundled index with exactly `num_classes` classes (527: AudioSet, 309: VGGSound), else None."""
+    for dataset, n in BUNDLED_NUM_CLASSES.items():
+        if n == num_classes:
+            return bundled_label_csv(dataset)
+    return None
+
 
 class MetadataError(ValueError):
     """A metadata file that does not have the expected layout (names the file, line and what was expected)."""
@@ -67,6 +90,7 @@ class LabelIndex:
         if not rows or [c.strip() for c in rows[0][:3]] != ["index", "mid", "display_name"]:
             raise MetadataError(f"label index {path}: expected a header 'index,mid,display_name' on line 1")
         mids, names = [], []
+        lines: dict[str, int] = {}  # mid -> the line that defined it
         for line, row in enumerate(rows[1:], start=2):
             if not row:
                 continue
@@ -76,9 +100,15 @@ class LabelIndex:
                 idx = int(row[0])
             except ValueError as e:
                 raise MetadataError(f"label index {path}:{line}: index {row[0]!r} is not an integer") from e
+            if idx < len(mids):
+                raise MetadataError(f"label index {path}:{line}: duplicate index {idx} (expected {len(mids)})")
             if idx != len(mids):
                 raise MetadataError(f"label index {path}:{line}: expected index {len(mids)}, got {idx}")
-            mids.append(row[1].strip())
+            mid = row[1].strip()
+            if mid in lines:  # a second row for a mid would silently move its class to another index
+                raise MetadataError(f"label index {path}:{line}: duplicate mid {mid!r} (first on line {lines[mid]})")
+            lines[mid] = line
+            mids.append(mid)
             names.append(row[2].strip())
         if not mids:
             raise MetadataError(f"label index {path}: no classes")

@@ -1,7 +1,7 @@
 """Decoding audio-visual clips with decord: 16 kHz mono audio and frames chosen by their timestamps.
 
 Used by ``cavmae prepare`` (files -> shard samples) and by the loader for samples that hold a raw ``.mp4``.
-Facts that shape this module (design section 3):
+Facts that shape this module:
 
 - decord ignores MP4 edit lists, so on some AudioSet files the first frames carry negative timestamps. Frames are
   therefore chosen by ``get_frame_timestamp`` (the frame whose [start, end) interval holds the wanted time), never

@@ -37,7 +37,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -288,12 +288,15 @@ def prepare_shards(
     options: PrepareOptions | None = None,
     overwrite: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    engine: Callable[[list[ClipInput], PrepareOptions], Iterator] | None = None,
 ) -> dict:
     """Decode the plan's inputs and write shards + manifest into `out_dir`; returns the manifest.
 
     samples_per_shard / max_shard_bytes (0 = no limit) bound each shard; workers = 0 decodes in this process.
     `progress(event, shard, count)` is called with ("sample", shard index, samples in it so far) after each sample
-    and ("shard", shard index, samples) after each finished shard.
+    and ("shard", shard index, samples) after each finished shard. `engine(inputs, options)` yields
+    :func:`process_clip`'s result for each input, in order (default: this process or a local pool of `workers`;
+    cavmae.data.engines.RayEngine decodes on a Ray cluster); packing, resume and the manifest do not depend on it.
     """
     opts = options or PrepareOptions()
     if samples_per_shard < 1:
@@ -380,7 +383,8 @@ def prepare_shards(
             progress("shard", index, writer.count)
         writer, shard_first, shard_labels, shard_keys = None, end_input, collections.Counter(), []
 
-    for i, (ok, result) in enumerate(_results(plan.inputs[start:], opts, workers), start=start):
+    results = engine(plan.inputs[start:], opts) if engine else _results(plan.inputs[start:], opts, workers)
+    for i, (ok, result) in enumerate(results, start=start):
         inp = plan.inputs[i]
         if not ok:
             log.warning("skipped %s: %s", inp.rel, result)

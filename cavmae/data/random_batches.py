@@ -95,6 +95,28 @@ class SyntheticAV(Dataset):
         }
 
 
+NUM_FRAMES = 10
+
+
+class TenFrames(Dataset):
+    """A synthetic split with ten frames per clip (``frames`` [10, 3, H, W]), for ten-frame evaluation: frame 5 is
+    the clip's own frame (what single-frame evaluation sees) and frame k that frame shifted circularly by k - 5
+    pixels to the right, so the ten views differ but show the same clip."""
+
+    def __init__(self, base: SyntheticAV):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        sample = self.base[i]
+        frame = sample["frames"]
+        mid = NUM_FRAMES // 2
+        sample["frames"] = torch.stack([torch.roll(frame, k - mid, dims=-1) for k in range(NUM_FRAMES)])
+        return sample
+
+
 @functools.lru_cache(maxsize=4)
 def _cached(*args) -> SyntheticAV:
     return SyntheticAV(*args)
@@ -118,7 +140,8 @@ def synthetic_dataset(cfg: Config, split: str) -> SyntheticAV:
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack samples into the loader's batch format: audio [B, T, F], frames [B, 3, H, W], labels [B, C], keys."""
+    """Stack samples into the loader's batch format: audio [B, T, F], frames [B, 3, H, W] (or [B, 10, 3, H, W]
+    from :class:`TenFrames`), labels [B, C], keys."""
     return {
         "audio": torch.stack([s["audio"] for s in samples]),
         "frames": torch.stack([s["frames"] for s in samples]),

@@ -11,7 +11,7 @@ Sample schema (one WebDataset sample = consecutive tar members sharing a key)::
     <key>.mp4       optional: the raw source file, not re-encoded, for decoding at load time (``--store mp4|both``);
                     a sample may hold only json + mp4, then the loader decodes audio and frames with decord
 
-Keys are dot-free because WebDataset splits a member name at its first dot (design section 3): the key is the
+Keys are dot-free because WebDataset splits a member name at its first dot: the key is the
 source file's stem with its dots removed, e.g. ``00W1lcxW-WU_40.000.mp4`` -> ``00W1lcxW-WU_40000``.
 
 ``<key>.json`` holds::
@@ -259,7 +259,12 @@ def iter_shard(url: str, on_error: Callable[[str, str], None]) -> Iterator[dict]
 
 
 def expand_shards(shards: str | Sequence[str]) -> list[str]:
-    """Shard URLs from brace patterns; several sources as a list or joined by '::' (``a-{000..009}.tar::b.tar``)."""
+    """Shard URLs from brace patterns; several sources as a list or joined by '::' (``a-{000..009}.tar::b.tar``).
+
+    Local paths may also be glob patterns (``/data/as-*.tar``; matches sorted). A local pattern, brace or glob,
+    that matches no existing file is a ValueError naming it (remote and ``pipe:`` URLs are taken as they are)."""
+    import glob
+
     import braceexpand
 
     if isinstance(shards, (str, os.PathLike)):
@@ -268,8 +273,15 @@ def expand_shards(shards: str | Sequence[str]) -> list[str]:
     for pattern in shards:
         for part in os.fspath(pattern).split("::"):
             part = part.strip()
-            if part:
-                urls.extend(braceexpand.braceexpand(part))
+            if not part:
+                continue
+            expanded = list(braceexpand.braceexpand(part))
+            if "://" not in part and not part.startswith("pipe:"):
+                if glob.has_magic(part):
+                    expanded = [match for e in expanded for match in sorted(glob.glob(e))]
+                if not any(os.path.exists(u) for u in expanded):
+                    raise ValueError(f"shard pattern {part!r} matches no file")
+            urls.extend(expanded)
     return urls
 
 

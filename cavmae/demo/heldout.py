@@ -60,6 +60,7 @@ def load_heldout(cfg: Config, shards: str) -> HeldOut:
 class RetrievalResult:
     metrics: dict[str, dict[str, float]]  # direction -> R@1/5/10, median / mean rank
     similarity: torch.Tensor  # [N, N] cosine similarity, rows = audio clips, columns = video clips
+    embeddings: object = None  # the cavmae.eval.retrieval.EmbeddingSet scored (for the retrieval gallery)
 
 
 def evaluate_retrieval(model: torch.nn.Module, held: HeldOut, desc: str) -> RetrievalResult:
@@ -67,7 +68,7 @@ def evaluate_retrieval(model: torch.nn.Module, held: HeldOut, desc: str) -> Retr
     from cavmae.eval.retrieval import embed_batches
 
     emb = embed_batches(model, tqdm(list(held.batches()), desc=f"embedding ({desc})", leave=False), progress=False)
-    return RetrievalResult(retrieval_metrics(emb.audio, emb.video), emb.audio @ emb.video.t())
+    return RetrievalResult(retrieval_metrics(emb.audio, emb.video), emb.audio @ emb.video.t(), emb)
 
 
 @dataclass
@@ -91,3 +92,14 @@ def evaluate_classifier(run_dir: Path, held: HeldOut) -> ClassificationResult:
         if "val/top1" in r
     ]
     return ClassificationResult(top1, per_class_accuracy(logits, held.labels), curve)
+
+
+@dataclass
+class SeedResult:
+    """One training replica on the demo's data: pre-training, retrieval, the two fine-tuning runs."""
+
+    seed: int
+    runs_dir: Path  # runs/seed<N>/{pretrain,finetune_pretrained,finetune_scratch}
+    retrieval: dict[str, RetrievalResult]
+    classification: dict[str, ClassificationResult]
+    timings: dict[str, float]

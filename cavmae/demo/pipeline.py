@@ -20,7 +20,10 @@ ViT-B with a 48-clip batch; the tiny model needs the stronger signal to align wi
 short (60 steps of 16 clips) because the classes are easy once seen often enough: the demo measures how much faster
 a pre-trained encoder gets there, and the curves in the report show both runs over every step.
 
-Measured on 2 shared CPU cores: the full demo takes about 2.5 minutes, the quick one under a minute.
+Training is repeated with three seeds on the same clips (``--seeds``; quick: one), each replica single-threaded in
+its own process, as many at a time as there are cores; the report gives mean ± sd. One full replica was measured at
+about 2.5 minutes of one idle core (a single-seed run), so three on 2 cores take about 6 minutes; the quick demo
+(one seed) about a minute.
 """
 
 from __future__ import annotations
@@ -28,9 +31,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import multiprocessing
+import os
 import shutil
+import statistics
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +48,8 @@ from tqdm.auto import tqdm
 
 from cavmae.config import Config, merge, validate
 from cavmae.demo.heldout import (
-    ClassificationResult,
     DemoData,
-    RetrievalResult,
+    SeedResult,
     evaluate_classifier,
     evaluate_retrieval,
     load_heldout,
@@ -290,31 +296,45 @@ def run_demo(
     backbone: str = "vit",
     quick: bool = False,
     seed: int = 0,
+    seeds: int | None = None,
+    jobs: int | None = None,
     settings: DemoSettings | None = None,
 ) -> DemoResult:
-    """Run every stage into ``out_dir`` and write the report; see the module docstring."""
+    """Run every stage into ``out_dir`` and write the report; see the module docstring.
+
+    `seed` seeds the clips and the first training replica; `seeds` replicas (default: 3, quick: 1) train with
+    seeds seed, seed + 1, ... on the same clips, `jobs` of them at a time in separate processes (default: as many
+    as there are CPU cores, at most `seeds`; each trains on one thread)."""
     s = settings or (QUICK if quick else FULL)
+    n_seeds = seeds if seeds is not None else (1 if quick else 3)
+    if n_seeds < 1:
+        raise DemoError(f"--seeds must be at least 1, got {n_seeds}")
+    n_jobs = jobs if jobs is not None else min(n_seeds, os.cpu_count() or 1)
     check_backbone(backbone)
     out = Path(out_dir)
     prepare_out_dir(out)
     with _torch_threads(s.threads):
-        return _run(out, s, backbone, quick, seed)
+        return _run(out, s, backbone, quick, [seed + i for i in range(n_seeds)], max(1, n_jobs))
 
 
-def _run(out: Path, s: DemoSettings, backbone: str, quick: bool, seed: int) -> DemoResult:
+def run_seed(out: Path, s: DemoSettings, data: DemoData, backbone: str, seed: int, progress: bool = True) -> SeedResult:
+    """Pre-train, evaluate retrieval and fine-tune twice with one seed (a process of its own when run in parallel)."""
     from cavmae import create_model
-    from cavmae.demo.report import write_report
     from cavmae.models.weights import load_model
     from cavmae.train import seed_everything, train
 
+    torch.set_num_threads(s.threads)
     timings: dict[str, float] = {}
-    start = time.perf_counter()
+    cpu_start = time.process_time()  # CPU seconds of this replica: its wall time on an idle core (one thread)
+    runs = out / "runs" / f"seed{seed}"
 
-    with _timed(timings, "data"):
-        data = make_data(out, s, seed)
-    runs = out / "runs"
+    def config(task: str, run: str, init: str = "") -> Config:
+        cfg = demo_config(s, data, runs / run, seed=seed, backbone=backbone, task=task, init=init)
+        cfg.train.progress_bar = progress
+        return cfg
+
     with _timed(timings, "pretrain"):
-        pre_cfg = demo_config(s, data, runs / "pretrain", seed=seed, backbone=backbone, task="pretrain")
+        pre_cfg = config("pretrain", "pretrain")
         pre_run = train(pre_cfg)
     with _timed(timings, "retrieval"):
         held = load_heldout(pre_cfg, data.heldout_shards)
@@ -329,40 +349,154 @@ def _run(out: Path, s: DemoSettings, backbone: str, quick: bool, seed: int) -> D
     classification = {}
     for name, init in (("pretrained", str(pre_run / "model")), ("scratch", "")):
         with _timed(timings, f"finetune_{name}"):
-            cfg = demo_config(
-                s, data, runs / f"finetune_{name}", seed=seed, backbone=backbone, task="finetune", init=init
-            )
-            classification[name] = evaluate_classifier(train(cfg), held)
+            classification[name] = evaluate_classifier(train(config("finetune", f"finetune_{name}", init)), held)
+    timings["cpu"] = round(time.process_time() - cpu_start, 1)
+    return SeedResult(seed, runs, retrieval, classification, timings)
+
+
+def _run_seeds(out: Path, s: DemoSettings, data: DemoData, backbone: str, seeds: list[int], jobs: int):
+    if jobs == 1:
+        return [run_seed(out, s, data, backbone, seed) for seed in seeds]
+    # one process per replica (spawned: no forked OpenMP state), each on one thread; progress bars would interleave
+    log.info("demo: %d training replicas (seeds %s), %d at a time", len(seeds), seeds, jobs)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = [pool.submit(run_seed, out, s, data, backbone, seed, False) for seed in seeds]
+        results = []
+        for future in futures:
+            results.append(future.result())
+            log.info("demo: seed %d done (%s)", results[-1].seed, results[-1].timings)
+        return results
+
+
+def _run(out: Path, s: DemoSettings, backbone: str, quick: bool, seeds: list[int], jobs: int) -> DemoResult:
+    from cavmae.demo.report import write_report
+    from cavmae.eval.gallery import write_gallery
+    from cavmae.eval.search import SearchSpace
+    from cavmae.models.weights import load_model
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+
+    with _timed(timings, "data"):
+        data = make_data(out, s, seeds[0])
+    with _timed(timings, "training"):
+        results = _run_seeds(out, s, data, backbone, seeds, jobs)
     timings["total_before_report"] = round(time.perf_counter() - start, 1)
 
-    metrics = summarise(s, data, seed, backbone, quick, pre_run, retrieval, classification, timings)
+    metrics = summarise(s, data, backbone, quick, results, timings)
+    first = results[0]
+    with _timed(timings, "gallery"):
+        # listen to and look at what the first seed's pre-trained model retrieves (linked from the report)
+        write_gallery(
+            out / "gallery",
+            SearchSpace(first.retrieval["pretrained"].embeddings),
+            [data.heldout_shards],
+            k=5,
+            seed=seeds[0],
+            title="cavmae demo: held-out retrieval with the pre-trained model",
+        )
     with _timed(timings, "report"):
-        torch.manual_seed(seed)  # the reconstruction figure draws its masks from the global generator
-        report = write_report(out, metrics, data, held, pretrained, pre_run, retrieval, classification)
+        held = load_heldout(
+            demo_config(s, data, out, seed=seeds[0], backbone=backbone, task="pretrain"), data.heldout_shards
+        )
+        pretrained = load_model(first.runs_dir / "pretrain" / "model")
+        torch.manual_seed(seeds[0])  # the reconstruction figure draws its masks from the global generator
+        report = write_report(out, metrics, data, held, pretrained, results)
     timings["total"] = round(time.perf_counter() - start, 1)
     metrics["timings_s"] = timings
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return DemoResult(out, report, metrics, timings)
 
 
-def summarise(
-    s: DemoSettings,
-    data: DemoData,
-    seed: int,
-    backbone: str,
-    quick: bool,
-    pretrain_run: Path,
-    retrieval: dict[str, RetrievalResult],
-    classification: dict[str, ClassificationResult],
-    timings: dict[str, float],
-) -> dict[str, Any]:
-    """The numbers of ``metrics.json`` (plain JSON types)."""
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def seed_summary(s: DemoSettings, r: SeedResult) -> dict[str, Any]:
+    """The numbers of one replica (plain JSON types)."""
 
     def finite(x: float) -> float | None:
         return None if x != x else round(float(x), 2)
 
     return {
-        "seed": seed,
+        "seed": r.seed,
+        "runs": str(r.runs_dir),
+        "pretraining": pretraining_summary(r.runs_dir / "pretrain"),
+        "retrieval": {
+            name: {d: {k: round(v, 2) for k, v in m.items()} for d, m in res.metrics.items()}
+            for name, res in r.retrieval.items()
+        },
+        "classification": {
+            name: {
+                "steps": s.finetune_steps,
+                "top1": round(c.top1, 2),
+                "per_class_top1": [finite(x) for x in c.per_class.tolist()],
+                "curve": [[step, round(acc, 2)] for step, acc in c.curve],
+            }
+            for name, c in r.classification.items()
+        },
+        "timings_s": r.timings,
+    }
+
+
+def summarise(
+    s: DemoSettings,
+    data: DemoData,
+    backbone: str,
+    quick: bool,
+    results: list[SeedResult],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """``metrics.json``: every replica under ``per_seed``; ``retrieval`` / ``classification`` hold the means over
+    the seeds and ``*_sd`` the sample standard deviations."""
+    per_seed = [seed_summary(s, r) for r in results]
+
+    def agg(get) -> tuple[float, float]:
+        m, sd = mean_sd([float(get(p)) for p in per_seed])
+        return round(m, 2), round(sd, 2)
+
+    first = per_seed[0]
+    retrieval, retrieval_sd = {}, {}
+    for name, dirs in first["retrieval"].items():
+        retrieval[name], retrieval_sd[name] = {}, {}
+        for d, ms in dirs.items():
+            pairs = {k: agg(lambda p, n=name, d=d, k=k: p["retrieval"][n][d][k]) for k in ms}
+            retrieval[name][d] = {k: v[0] for k, v in pairs.items()}
+            retrieval_sd[name][d] = {k: v[1] for k, v in pairs.items()}
+    classification = {}
+    for name, c in first["classification"].items():
+        top1, top1_sd = agg(lambda p, n=name: p["classification"][n]["top1"])
+        per_class = []
+        for k in range(len(c["per_class_top1"])):
+            values = [p["classification"][name]["per_class_top1"][k] for p in per_seed]
+            values = [v for v in values if v is not None]
+            per_class.append([round(x, 2) for x in mean_sd(values)] if values else [None, None])
+        curve = []
+        for i, (step, _) in enumerate(c["curve"]):
+            m, sd = agg(lambda p, n=name, i=i: p["classification"][n]["curve"][i][1])
+            curve.append([step, m, sd])
+        classification[name] = {
+            "steps": c["steps"],
+            "top1": top1,
+            "top1_sd": top1_sd,
+            "per_class_top1": [x[0] for x in per_class],
+            "per_class_top1_sd": [x[1] for x in per_class],
+            "curve": [[step, m] for step, m, _ in curve],
+            "curve_sd": [[step, sd] for step, _, sd in curve],
+        }
+    pretraining = {
+        part: {
+            k: round(statistics.fmean(p["pretraining"][part][k] for p in per_seed), 4)
+            for k in first["pretraining"][part]
+        }
+        for part in ("start", "end")
+    }
+    pretraining["steps"] = first["pretraining"]["steps"]
+    return {
+        "seed": results[0].seed,
+        "seeds": [r.seed for r in results],
         "backbone": backbone,
         "quick": quick,
         "settings": dataclasses.asdict(s),
@@ -373,21 +507,12 @@ def summarise(
             "train_shards": data.train_shards,
             "heldout_shards": data.heldout_shards,
         },
-        "pretraining": pretraining_summary(pretrain_run),
-        "retrieval": {
-            name: {d: {k: round(v, 2) for k, v in m.items()} for d, m in r.metrics.items()}
-            for name, r in retrieval.items()
-        },
+        "pretraining": pretraining,
+        "retrieval": retrieval,
+        "retrieval_sd": retrieval_sd,
         "retrieval_chance_R@5": round(100.0 * min(5, data.num_heldout) / max(data.num_heldout, 1), 2),
-        "classification": {
-            name: {
-                "steps": s.finetune_steps,
-                "top1": round(c.top1, 2),
-                "per_class_top1": [finite(x) for x in c.per_class.tolist()],
-                "curve": [[step, round(acc, 2)] for step, acc in c.curve],
-            }
-            for name, c in classification.items()
-        },
+        "classification": classification,
+        "per_seed": per_seed,
         "timings_s": timings,
     }
 

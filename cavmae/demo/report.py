@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
-    from cavmae.demo.heldout import ClassificationResult, DemoData, HeldOut, RetrievalResult
+    from cavmae.demo.heldout import DemoData, HeldOut, RetrievalResult, SeedResult
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -66,10 +67,22 @@ def smooth(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
-def _curve(ax, steps: Sequence[int], values: Sequence[float], label: str, colour: str | None = None) -> None:
-    """Raw values faint, their moving average (over ~1/20 of the run) solid."""
-    line = ax.plot(steps, values, color=colour, alpha=0.25, linewidth=0.8)[0]
-    ax.plot(steps, smooth(values, max(1, len(values) // 20)), color=line.get_color(), label=label)
+def _curve(ax, steps: Sequence[int], runs: Sequence[Sequence[float]], label: str, colour: str | None = None) -> None:
+    """One curve per seed (equal lengths): the first seed's raw values faint; the mean over seeds of their moving
+    averages (over ~1/20 of the run) solid, with a band of +- one standard deviation across seeds."""
+    n = min(len(r) for r in runs)
+    steps, runs = list(steps)[:n], [list(r)[:n] for r in runs]
+    line = ax.plot(steps, runs[0], color=colour, alpha=0.2, linewidth=0.8)[0]
+    smoothed = torch.tensor([smooth(r, max(1, n // 20)) for r in runs])  # [seeds, steps]
+    mean = smoothed.mean(dim=0)
+    ax.plot(steps, mean.tolist(), color=line.get_color(), label=label)
+    if len(runs) > 1:
+        sd = smoothed.std(dim=0)
+        ax.fill_between(steps, (mean - sd).tolist(), (mean + sd).tolist(), color=line.get_color(), alpha=0.25)
+
+
+def _seed_note(n: int) -> str:
+    return f"mean of {n} seeds, band / bars: +- 1 sd" if n > 1 else "one seed"
 
 
 def visible_order(frames: torch.Tensor) -> list[int]:
@@ -108,34 +121,42 @@ def plot_examples(held: HeldOut, class_names: Sequence[str], path: Path, per_row
     return _save(fig, path)
 
 
-def plot_pretrain_losses(run_dir: Path, batch_size: int, path: Path) -> Path:
-    """Reconstruction losses, contrastive loss and in-batch retrieval accuracy over pre-training steps."""
-    records = _read_jsonl(run_dir / "metrics.jsonl")
-    steps = [r["step"] for r in records]
+def plot_pretrain_losses(run_dirs: Sequence[Path], batch_size: int, path: Path) -> Path:
+    """Reconstruction losses, contrastive loss and in-batch retrieval accuracy over pre-training steps (all seeds)."""
+    runs = [_read_jsonl(d / "metrics.jsonl") for d in run_dirs]
+    steps = [r["step"] for r in runs[0]]
+
+    def series(key: str, scale: float = 1.0) -> list[list[float]]:
+        return [[scale * r[key] for r in records] for records in runs]
+
     fig = _figure(15, 4)
     ax = fig.add_subplot(1, 3, 1)
-    _curve(ax, steps, [r["loss_rec_a"] for r in records], "audio (spectrogram patches)", "tab:purple")
-    _curve(ax, steps, [r["loss_rec_v"] for r in records], "video (frame patches)", "tab:red")
+    _curve(ax, steps, series("loss_rec_a"), "audio (spectrogram patches)", "tab:purple")
+    _curve(ax, steps, series("loss_rec_v"), "video (frame patches)", "tab:red")
     ax.set(title="Masked reconstruction loss (75 % masked)", xlabel="pre-training step", ylabel="norm-pix MSE")
     ax.legend()
     ax = fig.add_subplot(1, 3, 2)
-    _curve(ax, steps, [r["loss_c"] for r in records], "InfoNCE", "tab:green")
+    _curve(ax, steps, series("loss_c"), "InfoNCE", "tab:green")
     ax.axhline(math.log(batch_size), color="black", linestyle=":", label=f"chance: ln {batch_size}")
     ax.set(title="Contrastive loss (audio vs video)", xlabel="pre-training step", ylabel="loss")
     ax.legend()
     ax = fig.add_subplot(1, 3, 3)
-    _curve(ax, steps, [100 * r["acc_c"] for r in records], "in-batch top-1", "tab:green")
+    _curve(ax, steps, series("acc_c", 100.0), "in-batch top-1", "tab:green")
     ax.axhline(100 / batch_size, color="black", linestyle=":", label=f"chance: 1/{batch_size}")
     ax.set(title="In-batch video->audio matching", xlabel="pre-training step", ylabel="accuracy (%)")
     ax.legend()
-    fig.suptitle("Pre-training on the train clips (faint: each step's batch; solid: moving average)")
+    fig.suptitle(
+        f"Pre-training on the train clips (faint: each step's batch, first seed; solid: moving average, "
+        f"{_seed_note(len(runs))})"
+    )
     fig.tight_layout()
     return _save(fig, path)
 
 
-def plot_recalls(retrieval: dict[str, RetrievalResult], num_clips: int, path: Path) -> Path:
-    """R@1/5/10 in both directions, pre-trained vs random init, with chance (k / N)."""
+def plot_recalls(metrics: dict[str, Any], num_clips: int, path: Path) -> Path:
+    """R@1/5/10 in both directions, pre-trained vs random init (mean over seeds, +- 1 sd), with chance (k / N)."""
     ks = (1, 5, 10)
+    n_seeds = len(metrics["seeds"])
     fig = _figure(11, 4)
     width = 0.38
     for col, (direction, title) in enumerate(
@@ -143,35 +164,62 @@ def plot_recalls(retrieval: dict[str, RetrievalResult], num_clips: int, path: Pa
     ):
         ax = fig.add_subplot(1, 2, col + 1)
         for j, name in enumerate(("pretrained", "random_init")):
-            values = [retrieval[name].metrics[direction][f"R@{k}"] for k in ks]
+            values = [metrics["retrieval"][name][direction][f"R@{k}"] for k in ks]
+            sds = [metrics["retrieval_sd"][name][direction][f"R@{k}"] for k in ks] if n_seeds > 1 else None
             xs = [i + (j - 0.5) * width for i in range(len(ks))]
-            bars = ax.bar(xs, values, width, color=COLOURS[name], label=LABELS[name])
-            ax.bar_label(bars, fmt="%.0f", fontsize=8)
+            ax.bar(xs, values, width, yerr=sds, capsize=3, color=COLOURS[name], label=LABELS[name])
+            for x, v, e in zip(xs, values, sds or [0.0] * len(values)):  # exact value above its error bar
+                ax.text(x, v + e + 1.5, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
         ax.scatter(range(len(ks)), [100 * min(k, num_clips) / num_clips for k in ks], marker="_", s=600, color="black")
         ax.plot([], [], color="black", label="chance (k / N)")
         ax.set_xticks(range(len(ks)), [f"R@{k}" for k in ks])
         ax.set(title=f"{title} retrieval, {num_clips} held-out clips", ylabel="recall (%)", ylim=(0, 105))
         ax.legend(loc="upper left")
+    fig.suptitle(f"Held-out retrieval ({_seed_note(n_seeds)})", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def plot_similarity(retrieval: dict[str, RetrievalResult], labels: torch.Tensor, path: Path) -> Path:
-    """The held-out audio x video cosine similarity matrices, clips sorted by class (class borders drawn)."""
+def block_similarity(sim: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, float]:
+    """Mean cosine of (own clip, other clips of the same class, clips of other classes) in an audio x video matrix."""
+    same = labels[:, None] == labels[None, :]
+    own = torch.eye(len(labels), dtype=torch.bool)
+    return (
+        float(sim[own].mean()),
+        float(sim[same & ~own].mean()) if (same & ~own).any() else math.nan,
+        float(sim[~same].mean()) if (~same).any() else math.nan,
+    )
+
+
+def plot_similarity(
+    retrieval: dict[str, RetrievalResult], labels: torch.Tensor, class_names: Sequence[str], path: Path
+) -> Path:
+    """The held-out audio x video cosine similarity matrices of one seed, clips sorted by class, classes labelled."""
     order = labels.argsort(stable=True)
-    borders = [i + 0.5 for i in range(len(order) - 1) if labels[order[i]] != labels[order[i + 1]]]
-    fig = _figure(13, 5.6)
+    sorted_labels = labels[order]
+    borders = [i + 0.5 for i in range(len(order) - 1) if sorted_labels[i] != sorted_labels[i + 1]]
+    classes = sorted_labels.unique().tolist()
+    centres = [float((sorted_labels == c).nonzero().float().mean()) for c in classes]
+    ticks = [f"{class_names[c][:18]} ({c})" for c in classes]
+    fig = _figure(15, 7)
     for col, name in enumerate(("pretrained", "random_init")):
         ax = fig.add_subplot(1, 2, col + 1)
-        sim = retrieval[name].similarity[order][:, order].numpy()
-        im = ax.imshow(sim, cmap="viridis", interpolation="nearest")
+        sim = retrieval[name].similarity[order][:, order]
+        own, same, other = block_similarity(sim, sorted_labels)
+        im = ax.imshow(sim.numpy(), cmap="viridis", interpolation="nearest")
         for b in borders:
             ax.axhline(b, color="white", linewidth=0.4, alpha=0.6)
             ax.axvline(b, color="white", linewidth=0.4, alpha=0.6)
-        ax.set(title=f"{LABELS[name]}: cosine similarity", xlabel="video clip (sorted by class)")
+        ax.set_xticks(centres, ticks, rotation=90, fontsize=6)
+        ax.set_yticks(centres, ticks, fontsize=6)
+        ax.set_title(
+            f"{LABELS[name]}: mean cosine own clip {own:.2f},\nsame class {same:.2f}, other classes {other:.2f}",
+            fontsize=9,
+        )
+        ax.set_xlabel("video clip (sorted by class)")
         ax.set_ylabel("audio clip (sorted by class)")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.suptitle("Held-out audio-video similarity: bright blocks on the diagonal (same class) mean aligned embeddings")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
+    fig.suptitle("Held-out audio x video cosine similarity, first seed (white lines: class borders)", fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -232,40 +280,53 @@ def plot_retrieval_examples(
     return _save(fig, path)
 
 
-def plot_finetune_curves(runs: dict[str, Path], classification: dict[str, ClassificationResult], path: Path) -> Path:
-    """Held-out top-1 and training loss over fine-tuning steps, from the pre-trained model and from scratch."""
+def plot_finetune_curves(results: Sequence[SeedResult], metrics: dict[str, Any], path: Path) -> Path:
+    """Held-out top-1 (mean over seeds +- 1 sd) and training loss over fine-tuning steps, pre-trained vs scratch."""
     fig = _figure(12, 4)
     ax = fig.add_subplot(1, 2, 1)
-    for name, result in classification.items():
-        steps, acc = zip(*result.curve) if result.curve else ((), ())
-        ax.plot(steps, acc, marker="o", color=COLOURS[name], label=LABELS[name])
+    n_seeds = len(results)
+    for name, c in metrics["classification"].items():
+        steps, acc = zip(*c["curve"]) if c["curve"] else ((), ())
+        sd = [x for _, x in c["curve_sd"]] if n_seeds > 1 else None
+        ax.errorbar(steps, acc, yerr=sd, marker="o", capsize=3, color=COLOURS[name], label=LABELS[name])
     ax.set(title="Held-out accuracy during fine-tuning", xlabel="fine-tuning step", ylabel="top-1 accuracy (%)")
     ax.set_ylim(0, 100)
     ax.legend()
     ax = fig.add_subplot(1, 2, 2)
-    for name, run in runs.items():
-        records = _read_jsonl(run / "metrics.jsonl")
-        _curve(ax, [r["step"] for r in records], [r["loss"] for r in records], LABELS[name], COLOURS[name])
+    for name in metrics["classification"]:
+        runs = [_read_jsonl(r.runs_dir / f"finetune_{name}" / "metrics.jsonl") for r in results]
+        _curve(
+            ax, [r["step"] for r in runs[0]], [[r["loss"] for r in rec] for rec in runs], LABELS[name], COLOURS[name]
+        )
     ax.set(title="Training loss (cross-entropy)", xlabel="fine-tuning step", ylabel="loss")
     ax.legend()
+    fig.suptitle(f"Fine-tuning ({_seed_note(n_seeds)})", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def plot_per_class(classification: dict[str, ClassificationResult], class_names: Sequence[str], path: Path) -> Path:
-    """Held-out accuracy of every class after fine-tuning: pre-trained vs from scratch."""
+def plot_per_class(metrics: dict[str, Any], class_names: Sequence[str], path: Path) -> Path:
+    """Held-out accuracy of every class after fine-tuning (mean over seeds +- 1 sd): pre-trained vs from scratch."""
     n = len(class_names)
-    fig = _figure(max(8.0, 0.7 * n + 2), 5)
+    n_seeds = len(metrics["seeds"])
+    fig = _figure(max(8.0, 0.8 * n + 2), 5.5)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.4
-    for j, (name, result) in enumerate(classification.items()):
-        values = torch.nan_to_num(result.per_class, nan=0.0).tolist()
-        ax.bar([i + (j - 0.5) * width for i in range(n)], values, width, color=COLOURS[name], label=LABELS[name])
+    for j, (name, c) in enumerate(metrics["classification"].items()):
+        values = [0.0 if v is None else v for v in c["per_class_top1"]]
+        sds = [0.0 if v is None else v for v in c["per_class_top1_sd"]] if n_seeds > 1 else None
+        xs = [i + (j - 0.5) * width for i in range(n)]
+        bars = ax.bar(xs, values, width, yerr=sds, capsize=2, color=COLOURS[name], label=LABELS[name])
+        ax.bar_label(bars, fmt="%.1f", fontsize=6, rotation=90, padding=3)
     ax.set_xticks(range(n), class_names, rotation=45, ha="right", fontsize=8)
-    ax.set(title="Held-out accuracy per class after fine-tuning", ylabel="top-1 accuracy (%)", ylim=(0, 119))
+    ax.set(
+        title=f"Held-out accuracy per class after fine-tuning ({_seed_note(n_seeds)})",
+        ylabel="top-1 accuracy (%)",
+        ylim=(0, 130),
+    )
     ax.set_yticks(range(0, 101, 20))
     ax.set_xlabel("class")
-    ax.legend(loc="upper center", ncol=2)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return _save(fig, path)
 
@@ -274,54 +335,140 @@ def plot_per_class(classification: dict[str, ClassificationResult], class_names:
 # the page
 
 
+def pm(mean: float, sd: float, n: int) -> str:
+    """'36.5 ± 2.1' over several seeds, '36.5' for one."""
+    return f"{mean:.1f} ± {sd:.1f}" if n > 1 else f"{mean:.1f}"
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
 def _r(metrics: dict, name: str, direction: str) -> str:
-    m = metrics["retrieval"][name][direction]
-    return f"{m['R@1']:.1f} / {m['R@5']:.1f} / {m['R@10']:.1f}"
+    m, sd, n = metrics["retrieval"][name][direction], metrics["retrieval_sd"][name][direction], len(metrics["seeds"])
+    return " / ".join(pm(m[k], sd[k], n) for k in ("R@1", "R@5", "R@10"))
+
+
+def similarity_caption(blocks: dict[str, list[float]]) -> str:
+    """What the matrices show, from their numbers: own clip vs same class vs other classes."""
+    (po, ps, pr), (ro, rs, rr) = blocks["pretrained"], blocks["random_init"]
+    text = (
+        "Mean cosine similarity of a clip's audio with its own video / with other clips of its class / with clips "
+        f"of other classes: pre-trained {po:.2f} / {ps:.2f} / {pr:.2f}, random init {ro:.2f} / {rs:.2f} / {rr:.2f}. "
+    )
+    if po - pr > 0.05 and ps - pr < 0.3:
+        text += (
+            "The pre-trained model scores a clip's own video and same-class videos above other classes on average, "
+            "but the contrast is modest: several off-diagonal blocks are nearly as bright as diagonal ones (classes "
+            "whose sounds or pictures are alike). Retrieval depends on each query's ranking, which the recall "
+            "figure measures, not on the absolute brightness of a block."
+        )
+    elif po - pr > 0.05:
+        text += "Same-class blocks stand out clearly from the rest."
+    else:
+        text += "The matrices show no clear class structure."
+    return text
+
+
+def per_seed_table(metrics: dict[str, Any]) -> list[str]:
+    """Every seed's headline numbers (the raw runs behind the means)."""
+    if len(metrics["seeds"]) < 2:
+        return []
+    lines = [
+        "## Every seed",
+        "",
+        "| seed | v->a R@5 pre-trained / random | a->v R@5 pre-trained / random | top-1 fine-tuned / scratch "
+        "| CPU seconds |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for p in metrics["per_seed"]:
+        r, c = p["retrieval"], p["classification"]
+        lines.append(
+            f"| {p['seed']} | {r['pretrained']['video_to_audio']['R@5']:.1f} / "
+            f"{r['random_init']['video_to_audio']['R@5']:.1f} | {r['pretrained']['audio_to_video']['R@5']:.1f} / "
+            f"{r['random_init']['audio_to_video']['R@5']:.1f} | {c['pretrained']['top1']:.1f} / "
+            f"{c['scratch']['top1']:.1f} | {p['timings_s'].get('cpu', math.nan):.0f} |"
+        )
+    return [*lines, ""]
 
 
 def markdown(metrics: dict[str, Any], figures: dict[str, Path], out: Path) -> str:
     """The text of report.md (figures linked relative to ``out``)."""
     s, d, c = metrics["settings"], metrics["data"], metrics["classification"]
     rel = {k: p.relative_to(out).as_posix() for k, p in figures.items()}
-    pre5 = [metrics["retrieval"]["pretrained"][x]["R@5"] for x in ("video_to_audio", "audio_to_video")]
-    rnd5 = [metrics["retrieval"]["random_init"][x]["R@5"] for x in ("video_to_audio", "audio_to_video")]
-    ratio = [p / max(r, 1e-9) for p, r in zip(pre5, rnd5)]
-    gain = c["pretrained"]["top1"] - c["scratch"]["top1"]
+    n_seeds = len(metrics["seeds"])
+    per_seed = metrics["per_seed"]
+    gain, gain_sd = _mean_sd(
+        [p["classification"]["pretrained"]["top1"] - p["classification"]["scratch"]["top1"] for p in per_seed]
+    )
+    ratios = [
+        _mean_sd(
+            [
+                p["retrieval"]["pretrained"][x]["R@5"] / max(p["retrieval"]["random_init"][x]["R@5"], 1e-9)
+                for p in per_seed
+            ]
+        )
+        for x in ("video_to_audio", "audio_to_video")
+    ]
     t = metrics["timings_s"]
     p0, p1 = metrics["pretraining"]["start"], metrics["pretraining"]["end"]
     # an early point of the fine-tuning curves: where a pre-trained start shows most
     early = min((step for step, _ in c["pretrained"]["curve"] if step >= s["finetune_steps"] / 3), default=0)
-    early_acc = {name: dict(map(tuple, c[name]["curve"])).get(early, math.nan) for name in ("pretrained", "scratch")}
-    command = f"cavmae demo --seed {metrics['seed']}" + (" --quick" if metrics["quick"] else "")
+    early_acc = {
+        name: (
+            dict(map(tuple, c[name]["curve"])).get(early, math.nan),
+            dict(map(tuple, c[name]["curve_sd"])).get(early, 0.0),
+        )
+        for name in ("pretrained", "scratch")
+    }
+    seeds = metrics["seeds"]
+    command = f"cavmae demo --seed {seeds[0]}" + (" --quick" if metrics["quick"] else "")
+    if n_seeds != (1 if metrics["quick"] else 3):
+        command += f" --seeds {n_seeds}"
     if metrics["backbone"] != "vit":
         command += f" --backbone {metrics['backbone']}"
     lines = [
         "# cavmae demo report",
         "",
-        f"Seed {metrics['seed']}, backbone `{metrics['backbone']}`{', quick mode' if metrics['quick'] else ''}; "
+        (f"Seeds {', '.join(map(str, seeds))}" if n_seeds > 1 else f"Seed {seeds[0]}")
+        + f", backbone `{metrics['backbone']}`{', quick mode' if metrics['quick'] else ''}; "
         f"{t.get('total_before_report', 0):.0f} s from the first clip to the last evaluation. "
         f"Reproduce with `{command}`.",
         "",
         "## Headline",
         "",
-        f"On {d['heldout_clips']} held-out clips that no model saw during training:",
+        f"On {d['heldout_clips']} held-out clips that no model saw during training"
+        + (
+            f"; mean ± sample standard deviation over {n_seeds} training seeds (the same clips; each seed its own "
+            "initialisation, masks and data order; every seed's numbers are in the last section):"
+            if n_seeds > 1
+            else ":"
+        ),
         "",
         "| retrieval, R@1 / R@5 / R@10 (%) | pre-trained | random init | R@5 ratio |",
         "| --- | --- | --- | --- |",
         f"| video -> audio | {_r(metrics, 'pretrained', 'video_to_audio')} | "
-        f"{_r(metrics, 'random_init', 'video_to_audio')} | {ratio[0]:.1f}x |",
+        f"{_r(metrics, 'random_init', 'video_to_audio')} | {pm(*ratios[0], n_seeds)}x |",
         f"| audio -> video | {_r(metrics, 'pretrained', 'audio_to_video')} | "
-        f"{_r(metrics, 'random_init', 'audio_to_video')} | {ratio[1]:.1f}x |",
+        f"{_r(metrics, 'random_init', 'audio_to_video')} | {pm(*ratios[1], n_seeds)}x |",
         "",
         f"Chance R@5 is {metrics['retrieval_chance_R@5']:.1f} %.",
         "",
+        *(
+            ["Look at and listen to what it retrieves: [retrieval gallery](gallery/index.html).", ""]
+            if (out / "gallery" / "index.html").is_file()
+            else []
+        ),
         f"| classification after {s['finetune_steps']} fine-tuning steps | top-1 (%) |",
         "| --- | --- |",
-        f"| fine-tuned from the pre-trained model | {c['pretrained']['top1']:.1f} |",
-        f"| trained from scratch | {c['scratch']['top1']:.1f} |",
-        f"| difference | {gain:+.1f} points |",
+        f"| fine-tuned from the pre-trained model | {pm(c['pretrained']['top1'], c['pretrained']['top1_sd'], n_seeds)}"
+        " |",
+        f"| trained from scratch | {pm(c['scratch']['top1'], c['scratch']['top1_sd'], n_seeds)} |",
+        f"| difference | {'+' if gain >= 0 else ''}{pm(gain, gain_sd, n_seeds)} points |",
         "",
-        f"Chance is {100 / len(d['classes']):.1f} % ({len(d['classes'])} classes).",
+        f"Chance is {100 / len(d['classes']):.1f} % ({len(d['classes'])} classes). One held-out clip is "
+        f"{100 / max(d['heldout_clips'], 1):.1f} points of the overall accuracy and about "
+        f"{100 * len(d['classes']) / max(d['heldout_clips'], 1):.0f} points of one class's.",
         "",
         "## 1. Data",
         "",
@@ -339,8 +486,9 @@ def markdown(metrics: dict[str, Any], figures: dict[str, Path], out: Path) -> st
         "",
         f"A tiny CAV-MAE (dim 64, 2 + 2 + 1 encoder blocks, decoder 2 x 32; {s['audio_length']} fbank frames x "
         f"{s['num_mel_bins']} mel bins, {s['frame_size']} px frames) trained for {s['pretrain_steps']} steps of "
-        f"{s['pretrain_batch']} clips from the train shards (`runs/pretrain/`). From the first to the last 5 % of the "
-        f"steps, the masked reconstruction loss went from {p0['loss_rec_a']:.2f} to {p1['loss_rec_a']:.2f} (audio) "
+        f"{s['pretrain_batch']} clips from the train shards (`runs/seed<N>/pretrain/`). From the first to the last "
+        f"5 % of the steps ({'mean over seeds' if n_seeds > 1 else 'one seed'}), the masked reconstruction loss went "
+        f"from {p0['loss_rec_a']:.2f} to {p1['loss_rec_a']:.2f} (audio) "
         f"and from {p0['loss_rec_v']:.2f} to {p1['loss_rec_v']:.2f} (video), the contrastive loss from "
         f"{p0['loss_c']:.2f} to {p1['loss_c']:.2f} (chance: ln {s['pretrain_batch']} = "
         f"{math.log(s['pretrain_batch']):.2f}) and the in-batch matching accuracy from {100 * p0['acc_c']:.0f} % to "
@@ -348,8 +496,11 @@ def markdown(metrics: dict[str, Any], figures: dict[str, Path], out: Path) -> st
         "",
         f"![pre-training losses]({rel['pretrain_losses']})",
         "",
-        "Reconstruction of a held-out clip by the pre-trained model (75 % of the patches of each modality masked; "
-        "the reconstruction pastes the visible patches back):",
+        "Reconstruction of a held-out clip by the pre-trained model (first seed; 75 % of the patches of each "
+        "modality masked). The third column shows the model's prediction on the masked patches only (the visible "
+        "patches, which the model was given, are left blank), the fourth its absolute error there. Spectrogram "
+        "colours are normalised log-mel units on one scale for all three panels; the error maps are in the same "
+        "units (frames: ImageNet-normalised, averaged over RGB):",
         "",
         f"![reconstruction]({rel['reconstruction']})",
         "",
@@ -360,6 +511,9 @@ def markdown(metrics: dict[str, Any], figures: dict[str, Path], out: Path) -> st
         "the same network at step 0 of pre-training.",
         "",
         f"![recall]({rel['recalls']})",
+        "",
+        "The similarity matrices of the first seed, clips sorted by class. "
+        + similarity_caption(metrics["similarity_blocks"]),
         "",
         f"![similarity matrices]({rel['similarity']})",
         "",
@@ -372,8 +526,9 @@ def markdown(metrics: dict[str, Any], figures: dict[str, Path], out: Path) -> st
         f"The classifier (encoder + LayerNorm + linear head, audio-visual) trained for {s['finetune_steps']} steps "
         f"of {s['finetune_batch']} labelled clips from the train shards, once starting from the pre-trained "
         "encoder and once from a random initialisation, with the same seed, data order and learning rates "
-        f"(`runs/finetune_pretrained/`, `runs/finetune_scratch/`). Held-out accuracy after {early} steps: "
-        f"{early_acc['pretrained']:.1f} % from the pre-trained encoder, {early_acc['scratch']:.1f} % from scratch.",
+        f"(`runs/seed<N>/finetune_pretrained/`, `runs/seed<N>/finetune_scratch/`). Held-out accuracy after {early} "
+        f"steps: {pm(*early_acc['pretrained'], n_seeds)} % from the pre-trained encoder, "
+        f"{pm(*early_acc['scratch'], n_seeds)} % from scratch.",
         "",
         f"![fine-tuning curves]({rel['finetune_curves']})",
         "",
@@ -383,12 +538,13 @@ def markdown(metrics: dict[str, Any], figures: dict[str, Path], out: Path) -> st
         "",
         "- `metrics.json`: every number above, the settings and the time of each stage",
         "- `figures/`: the figures of this page",
-        "- `runs/*/`: the training runs (`config.yaml`, `metrics.jsonl`, `val_metrics.jsonl`, `model/`); load a "
-        'model with `cavmae.load_model("runs/pretrain/model")`',
+        "- `runs/seed<N>/*/`: each seed's training runs (`config.yaml`, `metrics.jsonl`, `val_metrics.jsonl`, "
+        "`model/`); load a model with `cavmae.load_model(" + f'"runs/seed{seeds[0]}/pretrain/model")`',
         "- `clips/`, `shards/`: the synthetic videos and the shards made from them",
         "",
         "Stage times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items() if not k.startswith("total")) + ".",
         "",
+        *per_seed_table(metrics),
     ]
     return "\n".join(lines)
 
@@ -399,30 +555,36 @@ def write_report(
     data: DemoData,
     held: HeldOut,
     pretrained: torch.nn.Module,
-    pretrain_run: Path,
-    retrieval: dict[str, RetrievalResult],
-    classification: dict[str, ClassificationResult],
+    results: Sequence[SeedResult],
 ) -> Path:
-    """Draw every figure into ``out/figures`` and write ``out/report.md``; returns the report's path."""
+    """Draw every figure into ``out/figures`` and write ``out/report.md``; returns the report's path.
+
+    Single-seed figures (reconstruction, similarity, retrieval examples) show the first seed; the others every seed.
+    """
     from cavmae.train.figures import reconstruction_figure
 
     fig_dir = out / "figures"
     names = data.class_names
+    first = results[0]
     recon_clip = visible_order(held.frames)[0]
+    metrics["similarity_blocks"] = {
+        name: [round(x, 3) for x in block_similarity(r.similarity, held.labels)] for name, r in first.retrieval.items()
+    }
+    sim = first.retrieval["pretrained"].similarity
     jobs = {
         "examples": lambda p: plot_examples(held, names, p),
-        "pretrain_losses": lambda p: plot_pretrain_losses(pretrain_run, metrics["settings"]["pretrain_batch"], p),
+        "pretrain_losses": lambda p: plot_pretrain_losses(
+            [r.runs_dir / "pretrain" for r in results], metrics["settings"]["pretrain_batch"], p
+        ),
         "reconstruction": lambda p: reconstruction_figure(
             pretrained, held.audio[recon_clip : recon_clip + 1], held.frames[recon_clip : recon_clip + 1], p
         ),
-        "recalls": lambda p: plot_recalls(retrieval, len(held.keys), p),
-        "similarity": lambda p: plot_similarity(retrieval, held.labels, p),
-        "examples_v2a": lambda p: plot_retrieval_examples(retrieval["pretrained"].similarity, held, names, "video", p),
-        "examples_a2v": lambda p: plot_retrieval_examples(retrieval["pretrained"].similarity, held, names, "audio", p),
-        "finetune_curves": lambda p: plot_finetune_curves(
-            {k: out / "runs" / f"finetune_{k}" for k in classification}, classification, p
-        ),
-        "per_class": lambda p: plot_per_class(classification, names, p),
+        "recalls": lambda p: plot_recalls(metrics, len(held.keys), p),
+        "similarity": lambda p: plot_similarity(first.retrieval, held.labels, names, p),
+        "examples_v2a": lambda p: plot_retrieval_examples(sim, held, names, "video", p),
+        "examples_a2v": lambda p: plot_retrieval_examples(sim, held, names, "audio", p),
+        "finetune_curves": lambda p: plot_finetune_curves(results, metrics, p),
+        "per_class": lambda p: plot_per_class(metrics, names, p),
     }
     figures = {}
     for name, draw in tqdm(jobs.items(), desc="drawing figures", unit="figure", dynamic_ncols=True):

@@ -1,14 +1,36 @@
-"""Running a classifier on a batch: one frame per clip, or several frames per clip averaged."""
+"""Running a classifier on a batch: one frame per clip, or each of several frames per clip.
+
+Ten-frame evaluation follows the paper: the model runs once per frame and the *probabilities* (sigmoid for
+multi-label, softmax for single-label) are averaged afterwards (cavmae/eval/evaluate.py), never the logits.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+# Modes whose prediction does not depend on the frames: one pass is enough, whatever the number of frames.
+AUDIO_ONLY_MODES = ("audio", "audioonly", "missing_video", "missingaudioonly")
+
 
 def classify(model: nn.Module, batch: dict, mode: str) -> torch.Tensor:
-    """Logits [B, C]; frames [B, 10, 3, H, W] are classified one frame at a time and the logits averaged."""
+    """Logits [B, C] of a batch with one frame per clip (frames [B, 3, H, W])."""
+    frames = batch["frames"]
+    if frames.dim() != 4:
+        raise ValueError(
+            f"classify expects frames [B, 3, H, W], got {tuple(frames.shape)}; use frame_logits for several frames"
+        )
+    return model(batch["audio"], frames, mode=mode)
+
+
+def frame_logits(model: nn.Module, batch: dict, mode: str) -> torch.Tensor:
+    """Logits [B, F, C]: one forward per frame of frames [B, F, 3, H, W] (F = 1 for frames [B, 3, H, W]).
+
+    Audio-only modes do not look at the frames, so they run once and F = 1.
+    """
     frames = batch["frames"]
     if frames.dim() == 4:
-        return model(batch["audio"], frames, mode=mode)
-    return torch.stack([model(batch["audio"], frames[:, i], mode=mode) for i in range(frames.shape[1])]).mean(0)
+        return classify(model, batch, mode)[:, None]
+    if mode in AUDIO_ONLY_MODES:
+        return model(batch["audio"], None, mode=mode)[:, None]
+    return torch.stack([model(batch["audio"], frames[:, i], mode=mode) for i in range(frames.shape[1])], dim=1)

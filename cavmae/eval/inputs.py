@@ -2,7 +2,7 @@
 
 A video file gives its audio track (decord, 16 kHz mono) and frames chosen by timestamp; an audio file (wav,
 flac, mp3, ...) gives audio only; a video without an audio stream gives frames only. The fbank is the loader's
-(design section 1: Kaldi fbank, padded / cut to ``audio_length`` frames, normalised), the frames are resized
+(as in training: Kaldi fbank, padded / cut to ``audio_length`` frames, normalised), the frames are resized
 (shorter side, bicubic), centre-cropped and ImageNet-normalised exactly as in the loader.
 """
 

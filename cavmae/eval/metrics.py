@@ -11,6 +11,8 @@ torchmetrics, macro-averaged over classes as the CAV-MAE papers report them.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -70,42 +72,69 @@ def top_k(query: torch.Tensor, gallery: torch.Tensor, k: int = 5) -> tuple[torch
     return order.values[:, :k], order.indices[:, :k]
 
 
+def d_prime(auc: float) -> float:
+    """Sensitivity index from an AUC: sqrt(2) * Phi^-1(AUC) (the d-prime AudioSet papers report beside mAUC)."""
+    auc = min(max(float(auc), 1e-7), 1 - 1e-7)
+    return math.sqrt(2.0) * float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(auc, dtype=torch.float64)))
+
+
+def to_probabilities(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """Sigmoid (multi-label) or softmax over the last dim (single-label), in float32."""
+    logits = logits.float()
+    return logits.sigmoid() if multilabel else logits.softmax(dim=-1)
+
+
 @torch.no_grad()
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool) -> dict[str, float]:
     """logits [N, C]; targets [N, C] multi-hot (multi-label) or one-hot / class indices [N] (single-label).
 
-    Multi-label: macro mAP and mAUC (classes without a positive are left out of the averages, as sklearn-based
-    evaluation code must do to be defined). Single-label: top-1 and top-5 accuracy (percent) and macro mAP.
+    Multi-label: macro mAP, mAUC and d-prime (classes without a positive are left out of the averages, as
+    sklearn-based evaluation code must do to be defined). Single-label: top-1 and top-5 accuracy (percent).
     """
+    return score_metrics(to_probabilities(logits, multilabel), targets, multilabel)
+
+
+@torch.no_grad()
+def score_metrics(probs: torch.Tensor, targets: torch.Tensor, multilabel: bool) -> dict[str, float]:
+    """:func:`classification_metrics` from probabilities [N, C] (e.g. averaged over frames) instead of logits."""
     from torchmetrics.functional.classification import (
         multiclass_accuracy,
         multilabel_auroc,
         multilabel_average_precision,
     )
 
-    logits = logits.float().cpu()
-    num_classes = logits.shape[1]
+    probs = probs.float().cpu()
+    if probs.numel() and (probs.min() < 0 or probs.max() > 1):
+        raise ValueError("score_metrics expects probabilities in [0, 1]; pass logits to classification_metrics")
+    num_classes = probs.shape[1]
     if multilabel:
         t = (targets > 0.5).long().cpu()
         present = t.sum(0) > 0
         if not present.any():
             raise ValueError("no positive label in the evaluation targets: mAP is undefined")
-        probs = logits.sigmoid()[:, present]
+        p = probs[:, present]
         t = t[:, present]
         n = int(present.sum())
+        mauc = multilabel_auroc(p, t, num_labels=n, average="macro").item()
         return {
-            "mAP": multilabel_average_precision(probs, t, num_labels=n, average="macro").item(),
-            "mAUC": multilabel_auroc(probs, t, num_labels=n, average="macro").item(),
+            "mAP": multilabel_average_precision(p, t, num_labels=n, average="macro").item(),
+            "mAUC": mauc,
+            "d_prime": d_prime(mauc),
             "classes_scored": float(n),
         }
     labels = targets.argmax(1) if targets.dim() == 2 else targets
     labels = labels.long().cpu()
-    out = {"top1": 100.0 * multiclass_accuracy(logits, labels, num_classes=num_classes, average="micro").item()}
+    out = {"top1": 100.0 * multiclass_accuracy(probs, labels, num_classes=num_classes, average="micro").item()}
     if num_classes >= 5:
         out["top5"] = (
-            100.0 * multiclass_accuracy(logits, labels, num_classes=num_classes, top_k=5, average="micro").item()
+            100.0 * multiclass_accuracy(probs, labels, num_classes=num_classes, top_k=5, average="micro").item()
         )
     return out
+
+
+def main_metric(multilabel: bool) -> str:
+    """The number a run is judged by: mAP (multi-label, AudioSet) or top-1 accuracy (single-label, VGGSound)."""
+    return "mAP" if multilabel else "top1"
 
 
 @torch.no_grad()

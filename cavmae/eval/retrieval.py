@@ -1,6 +1,6 @@
 """Audio <-> video retrieval: embeddings of a shard set, saved with their keys, and queries against them.
 
-Embeddings follow the paper's protocol (design section 1): unmasked forward, modality-specific streams,
+Embeddings follow the paper's protocol (arXiv 2210.07839): unmasked forward, modality-specific streams,
 mean-pooled; they are L2-normalised here so scores are cosine similarities. A set is saved as one safetensors
 file (``audio`` [N, D], ``video`` [N, D]) whose metadata holds the keys, so 100,000 clips cost 2 x 100,000 x D
 floats on disk and the ranks are computed in chunks (cavmae/eval/metrics.py).

@@ -16,7 +16,7 @@ import torch
 from timm.layers import DropPath
 from torch import nn
 
-from cavmae.config import ModelConfig
+from cavmae.config import ConfigError, ModelConfig
 
 # factory(dim, num_heads, cfg, drop_path) -> ModalityBlock
 BlockFactory = Callable[[int, int, ModelConfig, float], "ModalityBlock"]
@@ -35,6 +35,17 @@ def register_block(name: str) -> Callable[[BlockFactory], BlockFactory]:
 
 def list_blocks() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def check_backbones(cfg: ModelConfig) -> None:
+    """``model.backbone`` and ``model.decoder_backbone`` name registered blocks (the config layer cannot know the
+    registry, so the models check this where they are built)."""
+    for field_name in ("backbone", "decoder_backbone"):
+        name = getattr(cfg, field_name)
+        if name not in _REGISTRY:
+            raise ConfigError(
+                f"model.{field_name}: {name!r} is not a registered backbone; registered: {', '.join(list_blocks())}"
+            )
 
 
 def create_block(name: str, dim: int, num_heads: int, cfg: ModelConfig, drop_path: float = 0.0) -> ModalityBlock:

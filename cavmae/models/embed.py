@@ -9,7 +9,7 @@ from torch import nn
 class PatchEmbed(nn.Module):
     """Conv2d(kernel = stride = patch) from an image [B, C, H, W] to tokens [B, (H/p)*(W/p), dim], row-major.
 
-    No norm, no CLS token (design section 1). The attribute name ``proj`` matches the public checkpoints.
+    No norm, no CLS token (as in the public CAV-MAE code). The attribute name ``proj`` matches the public checkpoints.
     """
 
     def __init__(self, in_chans: int, dim: int, patch_size: int, grid: tuple[int, int]):

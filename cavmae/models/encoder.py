@@ -4,7 +4,7 @@ Attributes carry the public checkpoints' names (``patch_embed_a``, ``pos_embed_a
 ``blocks_v``, ``blocks_u``, ``norm_a``, ``norm_v``, ``norm``), so converting a public state dict is a matter of
 stripping the ``module.`` prefix.
 
-Streams (design section 1):
+Streams (as in the paper and its public code):
 - audio tokens -> blocks_a; video tokens -> blocks_v;
 - joint: cat(audio, video) -> blocks_u with the joint norms -> ``norm``;
 - audio-only: audio -> blocks_u with the audio norms -> ``norm_a``; video-only likewise with ``norm_v``.
@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from cavmae.config import ModelConfig
-from cavmae.models.blocks import create_block
+from cavmae.models.blocks import check_backbones, create_block
 from cavmae.models.embed import PatchEmbed, audio_to_image, init_linear_and_norm, sincos_2d, xavier_conv_
 
 
@@ -35,6 +35,7 @@ class CAVMAEEncoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig, trainable_pos: bool = False):
         super().__init__()
+        check_backbones(cfg)
         self.cfg = cfg
         dim = cfg.embed_dim
         self.patch_embed_a = PatchEmbed(1, dim, cfg.patch_size, cfg.audio_grid)

@@ -4,6 +4,12 @@ The contrastive loss can take its negatives from every rank: embeddings are gath
 (``torch.distributed.nn.functional.all_gather``), each rank computes the loss of its own rows with labels offset
 by ``rank * local_batch``. N ranks with batch b then see the same loss as one process with batch N*b; the
 all-gather's backward sums gradients over ranks, which DDP's gradient averaging turns back into the mean.
+
+Contrast groups (the paper's objective on any device count): the paper ran DataParallel on 4 GPUs, so each GPU's
+InfoNCE took its negatives from its own quarter of the batch and the four losses were summed.
+:func:`grouped_info_nce` cuts the global batch into groups of N consecutive clips, computes InfoNCE within each
+and returns this process's share of the SUM over groups (gathering from other ranks only when a group spans
+ranks).
 """
 
 from __future__ import annotations
@@ -62,3 +68,55 @@ def info_nce(
         logits_a2v = a @ v_all.t() / temperature
         loss = 0.5 * (loss + F.cross_entropy(logits_a2v, labels))
     return loss, acc.detach()
+
+
+def world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def grouped_info_nce(
+    audio_emb: torch.Tensor,
+    video_emb: torch.Tensor,
+    group: int,
+    temperature: float = 0.05,
+    symmetric: bool = False,
+    gather: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """InfoNCE within groups of ``group`` consecutive clips of the global batch, embeddings [b, D] per process.
+
+    Returns (this process's share of the sum over all groups of each group's mean InfoNCE, in-group retrieval
+    accuracy of the local rows, the group size used). Summed over processes the first is
+    sum_g InfoNCE_g: on one process, a batch of 8 with groups of 4 gives exactly InfoNCE(first 4) +
+    InfoNCE(last 4), loss and gradients. A group that spans processes needs ``gather`` (an autograd all-gather);
+    without it (forwards that not every process runs) the local batch is cut into groups, or is one group when
+    ``group`` does not divide it.
+    """
+    b = audio_emb.shape[0]
+    a = F.normalize(audio_emb.float(), dim=-1)
+    v = F.normalize(video_emb.float(), dim=-1)
+    if gather and b % group:
+        a_all, offset = gather_batch(a)
+        v_all, _ = gather_batch(v)
+    else:
+        a_all, v_all, offset = a, v, 0
+    total = a_all.shape[0]
+    if total % group:
+        if a_all is not a:
+            raise ValueError(f"train.contrast_group={group} does not divide the global batch of {total} clips")
+        group = total  # off the training path: one group
+    rows = offset + torch.arange(b, device=a.device)  # global index of each local row
+    labels = rows % group  # position within its group
+    start = rows - labels  # [b] first global row of its group
+
+    def in_group(x_all: torch.Tensor) -> torch.Tensor:  # [b, group, D]: the clips of each local row's group
+        return x_all[start[:, None] + torch.arange(group, device=a.device)[None, :]]
+
+    logits_v2a = torch.einsum("bd,bnd->bn", v, in_group(a_all)) / temperature  # [b, group]
+    loss = F.cross_entropy(logits_v2a, labels, reduction="sum") / group
+    acc = (logits_v2a.argmax(dim=1) == labels).float().mean()
+    if symmetric:
+        logits_a2v = torch.einsum("bd,bnd->bn", a, in_group(v_all)) / temperature
+        loss = 0.5 * (loss + F.cross_entropy(logits_a2v, labels, reduction="sum") / group)
+    return loss, acc.detach(), group

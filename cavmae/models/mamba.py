@@ -8,7 +8,7 @@ flipped in memory: the scan op runs the backward direction in place.
 
 The block wraps the mixer in the same :class:`~cavmae.models.blocks.ModalityBlock` as the ViT block (three norm
 pairs, ``modality`` argument), followed by the ViT MLP, so the models never branch on the backbone.
-A_log, D and the dt bias carry ``_no_weight_decay = True`` for the optimiser (design section 2).
+A_log, D and the dt bias carry ``_no_weight_decay = True`` for the optimiser (as mamba_ssm marks them).
 """
 
 from __future__ import annotations

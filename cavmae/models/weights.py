@@ -30,6 +30,11 @@ class CheckpointError(ValueError):
     """A model file that cannot be read or does not fit the model."""
 
 
+class DamagedCheckpointError(CheckpointError):
+    """A file that cannot be read at all (truncated, corrupt, missing from its checkpoint), as opposed to a
+    readable one that does not fit the model: resume falls back to an older checkpoint only on these."""
+
+
 def model_kind(model: nn.Module) -> str:
     from cavmae.models.classifier import CAVMAEClassifier
 
@@ -66,30 +71,61 @@ def save_pretrained(model: nn.Module, directory: str | Path, config: Config | No
     return directory
 
 
-def _read_kind(weights: Path) -> str:
+def _read_kind(weights: Path) -> str | None:
     from safetensors import safe_open
 
     with safe_open(str(weights), framework="pt") as f:
         meta = f.metadata() or {}
-    return meta.get("cavmae_kind", "pretrain")
+    return meta.get("cavmae_kind")
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, with an error that names the file when it is damaged or truncated."""
+    path = Path(path)
+    if not path.is_file():
+        raise DamagedCheckpointError(f"{path} is missing")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise DamagedCheckpointError(f"{path} is not a readable safetensors file (damaged or truncated): {e}") from e
+
+
+def model_directory(path: str | Path) -> Path:
+    """The folder holding ``model.safetensors`` that a user means by `path`: our model directory or a training
+    checkpoint (``ckpt-*``) as it is, a run directory through its final ``model/``. Anything else is an error
+    that says what to pass instead."""
+    path = Path(path)
+    if (path / WEIGHTS).is_file():
+        return path
+    if (path / "model" / WEIGHTS).is_file():  # a run directory: its final model
+        log.info("%s is a run directory: using its final model %s", path, path / "model")
+        return path / "model"
+    checkpoints = sorted((path / "checkpoints").glob("ckpt-*/" + WEIGHTS))
+    if checkpoints:
+        raise CheckpointError(
+            f"{path} is a run directory without a final model ({path / 'model'} is missing: the run has not "
+            f"finished); pass one of its checkpoints instead, e.g. {checkpoints[-1].parent}"
+        )
+    raise CheckpointError(
+        f"{path} is not a cavmae model directory: {WEIGHTS} is missing (expected our model directory such as "
+        "runs/NAME/model, a run directory holding model/, a training checkpoint, or a .pth file)"
+    )
 
 
 def from_pretrained(directory: str | Path) -> tuple[nn.Module, Config]:
-    """Load a model directory written by :func:`save_pretrained`. Returns (model in eval mode, config)."""
-    directory = Path(directory)
+    """Load a model directory written by :func:`save_pretrained` (or a run directory / training checkpoint, see
+    :func:`model_directory`). Returns (model in eval mode, config)."""
+    directory = model_directory(directory)
     weights, cfg_path = directory / WEIGHTS, directory / CONFIG
-    for p in (weights, cfg_path):
-        if not p.is_file():
-            raise CheckpointError(f"{directory} is not a cavmae model directory: {p.name} is missing")
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{directory} is not a cavmae model directory: {CONFIG} is missing")
     try:
         cfg = from_dict(yaml.safe_load(cfg_path.read_text()) or {})
     except (ConfigError, yaml.YAMLError) as e:
         raise CheckpointError(f"{cfg_path}: {e}") from e
-    try:
-        state = load_file(str(weights))
-        kind = _read_kind(weights)
-    except Exception as e:  # safetensors raises its own error types for damaged files
-        raise CheckpointError(f"{weights} is not a readable safetensors file: {e}") from e
+    state = read_safetensors(weights)
+    # Training checkpoints do not record the kind in their metadata: their config's task says it.
+    kind = _read_kind(weights) or ("classifier" if cfg.train.task == "finetune" else "pretrain")
     model = build_model(kind, cfg.model)
     _load_strict(model, state, str(weights))
     return model.eval(), cfg
@@ -128,16 +164,21 @@ def read_torch_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(
-            f"{path} could not be read as a weights-only PyTorch file (damaged, or it holds pickled objects "
-            f"other than tensors, which we refuse to unpickle): {e}"
-        ) from e
+    obj = load_weights_only(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a state dict")
     return obj
+
+
+def load_weights_only(path: str | Path):
+    """``torch.load(weights_only=True)`` of an existing file; a file it cannot read is named as damaged."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DamagedCheckpointError(
+            f"{path} could not be read as a weights-only PyTorch file (damaged or truncated, or it holds pickled "
+            f"objects other than tensors, which we refuse to unpickle): {e}"
+        ) from e
 
 
 def strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -145,6 +186,24 @@ def strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if state and all(k.startswith("module.") for k in state):
         return {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
+
+
+# Tensors of the public files that no CAV-MAE model uses: the adapted ImageNet initialisation (IN-initial.pth)
+# carries MAE's CLS token three times (cls_token_a / cls_token_v / cls_token_av); CAV-MAE has no CLS token.
+UNUSED_PUBLIC_KEYS = re.compile(r"cls_token(_a|_v|_av)?$")
+
+
+def drop_unused_public_keys(state: dict[str, torch.Tensor], source: str | Path) -> dict[str, torch.Tensor]:
+    """`state` without the tensors no CAV-MAE model uses (``cls_token_*``); names them in one log line."""
+    dropped = sorted(k for k in state if UNUSED_PUBLIC_KEYS.fullmatch(k))
+    if dropped:
+        log.info("%s: ignoring %d tensors CAV-MAE does not use: %s", source, len(dropped), ", ".join(dropped))
+    return {k: v for k, v in state.items() if k not in dropped}
+
+
+def is_cavmae_layout(state: dict[str, torch.Tensor]) -> bool:
+    """Keys of the CAV-MAE layout (ours or public, e.g. the adapted IN-initial.pth), not of an MAE ViT."""
+    return "patch_embed_a.proj.weight" in state and any(k.startswith("blocks_a.") for k in state)
 
 
 def infer_model_config(state: dict[str, torch.Tensor], base: ModelConfig | None = None) -> tuple[str, ModelConfig]:
@@ -187,7 +246,7 @@ def infer_model_config(state: dict[str, torch.Tensor], base: ModelConfig | None 
 
 def load_official(path: str | Path, base: ModelConfig | None = None) -> tuple[nn.Module, ModelConfig]:
     """A public CAV-MAE ``.pth`` (pre-training or fine-tuning; with or without ``module.``) -> our model."""
-    state = strip_prefix(read_torch_file(path))
+    state = drop_unused_public_keys(strip_prefix(read_torch_file(path)), path)
     kind, cfg = infer_model_config(state, base)
     model = build_model(kind, cfg)
     _load_strict(model, state, str(path))
@@ -212,7 +271,7 @@ def save_official(model: nn.Module, path: str | Path) -> None:
 
 
 def mae_to_cavmae(mae_state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map a facebookresearch/mae ViT checkpoint onto a CAV-MAE model (design section 1).
+    """Map a facebookresearch/mae ViT checkpoint onto a CAV-MAE model (the paper's ImageNet initialisation).
 
     MAE block i < modality_depth -> blocks_a.i and blocks_v.i; the next shared_depth blocks -> blocks_u; each
     block's norm1 / norm2 is copied to all three norm pairs; audio patch weights = sum over RGB of the image patch
@@ -285,8 +344,16 @@ def mae_to_cavmae(mae_state: dict[str, torch.Tensor], model: nn.Module) -> dict[
 
 
 def init_from_mae(model: nn.Module, path: str | Path) -> list[str]:
-    """Load MAE weights into `model` in place; returns the model keys that kept their own initialisation."""
-    mapped = mae_to_cavmae(read_torch_file(path), model)
+    """Load MAE weights into `model` in place; returns the model keys that kept their own initialisation.
+
+    A file already in the CAV-MAE layout (the public adapted ``IN-initial.pth``: MAE weights mapped onto CAV-MAE
+    key names, plus unused ``cls_token_*``) is loaded as such, by :func:`init_from_cavmae`.
+    """
+    raw = read_torch_file(path)
+    if is_cavmae_layout(strip_prefix(raw.get("model", raw))):
+        log.info("%s is an MAE initialisation already in the CAV-MAE layout (IN-initial.pth); loading it as such", path)
+        return init_from_cavmae(model, path)
+    mapped = mae_to_cavmae(raw, model)
     model.load_state_dict(mapped, strict=False)
     kept = sorted(set(model.state_dict()) - set(mapped))
     log.info("initialised %d tensors from MAE checkpoint %s; %d kept their init", len(mapped), path, len(kept))
@@ -300,7 +367,13 @@ def init_from_cavmae(model: nn.Module, path: str | Path) -> list[str]:
     pre-training from another run. Returns the keys that kept their own initialisation.
     """
     src = Path(path)
-    state = load_file(str(src / WEIGHTS)) if src.is_dir() else strip_prefix(read_torch_file(src))
+    if src.is_dir():
+        state = read_safetensors(model_directory(src) / WEIGHTS)
+    elif src.suffix == ".safetensors":
+        state = read_safetensors(src)
+    else:
+        state = strip_prefix(read_torch_file(src))
+    state = drop_unused_public_keys(state, path)
     own = model.state_dict()
     use = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not any(k.startswith("blocks_") for k in use):

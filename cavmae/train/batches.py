@@ -12,25 +12,33 @@ from torch.utils.data import DataLoader
 
 from cavmae.config import Config, ConfigError
 from cavmae.data.loader import loader_for
-from cavmae.data.random_batches import collate, synthetic_dataset
+from cavmae.data.random_batches import TenFrames, collate, synthetic_dataset
 from cavmae.data.sampler import ShardedBatchSampler
 
 log = logging.getLogger(__name__)
 
 
 def make_batches(
-    cfg: Config, split: str, epoch: int = 0, rank: int = 0, world_size: int = 1, skip: int = 0
+    cfg: Config,
+    split: str,
+    epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    skip: int = 0,
+    frame_mode: str | None = None,
 ) -> Iterable[dict]:
     """This process's batches of ``split`` ("train" or "val") for ``epoch``, skipping the first ``skip``.
 
     Batches are dicts: ``audio`` [B, T, F], ``frames`` [B, 3, H, W], ``labels`` [B, C], ``keys`` (list[str]), on
     the CPU; the loop moves them to the device. Training batches hold data.batch_size clips and their order is a
     function of (train.seed, epoch); validation batches hold eval.batch_size clips in a fixed order, and every
-    clip is seen once over all processes.
+    clip is seen once over all processes. ``frame_mode="all"`` (evaluation) gives frames [B, 10, 3, H, W].
     """
     train = split == "train"
     if cfg.data.synthetic:
         ds = synthetic_dataset(cfg, split)
+        if frame_mode == "all":
+            ds = TenFrames(ds)
         sampler = ShardedBatchSampler(
             len(ds),
             cfg.data.batch_size if train else cfg.eval.batch_size,
@@ -54,7 +62,14 @@ def make_batches(
     if not shards:
         raise ConfigError(f"data.{split}_shards is empty and data.synthetic is false: no {split} data")
     # The shard loader splits shards by node and worker itself; it must not go through accelerator.prepare.
-    loader = loader_for(cfg, shards, train=train, epoch=epoch, rank=rank, world_size=world_size)
+    try:
+        loader = loader_for(
+            cfg, shards, train=train, epoch=epoch, rank=rank, world_size=world_size, frame_mode=frame_mode
+        )
+    except ConfigError:
+        raise
+    except ValueError as e:  # what the loader finds wrong in the data's set-up (class counts, missing manifests)
+        raise ConfigError(f"data.{split}_shards: {e}") from e
     if not train:
         return loader
     return _exact_epoch(cfg, shards, loader, epoch, rank, world_size, skip)
@@ -96,11 +111,17 @@ def batches_per_epoch(cfg: Config, world_size: int) -> int:
     """Training batches per process and epoch (the same on every process)."""
     if cfg.data.synthetic:
         return ShardedBatchSampler(cfg.data.synthetic_size, cfg.data.batch_size, 0, world_size).num_batches()
+    if not cfg.data.train_shards:
+        raise ConfigError("data.train_shards is empty and data.synthetic is false: no training data")
     samples = cfg.data.samples_per_epoch
     if samples <= 0:
         from cavmae.data.loader import expand_shards, shard_counts
 
-        counts = shard_counts(expand_shards(cfg.data.train_shards))
+        try:
+            urls = expand_shards(cfg.data.train_shards)
+        except ValueError as e:  # a pattern that matches no file
+            raise ConfigError(f"data.train_shards: {e}") from e
+        counts = shard_counts(urls)
         if not counts:
             raise ConfigError("data.samples_per_epoch must be set (> 0): the training shards have no manifest")
         samples = sum(counts.values())

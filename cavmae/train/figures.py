@@ -13,24 +13,29 @@ IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
 
 def _reconstruct(target: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, norm_pix: bool):
-    """Patches [L, P] of target / prediction, mask [L] -> (masked input, visible + predicted) patches [L, P].
+    """Patches [L, P] of target / prediction, mask [L] (1 = masked) -> (visible input, prediction on the masked
+    patches, |prediction - target| on the masked patches), each [L, P] with NaN where a panel shows nothing.
 
     With norm_pix_loss the model predicts per-patch normalised values; undo that with the target patch's own
-    mean / std (as MAE's visualisation does). Masked patches of the input are NaN (drawn blank)."""
+    mean / std (as MAE's visualisation does). Only masked patches are predicted and scored; the visible ones were
+    the model's input, so pasting them back would flatter the reconstruction."""
     if norm_pix:
         mean = target.mean(dim=-1, keepdim=True)
         std = (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
         pred = pred * std + mean
     m = mask[:, None].bool()
-    masked_input = target.masked_fill(m, float("nan"))
-    pasted = torch.where(m, pred, target)
-    return masked_input, pasted
+    nan = torch.tensor(float("nan"))
+    visible = target.masked_fill(m, float("nan"))
+    predicted = torch.where(m, pred, nan)
+    error = torch.where(m, (pred - target).abs(), nan)
+    return visible, predicted, error
 
 
 @torch.no_grad()
 def reconstruction_figure(model, audio: torch.Tensor, frames: torch.Tensor, path: str | Path) -> Path:
-    """Run ``model`` (an unwrapped CAVMAE) on one clip (audio [1, T, F], frames [1, 3, H, W]) and save a 2 x 3 PNG:
-    spectrogram and frame; each original, masked input, reconstruction. RNG state is left untouched."""
+    """Run ``model`` (an unwrapped CAVMAE) on one clip (audio [1, T, F], frames [1, 3, H, W]) and save a 2 x 4 PNG:
+    spectrogram and frame; each original, visible input, prediction on the masked patches only, and its absolute
+    error there, with colorbars. RNG state is left untouched."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -49,26 +54,43 @@ def reconstruction_figure(model, audio: torch.Tensor, frames: torch.Tensor, path
         (target_a, out["pred_a"][0].float().cpu(), out["mask_a"][0].cpu(), 1, cfg.audio_grid),
         (target_v, out["pred_v"][0].float().cpu(), out["mask_v"][0].cpu(), 3, cfg.video_grid),
     ):
-        masked, pasted = _reconstruct(target, pred, mask, cfg.norm_pix_loss)
-        rows.append([unpatchify(x[None], p, chans, grid)[0] for x in (target, masked, pasted)])
+        panels = (target, *_reconstruct(target, pred, mask, cfg.norm_pix_loss))
+        rows.append([unpatchify(x[None], p, chans, grid)[0] for x in panels])
+    ratio_a = float(out["mask_a"][0].float().mean())
+    ratio_v = float(out["mask_v"][0].float().mean())
 
-    fig = Figure(figsize=(12, 6))
+    fig = Figure(figsize=(17, 6.5))
     FigureCanvasAgg(fig)
-    titles = ("original", "masked input", "reconstruction")
+    titles = ("original", "visible input", "prediction, masked patches only", "|error|, masked patches")
+    original = rows[0][0][0]
+    vmin, vmax = float(original.min()), float(original.max())  # one scale for original, input and prediction
     for col, img in enumerate(rows[0]):  # [1, F, T]: frequency up, time right
-        ax = fig.add_subplot(2, 3, col + 1)
-        ax.imshow(img[0].numpy(), origin="lower", aspect="auto", cmap="magma")
-        ax.set_title(f"audio: {titles[col]}")
+        ax = fig.add_subplot(2, 4, col + 1)
+        kwargs = {"cmap": "magma", "vmin": vmin, "vmax": vmax} if col < 3 else {"cmap": "viridis", "vmin": 0}
+        im = ax.imshow(img[0].numpy(), origin="lower", aspect="auto", interpolation="nearest", **kwargs)
+        ax.set_facecolor("white")  # NaN (not shown) patches
+        ax.set_title(f"audio: {titles[col]}", fontsize=10)
         ax.set_xlabel("time frame")
         ax.set_ylabel("mel bin")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="normalised log-mel" if col < 3 else "abs. error")
     for col, img in enumerate(rows[1]):  # [3, H, W], ImageNet-normalised
-        ax = fig.add_subplot(2, 3, col + 4)
-        rgb = (img * IMAGENET_STD + IMAGENET_MEAN).clamp(0, 1)
-        rgb = torch.where(torch.isnan(img), torch.ones_like(img), rgb)  # masked patches white
-        ax.imshow(rgb.permute(1, 2, 0).numpy())
-        ax.set_title(f"frame: {titles[col]}")
-        ax.axis("off")
-    fig.suptitle(f"loss_rec_a {float(out['loss_rec_a']):.3f}   loss_rec_v {float(out['loss_rec_v']):.3f}", fontsize=10)
+        ax = fig.add_subplot(2, 4, col + 5)
+        if col < 3:
+            rgb = (img * IMAGENET_STD + IMAGENET_MEAN).clamp(0, 1)
+            rgb = torch.where(torch.isnan(img), torch.ones_like(img), rgb)  # not-shown patches white
+            ax.imshow(rgb.permute(1, 2, 0).numpy(), interpolation="nearest")
+        else:
+            im = ax.imshow(img.mean(dim=0).numpy(), cmap="viridis", vmin=0, interpolation="nearest")
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="abs. error (normalised, RGB mean)")
+        ax.set_title(f"frame: {titles[col]}", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(
+        f"Masked reconstruction ({100 * ratio_a:.0f} % of audio and {100 * ratio_v:.0f} % of frame patches masked; "
+        f"white: not shown). Loss on masked patches: audio {float(out['loss_rec_a']):.3f}, "
+        f"frame {float(out['loss_rec_v']):.3f} (norm-pix MSE)",
+        fontsize=10,
+    )
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

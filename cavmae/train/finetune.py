@@ -2,22 +2,25 @@
 
 - model: :class:`~cavmae.models.classifier.CAVMAEClassifier`, initialised from ``train.init`` (our pre-trained or
   fine-tuned models, or the public CAV-MAE checkpoints; the decoder is dropped and a head of another size keeps
-  its fresh init);
-- inputs: ``train.ft_mode`` = audiovisual | audio | video;
-- loss: ``train.ft_loss`` = bce (multi-label, AudioSet; metrics mAP / mAUC) or ce (single-label, VGGSound; top-1 /
-  top-5); labels may be soft (mixup, label smoothing are applied by the data pipeline);
+  its fresh init); ``train.freeze_base`` trains the head alone (linear probe, the public ``--freeze_base``);
+- inputs: ``train.ft_mode`` = audiovisual | audio | video; one frame per clip (random in training);
+- loss: ``train.ft_loss`` = bce (multi-label, AudioSet; metrics mAP / mAUC / d-prime) or ce (single-label,
+  VGGSound; top-1 / top-5); labels may be soft (mixup, label smoothing are applied by the data pipeline); with
+  ``data.balance_mode=weights`` each clip's loss is weighted by its class-balance weight;
 - learning rates: the head (``mlp_head``) at ``optim.head_lr_mult`` x lr; optional layer-wise decay
   ``optim.layer_decay`` (block i of a modality stack and shared block j are layers i+1 and depth+1+j);
-- evaluation: logits gathered from every process; with frames [B, 10, 3, H, W] (data.frame_mode=all) the logits
-  of the ten frames are averaged;
+- per-epoch validation: the middle frame, predictions gathered from every process;
 - weight averaging: the weights after each epoch in [train.avg_weights_from, train.avg_weights_to] are kept in
-  ``<out_dir>/epoch_weights/`` and averaged into the final model, as the paper does.
+  ``<out_dir>/epoch_weights/`` and averaged into the final model, as the paper does;
+- the end (:meth:`FinetuneTask.final_evaluation`): the final (averaged) model is evaluated at the middle frame and,
+  with ``eval.ten_frame``, with the ten-frame ensemble (per-frame probabilities averaged); three numbers are
+  reported: last epoch, averaged, averaged + ten frames (cavmae/eval/evaluate.py).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -26,9 +29,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cavmae.config import Config
-from cavmae.eval.classify import classify
-from cavmae.eval.metrics import classification_metrics
-from cavmae.train.tasks import Task, register_task
+from cavmae.eval.classify import AUDIO_ONLY_MODES, classify
+from cavmae.eval.evaluate import Predictions, classification_report, middle_frame, predict
+from cavmae.eval.metrics import main_metric
+from cavmae.train.tasks import Task, register_task, sum_over_processes
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +49,29 @@ def layer_id(name: str, modality_depth: int, shared_depth: int) -> int:
     return modality_depth + shared_depth + 1
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+def classification_loss(
+    logits: torch.Tensor, labels: torch.Tensor, kind: str, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """BCE (multi-label, mean over classes) or cross-entropy (soft targets allowed) per clip, averaged over the
+    batch; with ``weights`` [B] each clip's loss is multiplied by its weight first (class-balance weights of mean
+    1, so the expected gradient is that of class-balanced resampling)."""
+    logits, labels = logits.float(), labels.float()
     if kind == "ce":
-        return F.cross_entropy(logits.float(), labels.float())  # soft targets allowed
-    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        per_clip = F.cross_entropy(logits, labels, reduction="none")
+    else:
+        per_clip = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(dim=1)
+    if weights is not None:
+        per_clip = per_clip * weights.to(per_clip)
+    return per_clip.mean()
+
+
+def gather_predictions(accelerator, pred: Predictions) -> Predictions:
+    """Every process's predictions, concatenated in process order (every process gets all of them)."""
+    if accelerator.num_processes == 1:
+        return pred
+    from accelerate.utils import gather_object
+
+    return Predictions.cat(gather_object([pred]))
 
 
 @register_task("finetune")
@@ -56,7 +79,11 @@ class FinetuneTask(Task):
     def build_model(self, cfg: Config) -> nn.Module:
         from cavmae.models.classifier import CAVMAEClassifier
 
-        return CAVMAEClassifier(cfg.model)
+        model = CAVMAEClassifier(cfg.model)
+        if cfg.train.freeze_base:  # linear probe: requires_grad survives train.init (load_state_dict keeps it)
+            for name, p in model.named_parameters():
+                p.requires_grad_(name.startswith("mlp_head."))
+        return model
 
     def lr_scale(self, name: str, cfg: Config) -> float:
         if name.startswith("mlp_head."):
@@ -69,29 +96,62 @@ class FinetuneTask(Task):
 
     def step(self, model: nn.Module, batch: dict, cfg: Config) -> dict[str, torch.Tensor]:
         logits = classify(model, batch, cfg.train.ft_mode)
-        loss = classification_loss(logits, batch["labels"], cfg.train.ft_loss)
+        loss = classification_loss(logits, batch["labels"], cfg.train.ft_loss, batch.get("weights"))
         acc = (logits.argmax(1) == batch["labels"].argmax(1)).float().mean()
         return {"loss": loss, "acc": acc.detach()}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[dict], accelerator, cfg: Config) -> dict[str, float]:
-        from accelerate.utils import gather_object
+        """Loss and metrics of the middle frame over the whole split (every process gets the same dict)."""
+        pred = predict(model, batches, cfg.train.ft_mode)
+        loss_sum = 0.0
+        if len(pred):
+            logits = pred.logits[:, middle_frame(pred.logits.shape[1])]
+            loss_sum = float(classification_loss(logits, pred.labels, cfg.train.ft_loss)) * len(pred)
+        everything = gather_predictions(accelerator, pred)
+        loss = sum_over_processes(accelerator, {"loss": loss_sum})["loss"] / max(len(everything), 1)
+        report = classification_report(everything, multilabel=cfg.train.ft_loss == "bce")
+        return {"loss": loss, **report["single_frame"]}
 
-        logits, labels, loss_sum = [], [], 0.0
-        for batch in batches:
-            out = classify(model, batch, cfg.train.ft_mode)
-            loss_sum += float(classification_loss(out, batch["labels"], cfg.train.ft_loss)) * out.shape[0]
-            logits.append(out.float().cpu())
-            labels.append(batch["labels"].float().cpu())
-        local = (torch.cat(logits) if logits else torch.empty(0), torch.cat(labels) if labels else torch.empty(0))
-        parts = gather_object([local]) if accelerator.num_processes > 1 else [local]
-        all_logits = torch.cat([p[0] for p in parts if p[0].numel()])
-        all_labels = torch.cat([p[1] for p in parts if p[1].numel()])
-        from cavmae.train.tasks import sum_over_processes
+    @torch.no_grad()
+    def final_evaluation(
+        self,
+        model: nn.Module,
+        val_batches: Callable[[str], Iterable[dict]],
+        accelerator,
+        cfg: Config,
+        last_val: dict[str, float],
+        averaged_epochs: list[int],
+    ) -> tuple[dict[str, float], dict]:
+        """The paper's three numbers: the last epoch's validation (middle frame), the final model (averaged when
+        train.avg_weights_* is on) at the middle frame, and the same with the ten-frame ensemble.
 
-        loss = sum_over_processes(accelerator, {"loss": loss_sum})["loss"] / max(len(all_logits), 1)
-        metrics = classification_metrics(all_logits, all_labels, multilabel=cfg.train.ft_loss == "bce")
-        return {"loss": loss, **metrics}
+        Returns (summary: flat ``final/...`` numbers for the W&B summary, details: everything, for JSON).
+        """
+        multilabel = cfg.train.ft_loss == "bce"
+        metric = main_metric(multilabel)
+        ten = cfg.eval.ten_frame and cfg.train.ft_mode not in AUDIO_ONLY_MODES
+        pred = gather_predictions(
+            accelerator, predict(model, val_batches("all" if ten else "middle"), cfg.train.ft_mode)
+        )
+        report = classification_report(pred, multilabel)
+        label = "averaged" if averaged_epochs else "last_epoch"
+        details: dict = {
+            "metric": metric,
+            "averaged_epochs": averaged_epochs,
+            "clips": report["clips"],
+            "last_epoch": {k: v for k, v in last_val.items()},
+            label: report["single_frame"],
+        }
+        summary = {f"final/{label}_{metric}": report["single_frame"][metric]}
+        if metric in last_val:
+            summary[f"final/last_epoch_{metric}"] = last_val[metric]
+        if "ten_frame" in report:
+            details[f"{label}_ten_frame"] = report["ten_frame"]
+            summary[f"final/{label}_ten_frame_{metric}"] = report["ten_frame"][metric]
+        elif cfg.eval.ten_frame:
+            details["note"] = f"ft_mode={cfg.train.ft_mode} does not look at the frames: no ten-frame ensemble"
+        return summary, details
 
     # weight averaging over epochs ------------------------------------------------------------------------------
     def _averaged_epochs(self, cfg: Config) -> range:
@@ -108,20 +168,23 @@ class FinetuneTask(Task):
             save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
             tmp.replace(folder / f"epoch_{epoch + 1:03d}.safetensors")
 
-    def finish(self, model: nn.Module, out_dir: Path, cfg: Config) -> None:
+    def finish(self, model: nn.Module, out_dir: Path, cfg: Config) -> list[int]:
+        """Average the kept epoch weights into `model`; returns the epochs averaged ([] = none: the last weights)."""
         epochs = self._averaged_epochs(cfg)
         files = [out_dir / "epoch_weights" / f"epoch_{e:03d}.safetensors" for e in epochs]
         files = [f for f in files if f.is_file()]
         if not files:
             if epochs:
                 log.warning("no epoch weights in %s to average (train.avg_weights_*): keeping the last", out_dir)
-            return
+            return []
         missing = len(epochs) - len(files)
         if missing:
             log.warning("averaging %d epoch snapshots; %d epochs of the range were not reached", len(files), missing)
         avg = weight_average([load_file(str(f)) for f in files])
         model.load_state_dict({k: v.to(p.dtype) for (k, v), p in zip(avg.items(), model.state_dict().values())})
-        log.info("final model = average of the weights after epochs %s", [int(f.stem.split("_")[1]) for f in files])
+        used = [int(f.name.split("_")[1].split(".")[0]) for f in files]
+        log.info("final model = average of the weights after epochs %s", used)
+        return used
 
 
 def weight_average(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -136,6 +136,29 @@ class RunLogger:
         summary = ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items())
         self.message(f"validation at step {step} (epoch {epoch}): {summary}")
 
+    def probe(self, step: int, epoch: int, metrics: dict[str, float]) -> None:
+        """Pre-training probe metrics: beside the validations (``probe/*`` in val_metrics.jsonl and W&B)."""
+        if not self.main:
+            return
+        record = {"step": step, "epoch": epoch, **{f"probe/{k}": v for k, v in metrics.items()}}
+        self._write(self.val_path, record)
+        if self.use_wandb:
+            self.accelerator.log({"train/step": step, **{f"probe/{k}": v for k, v in metrics.items()}})
+        shown = ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items())
+        self.message(f"probe at step {step} (epoch {epoch}): {shown}")
+
+    def final(self, summary: dict[str, float], details: dict) -> None:
+        """The run's final numbers: ``final_metrics.json`` (details and summary), the W&B run summary, one line."""
+        if not self.main or not (summary or details):
+            return
+        path = self.out_dir / "final_metrics.json"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"summary": summary, **details}, indent=2))
+        tmp.replace(path)
+        if self.use_wandb:
+            self.accelerator.get_tracker("wandb", unwrap=True).summary.update(summary)
+        self.message("final: " + ", ".join(f"{k.removeprefix('final/')} {_fmt(v)}" for k, v in summary.items()))
+
     def image(self, step: int, path: Path) -> None:
         if not self.main or not self.use_wandb:
             return

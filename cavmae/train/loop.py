@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import logging
 import math
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,8 +50,9 @@ from cavmae.train.state import (
     TrainState,
     fault_point,
     list_checkpoints,
-    load_checkpoint,
-    resolve_resume,
+    list_incomplete,
+    load_newest_readable,
+    resume_candidates,
     save_checkpoint,
 )
 from cavmae.train.tasks import Task, get_task
@@ -78,6 +80,8 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     meter: Throughput = field(default_factory=Throughput)
+    last_val: dict[str, float] = field(default_factory=dict)  # the latest validation's metrics
+    probe_set: list[dict] | None = None  # the probe clips' batches (CPU), read once
 
     @property
     def world(self) -> int:
@@ -102,42 +106,64 @@ def train(cfg: Config, task: Task | None = None) -> Path:
     save_pretrained in ``<out_dir>/model``. Raises :class:`TrainingStopped` after ``train.max_bad_steps``
     non-finite steps in a row (after writing a checkpoint of the last good weights)."""
     task = task or get_task(cfg.train.task)
-    accelerator = setup_accelerator(cfg)
-    try:
-        ckpt = check_resume(cfg)
-        run = build_run(cfg, task, accelerator, ckpt)
-        run.model.train()
-        if cfg.train.val_at_start and run.state.step == 0:
-            validate(run)
-        batches: Iterator[dict] | None = None
-        while run.state.step < run.total_steps:
-            if batches is None:
-                skip = run.state.batch_in_epoch
-                batches = iter(make_batches(cfg, "train", run.state.epoch, run.rank, run.world, skip=skip))
-            metrics, last_batch, bad = train_step(run, batches)
-            log_step(run, metrics, last_batch, bad)
-            if end_of_step(run):
-                batches = None  # the next epoch
-        return finish(run)
-    finally:
-        release_accelerator(accelerator)
-
-
-def check_resume(cfg: Config) -> Path | None:
-    """The checkpoint to resume from (``train.resume``), or None; refuses a fresh start over an earlier run."""
     out_dir = Path(cfg.train.out_dir)
-    ckpt = resolve_resume(cfg.train.resume, out_dir)
-    if ckpt is None and list_checkpoints(out_dir):
+    fresh = not out_dir.exists()
+    accelerator = setup_accelerator(cfg)
+    main = accelerator.is_main_process
+    stepped = False
+    run: Run | None = None
+    try:
+        try:
+            candidates = check_resume(cfg)
+            run = build_run(cfg, task, accelerator, candidates)
+            run.model.train()
+            if cfg.train.val_at_start and run.state.step == 0:
+                validate(run)
+            batches: Iterator[dict] | None = None
+            while run.state.step < run.total_steps:
+                if batches is None:
+                    skip = run.state.batch_in_epoch
+                    batches = iter(make_batches(cfg, "train", run.state.epoch, run.rank, run.world, skip=skip))
+                metrics, last_batch, bad = train_step(run, batches)
+                stepped = True
+                log_step(run, metrics, last_batch, bad)
+                if end_of_step(run):
+                    batches = None  # the next epoch
+            return finish(run)
+        finally:
+            if run is not None:
+                run.logger.close()  # the progress bar, before an error is printed
+            release_accelerator(accelerator)
+    except Exception:
+        if fresh and not stepped and main:
+            remove_unstarted_run(out_dir)
+        raise
+
+
+def remove_unstarted_run(out_dir: Path) -> None:
+    """A run that failed before its first step leaves no half-made run directory (a config.yaml, empty logs)
+    behind, so the next attempt starts clean instead of meeting an 'earlier run'."""
+    if out_dir.is_dir():
+        shutil.rmtree(out_dir, ignore_errors=True)
+        log.info("removed %s: the run stopped before its first step", out_dir)
+
+
+def check_resume(cfg: Config) -> list[Path]:
+    """The checkpoints to resume from (``train.resume``), newest first (empty for a fresh start); refuses a fresh
+    start over an earlier run."""
+    out_dir = Path(cfg.train.out_dir)
+    candidates = resume_candidates(cfg.train.resume, out_dir)
+    if not candidates and (list_checkpoints(out_dir) or list_incomplete(out_dir)):
         raise ConfigError(
             f"train.out_dir={str(out_dir)!r} already holds checkpoints; continue that run with --resume auto "
             "(train.resume=auto) or choose another train.out_dir"
         )
-    return ckpt
+    return candidates
 
 
-def build_run(cfg: Config, task: Task, accelerator, ckpt: Path | None) -> Run:
+def build_run(cfg: Config, task: Task, accelerator, candidates: list[Path]) -> Run:
     """Model (initialised, frozen where unused), optimizer and schedule, prepared by Accelerate; the state of
-    ``ckpt`` restored; the run directory, its resolved config and the logger."""
+    newest readable of the resume ``candidates`` restored; the run directory, its resolved config and the logger."""
     t = cfg.train
     out_dir = Path(t.out_dir)
     world, device = accelerator.num_processes, accelerator.device
@@ -165,13 +191,21 @@ def build_run(cfg: Config, task: Task, accelerator, ckpt: Path | None) -> Run:
     seed_everything(t.seed + accelerator.process_index, t.deterministic)  # different random masks per process
 
     state = TrainState()
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, accelerator, model, optimizer, scheduler, cfg)
+    ckpt = None
+    if candidates:
+        state, ckpt = load_newest_readable(candidates, accelerator, model, optimizer, scheduler, cfg)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(out_dir / "config.yaml")
     logger = RunLogger(accelerator, cfg, out_dir, total, state.step, resumed=ckpt is not None)
     contrast = cfg.data.batch_size * (world if t.global_contrast else 1)
+    if t.contrast_group:
+        if (cfg.data.batch_size * world) % t.contrast_group:
+            raise ConfigError(
+                f"train.contrast_group={t.contrast_group} must divide the global batch ({world} process(es) x "
+                f"data.batch_size={cfg.data.batch_size})"
+            )
+        contrast = f"{t.contrast_group} (groups of the global batch, losses summed)"
     logger.message(
         f"run directory: {out_dir.resolve()} | {task.name}, {n_params / 1e6:.2f}M trainable parameters, "
         f"{world} process(es) on {device}, {total} steps ({steps_per_epoch}/epoch), "
@@ -264,6 +298,8 @@ def end_of_step(run: Run) -> bool:
     last = state.step == run.total_steps
     if epoch_done or last or (t.val_every and state.step % t.val_every == 0):
         validate(run)
+    if epoch_done and t.probe_every and state.epoch % t.probe_every == 0:
+        probe(run)
     if last or (t.ckpt_every and state.step % t.ckpt_every == 0):
         checkpoint(run)
     fault_point("kill_after_step", state.step)
@@ -279,21 +315,63 @@ def end_of_step(run: Run) -> bool:
     return epoch_done
 
 
+def val_batches(run: Run, frame_mode: str | None = None) -> Iterator[dict]:
+    """This process's validation batches on its device (at most ``train.val_batches`` of them)."""
+    cfg, device = run.cfg, run.accelerator.device
+    batches: Iterator[dict] = (
+        to_device(b, device) for b in make_batches(cfg, "val", 0, run.rank, run.world, frame_mode=frame_mode)
+    )
+    if cfg.train.val_batches:
+        batches = itertools.islice(batches, cfg.train.val_batches)
+    return batches
+
+
 def validate(run: Run) -> None:
     """The task's evaluation on the validation split, with the same masks every time (a forked RNG)."""
     cfg = run.cfg
     if not has_split(cfg, "val"):
         return
-    device = run.accelerator.device
-    batches: Iterator[dict] = (to_device(b, device) for b in make_batches(cfg, "val", 0, run.rank, run.world))
-    if cfg.train.val_batches:
-        batches = itertools.islice(batches, cfg.train.val_batches)
+    batches = val_batches(run, "middle")
     run.model.eval()
     with torch.random.fork_rng(devices=rng_devices()):
         torch.manual_seed(cfg.train.seed)  # the same masks at every validation: curves compare like with like
         metrics = run.task.evaluate(run.module, batches, run.accelerator, cfg)
     run.model.train()
+    run.last_val = metrics
     run.logger.val(run.state.step, run.state.epoch, metrics)
+
+
+def probe_batches(cfg: Config) -> list[dict]:
+    """The first eval.probe_clips held-out clips (data.probe_shards, or the synthetic validation split), batched."""
+    want = cfg.eval.probe_clips
+    if cfg.data.probe_shards:
+        from cavmae.data.loader import loader_for
+
+        source = loader_for(cfg, cfg.data.probe_shards, train=False, frame_mode="middle", rank=0, world_size=1)
+    else:
+        source = make_batches(cfg, "val", 0, 0, 1)
+    out, have = [], 0
+    for b in source:
+        take = min(want - have, len(b["keys"]))
+        out.append({k: v[:take] for k, v in b.items()})
+        have += take
+        if have >= want:
+            break
+    return out
+
+
+def probe(run: Run) -> None:
+    """Retrieval and k-NN of the frozen embeddings of the probe set (main process; cavmae/eval/probe.py)."""
+    from cavmae.eval.probe import probe_metrics
+    from cavmae.train.tasks import local_contrast
+
+    if run.main:
+        if run.probe_set is None:
+            run.probe_set = probe_batches(run.cfg)
+        with torch.random.fork_rng(devices=rng_devices()), local_contrast(run.module):
+            metrics = probe_metrics(run.module, run.probe_set, run.cfg.eval.knn_k)
+        run.logger.probe(run.state.step, run.state.epoch, metrics)
+    run.accelerator.wait_for_everyone()
 
 
 def checkpoint(run: Run) -> Path:
@@ -310,10 +388,23 @@ def checkpoint(run: Run) -> Path:
 
 
 def finish(run: Run) -> Path:
-    """The task's last word (e.g. weight averaging), the final model in ``<out_dir>/model``; returns out_dir."""
+    """The task's last word (e.g. weight averaging) and final evaluation, the final model in ``<out_dir>/model``;
+    returns out_dir."""
+    averaged: list[int] = run.task.finish(run.module, run.out_dir, run.cfg) if run.main else []
+    if run.world > 1:  # the main process's final weights (averaged) to every process, for the final evaluation
+        from accelerate.utils import broadcast_object_list
+
+        averaged = broadcast_object_list([averaged])[0]
+        for tensor in run.module.state_dict().values():
+            torch.distributed.broadcast(tensor, src=0)
+    if has_split(run.cfg, "val"):
+        run.model.eval()
+        summary, details = run.task.final_evaluation(
+            run.module, lambda mode: val_batches(run, mode), run.accelerator, run.cfg, run.last_val, averaged
+        )
+        run.logger.final(summary, details)
     run.logger.close()
     if run.main:
-        run.task.finish(run.module, run.out_dir, run.cfg)
         save_pretrained(run.module, run.out_dir / "model", run.cfg)
     run.accelerator.wait_for_everyone()
     log.info(

@@ -1,6 +1,6 @@
 """Optimizer and learning-rate schedule.
 
-Weight decay (design section 1, recipe: Adam, betas (0.95, 0.999), wd 5e-7) applies to matrices only: never to
+Weight decay (CAV-MAE recipe: Adam, betas (0.95, 0.999), wd 5e-7) applies to matrices only: never to
 norms and biases (1-D tensors), to position / modality embeddings, mask or cls tokens, nor to any parameter that
 carries the marker ``param._no_weight_decay = True`` (a Mamba block marks A_log, D and the dt bias that way).
 

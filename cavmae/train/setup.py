@@ -11,7 +11,14 @@ import torch
 from torch import nn
 
 from cavmae.config import Config, ConfigError
-from cavmae.models.weights import init_from_cavmae, init_from_mae, read_torch_file, strip_prefix
+from cavmae.models.weights import (
+    CheckpointError,
+    init_from_cavmae,
+    init_from_mae,
+    is_cavmae_layout,
+    read_torch_file,
+    strip_prefix,
+)
 from cavmae.train.tasks import Task, local_contrast
 
 log = logging.getLogger(__name__)
@@ -67,18 +74,21 @@ def initialise(model: nn.Module, cfg: Config) -> None:
         return
     if not Path(path).exists():
         raise ConfigError(f"train.init={path!r} does not exist")
-    if fmt == "auto":
-        if Path(path).is_dir():
-            fmt = "cavmae"
+    try:
+        if fmt == "auto":
+            if Path(path).is_dir() or Path(path).suffix == ".safetensors":
+                fmt = "cavmae"
+            else:
+                state = read_torch_file(path)
+                state = strip_prefix(state.get("model", state))
+                fmt = "cavmae" if is_cavmae_layout(state) or "patch_embed.proj.weight" not in state else "mae"
+            log.info("train.init_format=auto: %s looks like a %s checkpoint", path, fmt)
+        if fmt == "mae":
+            init_from_mae(model, path)
         else:
-            state = read_torch_file(path)
-            state = strip_prefix(state.get("model", state))
-            fmt = "mae" if "patch_embed.proj.weight" in state else "cavmae"
-        log.info("train.init_format=auto: %s looks like a %s checkpoint", path, fmt)
-    if fmt == "mae":
-        init_from_mae(model, path)
-    else:
-        init_from_cavmae(model, path)
+            init_from_cavmae(model, path)
+    except CheckpointError as e:
+        raise CheckpointError(f"train.init: {e}") from e
 
 
 def rng_devices() -> list[int]:

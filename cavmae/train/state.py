@@ -35,10 +35,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from cavmae.config import Config
-from cavmae.models.weights import CheckpointError, _load_strict
+from cavmae.models.weights import (
+    CheckpointError,
+    DamagedCheckpointError,
+    _load_strict,
+    load_weights_only,
+    read_safetensors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,27 +124,65 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if CKPT_RE.match(p.name) and (p / "meta.json").is_file()]
-    return sorted(found, key=lambda p: int(CKPT_RE.match(p.name).group(1)))
+    return sorted(found, key=_step_of)
 
 
-def resolve_resume(resume: str, out_dir: str | Path) -> Path | None:
-    """``""`` -> None; ``auto`` -> the latest complete checkpoint of out_dir (None if there is none yet);
-    otherwise a checkpoint directory, which must exist and be complete."""
+def _step_of(path: Path) -> int:
+    return int(CKPT_RE.match(path.name).group(1))
+
+
+def list_incomplete(out_dir: str | Path) -> list[Path]:
+    """``ckpt-*`` directories without meta.json, oldest first. A save renames its directory into place only after
+    writing meta.json, so these are not crashes mid-save (those stay ``.tmp-ckpt-*``): the file was lost or the
+    directory only partly copied."""
+    root = checkpoint_root(out_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if CKPT_RE.match(p.name) and p.is_dir() and not (p / "meta.json").is_file()]
+    return sorted(found, key=_step_of)
+
+
+def resume_candidates(resume: str, out_dir: str | Path) -> list[Path]:
+    """The checkpoints to try, newest first: ``""`` -> none; ``auto`` -> the complete checkpoints of out_dir
+    (none if there are none yet; :func:`load_newest_readable` falls back through them); otherwise the one
+    checkpoint directory named, which must exist and be complete.
+
+    A ``ckpt-*`` directory without meta.json is reported, never skipped silently: newer than the one resumed, it
+    is named in a warning; with no complete checkpoint beside it, resuming stops instead of starting afresh."""
     if not resume:
-        return None
+        return []
     if resume == "auto":
         found = list_checkpoints(out_dir)
+        incomplete = list_incomplete(out_dir)
+        newest = _step_of(found[-1]) if found else -1
+        skipped = [str(p) for p in incomplete if _step_of(p) > newest]
+        if skipped and not found:
+            raise DamagedCheckpointError(
+                f"resume=auto: {', '.join(skipped)} has no meta.json (lost, or the directory was partly copied) "
+                f"and {checkpoint_root(out_dir)} holds no complete checkpoint; restore the checkpoint, or remove "
+                "it to start from scratch"
+            )
+        if skipped:
+            log.warning(
+                "resume=auto: skipping %s: no meta.json (lost, or the directory was partly copied)",
+                ", ".join(skipped),
+            )
         if not found:
             log.info("resume=auto: no complete checkpoint in %s, starting from scratch", checkpoint_root(out_dir))
-            return None
-        return found[-1]
+        return found[::-1]
     path = Path(resume)
     if not (path / "meta.json").is_file():
         raise CheckpointError(
             f"train.resume={resume!r}: not a complete checkpoint directory (no meta.json); use 'auto' or a "
             f"{checkpoint_root(out_dir)}/ckpt-* directory"
         )
-    return path
+    return [path]
+
+
+def resolve_resume(resume: str, out_dir: str | Path) -> Path | None:
+    """The newest checkpoint :func:`resume_candidates` gives, or None."""
+    found = resume_candidates(resume, out_dir)
+    return found[0] if found else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -214,36 +258,60 @@ def save_checkpoint(
 
 def _load_pt(path: Path):
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} is missing")
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(
-            f"{path} could not be read with weights_only=True (damaged, or it holds pickled objects, which we "
-            f"refuse to unpickle): {e}"
-        ) from e
+        raise DamagedCheckpointError(f"checkpoint file {path} is missing")
+    return load_weights_only(path)
+
+
+def load_newest_readable(
+    paths: list[Path], accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, cfg: Config
+) -> tuple[TrainState, Path]:
+    """:func:`load_checkpoint` of the first of `paths` (newest first) whose files are all readable, saying which
+    damaged ones it passed over. Every file a process reads here is shared by all processes, so all of them
+    settle on the same checkpoint. A checkpoint that is readable but does not fit stops the run at once."""
+    errors = []
+    for i, path in enumerate(paths):
+        try:
+            state = load_checkpoint(path, accelerator, model, optimizer, scheduler, cfg)
+        except DamagedCheckpointError as e:
+            errors.append(str(e))
+            if i + 1 < len(paths):
+                log.warning("checkpoint %s is damaged (%s); falling back to the older %s", path, e, paths[i + 1])
+            continue
+        if errors:
+            log.warning("resumed from %s, the newest readable checkpoint (%d newer one(s) damaged)", path, i)
+        return state, path
+    raise DamagedCheckpointError(
+        f"no readable checkpoint to resume from ({len(paths)} tried): " + "; ".join(errors)
+        if len(paths) > 1
+        else errors[0]
+    )
 
 
 def load_checkpoint(
     path: str | Path, accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, cfg: Config
 ) -> TrainState:
     """Restore everything :func:`save_checkpoint` wrote into the (prepared) model, optimizer and scheduler, plus
-    this process's RNG states. Returns the run state to continue from."""
+    this process's RNG states. Returns the run state to continue from. Raises :class:`DamagedCheckpointError`
+    when a file is missing or unreadable, :class:`CheckpointError` when a readable file does not fit."""
     path = Path(path)
     for name in FILES:
         if not (path / name).is_file():
-            raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing")
-    meta = json.loads((path / "meta.json").read_text())
+            raise DamagedCheckpointError(f"checkpoint {path} is incomplete: {name} is missing")
     try:
-        weights = load_file(str(path / "model.safetensors"))
-    except Exception as e:
-        raise CheckpointError(f"{path / 'model.safetensors'} is not a readable safetensors file: {e}") from e
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        raise DamagedCheckpointError(f"{path / 'meta.json'} is not readable JSON (damaged): {e}") from e
+    # Read every file before changing anything, so a damaged one leaves the model and optimizer as they were.
+    weights = read_safetensors(path / "model.safetensors")
+    optim_state = _load_pt(path / "optimizer.pt")
+    trainer = _load_pt(path / "trainer_state.pt")
+    if not isinstance(trainer, dict) or not {"state", "scheduler"} <= set(trainer):
+        raise DamagedCheckpointError(f"{path / 'trainer_state.pt'} does not hold a trainer state (damaged)")
     _load_strict(accelerator.unwrap_model(model), weights, str(path / "model.safetensors"))
     try:
-        optimizer.load_state_dict(_load_pt(path / "optimizer.pt"))
-    except (ValueError, KeyError) as e:
+        optimizer.load_state_dict(optim_state)
+    except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path / 'optimizer.pt'} does not fit this model's parameter groups: {e}") from e
-    trainer = _load_pt(path / "trainer_state.pt")
     scheduler.load_state_dict(trainer["scheduler"])
     if accelerator.scaler is not None and trainer.get("scaler"):
         accelerator.scaler.load_state_dict(trainer["scaler"])
@@ -256,10 +324,16 @@ def load_checkpoint(
             meta.get("world_size"),
             accelerator.num_processes,
         )
+    rng_state = None
     if rng.is_file():
-        restore_rng(_load_pt(rng))
+        try:  # this process's own file: a damaged one must not send this process alone to another checkpoint
+            rng_state = _load_pt(rng)
+        except DamagedCheckpointError as e:
+            log.warning("%s; continuing with fresh seeds", e)
     else:
         log.warning("%s has no RNG state for process %d; continuing with fresh seeds", path, accelerator.process_index)
+    if rng_state is not None:
+        restore_rng(rng_state)
     _warn_config_changes(path, cfg)
     state = TrainState(**trainer["state"])
     log.info("resumed from %s (step %d, epoch %d)", path, state.step, state.epoch)

@@ -81,8 +81,24 @@ class Task:
     def end_of_epoch(self, model: nn.Module, epoch: int, out_dir: Path, cfg: Config) -> None:
         """Called on the main process after training epoch ``epoch`` (0-based) finished (e.g. weight snapshots)."""
 
-    def finish(self, model: nn.Module, out_dir: Path, cfg: Config) -> None:
-        """Called on the main process after the last step, before the final model is saved (e.g. averaging)."""
+    def finish(self, model: nn.Module, out_dir: Path, cfg: Config) -> list[int]:
+        """Called on the main process after the last step, before the final model is saved (e.g. averaging).
+        Returns the epochs whose weights were averaged into `model` ([] = the model is the last weights)."""
+        return []
+
+    def final_evaluation(
+        self,
+        model: nn.Module,
+        val_batches: Callable[[str], Iterable[dict]],
+        accelerator,
+        cfg: Config,
+        last_val: dict[str, float],
+        averaged_epochs: list[int],
+    ) -> tuple[dict[str, float], dict]:
+        """Called on every process after :meth:`finish` (every process holds the final weights); ``val_batches``
+        (frame_mode) gives this process's validation batches. Returns (numbers for the run summary, details
+        written to ``final_metrics.json``); ({}, {}) = nothing to report."""
+        return {}, {}
 
 
 def sum_over_processes(accelerator, sums: dict[str, float]) -> dict[str, float]:
@@ -113,7 +129,10 @@ class PretrainTask(Task):
         from cavmae.models.cavmae import CAVMAE
 
         model = CAVMAE(cfg.model)
-        model.gather_contrast = cfg.train.global_contrast  # negatives from every rank (autograd all-gather)
+        # negatives from every rank (autograd all-gather); with contrast groups the gather is used only where a
+        # group spans processes
+        model.gather_contrast = cfg.train.global_contrast or cfg.train.contrast_group > 0
+        model.contrast_group = cfg.train.contrast_group
         return model
 
     def step(self, model: nn.Module, batch: dict, cfg: Config) -> dict[str, torch.Tensor]:

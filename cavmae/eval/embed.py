@@ -1,0 +1,182 @@
+"""``cavmae embed``: a shard set -> embedding shards (one per input shard), resumable, on one or many GPUs.
+
+Each input shard ``.../<name>-000123.tar`` gives ``<out>/emb-000123.safetensors`` holding ``audio`` and ``video``
+[n, D] (L2-normalised, fp16 or fp32) with the clip keys and the source shard in its metadata, in the shard's
+order; ``<out>/embeddings.json`` lists them in input order. A file is written to ``.tmp`` and renamed, so an
+embedding shard on disk is complete: a rerun after an interruption skips the shards already done (checked by
+their recorded source) and embeds the rest. Under ``accelerate launch`` process r of W takes input shards r, r+W,
+...; the main process writes the manifest once every process is done.
+
+The vectors are the paper's retrieval features (unmasked modality streams, mean-pooled; see
+:mod:`cavmae.eval.retrieval`); fp16 halves the disk and loses ~1e-3 of cosine (L2-normalised values, 11-bit
+mantissa), which is below the spread of retrieval scores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from cavmae.config import Config
+from cavmae.eval.retrieval import EmbeddingSet
+
+log = logging.getLogger(__name__)
+
+FORMAT = "cavmae-embeddings/1"
+MANIFEST = "embeddings.json"
+DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+
+
+def embedding_file(index: int) -> str:
+    return f"emb-{index:06d}.safetensors"
+
+
+def _done_count(path: Path, source: str) -> int | None:
+    """Clips in a finished embedding shard made from `source`, or None (absent, unreadable or from elsewhere)."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("source") != source:
+                return None
+            return len(json.loads(meta["keys"]))
+    except Exception:
+        return None
+
+
+def _embed_one(model, shard: str, cfg: Config, device) -> tuple[list[str], torch.Tensor, torch.Tensor, dict]:
+    """(keys, audio [n, D], video [n, D] normalised float32, skipped-sample counts) of one input shard."""
+    from cavmae.data.loader import loader_for
+
+    loader = loader_for(cfg, [shard], train=False, frame_mode="middle", rank=0, world_size=1)
+    keys, audio, video = [], [], []
+    with torch.no_grad():
+        for batch in loader:
+            a, v = model.embed(batch["audio"].to(device), batch["frames"].to(device))
+            audio.append(F.normalize(a.float(), dim=-1).cpu())
+            video.append(F.normalize(v.float(), dim=-1).cpu())
+            keys.extend(batch["keys"])
+    dim = model.cfg.embed_dim
+    a = torch.cat(audio) if audio else torch.empty(0, dim)
+    v = torch.cat(video) if video else torch.empty(0, dim)
+    return keys, a, v, {k: n for k, n in loader.errors.counts().items() if n}
+
+
+def embed_to_shards(
+    model,
+    shards: list[str],
+    out_dir: str | Path,
+    cfg: Config,
+    *,
+    dtype: str = "fp16",
+    model_name: str = "",
+    overwrite: bool = False,
+    accelerator=None,
+    progress: bool = True,
+) -> dict | None:
+    """Embed every input shard into `out_dir` (see the module docstring); returns the manifest (main process).
+
+    `accelerator`: an ``accelerate.Accelerator`` (its device and process split are used); None = this process only.
+    """
+    from tqdm import tqdm
+
+    from cavmae.data.shards import expand_shards
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    urls = expand_shards(shards)
+    if not urls:
+        raise ValueError("no shards given")
+    if len(set(urls)) != len(urls):
+        raise ValueError("the shard list names a shard twice")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    device = accelerator.device if accelerator else torch.device("cpu")
+    main = rank == 0
+    manifest_file = out / MANIFEST
+    if manifest_file.is_file() and not overwrite:
+        old = json.loads(manifest_file.read_text())
+        if [s["source"] for s in old.get("shards", [])] != urls or old.get("dtype") != dtype:
+            raise ValueError(f"{manifest_file} describes other shards or another dtype; pass --overwrite")
+    cfg = replace(cfg, model=model.cfg)  # input sizes of the model being used
+    model.eval().to(device)
+
+    mine = list(range(rank, len(urls), world))
+    todo = [i for i in mine if overwrite or _done_count(out / embedding_file(i), urls[i]) is None]
+    if len(todo) < len(mine):
+        log.info(
+            "%d of %d shard(s) already embedded; embedding the other %d", len(mine) - len(todo), len(mine), len(todo)
+        )
+    bar = tqdm(total=len(todo), desc="embedding", unit="shard", disable=not (progress and main))
+    clips, start = 0, time.perf_counter()
+    for i in todo:
+        keys, a, v, skipped = _embed_one(model, urls[i], cfg, device)
+        if skipped:
+            log.warning("%s: skipped samples: %s", urls[i], skipped)
+        path = out / embedding_file(i)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(
+            {"audio": a.to(DTYPES[dtype]).contiguous(), "video": v.to(DTYPES[dtype]).contiguous()},
+            str(tmp),
+            metadata={"keys": json.dumps(keys), "source": urls[i], "format": FORMAT},
+        )
+        tmp.replace(path)
+        clips += len(keys)
+        bar.update(1)
+        bar.set_postfix(clips=clips, clips_per_s=f"{clips / max(time.perf_counter() - start, 1e-9):.1f}")
+    bar.close()
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    if not main:
+        return None
+    entries = []
+    for i, url in enumerate(urls):
+        n = _done_count(out / embedding_file(i), url)
+        if n is None:
+            raise RuntimeError(f"{out / embedding_file(i)} is missing after embedding {url}")
+        entries.append({"source": url, "file": embedding_file(i), "count": n})
+    manifest = {
+        "format": FORMAT,
+        "model": model_name,
+        "dtype": dtype,
+        "dim": model.cfg.embed_dim,
+        "num_clips": sum(e["count"] for e in entries),
+        "shards": entries,
+    }
+    tmp = manifest_file.with_name(manifest_file.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    tmp.replace(manifest_file)
+    log.info("%d clips from %d shard(s) -> %s", manifest["num_clips"], len(entries), out)
+    return manifest
+
+
+def load_embeddings(path: str | Path) -> EmbeddingSet:
+    """An :class:`EmbeddingSet` (float32) from one embeddings file (``retrieve --out``) or an ``embed`` folder."""
+    path = Path(path)
+    if not path.is_dir():
+        return EmbeddingSet.load(path)
+    manifest_file = path / MANIFEST
+    if not manifest_file.is_file():
+        raise ValueError(f"{path} is a folder without {MANIFEST}: not written by cavmae embed (or not finished)")
+    manifest = json.loads(manifest_file.read_text())
+    keys, audio, video = [], [], []
+    for entry in manifest["shards"]:
+        part = EmbeddingSet.load(path / entry["file"])
+        keys.extend(part.keys)
+        audio.append(part.audio.float())
+        video.append(part.video.float())
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{path}: duplicate keys across embedding shards")
+    if not keys:
+        raise ValueError(f"{path}: the embedding shards hold no clips")
+    return EmbeddingSet(keys, torch.cat(audio), torch.cat(video))

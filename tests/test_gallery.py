@@ -1,0 +1,95 @@
+"""cavmae retrieve --html: a self-contained gallery that opens in headless Chromium without errors."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from browser import find_chromium, load_page, require_browser
+from PIL import Image
+
+from cavmae.cli import main
+from cavmae.eval.metrics import retrieval_metrics, top_k
+from cavmae.eval.retrieval import EmbeddingSet
+
+
+def paired_embeddings(keys: list[str], seed: int = 0) -> EmbeddingSet:
+    g = torch.Generator().manual_seed(seed)
+    audio = torch.randn(len(keys), 16, generator=g)
+    video = audio + 0.8 * torch.randn(len(keys), 16, generator=g)
+    return EmbeddingSet(keys, F.normalize(audio, dim=-1), F.normalize(video, dim=-1))
+
+
+@pytest.fixture(scope="module")
+def gallery(tiny_shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gallery")
+    emb = paired_embeddings(sorted(tiny_shards.keys))
+    emb_file = emb.save(out / "emb.safetensors")
+    args = ["retrieve", "--embeddings", str(emb_file), "--shards", tiny_shards.pattern, "--html", str(out / "html")]
+    assert main([*args, "--top-k", "3", "--html-queries", "4", "--html-seconds", "1.5"]) == 0
+    return out / "html", emb
+
+
+def test_gallery_page_and_media(gallery):
+    html_dir, emb = gallery
+    page = (html_dir / "index.html").read_text()
+    assert len(re.findall(r'class="clip tile', page)) == 4 * 3 * 2  # queries x top-k x directions
+    assert len(re.findall(r'class="clip query', page)) == 4 * 2
+    assert not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing from the network
+    m = retrieval_metrics(emb.audio, emb.video)
+    assert f"{m['video_to_audio']['R@1']:.1f} %" in page and f"{m['audio_to_video']['R@5']:.1f} %" in page
+    # the ranked keys and scores are brute force's top-3
+    for d, (q, g) in {"v2a": (emb.video, emb.audio), "a2v": (emb.audio, emb.video)}.items():
+        section = page[page.index(f'id="{d}"') :]
+        first_query = re.search(r'class="clip query".*?class="key">([^<]+)<', section).group(1)
+        scores, rows = top_k(q[emb.index(first_query)][None], g, 3)
+        row = section[: section.index('<div class="row">', section.index("clip query") + 1) if d == "v2a" else None]
+        shown = re.findall(r'class="clip tile[^"]*">.*?class="key">([^<]+)<', row)[:3]
+        assert shown == [emb.keys[r] for r in rows[0].tolist()]
+        assert f"{scores[0, 0].item():.3f}" in row
+    jpgs = sorted(html_dir.glob("media/*.jpg"))
+    wavs = sorted(html_dir.glob("media/*.wav"))
+    assert jpgs and len(jpgs) == len(wavs)
+    assert Image.open(jpgs[0]).size == (64, 64)  # the shards' middle frame (64 px synthetic clips)
+    audio, rate = sf.read(io.BytesIO(wavs[0].read_bytes()))
+    assert rate == 16000 and len(audio) == 24000  # the first 1.5 s
+    assert page.count("\u2713 true pair") == page.count('class="clip tile hit"') > 0
+
+
+def test_gallery_opens_in_headless_chromium(gallery, tmp_path):
+    if find_chromium() is None:
+        if require_browser():
+            pytest.fail("CAVMAE_REQUIRE_BROWSER=1 but chromium is not installed (apt-get install -y chromium)")
+        pytest.skip("chromium is not installed (apt-get install -y chromium); CI installs it and runs this test")
+    html_dir, _ = gallery
+    report = load_page(
+        html_dir / "index.html",
+        {
+            "tiles": "document.querySelectorAll('.tile').length",
+            "hits": "document.querySelectorAll('.tile.hit').length",
+            "images_ok": "[...document.images].every(i => i.complete && i.naturalWidth > 0)",
+            "images": "document.images.length",
+            "visible_tiles": "[...document.querySelectorAll('.tile')].filter(t => t.getBoundingClientRect().width"
+            " > 100).length",
+        },
+    )
+    assert report.console_errors == [] and report.exceptions == []
+    assert report.failed_requests == [] and report.network_requests == []
+    assert report.values["tiles"] == 24 and report.values["visible_tiles"] == 24
+    assert report.values["images_ok"] and report.values["images"] == 32  # 8 query + 24 result frames
+    assert len(report.audio_durations) == 32 and all(abs(d - 1.5) < 0.01 for d in report.audio_durations)
+    assert report.values["hits"] > 0
+    assert any(u.endswith(".wav") for u in report.requests) and any(u.endswith(".jpg") for u in report.requests)
+    shot = Image.open(io.BytesIO(report.screenshot))
+    assert shot.size == (1400, 1000)
+    (tmp_path / "gallery.png").write_bytes(report.screenshot)
+    if os.environ.get("CAVMAE_SCREENSHOT"):
+        Path(os.environ["CAVMAE_SCREENSHOT"]).write_bytes(report.screenshot)
+    # the screenshot shows pictures, not an empty page: many distinct colours
+    assert len(shot.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 200

@@ -1,0 +1,138 @@
+"""Every shipped recipe loads, and the recipes of the paper hold the values the public scripts fix.
+
+The table below is read off the public CAV-MAE scripts (egs/audioset/run_cavmae_*.sh, egs/vggsound/run_cavmae_*.sh;
+4 GPUs each). Their ``batch_size`` is the global batch: ours is per process, so a recipe's data.batch_size x 4 must
+equal it, and contrast_group is the paper's per-GPU share (global batch / 4). ``noise=True`` in the public loader
+means uniform noise AND a random time roll of the fbank, so both must be on. Learning-rate steps: the public
+MultiStepLR milestones range(lrscheduler_start, 1000, lrscheduler_step) are our lr_decay_start / lr_decay_every.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cavmae.config import load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+GPUS = 4  # every public script runs on 4 GPUs (DataParallel)
+
+PRETRAIN = {"data.noise": True, "data.time_roll": True, "model.mask_ratio_a": 0.75, "model.mask_ratio_v": 0.75,
+            "model.contrast_weight": 0.01, "model.rec_weight": 1.0, "model.norm_pix_loss": True,
+            "optim.lr_decay_start": 10, "optim.lr_decay_every": 5, "optim.lr_decay_factor": 0.5, "data.mixup": 0.0,
+            "train.task": "pretrain"}  # fmt: skip
+FINETUNE = {"data.noise": True, "data.time_roll": True, "data.freqm": 48, "data.timem": 192, "data.mixup": 0.5,
+            "data.label_smoothing": 0.1, "optim.lr_decay_factor": 0.5, "optim.lr_decay_every": 1,
+            "train.task": "finetune", "train.freeze_base": False, "data.fbank_mean": -5.081,
+            "data.fbank_std": 4.4849, "model.audio_length": 1024}  # fmt: skip
+AS20K = {**FINETUNE, "global_batch": 36, "optim.lr": 5e-5, "optim.head_lr_mult": 100.0, "train.epochs": 15,
+         "optim.lr_decay_start": 5, "avg_epochs": (3, 15), "data.class_balanced": False, "train.ft_loss": "bce",
+         "model.num_classes": 527}  # fmt: skip
+AS2M = {**FINETUNE, "global_batch": 48, "optim.lr": 1e-5, "optim.head_lr_mult": 50.0, "train.epochs": 10,
+        "optim.lr_decay_start": 2, "avg_epochs": (1, 10), "data.class_balanced": True, "train.ft_loss": "bce",
+        "model.num_classes": 527}  # fmt: skip
+VGG = {**FINETUNE, "global_batch": 48, "optim.lr": 1e-4, "optim.head_lr_mult": 10.0, "train.epochs": 10,
+       "optim.lr_decay_start": 2, "avg_epochs": (3, 10), "data.class_balanced": True, "train.ft_loss": "ce",
+       "model.num_classes": 309}  # fmt: skip
+
+PUBLIC = {
+    # recipe: values of its public script
+    "pretrain_base": {**PRETRAIN, "global_batch": 48, "optim.lr": 5e-5, "train.epochs": 25, "contrast_group": 12},
+    "pretrain_scale_plus": {
+        **PRETRAIN,
+        "global_batch": 120,
+        "optim.lr": 1e-4,
+        "train.epochs": 25,
+        "contrast_group": 30,
+    },  # fmt: skip
+    "pretrain_scale_plus_plus": {
+        **PRETRAIN,
+        "global_batch": 256,
+        "optim.lr": 2e-4,
+        "train.epochs": 25,
+        "contrast_group": 64,
+    },  # fmt: skip
+    "pretrain_vggsound": {
+        **PRETRAIN,
+        "global_batch": 120,
+        "optim.lr": 1e-4,
+        "train.epochs": 25,
+        "contrast_group": 30,
+    },  # fmt: skip
+    "pretrain_vggsound_from_as": {
+        **PRETRAIN,
+        "global_batch": 120,
+        "optim.lr": 5e-5,
+        "train.epochs": 10,
+        "contrast_group": 30,
+        "train.init_format": "cavmae",
+    },  # fmt: skip
+    "finetune_as20k": {**AS20K, "train.ft_mode": "audiovisual"},
+    "finetune_as20k_audio": {**AS20K, "train.ft_mode": "audio"},
+    "finetune_as20k_video": {**AS20K, "train.ft_mode": "video"},
+    "finetune_as2m": {**AS2M, "train.ft_mode": "audiovisual"},
+    "finetune_vggsound": {**VGG, "train.ft_mode": "audiovisual"},
+}
+# recipes derived from a public one by one documented change (the rest must still match the table)
+DERIVED = {
+    "finetune_as20k_linear": ("finetune_as20k", {"train.freeze_base": True}),
+    "finetune_as2m_audio": ("finetune_as2m", {"train.ft_mode": "audio"}),
+    "finetune_as2m_video": ("finetune_as2m", {"train.ft_mode": "video"}),
+    "finetune_vggsound_audio": ("finetune_vggsound", {"train.ft_mode": "audio"}),
+    "finetune_vggsound_video": ("finetune_vggsound", {"train.ft_mode": "video"}),
+    "pretrain_mamba_base": ("pretrain_base", {}),
+}
+for _name in ("pretrain_base", "pretrain_scale_plus", "pretrain_scale_plus_plus", "pretrain_vggsound",
+              "pretrain_vggsound_from_as"):  # fmt: skip
+    DERIVED[f"{_name}_global"] = (_name, {"contrast_group": 0, "train.global_contrast": True})
+
+
+def get(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def check(cfg, want: dict) -> list[str]:
+    bad = []
+    for key, value in want.items():
+        if key == "global_batch":
+            got = cfg.data.batch_size * GPUS
+        elif key == "contrast_group":
+            got = cfg.train.contrast_group
+        elif key == "avg_epochs":
+            got = (cfg.train.avg_weights_from, cfg.train.avg_weights_to or cfg.train.epochs)
+        else:
+            got = get(cfg, key)
+        if got != (pytest.approx(value) if isinstance(value, float) else value):
+            bad.append(f"{key}: recipe {got!r}, public {value!r}")
+    return bad
+
+
+def test_every_shipped_recipe_loads_and_is_in_the_table():
+    names = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+    for name in names:
+        load_config(CONFIGS / f"{name}.yaml")
+    paper = [n for n in names if n.startswith(("pretrain_", "finetune_"))]
+    assert sorted(set(PUBLIC) | set(DERIVED)) == paper, "a paper recipe without its row in the table (or vice versa)"
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC))
+def test_recipe_holds_the_public_values(name):
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    assert check(cfg, PUBLIC[name]) == []
+
+
+@pytest.mark.parametrize("name", sorted(DERIVED))
+def test_derived_recipe_differs_only_as_documented(name):
+    parent, changes = DERIVED[name]
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    assert check(cfg, {**PUBLIC[parent], **changes}) == []
+
+
+def test_noise_always_comes_with_the_time_roll():
+    for path in CONFIGS.glob("*.yaml"):
+        cfg = load_config(path)
+        assert cfg.data.noise == cfg.data.time_roll, path.name
