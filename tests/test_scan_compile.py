@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TRITON36_DIR = Path(os.environ.get("CAVMAE_TRITON36_DIR", Path.home() / ".cache" / "cavmae" / "triton-3.6"))
 REQUIRE_TRITON36 = os.environ.get("CAVMAE_REQUIRE_TRITON36") == "1"
-GATE_TIMEOUT_S = 3600
+GATE_TIMEOUT_S = 1200  # both gates run at once; about 5 min of CPU each on a cold Triton cache
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Triton's compiler ships for Linux only")
 
@@ -81,9 +81,13 @@ def check_coverage(results: list[dict]) -> None:
         for flag in ("HAS_D", "HAS_Z", "HAS_BIAS", "SOFTPLUS", "REVERSE", "BIDIRECTIONAL"):
             for value in ("True", "False"):
                 assert (kernel, flag, value) in flags, f"{kernel} never compiled with {flag}={value}"
-    assert ("_scan_fwd_kernel", "SAVE_CHUNKS", "False") in flags and ("_scan_fwd_kernel", "SAVE_CHUNKS", "True") in flags
+    assert ("_scan_fwd_kernel", "SAVE_CHUNKS", "False") in flags and (
+        "_scan_fwd_kernel",
+        "SAVE_CHUNKS",
+        "True",
+    ) in flags
     for r in results:
-        assert r["ok"] and r["spill_stores"] == 0 and r["spill_loads"] == 0, r
+        assert r["ok"] and r["stack_bytes"] == 0, r  # a stack frame means spills
         assert 0 < r["registers"] <= 255
 
 
