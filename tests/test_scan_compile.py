@@ -1,5 +1,5 @@
 """The compile gate: every Triton scan kernel specialisation compiles for sm_90 and sm_80 with the real compiler, on
-a machine without a GPU, with no spills and within the register budget, under our Triton and under Triton 3.6 (the
+a machine without a GPU, within the register budget and the stack (spill) allowance, under our Triton and under Triton 3.6 (the
 version of the GPU image we target). The interpreter tests cannot see a kernel that does not compile.
 
 Triton 3.6 lives in its own folder (``pip install --target <dir> --no-deps triton==3.6.0``; .ci/run installs it):
@@ -17,6 +17,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+from cavmae.kernels.compile_gate import STACK_ALLOWANCE_BYTES
 
 REPO = Path(__file__).resolve().parents[1]
 TRITON36_DIR = Path(os.environ.get("CAVMAE_TRITON36_DIR", Path.home() / ".cache" / "cavmae" / "triton-3.6"))
@@ -87,7 +89,8 @@ def check_coverage(results: list[dict]) -> None:
         "True",
     ) in flags
     for r in results:
-        assert r["ok"] and r["stack_bytes"] == 0, r  # a stack frame means spills
+        # a stack frame means spills: small ones are tolerated (see compile_gate.STACK_ALLOWANCE_BYTES)
+        assert r["ok"] and 0 <= r["stack_bytes"] <= STACK_ALLOWANCE_BYTES, r
         assert 0 < r["registers"] <= 255
 
 
