@@ -1,6 +1,6 @@
 """The compile gate: every Triton scan kernel specialisation compiles for sm_90 and sm_80 with the real compiler, on
-a machine without a GPU, within the register budget and the stack (spill) allowance, under our Triton and under Triton 3.6 (the
-version of the GPU image we target). The interpreter tests cannot see a kernel that does not compile.
+a machine without a GPU, within the register budget and the stack (spill) allowance, under our Triton and under
+Triton 3.6 (the version of the GPU image we target). The interpreter tests cannot see a kernel that does not compile.
 
 Triton 3.6 lives in its own folder (``pip install --target <dir> --no-deps triton==3.6.0``; .ci/run installs it):
 CAVMAE_TRITON36_DIR names it (default ~/.cache/cavmae/triton-3.6). Without it the 3.6 test is skipped with a reason,
