@@ -18,7 +18,7 @@ The package is layered; each folder imports only from the ones above it in this 
     cavmae.data      fbank, media, sources, labels, prepare, shards, samples, loader, sampler, clips, random batches
     cavmae.eval      metrics, retrieval, classify, inputs (raw files)          (models + data)
     cavmae.train     loop, batches, setup, tasks, finetune, optim, state, logs  (models + data + eval)
-    cavmae.demo      the demo, its held-out results and report
+    cavmae.demo      the demo: pipeline, settings, held-out results, summary, figures, report
     cavmae.cli, cavmae.commands   one thin module per subcommand
 
 ``models`` and ``data`` never import each other. Names are imported lazily, so ``import cavmae`` (and
