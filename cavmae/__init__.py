@@ -15,10 +15,12 @@ The package is layered; each folder imports only from the ones above it in this 
     cavmae.kernels   the selective scan (reference, PyTorch path, Triton kernels); knows nothing of cavmae
     cavmae.config    the one config tree
     cavmae.models    blocks + registry, vit, mamba, embed, masking, losses, encoder, CAVMAE, classifier, weights
-    cavmae.data      fbank, media, sources, labels, prepare, shards, samples, loader, sampler, clips, random batches
-    cavmae.eval      metrics, retrieval, classify, inputs (raw files)          (models + data)
+    cavmae.data      fbank, media, sources, labels, prepare, engines, shards, verify, samples, loader, sampler,
+                     clips (synthetic videos), random_batches
+    cavmae.eval      metrics, evaluate, classify, retrieval, embed, index, search, gallery, probe, inputs
+                     (models + data)
     cavmae.train     loop, batches, setup, tasks, finetune, optim, state, logs  (models + data + eval)
-    cavmae.demo      the demo, its held-out results and report
+    cavmae.demo      the demo: pipeline, settings, held-out results, summary, figures, report
     cavmae.cli, cavmae.commands   one thin module per subcommand
 
 ``models`` and ``data`` never import each other. Names are imported lazily, so ``import cavmae`` (and

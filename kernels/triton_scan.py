@@ -1,13 +1,19 @@
 """Fused selective scan in Triton: forward and backward kernels, their launchers, the autograd functions.
 
-Work split. One program owns one batch element, BLOCK_D channels of one B/C group and one or both scan directions,
-and walks the sequence in chunks of BLOCK_L positions. Every register tile is (BLOCK_L, BLOCK_D): positions by
-channels. The N states are a static (unrolled) loop inside the chunk, as in mamba-ssm's CUDA kernel, so the output
-``y = sum_n C_n h_n`` is an in-register accumulation and no reduction over states ever crosses lanes. Per (t, d, n)
-the forward evaluates one exp2. The (batch, dim, L, N) states never reach memory: the forward saves the state at the
-start of every chunk but the first, (batch, n_chunks - 1, N, dim) fp32, and the backward recomputes a chunk from it.
+Forward. One program owns one batch element, BLOCK_D (``block_d_fwd``, 32 x num_warps) channels of one B/C group and
+one or both scan directions; each thread owns one channel and walks the sequence position by position with its N
+states in registers, as mamba-ssm's CUDA kernel does inside a thread: the state tile is (BLOCK_N, BLOCK_D), states
+along the first axis, channels across lanes, so neither the recurrence nor ``y = sum_n C_n h_n`` crosses lanes and
+there are no shuffles. Per (t, d, n) it evaluates one exp2 (one MUFU.EX2, flushing subnormal decays to 0). BLOCK_L
+positions are unrolled per chunk; at each chunk end the state is saved: (batch, n_chunks - 1, N, dim) fp32, the
+states at the start of every chunk but the first. The (batch, dim, L, N) states never reach memory. B and C are read
+as fp32 (batch, G, L, N) rows (a small copy where they are not already so), one position's N values per vector load.
 
-Backward, per chunk, last chunk (in scan order) first. With g_p = dLoss/dh_p at scan position p:
+Backward. One program owns BLOCK_D channels and walks the chunks, last (in scan order) first. Every register tile is
+(BLOCK_L, BLOCK_D): positions by channels; the N states are a static (unrolled) loop inside the chunk, and a chunk's
+states are recomputed from its saved starting state.
+
+Per chunk, with g_p = dLoss/dh_p at scan position p:
 
     g_p = C_p dy_p + decay_{p+1} g_{p+1}        a reverse scan, seeded with decay * g flowing in from the next chunk
     a_p * h_{p-1} = h_p - x_p                   (the identity that gives the decay gradient without h_{p-1})
@@ -24,12 +30,13 @@ N, L), reduced in a fixed order afterwards; dA, dD and d(delta_bias) are per-bat
 Directions. ``reverse=True`` maps scan position p to sequence position L-1-p in every load and store, so the
 backward half of a bidirectional block reads its inputs in place. A bidirectional call runs both directions in one
 program, one after the other: the first writes its ungated y into the output, the second adds its own and applies
-the gate (the z gate is shared), with a barrier between them. All strides are passed to the kernels; nothing is made
-contiguous, and the output is allocated in the layout of u (e.g. a transposed (batch, L, dim) view stays one).
+the gate (the z gate is shared), with a barrier between them. All strides are passed to the kernels; u, delta, z
+and dout are never copied, and the output is allocated in the layout of u (a transposed (batch, L, dim) view stays one).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +50,11 @@ from ._common import ScanShape, check_inputs, grouped, new_output
 
 # exp(x) = exp2(x * log2(e)): exp2 is the hardware instruction.
 _LOG2E = tl.constexpr(1.4426950408889634)
+# Sizes are not specialised (no "== 1" constants, no divisibility-by-16 variants): they only enter masks and loop
+# bounds, and this way one compiled kernel serves every sequence length and width instead of one per size class.
+_SIZES = ("batch", "length", "dim_per_group", "n_groups", "n_chunks")
+# Triton decides at decoration time whether kernels are interpreted; the interpreter cannot run inline PTX.
+_INTERPRETING = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
 
 
 @dataclass(frozen=True)
@@ -54,12 +66,13 @@ class ScanConfig:
     """
 
     block_l: int = 32
-    block_d: int = 8  # sm_90, bf16, N 16: forward 96 registers, backward 255 without spills (compile_gate)
+    block_d: int = 4  # backward: at 8, Triton 3.6 spills (16-48 B stack, compile_gate); at 4, 255 registers, none
     num_warps: int = 4
     num_warps_bwd: int = 4
+    block_d_fwd: int = 128  # forward: one channel per thread (32 x num_warps)
 
     def __post_init__(self) -> None:
-        for name in ("block_l", "block_d", "num_warps", "num_warps_bwd"):
+        for name in ("block_l", "block_d", "num_warps", "num_warps_bwd", "block_d_fwd"):
             value = getattr(self, name)
             if value < 1 or value & (value - 1):
                 raise ValueError(f"ScanConfig.{name} must be a power of two, got {value}")
@@ -83,6 +96,18 @@ def _grad_combine(alpha_l, beta_l, decay_l, alpha_r, beta_r, decay_r):
     # sequence would. A single position is (1, c_p, a_p).
     scale = alpha_r * decay_l
     return scale * alpha_l, beta_r + scale * beta_l, decay_r
+
+
+@triton.jit
+def _exp2_ftz(x):
+    # One MUFU.EX2: tl.exp2 lowers to the non-flushing ex2.approx.f32, which adds a range test and two multiplies
+    # around it to produce subnormal results; a decay below 2**-126 is as good as 0.
+    if _INTERPRETING:
+        return tl.exp2(x)
+    else:
+        return tl.inline_asm_elementwise(
+            "ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
 
 
 @triton.jit
@@ -135,66 +160,76 @@ def _fwd_direction(
     HAS_D: tl.constexpr, GATE: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     REVERSE: tl.constexpr, SAVE_CHUNKS: tl.constexpr, ACCUMULATE: tl.constexpr, FINAL: tl.constexpr,
     N_STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):  # fmt: skip
+    # Sequential in each thread: the thread of channel d walks the positions one by one with its N states in
+    # registers (h is (BLOCK_N, BLOCK_D), states along the first axis, channels across lanes), so neither the scan
+    # nor y = sum_n C_n h_n crosses lanes. BLOCK_L positions are unrolled per chunk; a chunk-start state is saved
+    # every BLOCK_L positions.
     states = tl.arange(0, BLOCK_N)
-    rows = tl.arange(0, BLOCK_L)
+    mask_n = states < N_STATE
+    mask_nd = mask_n[:, None] & mask_d[None, :]
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    else:
-        bias = None
-    u_base = u_ptr + b * s_u_b + offs_d[None, :] * s_u_d
-    dt_base = dt_ptr + b * s_dt_b + offs_d[None, :] * s_dt_d
-    z_base = z_ptr + b * s_z_b + offs_d[None, :] * s_z_d
-    o_base = out_ptr + b * s_o_b + offs_d[None, :] * s_o_d
-    B_base = B_ptr + b * s_B_b + grp * s_B_g
-    C_base = C_ptr + b * s_C_b + grp * s_C_g
-    A_base = A_ptr + offs_d * s_A_d
+    A2 = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)  # A in log2 units; padded states and channels: decay 1
+    for n in tl.static_range(N_STATE):
+        A_n = tl.load(A_ptr + offs_d * s_A_d + n * s_A_n, mask=mask_d, other=0.0).to(tl.float32)
+        A2 = tl.where(states[:, None] == n, A_n[None, :] * _LOG2E, A2)
+    u_base = u_ptr + b * s_u_b + offs_d * s_u_d
+    dt_base = dt_ptr + b * s_dt_b + offs_d * s_dt_d
+    z_base = z_ptr + b * s_z_b + offs_d * s_z_d
+    o_base = out_ptr + b * s_o_b + offs_d * s_o_d
+    B_base = B_ptr + b * s_B_b + grp * s_B_g + states * s_B_n
+    C_base = C_ptr + b * s_C_b + grp * s_C_g + states * s_C_n
     n_saved = n_chunks - 1
-    chunk_base = chunk_ptr + b * n_saved * N_STATE * dim + offs_d  # chunk states: (batch, n_chunks - 1, N, dim)
+    chunk_base = chunk_ptr + b * n_saved * N_STATE * dim + offs_d[None, :] + states[:, None] * dim
 
-    h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)  # state entering the chunk, one row per n
+    h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     for c in range(0, n_chunks):
-        t, mask_l = _positions(c, length, BLOCK_L, REVERSE)
-        mask_ld = mask_l[:, None] & mask_d[None, :]
-        u = tl.load(u_base + t[:, None] * s_u_l, mask=mask_ld, other=0.0).to(tl.float32)  # (BLOCK_L, BLOCK_D)
-        raw = tl.load(dt_base + t[:, None] * s_dt_l, mask=mask_ld, other=0.0).to(tl.float32)
-        dt, raw = _delta(raw, bias, mask_ld, HAS_BIAS, SOFTPLUS)
-        dtu = dt * u
-        y = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-        h_next = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-        for n in tl.static_range(N_STATE):
-            # A in log2 units: exp(delta * A) = exp2(delta * A * log2(e)). Padded channels get A = 0: decay 1.
-            A2 = tl.load(A_base + n * s_A_n, mask=mask_d, other=0.0).to(tl.float32) * _LOG2E  # (BLOCK_D,)
-            B_n = tl.load(B_base + n * s_B_n + t * s_B_l, mask=mask_l, other=0.0).to(tl.float32)  # (BLOCK_L,)
-            C_n = tl.load(C_base + n * s_C_n + t * s_C_l, mask=mask_l, other=0.0).to(tl.float32)
-            decay = tl.exp2(dt * A2[None, :])
-            x = dtu * B_n[:, None]
-            prod, acc = tl.associative_scan((decay, x), 0, _affine_combine)
-            hs = acc + prod * _pick(h, states, n)[None, :]  # states at every position of the chunk
-            y += hs * C_n[:, None]
-            h_end = tl.sum(tl.where(rows[:, None] == BLOCK_L - 1, hs, 0.0), axis=0)
-            h_next = tl.where(states[:, None] == n, h_end[None, :], h_next)
-            if SAVE_CHUNKS:
-                tl.store(chunk_base + (c * N_STATE + n) * dim, h_end, mask=mask_d & (c < n_saved))
-        h = h_next
-        if HAS_D:
-            y += u * Dv[None, :]
-        if ACCUMULATE:  # the other direction's ungated y, written by this program before the barrier
-            y += tl.load(o_base + t[:, None] * s_o_l, mask=mask_ld, other=0.0).to(tl.float32)
-        if FINAL:
-            y = y * out_scale
-            if GATE:
-                zv = tl.load(z_base + t[:, None] * s_z_l, mask=mask_ld, other=0.0).to(tl.float32)
-                y = y * zv * tl.sigmoid(zv)
-        tl.store(o_base + t[:, None] * s_o_l, y.to(out_ptr.dtype.element_ty), mask=mask_ld)
+        for step in range(0, BLOCK_L // UNROLL):  # a loop of UNROLL unrolled positions: compiles 4x faster than 32
+            for i in tl.static_range(UNROLL):
+                pos = c * BLOCK_L + step * UNROLL + i
+                valid = pos < length
+                # Past the end (last chunk), read the last position again: B and C then need no mask (and no zero
+                # fill); delta is masked to 0 there, so the state passes unchanged and nothing is stored.
+                pos = tl.minimum(pos, length - 1)
+                if REVERSE:
+                    t = (length - 1 - pos).to(tl.int64)
+                else:
+                    t = pos.to(tl.int64)
+                mask = mask_d & valid
+                u = tl.load(u_base + t * s_u_l, mask=mask, other=0.0).to(tl.float32)  # (BLOCK_D,)
+                raw = tl.load(dt_base + t * s_dt_l, mask=mask, other=0.0).to(tl.float32)
+                if HAS_BIAS:
+                    raw += bias
+                if SOFTPLUS:
+                    dt = _softplus(raw)
+                else:
+                    dt = raw
+                dt = tl.where(mask, dt, 0.0)  # padded positions: decay 1, input 0
+                B_t = tl.load(B_base + t * s_B_l, mask=mask_n, other=0.0)  # (BLOCK_N,) fp32, N contiguous
+                C_t = tl.load(C_base + t * s_C_l, mask=mask_n, other=0.0)
+                h = _exp2_ftz(dt[None, :] * A2) * h + (dt * u)[None, :] * B_t[:, None]
+                y = tl.sum(h * C_t[:, None], axis=0)
+                if HAS_D:
+                    y += u * Dv
+                if ACCUMULATE:  # the other direction's ungated y, written by this thread before the barrier
+                    y += tl.load(o_base + t * s_o_l, mask=mask, other=0.0).to(tl.float32)
+                if FINAL:
+                    y = y * out_scale
+                    if GATE:
+                        zv = tl.load(z_base + t * s_z_l, mask=mask, other=0.0).to(tl.float32)
+                        y = y * zv * tl.sigmoid(zv)
+                tl.store(o_base + t * s_o_l, y.to(out_ptr.dtype.element_ty), mask=mask)
+        if SAVE_CHUNKS:
+            tl.store(chunk_base + c * N_STATE * dim, h, mask=mask_nd & (c < n_saved))
 
-    mask_nd = (states[:, None] < N_STATE) & mask_d[None, :]
     tl.store(last_ptr + (b * dim + offs_d[None, :]) * N_STATE + states[:, None], h, mask=mask_nd)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _scan_fwd_kernel(
     u0_ptr, dt0_ptr, A0_ptr, B0_ptr, C0_ptr, D0_ptr, bias0_ptr,
     u1_ptr, dt1_ptr, A1_ptr, B1_ptr, C1_ptr, D1_ptr, bias1_ptr,
@@ -208,6 +243,7 @@ def _scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     REVERSE: tl.constexpr, BIDIRECTIONAL: tl.constexpr, SAVE_CHUNKS: tl.constexpr,
     N_STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):  # fmt: skip
     pid_bg = tl.program_id(0)
     b = (pid_bg // n_groups).to(tl.int64)
@@ -223,7 +259,7 @@ def _scan_fwd_kernel(
         s0_B_b, s0_B_g, s0_B_n, s0_B_l, s0_C_b, s0_C_g, s0_C_n, s0_C_l,
         s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l,
         HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, SAVE_CHUNKS, False, not BIDIRECTIONAL,
-        N_STATE, BLOCK_L, BLOCK_D, BLOCK_N,
+        N_STATE, BLOCK_L, BLOCK_D, BLOCK_N, UNROLL,
     )  # fmt: skip
     if BIDIRECTIONAL:
         # The second direction reads y of the first at positions that other threads of this program wrote.
@@ -237,7 +273,7 @@ def _scan_fwd_kernel(
             s1_B_b, s1_B_g, s1_B_n, s1_B_l, s1_C_b, s1_C_g, s1_C_n, s1_C_l,
             s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l,
             HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, SAVE_CHUNKS, True, True,
-            N_STATE, BLOCK_L, BLOCK_D, BLOCK_N,
+            N_STATE, BLOCK_L, BLOCK_D, BLOCK_N, UNROLL,
         )  # fmt: skip
 
 
@@ -362,7 +398,7 @@ def _bwd_direction(
     tl.store(dbias_ptr + b * dim + offs_d, dbias_acc, mask=mask_d)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _scan_bwd_kernel(
     u0_ptr, dt0_ptr, A0_ptr, B0_ptr, C0_ptr, D0_ptr, bias0_ptr,
     u1_ptr, dt1_ptr, A1_ptr, B1_ptr, C1_ptr, D1_ptr, bias1_ptr,
@@ -431,8 +467,8 @@ INTERPRETED = isinstance(_scan_fwd_kernel, InterpretedFunction)
 Inputs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]  # u, delta, A, B, C, D, bias
 
 
-def _grid(shape: ScanShape, config: ScanConfig) -> tuple[int, int]:
-    return (shape.batch * shape.groups, triton.cdiv(shape.dim_per_group, config.block_d))
+def _grid(shape: ScanShape, block_d: int) -> tuple[int, int]:
+    return (shape.batch * shape.groups, triton.cdiv(shape.dim_per_group, block_d))
 
 
 def _like(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -444,11 +480,18 @@ def _like(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     return new_output((b, d, L), dtype, x.device)
 
 
-def _direction(inputs: Inputs) -> tuple[list, list, ScanShape]:
+def _state_rows(x: Tensor) -> Tensor:
+    """B or C as (batch, G, N, L) whose memory is fp32 (batch, G, L, N): each forward step loads one position's N
+    values as a few vector loads. B and C are N/dim of u's size, so the copy (none when they already are such a
+    view) is small next to the scan's traffic."""
+    return grouped(x).transpose(2, 3).float().contiguous().transpose(2, 3)
+
+
+def _direction(inputs: Inputs, forward: bool = False) -> tuple[list, list, ScanShape]:
     """Kernel pointers and strides of one direction's inputs; absent D / bias become u (never read)."""
     u, delta, A, B, C, D, bias = inputs
     shape = check_inputs(u, delta, A, B, C, D, None, bias)
-    B4, C4 = grouped(B), grouped(C)
+    B4, C4 = (_state_rows(B), _state_rows(C)) if forward else (grouped(B), grouped(C))
     pointers = [u, delta, A, B4, C4, D if D is not None else u, bias if bias is not None else u]
     strides = [*u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride()]
     return pointers, strides, shape
@@ -483,8 +526,8 @@ def _forward(
     (n_dirs, batch, max(n_chunks - 1, 1), N, dim) fp32 that the backward needs."""
     shape = _check_pair(first, second, z) if second is not None else check_inputs(*first[:6], z, first[6])
     n_dirs = 2 if second is not None else 1
-    p0, s0, _ = _direction(first)
-    p1, s1, _ = _direction(second) if second is not None else (p0, s0, None)
+    p0, s0, _ = _direction(first, forward=True)
+    p1, s1, _ = _direction(second, forward=True) if second is not None else (p0, s0, None)
     u = first[0]
     n_chunks = _n_chunks(shape, config)
     out = _like(u)
@@ -494,7 +537,7 @@ def _forward(
         if save_chunks
         else None
     )
-    _scan_fwd_kernel[_grid(shape, config)](
+    _scan_fwd_kernel[_grid(shape, config.block_d_fwd)](
         *p0,
         *p1,
         z if z is not None else u,
@@ -520,7 +563,8 @@ def _forward(
         SAVE_CHUNKS=save_chunks,
         N_STATE=shape.d_state,
         BLOCK_L=config.block_l,
-        BLOCK_D=config.block_d,
+        BLOCK_D=config.block_d_fwd,
+        UNROLL=min(8, config.block_l),
         BLOCK_N=triton.next_power_of_2(shape.d_state),
         num_warps=config.num_warps,
     )
@@ -549,7 +593,7 @@ def _backward(
     n_chunks = _n_chunks(shape, config)
     if chunks.shape != (n_dirs, shape.batch, max(n_chunks - 1, 1), shape.d_state, shape.dim):
         raise ValueError(f"scan backward: chunk states of shape {tuple(chunks.shape)} do not match block_l")
-    grid = _grid(shape, config)
+    grid = _grid(shape, config.block_d)
     n_blocks = grid[1]
     du = [_like(d[0]) for d in (first, second) if d is not None]
     ddelta = [_like(d[1]) for d in (first, second) if d is not None]

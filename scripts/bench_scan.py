@@ -241,8 +241,14 @@ def static_report(args: argparse.Namespace) -> None:
         specs = [compile_gate.Spec("one direction", batch=2, d_state=args.d_state, dtype=DTYPES[args.dtype])]
         if hasattr(module, "scan_forward_bidirectional"):
             specs.append(
-                compile_gate.Spec("bidirectional, fused", batch=2, d_state=args.d_state, dtype=DTYPES[args.dtype],
-                                  bidirectional=True, strided=True)  # fmt: skip
+                compile_gate.Spec(
+                    "bidirectional, fused",
+                    batch=2,
+                    d_state=args.d_state,
+                    dtype=DTYPES[args.dtype],
+                    bidirectional=True,
+                    strided=True,
+                )  # fmt: skip
             )
         for spec in specs:
             launches = compile_gate.record_launches(module, spec)
@@ -283,7 +289,7 @@ def static_row(args, label, spec, role, launch, result, config) -> dict:
     warps = kw.get("num_warps", 4)
     directions = 2 if kw.get("BIDIRECTIONAL") else 1
     row = {"module": label, "spec": spec.name, "kernel": role, "ok": result.ok, "error": result.error,
-           "registers": result.registers, "spill_bytes": result.spill_stores + result.spill_loads,
+           "registers": result.registers, "spill_bytes": result.stack_bytes,
            "shared_bytes": result.shared_bytes, "block_l": block_l, "block_d": block_d, "num_warps": warps}  # fmt: skip
     if not result.ok:
         return row
@@ -300,7 +306,8 @@ def static_row(args, label, spec, role, launch, result, config) -> dict:
     }
     seconds = {k: v / args.clock for k, v in cycles.items()}
     fwd_bytes, bwd_bytes = (floors(args, n_chunks)[p][0] for p in ("forward", "forward+backward"))
-    seconds["memory"] = (fwd_bytes if role.startswith("forward") else bwd_bytes - fwd_bytes) * directions / args.bandwidth
+    pass_bytes = fwd_bytes if role.startswith("forward") else bwd_bytes - fwd_bytes
+    seconds["memory"] = pass_bytes * directions / args.bandwidth
     row.update({"per_element": per, "estimate_parts_s": seconds, "estimate_s": max(seconds.values()),
                 "bound": max(seconds, key=seconds.get)})  # fmt: skip
     return row
@@ -326,7 +333,8 @@ def static_markdown(report: dict) -> str:
         f"{report['bandwidth'] / 1e12:.1f} TB/s). Floor of forward+backward, one direction: "
         f"{report['floor_ms']:.3f} ms. Per-element counts are per (t, d, n) of the chunk loop.",
         "",
-        "| kernels | call | kernel | regs | spill B | smem B | tile L x D, warps | SASS/elem | MUFU/elem | SHFL/elem "
+        "| kernels | call | kernel | regs | stack (spill) B | smem B | tile L x D, warps | SASS/elem | MUFU/elem "
+        "| SHFL/elem "
         "| estimate ms | bound |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -341,7 +349,8 @@ def static_markdown(report: dict) -> str:
             f"{r['shared_bytes']} | {r['block_l']} x {r['block_d']}, {r['num_warps']} | {p['total']:.1f} | "
             f"{p['mufu']:.2f} | {p['shfl']:.2f} | {r['estimate_s'] * 1e3:.3f} | {r['bound']} |"
         )
-    lines += ["", "| kernels | estimated forward+backward per direction, ms | floor ms | x floor |", "|---|---|---|---|"]
+    lines += ["", "| kernels | estimated forward+backward per direction, ms | floor ms | x floor |"]
+    lines += ["|---|---|---|---|"]
     for name, s in report["summary"].items():
         lines.append(f"| {name} | {s['estimate_fwd_bwd_ms_per_direction']:.3f} | {s['floor_ms']:.3f} | "
                      f"{s['x_floor']:.1f} |")  # fmt: skip

@@ -14,6 +14,7 @@ fails if decord, webdataset, wandb or av were imported.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -199,8 +200,9 @@ def check_determinism(torch, kernels, triton_scan, case: Case, device: str, conf
     z = make_inputs(torch, case, device, 3)["u"].detach().requires_grad_()
     leaves = {**{f"f_{k}": fwd[k] for k in KEYS}, **{f"b_{k}": bwd[k] for k in KEYS}, "z": z}
     runs = [
-        forward_backward(torch, lambda: scan_outputs(torch, kernels, triton_scan, case, fwd, bwd, z, "triton", config),
-                         leaves)  # fmt: skip
+        forward_backward(
+            torch, lambda: scan_outputs(torch, kernels, triton_scan, case, fwd, bwd, z, "triton", config), leaves
+        )  # fmt: skip
         for _ in range(2)
     ]
     differing = [k for k in runs[0] if not torch.equal(runs[0][k], runs[1][k])]
@@ -259,10 +261,19 @@ def timings(torch, kernels, triton_scan, args, dry: bool, device: str, config) -
     return rows
 
 
-def model_steps(torch, args, dry: bool, device: str) -> list[dict]:
-    from cavmae.config import ModelConfig
+def train_step(torch, model, opt, audio, frames, device: str) -> float:
+    """One bf16-autocast training step of the pre-training model; returns the loss."""
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        loss = model(audio, frames)["loss"]
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item()
 
+
+def model_steps(torch, args, dry: bool, device: str) -> list[dict]:
     import cavmae.models.mamba  # noqa: F401  (registers the "mamba" block)
+    from cavmae.config import ModelConfig
     from cavmae.models.cavmae import CAVMAE
 
     results = []
@@ -281,16 +292,7 @@ def model_steps(torch, args, dry: bool, device: str) -> list[dict]:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         audio = torch.randn(batch, cfg.audio_length, cfg.num_mel_bins, device=device)
         frames = torch.randn(batch, 3, cfg.image_size, cfg.image_size, device=device)
-        dtype = torch.bfloat16
-
-        def step() -> float:
-            with torch.autocast(device_type=device, dtype=dtype):
-                loss = model(audio, frames)["loss"]
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss.item()
-
+        step = functools.partial(train_step, torch, model, opt, audio, frames, device)
         loss = step()  # warm-up: compiles the kernels
         if device == "cuda":
             torch.cuda.synchronize()
@@ -321,8 +323,10 @@ def markdown(report: dict) -> str:
         lines.append(f"| {c['case']['name']} | {c['worst_max_rel']:.2e} | {c['tolerance']:g} | {c['ok']} |")
     lines += ["", "Per-tensor errors (max abs, max rel, L2 rel) are in the JSON.", "", "## Determinism", ""]
     for d in report["determinism"]:
-        lines.append(f"- {d['case']}: two backward passes {'bit-identical' if d['ok'] else 'DIFFER in ' + str(d['differing'])}")
-    lines += ["", "## Kernel timings (median)", "", "| impl | pass | ms | floor ms | x floor |", "|---|---|---|---|---|"]
+        verdict = "bit-identical" if d["ok"] else f"DIFFER in {d['differing']}"
+        lines.append(f"- {d['case']}: two backward passes {verdict}")
+    lines += ["", "## Kernel timings (median)", ""]
+    lines += ["| impl | pass | ms | floor ms | x floor |", "|---|---|---|---|---|"]
     for t in report["timings"]:
         lines.append(f"| {t['impl']} | {t['pass']} | {t['seconds'] * 1e3:.3f} | {t['floor_s'] * 1e3:.3f} | "
                      f"{t['vs_floor']:.1f} |")  # fmt: skip

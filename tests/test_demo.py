@@ -13,8 +13,9 @@ from PIL import Image
 
 from cavmae.cli import main
 from cavmae.data.clips import colour_name, make_classes
+from cavmae.demo.figures import block_similarity
 from cavmae.demo.pipeline import FULL, MARKER, DemoData, DemoError, demo_config, mean_sd, prepare_out_dir, run_demo
-from cavmae.demo.report import block_similarity, pm
+from cavmae.demo.report import pm
 from cavmae.train.figures import _reconstruct
 
 FIGURES = (

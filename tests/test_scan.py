@@ -55,7 +55,7 @@ def triton_scan() -> ModuleType:
 def small_tiles() -> Callable[..., object]:
     """Triton scan with 16-position chunks and 4-channel blocks, so small tests cross chunk and block edges."""
     module = triton_scan()
-    return partial(module.selective_scan_triton, config=module.ScanConfig(block_l=16, block_d=4))
+    return partial(module.selective_scan_triton, config=module.ScanConfig(block_l=16, block_d=4, block_d_fwd=4))
 
 
 @dataclass(frozen=True)
@@ -301,7 +301,7 @@ FUSED_CASES = [
 def fused_bidirectional(case: Case, combine: str = "add", block_l: int = 16) -> tuple[dict, dict]:
     """The fused Triton bidirectional scan (small tiles) and the float64 reference pair, results and gradients."""
     module = triton_scan()
-    config = module.ScanConfig(block_l=block_l, block_d=4)
+    config = module.ScanConfig(block_l=block_l, block_d=4, block_d_fwd=4)
     fwd, bwd = make_inputs(case, seed=10), make_inputs(case, seed=11)
     z = fwd["z"]
     keys = ("u", "delta", "A", "B", "C", "D", "delta_bias")
@@ -333,7 +333,9 @@ def fused_bidirectional(case: Case, combine: str = "add", block_l: int = 16) -> 
 
     with nan_filled_outputs():
         actual = results(triton_pair, fwd, bwd, z)
-    as64 = [{k: v.detach().double().requires_grad_() if v is not None else None for k, v in x.items()} for x in (fwd, bwd)]
+    as64 = [
+        {k: v.detach().double().requires_grad_() if v is not None else None for k, v in x.items()} for x in (fwd, bwd)
+    ]
     z64 = as64[0]["z"]
     expected = results(reference_pair, as64[0], as64[1], z64)
     return actual, expected
@@ -353,7 +355,7 @@ def test_triton_backward_is_bitwise_deterministic() -> None:
     # No float atomics: two backward passes over the same inputs give the same bits, single and fused bidirectional.
     case = Case(70, batch=2, dim=8, d_state=3, groups=2)
     module = triton_scan()
-    fn = partial(module.selective_scan_triton, config=module.ScanConfig(block_l=16, block_d=2))
+    fn = partial(module.selective_scan_triton, config=module.ScanConfig(block_l=16, block_d=2, block_d_fwd=2))
     inputs = make_inputs(case)
     first, second = run(fn, inputs, case), run(fn, inputs, case)
     for k in first:

@@ -1,6 +1,6 @@
 """The compile gate: every Triton scan kernel specialisation compiles for sm_90 and sm_80 with the real compiler, on
-a machine without a GPU, with no spills and within the register budget, under our Triton and under Triton 3.6 (the
-version of the GPU image we target). The interpreter tests cannot see a kernel that does not compile.
+a machine without a GPU, within the register budget and the stack (spill) allowance, under our Triton and under
+Triton 3.6 (the version of the GPU image we target). The interpreter tests cannot see a kernel that does not compile.
 
 Triton 3.6 lives in its own folder (``pip install --target <dir> --no-deps triton==3.6.0``; .ci/run installs it):
 CAVMAE_TRITON36_DIR names it (default ~/.cache/cavmae/triton-3.6). Without it the 3.6 test is skipped with a reason,
@@ -18,10 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from cavmae.kernels.compile_gate import STACK_ALLOWANCE_BYTES
+
 REPO = Path(__file__).resolve().parents[1]
 TRITON36_DIR = Path(os.environ.get("CAVMAE_TRITON36_DIR", Path.home() / ".cache" / "cavmae" / "triton-3.6"))
 REQUIRE_TRITON36 = os.environ.get("CAVMAE_REQUIRE_TRITON36") == "1"
-GATE_TIMEOUT_S = 3600
+GATE_TIMEOUT_S = 1200  # both gates run at once; about 5 min of CPU each on a cold Triton cache
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Triton's compiler ships for Linux only")
 
@@ -81,9 +83,14 @@ def check_coverage(results: list[dict]) -> None:
         for flag in ("HAS_D", "HAS_Z", "HAS_BIAS", "SOFTPLUS", "REVERSE", "BIDIRECTIONAL"):
             for value in ("True", "False"):
                 assert (kernel, flag, value) in flags, f"{kernel} never compiled with {flag}={value}"
-    assert ("_scan_fwd_kernel", "SAVE_CHUNKS", "False") in flags and ("_scan_fwd_kernel", "SAVE_CHUNKS", "True") in flags
+    assert ("_scan_fwd_kernel", "SAVE_CHUNKS", "False") in flags and (
+        "_scan_fwd_kernel",
+        "SAVE_CHUNKS",
+        "True",
+    ) in flags
     for r in results:
-        assert r["ok"] and r["spill_stores"] == 0 and r["spill_loads"] == 0, r
+        # a stack frame means spills: small ones are tolerated (see compile_gate.STACK_ALLOWANCE_BYTES)
+        assert r["ok"] and 0 <= r["stack_bytes"] <= STACK_ALLOWANCE_BYTES, r
         assert 0 < r["registers"] <= 255
 
 

@@ -62,3 +62,15 @@ def test_pretrain_and_finetune_from_shards(tiny_shards, tmp_path):
     )
     val = json.loads((ft / "val_metrics.jsonl").read_text().splitlines()[-1])
     assert 0.0 <= val["val/mAP"] <= 1.0 and val["val/classes_scored"] == 4
+
+
+def test_shards_that_yield_no_batch_are_one_clear_error(tiny_shards, tmp_path):
+    # 4 ranks get one shard of 2 clips each: not one batch of 3 in a whole pass, so topping up can never help
+    import pytest
+
+    from cavmae.config import ConfigError
+
+    cfg = shard_cfg(tiny_shards, tmp_path, "data.batch_size=3", "data.samples_per_epoch=12")
+    assert batches_per_epoch(cfg, 4) == 1
+    with pytest.raises(ConfigError, match=r"data.train_shards: process 0 read no batch of data.batch_size=3"):
+        list(make_batches(cfg, "train", epoch=0, rank=0, world_size=4))

@@ -28,13 +28,11 @@ about 2.5 minutes of one idle core (a single-seed run), so three on 2 cores take
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import multiprocessing
 import os
 import shutil
-import statistics
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -54,6 +52,8 @@ from cavmae.demo.heldout import (
     evaluate_retrieval,
     load_heldout,
 )
+from cavmae.demo.settings import FULL, QUICK, DemoSettings  # noqa: F401  (FULL / QUICK: the demo's sizes)
+from cavmae.demo.summary import mean_sd, summarise  # noqa: F401  (mean_sd: also used by callers of the demo)
 
 log = logging.getLogger(__name__)
 
@@ -62,54 +62,6 @@ MARKER = ".cavmae-demo"  # written into the output folder: a later demo may repl
 
 class DemoError(RuntimeError):
     """The demo cannot start (output folder in the way, unknown backbone)."""
-
-
-@dataclass(frozen=True)
-class DemoSettings:
-    """Sizes of one demo run. :data:`FULL` is ``cavmae demo``, :data:`QUICK` is ``cavmae demo --quick`` (CI)."""
-
-    num_clips: int  # synthetic clips; ~20 % land in the held-out split (the generator's split column)
-    num_classes: int
-    duration: float  # seconds per clip: 2.6 s covers the 256 fbank frames (2.575 s) of the model's audio input
-    frame_size: int  # px: frames are rendered, stored and fed at this size
-    object_size: tuple[float, float]  # object radius range as a fraction of the frame (generator default 0.08-0.16)
-    audio_length: int  # fbank frames (10 ms each)
-    num_mel_bins: int
-    pretrain_steps: int
-    pretrain_batch: int
-    pretrain_lr: float
-    contrast_weight: float
-    finetune_steps: int
-    finetune_batch: int
-    finetune_lr: float
-    finetune_eval_every: int  # held-out accuracy every N fine-tuning steps (the curves)
-    samples_per_shard: int = 64
-    workers: int = 2  # processes that render the clips and decode them into shards
-    # torch threads while the demo runs. One: on a machine whose cores are busy with other work, two OpenMP threads
-    # per op made a tiny-model step up to 60x slower (measured: 0.05 s -> 3.6 s on 2 shared cores), while one
-    # thread costs at most ~1.4x on an idle machine; a fixed count also keeps results identical across machines.
-    threads: int = 1
-
-
-FULL = DemoSettings(
-    num_clips=800,
-    num_classes=16,
-    duration=2.6,
-    frame_size=64,
-    object_size=(0.2, 0.35),
-    audio_length=256,
-    num_mel_bins=64,
-    pretrain_steps=1200,
-    pretrain_batch=32,
-    pretrain_lr=1e-3,
-    contrast_weight=1.0,
-    finetune_steps=60,
-    finetune_batch=16,
-    finetune_lr=1e-3,
-    finetune_eval_every=10,
-)
-
-QUICK = dataclasses.replace(FULL, num_clips=300, num_classes=8, pretrain_steps=250, finetune_steps=30)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -407,122 +359,3 @@ def _run(out: Path, s: DemoSettings, backbone: str, quick: bool, seeds: list[int
     metrics["timings_s"] = timings
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return DemoResult(out, report, metrics, timings)
-
-
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def seed_summary(s: DemoSettings, r: SeedResult) -> dict[str, Any]:
-    """The numbers of one replica (plain JSON types)."""
-
-    def finite(x: float) -> float | None:
-        return None if x != x else round(float(x), 2)
-
-    return {
-        "seed": r.seed,
-        "runs": str(r.runs_dir),
-        "pretraining": pretraining_summary(r.runs_dir / "pretrain"),
-        "retrieval": {
-            name: {d: {k: round(v, 2) for k, v in m.items()} for d, m in res.metrics.items()}
-            for name, res in r.retrieval.items()
-        },
-        "classification": {
-            name: {
-                "steps": s.finetune_steps,
-                "top1": round(c.top1, 2),
-                "per_class_top1": [finite(x) for x in c.per_class.tolist()],
-                "curve": [[step, round(acc, 2)] for step, acc in c.curve],
-            }
-            for name, c in r.classification.items()
-        },
-        "timings_s": r.timings,
-    }
-
-
-def summarise(
-    s: DemoSettings,
-    data: DemoData,
-    backbone: str,
-    quick: bool,
-    results: list[SeedResult],
-    timings: dict[str, float],
-) -> dict[str, Any]:
-    """``metrics.json``: every replica under ``per_seed``; ``retrieval`` / ``classification`` hold the means over
-    the seeds and ``*_sd`` the sample standard deviations."""
-    per_seed = [seed_summary(s, r) for r in results]
-
-    def agg(get) -> tuple[float, float]:
-        m, sd = mean_sd([float(get(p)) for p in per_seed])
-        return round(m, 2), round(sd, 2)
-
-    first = per_seed[0]
-    retrieval, retrieval_sd = {}, {}
-    for name, dirs in first["retrieval"].items():
-        retrieval[name], retrieval_sd[name] = {}, {}
-        for d, ms in dirs.items():
-            pairs = {k: agg(lambda p, n=name, d=d, k=k: p["retrieval"][n][d][k]) for k in ms}
-            retrieval[name][d] = {k: v[0] for k, v in pairs.items()}
-            retrieval_sd[name][d] = {k: v[1] for k, v in pairs.items()}
-    classification = {}
-    for name, c in first["classification"].items():
-        top1, top1_sd = agg(lambda p, n=name: p["classification"][n]["top1"])
-        per_class = []
-        for k in range(len(c["per_class_top1"])):
-            values = [p["classification"][name]["per_class_top1"][k] for p in per_seed]
-            values = [v for v in values if v is not None]
-            per_class.append([round(x, 2) for x in mean_sd(values)] if values else [None, None])
-        curve = []
-        for i, (step, _) in enumerate(c["curve"]):
-            m, sd = agg(lambda p, n=name, i=i: p["classification"][n]["curve"][i][1])
-            curve.append([step, m, sd])
-        classification[name] = {
-            "steps": c["steps"],
-            "top1": top1,
-            "top1_sd": top1_sd,
-            "per_class_top1": [x[0] for x in per_class],
-            "per_class_top1_sd": [x[1] for x in per_class],
-            "curve": [[step, m] for step, m, _ in curve],
-            "curve_sd": [[step, sd] for step, _, sd in curve],
-        }
-    pretraining = {
-        part: {
-            k: round(statistics.fmean(p["pretraining"][part][k] for p in per_seed), 4)
-            for k in first["pretraining"][part]
-        }
-        for part in ("start", "end")
-    }
-    pretraining["steps"] = first["pretraining"]["steps"]
-    return {
-        "seed": results[0].seed,
-        "seeds": [r.seed for r in results],
-        "backbone": backbone,
-        "quick": quick,
-        "settings": dataclasses.asdict(s),
-        "data": {
-            "classes": data.class_names,
-            "train_clips": data.num_train,
-            "heldout_clips": data.num_heldout,
-            "train_shards": data.train_shards,
-            "heldout_shards": data.heldout_shards,
-        },
-        "pretraining": pretraining,
-        "retrieval": retrieval,
-        "retrieval_sd": retrieval_sd,
-        "retrieval_chance_R@5": round(100.0 * min(5, data.num_heldout) / max(data.num_heldout, 1), 2),
-        "classification": classification,
-        "per_seed": per_seed,
-        "timings_s": timings,
-    }
-
-
-def pretraining_summary(run_dir: Path, keys: tuple[str, ...] = ("loss_rec_a", "loss_rec_v", "loss_c", "acc_c")) -> dict:
-    """Mean of each loss part over the first and the last 5 % of the logged steps (one batch per step is noisy)."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    n = max(1, len(records) // 20)
-
-    def mean(rows: list[dict]) -> dict[str, float]:
-        return {k: round(sum(r[k] for r in rows) / len(rows), 4) for k in keys}
-
-    return {"steps": records[-1]["step"] if records else 0, "start": mean(records[:n]), "end": mean(records[-n:])}

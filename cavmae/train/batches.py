@@ -95,12 +95,20 @@ def _exact_epoch(cfg: Config, shards, loader, epoch: int, rank: int, world: int,
     passes = 0
     produced = 0
     while produced < want:
+        before = produced
         for batch in loader:
             if produced >= skip:
                 yield batch
             produced += 1
             if produced >= want:
                 return
+        if produced == before:  # a whole pass gave nothing: no later pass will, say why now
+            skipped = {cause: n for cause, n in loader.errors.counts().items() if n} or "none"
+            raise ConfigError(
+                f"data.train_shards: process {rank} read no batch of data.batch_size={cfg.data.batch_size} clips "
+                f"from its shards in a whole pass (skipped samples by cause: {skipped}); check them with "
+                "`cavmae verify-shards` or lower data.batch_size"
+            )
         passes += 1
         log.warning(
             "process %d: the shards ran out after %d of %d batches in epoch %d; topping up from pass %d "
@@ -115,8 +123,6 @@ def _exact_epoch(cfg: Config, shards, loader, epoch: int, rank: int, world: int,
         loader = loader_for(
             cfg, shards, train=True, epoch=seed_epoch, rank=rank, world_size=world, errors=loader.errors
         )
-        if passes > 100:
-            raise RuntimeError(f"process {rank}: the training shards yield no batch ({loader.errors.counts()})")
 
 
 def batches_per_epoch(cfg: Config, world_size: int) -> int:
