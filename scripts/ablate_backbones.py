@@ -138,7 +138,7 @@ def run_one(name: str, seed: int, s, data, held, work: Path, scratch: dict[str, 
 
     ``scratch`` maps :func:`scratch_key` to the top-1 of a from-scratch run already made in this table."""
     from cavmae.demo.heldout import evaluate_classifier, evaluate_retrieval
-    from cavmae.demo.pipeline import pretraining_summary
+    from cavmae.demo.summary import pretraining_summary
     from cavmae.models.weights import load_model
     from cavmae.train import train
 
@@ -273,7 +273,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def settings_for(args: argparse.Namespace):
-    from cavmae.demo.pipeline import FULL, QUICK
+    from cavmae.demo.settings import FULL, QUICK
 
     s = QUICK if args.quick else FULL
     changes = {

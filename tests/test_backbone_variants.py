@@ -171,7 +171,7 @@ def ablate():
 
 
 def test_every_ablation_row_is_buildable_and_equal_parameter(ablate):
-    from cavmae.demo.pipeline import FULL
+    from cavmae.demo.settings import FULL
 
     matched = [n for n, v in ablate.VARIANTS.items() if v.matched]
     counts = ablate.check_sizes(FULL, matched)
@@ -182,7 +182,7 @@ def test_every_ablation_row_is_buildable_and_equal_parameter(ablate):
 
 
 def test_ablation_refuses_a_row_outside_the_tolerance(ablate):
-    from cavmae.demo.pipeline import FULL
+    from cavmae.demo.settings import FULL
 
     with pytest.raises(SystemExit, match="mamba_wide"):
         ablate.VARIANTS["mamba_wide"] = ablate.Variant("mamba", ("model.mamba.expand=4",))
