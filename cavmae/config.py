@@ -38,6 +38,9 @@ class MambaConfig:
     # How the forward and backward scans are combined: "add" (Vision Mamba), "mean", or "concat" (both gated
     # outputs side by side into an out projection twice as wide: each direction keeps its own output weights).
     bidirectional_combine: Literal["add", "mean", "concat"] = "add"
+    # With masking, scale each kept token's step dt by its distance to the previous token in its scan direction
+    # (and its B by the inverse): the state decays over the masked gap. Off: kept tokens are treated as adjacent.
+    gap_aware_dt: bool = False
     scan_impl: Literal["auto", "triton", "torch", "reference"] = "auto"
 
 

@@ -252,3 +252,76 @@ def test_pretraining_only_variants_share_the_scratch_run(ablate):
     assert ablate.scratch_key(v["mamba_lr"], 1) == ablate.scratch_key(v["mamba"], 1)
     assert ablate.scratch_key(v["mamba"], 1) != ablate.scratch_key(v["mamba"], 2)
     assert ablate.scratch_key(v["mamba_time"], 1) != ablate.scratch_key(v["mamba"], 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# gap-aware steps for masked sequences (model.mamba.gap_aware_dt)
+
+
+def test_scan_gaps_in_both_directions():
+    from cavmae.models.mamba import scan_gaps
+
+    pos = torch.tensor([[0, 1, 4, 5, 9]])
+    assert scan_gaps(pos, reverse=False).tolist() == [[1, 1, 3, 1, 4]]  # to the predecessor; the first: 1
+    assert scan_gaps(pos, reverse=True).tolist() == [[1, 3, 1, 4, 1]]  # to the successor; the last: 1
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gap_scaled_scan_is_the_full_scan_with_no_input_where_masked(reverse):
+    """With a constant step, the kept tokens' scan with gap-scaled dt and B equals the scan of the whole sequence
+    with zero input at the masked positions, read at the kept ones (the state decays over the gap)."""
+    from cavmae.kernels import selective_scan
+    from cavmae.models.mamba import gap_scaled, scan_gaps
+
+    g = torch.Generator().manual_seed(0)
+    b, d, n, length = 2, 3, 4, 12
+    kept = torch.tensor([[0, 2, 3, 7, 8, 11], [1, 4, 5, 6, 9, 10]])
+    A = -torch.rand(d, n, generator=g) - 0.5
+    bias = torch.full((d,), -1.0)  # dt = softplus(-1 + 0) everywhere: constant
+    u_full = torch.randn(b, d, length, generator=g)
+    B_full, C_full = torch.randn(b, n, length, generator=g), torch.randn(b, n, length, generator=g)
+    mask = torch.ones(b, length, dtype=torch.bool)
+    mask.scatter_(1, kept, False)
+    full = selective_scan(
+        u_full.masked_fill(mask[:, None], 0.0),
+        torch.zeros(b, d, length),
+        A,
+        B_full,
+        C_full,
+        delta_bias=bias,
+        delta_softplus=True,
+        impl="reference",
+        reverse=reverse,
+    )
+    pick = kept[:, None, :]
+    u = u_full.gather(2, pick.expand(-1, d, -1))
+    B, C = (t.gather(2, pick.expand(-1, n, -1)) for t in (B_full, C_full))
+    delta, B_gap = gap_scaled(torch.zeros_like(u), B, bias, scan_gaps(kept, reverse))
+    out = selective_scan(u, delta, A, B_gap, C, impl="reference", reverse=reverse)
+    assert torch.allclose(out, full.gather(2, pick.expand(-1, d, -1)), atol=1e-5)
+    plain = selective_scan(u, torch.zeros_like(u), A, B, C, delta_bias=bias, delta_softplus=True, impl="reference")
+    assert not torch.allclose(out, plain, atol=1e-3)  # treating kept neighbours as adjacent is something else
+
+
+@pytest.mark.parametrize("order", ["freq_major", "time_major"])
+def test_gap_aware_model_is_the_plain_model_when_nothing_is_masked(order):
+    unmasked = {"audio_token_order": order, "mask_ratio_a": 0.0, "mask_ratio_v": 0.0}
+    ref, _, _, _ = _numbers(_small("mamba", **unmasked))
+    out, _, _, _ = _numbers(_small("mamba", **unmasked, **{"mamba.gap_aware_dt": True}))
+    for key in ("loss_rec_a", "loss_rec_v", "loss_c", "pred_a", "pred_v"):
+        assert torch.allclose(out[key], ref[key], atol=1e-5), key
+
+
+def test_gap_aware_model_sees_the_gaps_when_masked_and_trains():
+    steps = {"mamba.dt_min": 0.5, "mamba.dt_max": 1.0}  # steps large enough for the decay over a gap to show
+    ref, ref_emb_a, _, _ = _numbers(_small("mamba", **steps))
+    out, emb_a, _, _ = _numbers(_small("mamba", **steps, **{"mamba.gap_aware_dt": True}))
+    for key in ("pred_a", "pred_v"):  # same weights and masks, other steps
+        assert (out[key] - ref[key]).abs().max() > 1e-4, key
+    assert torch.allclose(emb_a, ref_emb_a, atol=1e-5)  # unmasked embeddings: no gaps, the plain block
+    torch.manual_seed(0)
+    model = cavmae.create_model(_small("mamba", **{"mamba.gap_aware_dt": True}))
+    model(torch.randn(2, 64, 32), torch.randn(2, 3, 32, 32))["loss"].backward()
+    for name in ("fwd.dt_proj.bias", "bwd.dt_proj.bias", "fwd.A_log", "bwd.x_proj.weight"):
+        grad = model.blocks_a[0].mixer.get_parameter(name).grad
+        assert grad is not None and grad.abs().sum() > 0, name

@@ -118,6 +118,23 @@ def test_every_block_follows_the_contract(backbone):
         blk(x, "x")
 
 
+@pytest.mark.parametrize("backbone", list_blocks())
+def test_every_block_takes_token_positions(backbone):
+    """positions (the tokens' indices in the unmasked sequence) are part of the contract: contiguous positions are
+    the whole sequence, so they give the output without positions, forward and backward."""
+    cfg = tiny_cfg(backbone=backbone)
+    torch.manual_seed(0)
+    blk = create_block(backbone, 32, 4, cfg)
+    x = torch.randn(2, 11, 32, requires_grad=True)
+    ref = blk(x, "a")
+    (gx_ref,) = torch.autograd.grad(ref.square().sum(), x)
+    out = blk(x, "a", torch.arange(11).expand(2, -1))
+    (gx,) = torch.autograd.grad(out.square().sum(), x)
+    assert torch.allclose(out, ref, atol=1e-5) and torch.allclose(gx, gx_ref, atol=1e-4)
+    gaps = torch.tensor([[0, 1, 2, 5, 6, 9, 10, 11, 12, 15, 20], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 30]])
+    assert torch.isfinite(blk(x, None, gaps)).all()
+
+
 def test_unknown_backbone_lists_registered():
     with pytest.raises(ValueError, match="registered backbones: .*vit"):
         create_block("transformerxl", 32, 4, tiny_cfg())

@@ -70,9 +70,12 @@ class CAVMAE(CAVMAEEncoder):
         # the stacks see the kept audio tokens in model.audio_token_order; the outputs go back to masked_a's order
         order = self.audio_scan_order(masked_a.ids_keep)  # [B, Ka] or None
         a = masked_a.tokens if order is None else _gather_tokens(masked_a.tokens, order)
-        a = self.run_blocks(self.blocks_a, a)
-        v = self.run_blocks(self.blocks_v, masked_v.tokens)
-        latent, latent_a = self.joint_stream(a, v), self.audio_stream(a)
+        # where the kept tokens sit in the unmasked sequences (in the order the stacks see them), for a scan's steps
+        pos_a = masked_a.ids_keep if order is None else self.audio_scan_rank(masked_a.ids_keep).gather(1, order)
+        pos_v = masked_v.ids_keep
+        a = self.run_blocks(self.blocks_a, a, None, pos_a)
+        v = self.run_blocks(self.blocks_v, masked_v.tokens, None, pos_v)
+        latent, latent_a = self.joint_stream(a, v, (pos_a, pos_v)), self.audio_stream(a, pos_a)
         if order is not None:
             back = torch.argsort(order, dim=1)
             keep_a = a.shape[1]
@@ -81,7 +84,7 @@ class CAVMAE(CAVMAEEncoder):
         return {
             "latent": latent,
             "latent_a": latent_a,
-            "latent_v": self.video_stream(v),
+            "latent_v": self.video_stream(v, pos_v),
             "masked_a": masked_a,
             "masked_v": masked_v,
         }

@@ -7,6 +7,21 @@ is gated by silu(z) at its own position; the two are combined (sum or mean) and 
 laid side by side into an out projection twice as wide. Nothing is flipped in memory: the scan op runs the backward
 direction in place.
 
+Layout: the activations stay token-major ([B, L, C] in memory) from the input projection to the scan, and the
+scan reads them through (B, C, L) views, so no pass only copies or pads: each direction's conv is one
+channels-last conv2d whose 2K-1 taps hold the K weights on one side and zeros on the other (causal or anti-causal
+without a padded copy of the input), and every Linear reads a contiguous [B, L, C] tensor. Add and mean go through
+one fused bidirectional scan call (one launch on the GPU: both directions, the gate and the combination). The one
+pass left is the transposition of the scan's (B, d_inner, L) output for the out projection
+(``scripts/bench_mamba_block.py`` prints the bytes per block).
+
+Masked sequences (``model.mamba.gap_aware_dt``, off by default). With masking, the encoder sees only the kept
+tokens, so neighbours in the kept list can be far apart in the full sequence. Given the tokens' positions in the
+unmasked sequence, each direction scales a token's step by its gap g to the previous token in its scan order
+(dt -> g*dt) and its B by 1/g: the state decays over the whole gap, exp(g*dt*A), while the token's own input enters
+once, dt*B*u, which is the scan of the full sequence with no input at the masked positions when dt is constant.
+With no gaps (g = 1, nothing masked) it is the plain block.
+
 The block wraps the mixer in the same :class:`~cavmae.models.blocks.ModalityBlock` as the ViT block (three norm
 pairs, ``modality`` argument), followed by the ViT MLP, so the models never branch on the backbone.
 A_log, D and the dt bias carry ``_no_weight_decay = True`` for the optimiser (as mamba_ssm marks them).
@@ -60,20 +75,45 @@ class _Direction(nn.Module):
             nn.init.kaiming_uniform_(self.conv1d.weight, a=math.sqrt(5))
             nn.init.zeros_(self.conv1d.bias)
 
-    def conv(self, x: torch.Tensor, reverse: bool) -> torch.Tensor:
-        """Depthwise conv over [B, d_inner, L]: causal (forward) or anti-causal (backward direction)."""
-        k = self.conv1d.kernel_size[0]
-        if reverse:  # y[t] = sum_k w[k] x[t + K-1-k]: the causal conv of the reversed sequence, read back
-            return F.conv1d(F.pad(x, (0, k - 1)), self.conv1d.weight.flip(-1), self.conv1d.bias, groups=x.shape[1])
-        return F.conv1d(F.pad(x, (k - 1, 0)), self.conv1d.weight, self.conv1d.bias, groups=x.shape[1])
+    def conv(self, x_cl: torch.Tensor, reverse: bool) -> torch.Tensor:
+        """silu(depthwise conv) of x_cl [B, d_inner, 1, L], a channels-last view of token-major [B, L, d_inner]:
+        causal (forward direction) or anti-causal (backward). Returns token-major [B, L, d_inner], contiguous."""
+        w = self.conv1d.weight  # [d_inner, 1, K]
+        k = w.shape[-1]
+        zeros = w.new_zeros(w.shape[0], 1, k - 1)
+        # 2K-1 taps over t-K+1..t+K-1 (padding K-1 both sides, output length L): [w, 0] reads t-K+1..t (causal),
+        # [0, w reversed] reads t..t+K-1, y[t] = sum_j w[K-1-j] x[t+j] (the causal conv of the reversed sequence)
+        taps = torch.cat([zeros, w.flip(-1)] if reverse else [w, zeros], dim=-1).unsqueeze(2)  # [d_inner, 1, 1, 2K-1]
+        y = F.conv2d(x_cl, taps, self.conv1d.bias, padding=(0, k - 1), groups=w.shape[0])  # channels-last in and out
+        return F.silu(y).squeeze(2).mT
 
-    def scan_inputs(self, x: torch.Tensor, reverse: bool):
-        """x [B, d_inner, L] -> (u, delta [B, d_inner, L], B, C [B, N, L])."""
-        u = F.silu(self.conv(x, reverse))
-        dbc = self.x_proj(u.transpose(1, 2))  # [B, L, dt_rank + 2N]
+    def scan_inputs(self, x_cl: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, ...]:
+        """x_cl as in :meth:`conv` -> (u, delta [B, d_inner, L], B, C [B, N, L]), (B, C, L) views of token-major
+        tensors (the scan reads them in place)."""
+        u = self.conv(x_cl, reverse)  # [B, L, d_inner]
+        dbc = self.x_proj(u)  # [B, L, dt_rank + 2N]
         dt, b, c = dbc.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # [B, d_inner, L]; bias added inside the scan
-        return u, delta, b.transpose(1, 2), c.transpose(1, 2)
+        delta = F.linear(dt, self.dt_proj.weight)  # [B, L, d_inner]; the bias is added inside the scan
+        return u.mT, delta.mT, b.mT, c.mT
+
+
+def scan_gaps(positions: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """positions [B, L] (the tokens' indices in the unmasked sequence, ascending) -> [B, L] float: each token's
+    distance to the token scanned before it (its predecessor, or its successor when ``reverse``); 1 for the first."""
+    p = positions.to(torch.float32)
+    steps = p[:, 1:] - p[:, :-1]
+    one = torch.ones_like(p[:, :1])
+    return torch.cat([steps, one] if reverse else [one, steps], dim=1)
+
+
+def gap_scaled(
+    delta: torch.Tensor, b: torch.Tensor, delta_bias: torch.Tensor, gaps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step over a gap: delta [B, d, L] (before bias and softplus), B [B, N, L], gaps [B, L] -> (g * dt,
+    B / g) with dt = softplus(delta + bias), for a scan called without bias and softplus. The state decays by
+    exp(g dt A) and the token's input enters as dt B u, as if the g - 1 skipped positions had no input."""
+    g = gaps.unsqueeze(1)  # [B, 1, L]
+    return F.softplus(delta + delta_bias[:, None]) * g, b / g
 
 
 class BiMambaMixer(nn.Module):
@@ -84,6 +124,7 @@ class BiMambaMixer(nn.Module):
         d_inner = cfg.expand * dim
         dt_rank = cfg.dt_rank or math.ceil(dim / 16)
         self.cfg = cfg
+        self.d_inner = d_inner
         self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
         self.fwd = _Direction(d_inner, cfg, dt_rank)
         self.bwd = _Direction(d_inner, cfg, dt_rank)
@@ -95,48 +136,41 @@ class BiMambaMixer(nn.Module):
         self.fwd.reset_parameters()
         self.bwd.reset_parameters()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xz = self.in_proj(x).transpose(1, 2)  # [B, 2*d_inner, L], a strided view: the scan reads it in place
-        xi, z = xz.chunk(2, dim=1)
-        u_f, delta_f, b_f, c_f = self.fwd.scan_inputs(xi, reverse=False)
-        u_b, delta_b, b_b, c_b = self.bwd.scan_inputs(xi, reverse=True)
-        f, b = self.fwd, self.bwd
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, dim]; positions [B, L]: the tokens' indices in the unmasked sequence (used with
+        ``gap_aware_dt``), None when x is the whole sequence."""
+        w_x, w_z = self.in_proj.weight.split(self.d_inner)  # in_proj as two halves: each output is contiguous
+        x_cl = F.linear(x, w_x).mT.unsqueeze(2)  # [B, d_inner, 1, L], channels-last: what the conv reads
+        z = F.linear(x, w_z).mT  # [B, d_inner, L] view
+        gap_aware = self.cfg.gap_aware_dt and positions is not None
+        args = [
+            self._scan_args(d, x_cl, reverse, scan_gaps(positions, reverse) if gap_aware else None)
+            for d, reverse in ((self.fwd, False), (self.bwd, True))
+        ]
+        common = {"z": z, "delta_softplus": not gap_aware, "impl": self.cfg.scan_impl}
         if self.cfg.bidirectional_combine == "concat":
-            return self.out_proj(self._concat_directions(z, (u_f, delta_f, b_f, c_f), (u_b, delta_b, b_b, c_b)))
+            # each direction scanned and gated on its own; the cat writes [B, L, 2*d_inner] (forward channels, then
+            # backward), so the transposition costs no pass of its own
+            ys = [
+                selective_scan(*a[:6], delta_bias=a[6], reverse=reverse, **common)
+                for a, reverse in zip(args, (False, True))
+            ]
+            return self.out_proj(torch.cat([y.mT for y in ys], dim=-1))
+        pairs = list(zip(*args))  # (u, delta, A, B, C, D, delta_bias), each a (forward, backward) pair
         y = selective_scan_bidirectional(
-            (u_f, u_b),
-            (delta_f, delta_b),
-            (-torch.exp(f.A_log.float()), -torch.exp(b.A_log.float())),
-            (b_f, b_b),
-            (c_f, c_b),
-            (f.D.float(), b.D.float()),
-            z=z,
-            delta_bias=(f.dt_proj.bias.float(), b.dt_proj.bias.float()),
-            delta_softplus=True,
-            impl=self.cfg.scan_impl,
-            combine=self.cfg.bidirectional_combine,
+            *pairs[:6], delta_bias=pairs[6], combine=self.cfg.bidirectional_combine, **common
         )  # [B, d_inner, L]
-        return self.out_proj(y.transpose(1, 2))
+        return self.out_proj(y.mT)
 
-    def _concat_directions(self, z: torch.Tensor, inputs_f: tuple, inputs_b: tuple) -> torch.Tensor:
-        """Each direction scanned and gated on its own -> [B, L, 2*d_inner] (forward channels, then backward)."""
-        outs = []
-        for d, (u, delta, b, c), reverse in ((self.fwd, inputs_f, False), (self.bwd, inputs_b, True)):
-            y = selective_scan(
-                u,
-                delta,
-                -torch.exp(d.A_log.float()),
-                b,
-                c,
-                d.D.float(),
-                z=z,
-                delta_bias=d.dt_proj.bias.float(),
-                delta_softplus=True,
-                impl=self.cfg.scan_impl,
-                reverse=reverse,
-            )  # [B, d_inner, L]
-            outs.append(y)
-        return torch.cat(outs, dim=1).transpose(1, 2)
+    @staticmethod
+    def _scan_args(d: _Direction, x_cl: torch.Tensor, reverse: bool, gaps: torch.Tensor | None) -> tuple:
+        """One direction's (u, delta, A, B, C, D, delta_bias) for the scan; with gaps, dt and B already scaled."""
+        u, delta, b, c = d.scan_inputs(x_cl, reverse)
+        bias = d.dt_proj.bias.float()
+        if gaps is not None:
+            delta, b = gap_scaled(delta, b, bias, gaps)
+            bias = None
+        return u, delta, -torch.exp(d.A_log.float()), b, c, d.D.float(), bias
 
 
 class MambaBlock(ModalityBlock):
@@ -147,8 +181,8 @@ class MambaBlock(ModalityBlock):
         self.mixer = BiMambaMixer(dim, cfg.mamba)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * cfg.mlp_ratio), act_layer=nn.GELU)
 
-    def mix(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mixer(x)
+    def mix(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        return self.mixer(x, positions)
 
     def ffn(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x)
