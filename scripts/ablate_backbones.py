@@ -77,9 +77,10 @@ VARIANTS: dict[str, Variant] = {
         _M + ("model.audio_token_order=time_major", "model.mamba.dt_min=0.01", "model.mamba.dt_max=1.0"),
         note="time-major + dt [0.01, 1]",
     ),
-    "mamba_gap": Variant(
+    "mamba_gap": Variant(  # only masked inputs have gaps: fine-tuning runs the plain block, so it is the same run
         "mamba",
-        _M + ("model.mamba.gap_aware_dt=true",),
+        _M,
+        pretrain=("model.mamba.gap_aware_dt=true",),
         note="masked sequences: dt scaled by each kept token's gap to its neighbour in the scan direction",
     ),
     "mamba_expand2": Variant("mamba", (), note="the shipped default expand 2 (+31 % parameters)", matched=False),

@@ -250,6 +250,7 @@ def test_ablation_end_to_end_at_a_tiny_size(ablate, tmp_path):
 def test_pretraining_only_variants_share_the_scratch_run(ablate):
     v = ablate.VARIANTS
     assert ablate.scratch_key(v["mamba_lr"], 1) == ablate.scratch_key(v["mamba"], 1)
+    assert ablate.scratch_key(v["mamba_gap"], 1) == ablate.scratch_key(v["mamba"], 1)  # no gaps in fine-tuning
     assert ablate.scratch_key(v["mamba"], 1) != ablate.scratch_key(v["mamba"], 2)
     assert ablate.scratch_key(v["mamba_time"], 1) != ablate.scratch_key(v["mamba"], 1)
 
