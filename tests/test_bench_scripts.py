@@ -7,6 +7,7 @@ the scripts, and timing thresholds do not belong in tests.
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -104,3 +105,40 @@ def test_bench_train_tiny_with_memory_and_whole_pretrain(tmp_path, capsys):
     assert all(c["peak_gib"] > 0.1 for c in cases.values())  # the child's own RSS: Python + torch at least
     check_summary(cases["tiny:fp32"]["step_s"], record["raw"]["step_s"]["tiny:fp32"])
     assert len(record["raw"]["pretrain_s"]) == 1 and record["summary"]["pretrain_s"]["median"] > 0
+
+
+def test_bench_index_tiny(tmp_path, capsys):
+    pytest.importorskip("faiss")
+    out = tmp_path / "index.json"
+    argv = ["--n", "3000", "--dim", "16", "--queries", "20", "--kind", "ivf", "--nprobe", "2", "256"]
+    load("bench_index").main([*argv, "--rounds", "2", "--out", str(out)])
+    assert "speed-up vs flat" in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    check_machine(record)
+    times = record["raw"]["query_s"]
+    assert set(times) == {"flat", "nprobe=2", "nprobe=256"} and all(len(t) == 2 for t in times.values())
+    query = record["summary"]["query"]
+    assert query["flat"]["recall"] == 1.0 and query["nprobe=256"]["recall"] == 1.0  # every cell probed
+    check_summary(query["nprobe=2"]["seconds"], times["nprobe=2"])
+
+
+@pytest.mark.slow
+def test_bench_prepare_tiny(tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "prepare.json"
+    argv = ["--clips", "2", "--duration", "1", "--size", "64", "--samples-per-shard", "1", "--rounds", "2"]
+    # a child process: the script starts and stops its own Ray cluster, which must not touch another test's
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_prepare.py"), *argv, "--workers", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ray / local" in proc.stdout
+    record = json.loads(out.read_text())
+    check_machine(record)
+    rates = record["raw"]["clips_per_s"]
+    assert set(rates) == {"localx1", "rayx1"} and all(len(r) == 2 for r in rates.values())
+    ratio = record["summary"]["rayx1"]["ray_over_local"]
+    assert ratio["min"] <= ratio["median"] <= ratio["max"]
