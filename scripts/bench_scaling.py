@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from benchtools import RESULTS, Record, interleaved, ratio_spread, ratios, spread, summary  # noqa: E402
+from benchtools import RESULTS, Record, interleaved, peak_rss_mib, ratio_spread, ratios, spread, summary  # noqa: E402
 
 
 def build_point(backbone: str, seconds: int, args):
@@ -76,12 +75,12 @@ def peak_memory(backbone: str, seconds: int, args) -> float:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss0 = peak_rss_mib()
     for _ in range(2):
         step(model, audio, args.bf16)
     if audio.is_cuda:
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
+    return peak_rss_mib() - rss0
 
 
 def memory_in_child(backbone: str, seconds: int, args) -> float:
@@ -106,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--device", default=None)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    p.add_argument("--memory-only", action="store_true", help="only the peak memory (writes <out>_memory.json)")
     p.add_argument("--out", help="prefix of the .json and .png outputs (default: scripts/results/bench_scaling_<dev>)")
     p.add_argument("--point", help=argparse.SUPPRESS)  # internal: peak memory of one backbone:seconds, as JSON
     args = p.parse_args(argv)
@@ -123,6 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     record = Record("bench_scaling", vars(args))
     backbones = [b for b in args.backbones.split(",") if b in cavmae.list_blocks()]
     lengths = [int(s) for s in args.seconds.split(",")]
+    prefix = args.out or str(RESULTS / f"bench_scaling_{'cuda' if args.device == 'cuda' else 'cpu'}")
+    if args.memory_only:
+        memory = {f"{b}:{s}": memory_in_child(b, s, args) for s in lengths for b in backbones}
+        record.finish(raw={"peak_mib": memory}, summary={})
+        print(record.machine_lines())
+        for name, mib in memory.items():
+            print(f"{name:>10}: peak memory {mib:.0f} MiB")
+        print(f"wrote {record.write(prefix + '_memory.json')}")
+        return 0
     points, tokens = {}, {}
     for seconds in lengths:
         for backbone in backbones:
@@ -153,7 +162,6 @@ def main(argv: list[str] | None = None) -> int:
             if b != base:
                 cells.append(f"{b}/{base} {ratio_spread(t, times[f'{base}:{seconds}'])}")
         print(f"{seconds:>3} s ({tokens[seconds]:>5} tokens): " + "; ".join(cells))
-    prefix = args.out or str(RESULTS / f"bench_scaling_{'cuda' if args.device == 'cuda' else 'cpu'}")
     record.write(prefix + ".json")
     plot(times, memory, backbones, lengths, record.machine_lines().splitlines()[0], args, Path(prefix + ".png"))
     print(f"wrote {prefix}.json and {prefix}.png")

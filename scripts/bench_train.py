@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(REPO))  # bench the checkout this script belongs to
 
-from benchtools import Record, default_out, ratio_spread, ratios, rounds, spread, summary  # noqa: E402
+from benchtools import Record, default_out, peak_rss_mib, ratio_spread, ratios, rounds, spread, summary  # noqa: E402
 
 VARIANTS = ("fp32", "bf16", "compile", "bf16+compile")
 
@@ -84,7 +83,7 @@ def peak_memory(model_name: str, variant: str, batch: int, warmup: int, override
         step()
         return torch.cuda.max_memory_allocated() / 2**30
     step()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    return peak_rss_mib() / 1024
 
 
 def memory_in_child(name: str, batch: int, args) -> float:

@@ -75,6 +75,23 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident set size so far, MiB.
+
+    Linux's VmHWM belongs to the process's own address space, which exec replaces, so a child started by a large
+    parent (a benchmark holding its timed models) measures only itself; ``ru_maxrss`` keeps the parent's peak
+    across fork + exec and would hide every child peak below it. Falls back to ``ru_maxrss`` elsewhere.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        import resource
+
+        scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, cores, torch threads and version, the GPU if any, and the load average (1, 5, 15 min) now."""
     import torch

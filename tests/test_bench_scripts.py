@@ -51,6 +51,15 @@ def test_benchtools_rounds_rotate_and_time_every_variant():
     assert benchtools.spread([3.0, 1.0, 2.0], "s", 1) == "2.0 s (1.0-3.0)"
 
 
+def test_peak_rss_of_a_child_is_its_own_not_its_large_parents():
+    # ru_maxrss survives fork + exec on Linux: a child of a 400 MiB parent would report >= 400 MiB
+    ballast = b"\x01" * (400 * 2**20)  # touched pages, resident in this process
+    code = f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import benchtools; print(benchtools.peak_rss_mib())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 1 < child < 300, child
+    assert len(ballast) == 400 * 2**20
+
+
 def test_bench_model_tiny(tmp_path, capsys):
     out = tmp_path / "model.json"
     config = str(SCRIPTS.parent / "configs" / "tiny.yaml")
