@@ -34,18 +34,29 @@ class Run:
     value: Any = None
 
 
-def rounds(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[Run]]:
-    """Every call of every variant: `warmup` untimed rounds, then `repeats` timed rounds in rotating order."""
+def rounds(
+    variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1, progress: bool = True
+) -> dict[str, list[Run]]:
+    """Every call of every variant: `warmup` untimed rounds, then `repeats` timed rounds in rotating order.
+
+    With `progress`, one line per round on stderr (wall seconds of each variant), so a long run shows where it is.
+    """
     names = list(variants)
     runs: dict[str, list[Run]] = {n: [] for n in names}
     for r in range(warmup + repeats):
         order = names[r % len(names) :] + names[: r % len(names)]
+        took = {}
         for name in order:
             wall, cpu = time.perf_counter(), time.process_time()
             value = variants[name]()
             run = Run(time.perf_counter() - wall, time.process_time() - cpu, value)
+            took[name] = run.wall_s
             if r >= warmup:
                 runs[name].append(run)
+        if progress:
+            kind = "warm-up" if r < warmup else "timed"
+            cells = ", ".join(f"{n} {t:.3g} s" for n, t in took.items())
+            print(f"round {r + 1}/{warmup + repeats} ({kind}): {cells}", file=sys.stderr, flush=True)
     return runs
 
 
