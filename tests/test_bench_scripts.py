@@ -91,10 +91,13 @@ def test_bench_scaling_tiny(tmp_path, capsys):
     assert prefix.with_suffix(".png").stat().st_size > 0
 
 
-def test_bench_scaling_memory_child():
-    bench = load("bench_scaling")
-    args = bench.argparse.Namespace(width=32, depth=2, batch=1, device="cpu", bf16=False)
-    assert bench.memory_in_child("mamba", 2, args) >= 0
+def test_bench_scaling_memory_only(tmp_path):
+    prefix = tmp_path / "scaling"
+    argv = ["--memory-only", "--backbones", "mamba", "--seconds", "2", "--width", "32", "--depth", "2"]
+    assert load("bench_scaling").main([*argv, "--out", str(prefix)]) == 0  # one child process
+    record = json.loads((tmp_path / "scaling_memory.json").read_text())
+    check_machine(record)
+    assert set(record["raw"]["peak_mib"]) == {"mamba:2"} and record["raw"]["peak_mib"]["mamba:2"] >= 0
 
 
 @pytest.mark.slow
