@@ -7,6 +7,7 @@ the scripts, and timing thresholds do not belong in tests.
 
 import importlib.util
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,17 @@ from pathlib import Path
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture
+def keep_logging():
+    """A script's main() configures logging (basicConfig, quieter 'cavmae'): undo it for the tests that follow."""
+    root, package = logging.getLogger(), logging.getLogger("cavmae")
+    saved = root.level, list(root.handlers), package.level
+    yield
+    root.setLevel(saved[0])
+    root.handlers[:] = saved[1]
+    package.setLevel(saved[2])
 
 
 def load(name: str):
@@ -119,7 +131,7 @@ def test_bench_train_tiny_with_memory_and_whole_pretrain(tmp_path, capsys):
     assert len(record["raw"]["pretrain_s"]) == 1 and record["summary"]["pretrain_s"]["median"] > 0
 
 
-def test_bench_index_tiny(tmp_path, capsys):
+def test_bench_index_tiny(keep_logging, tmp_path, capsys):
     pytest.importorskip("faiss")
     out = tmp_path / "index.json"
     argv = ["--n", "3000", "--dim", "16", "--queries", "20", "--kind", "ivf", "--nprobe", "2", "256"]

@@ -3,12 +3,24 @@ timing thresholds do not belong in tests)."""
 
 import importlib.util
 import json
+import logging
 import math
 from pathlib import Path
 
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_data.py"
+
+
+@pytest.fixture
+def keep_logging():
+    """A script's main() configures logging (basicConfig, quieter 'cavmae'): undo it for the tests that follow."""
+    root, package = logging.getLogger(), logging.getLogger("cavmae")
+    saved = root.level, list(root.handlers), package.level
+    yield
+    root.setLevel(saved[0])
+    root.handlers[:] = saved[1]
+    package.setLevel(saved[2])
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +45,7 @@ def test_tar_benchmark_counts_the_same_samples(bench, tiny_shards):
     assert result["samples"] == {"ours": 8, "theirs": 8}
 
 
-def test_main_prints_ranges_and_writes_raw_rounds(bench, tmp_path, capsys):
+def test_main_prints_ranges_and_writes_raw_rounds(bench, keep_logging, tmp_path, capsys):
     out = tmp_path / "data.json"
     argv = ["--root", str(tmp_path / "d"), "--clips", "4", "--classes", "2", "--size", "160", "120", "--rounds", "2"]
     assert bench.main([*argv, "--batch-size", "2", "--workers", "0", "--tar", "--out", str(out)]) == 0
