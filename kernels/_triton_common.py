@@ -1,0 +1,156 @@
+"""Shared parts of the Triton selective scan: tile configuration, device helpers, launcher helpers.
+
+Directions. ``reverse=True`` maps scan position p to sequence position L-1-p in every load and store, so the
+backward half of a bidirectional block reads its inputs in place. A bidirectional call runs both directions in one
+program, one after the other (see triton_scan_fwd / triton_scan_bwd). All strides are passed to the kernels; u,
+delta, z and dout are never copied, and outputs are allocated in the layout of u (a transposed (batch, L, dim) view
+stays one).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ._common import ScanShape, check_inputs, grouped, new_output
+
+_LOG2E = tl.constexpr(1.4426950408889634)
+# Sizes are not specialised (no "== 1" constants, no divisibility-by-16 variants): they only enter masks and loop
+# bounds, and this way one compiled kernel serves every sequence length and width instead of one per size class.
+_SIZES = ("batch", "length", "dim_per_group", "n_groups", "n_chunks")
+# Triton decides at decoration time whether kernels are interpreted; the interpreter cannot run inline PTX.
+_INTERPRETING = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """Tile sizes and warps. The backward recomputes the forward's chunks, so both use the same BLOCK_L.
+
+    Defaults were chosen from the compiled code (registers, spills, SASS counts; scripts/bench_scan.py --static);
+    tune on the target card with scripts/bench_scan.py --block-l / --block-d / --num-warps.
+    """
+
+    block_l: int = 32
+    block_d: int = 4  # backward: at 8, Triton 3.6 spills (16-48 B stack, compile_gate); at 4, 255 registers, none
+    num_warps: int = 4
+    num_warps_bwd: int = 4
+    block_d_fwd: int = 128  # forward: one channel per thread (32 x num_warps)
+
+    def __post_init__(self) -> None:
+        for name in ("block_l", "block_d", "num_warps", "num_warps_bwd", "block_d_fwd"):
+            value = getattr(self, name)
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"ScanConfig.{name} must be a power of two, got {value}")
+
+
+DEFAULT_CONFIG = ScanConfig()
+
+
+@triton.jit
+def _affine_combine(a_left, b_left, a_right, b_right):
+    # (left then right) composition of h -> a h + b: the earlier map is the left operand.
+    return a_left * a_right, a_right * b_left + b_right
+
+
+@triton.jit
+def _exp2_ftz(x):
+    # One MUFU.EX2: tl.exp2 lowers to the non-flushing ex2.approx.f32, which adds a range test and two multiplies
+    # around it to produce subnormal results; a decay below 2**-126 is as good as 0.
+    if _INTERPRETING:
+        return tl.exp2(x)
+    else:
+        return tl.inline_asm_elementwise(
+            "ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
+
+
+@triton.jit
+def _softplus(x):
+    # torch.nn.functional.softplus (beta 1, threshold 20). log1p(e) = log(u) * e / (u - 1) with u = 1 + e: u - 1
+    # is exact, so the rounding of u cancels (Goldberg); where u rounds to 1, log1p(e) = e.
+    e = tl.exp(tl.minimum(x, 20.0))
+    u = 1.0 + e
+    rounds_to_one = u == 1.0
+    log1p_e = tl.where(rounds_to_one, e, tl.log(u) * (e / tl.where(rounds_to_one, 1.0, u - 1.0)))
+    return tl.where(x > 20.0, x, log1p_e)
+
+
+@triton.jit
+def _positions(c, length, BLOCK_L: tl.constexpr, REVERSE: tl.constexpr):
+    """Sequence positions (int64) of chunk c's rows and their mask: scan position p is t = p or L-1-p."""
+    pos = c * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_l = pos < length
+    if REVERSE:
+        t = length - 1 - pos
+    else:
+        t = pos
+    return t.to(tl.int64), mask_l  # t * stride can pass 2**31 for long, strided sequences
+
+
+@triton.jit
+def _delta(raw, bias, mask_ld, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    if HAS_BIAS:
+        raw += bias[None, :]
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    else:
+        dt = raw
+    return tl.where(mask_ld, dt, 0.0), raw  # padded positions: decay 1, input 0 (the carry passes unchanged)
+
+
+@triton.jit
+def _pick(tile, states, n):
+    """Row n of a (BLOCK_N, BLOCK_D) per-state tile, as a (BLOCK_D,) vector."""
+    return tl.sum(tl.where(states[:, None] == n, tile, 0.0), axis=0)
+
+
+Inputs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]  # u, delta, A, B, C, D, bias
+
+
+def _grid(shape: ScanShape, block_d: int) -> tuple[int, int]:
+    return (shape.batch * shape.groups, triton.cdiv(shape.dim_per_group, block_d))
+
+
+def _like(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """A result buffer of x's shape, channels-last (a transposed (batch, L, dim) tensor) when x is, else contiguous."""
+    b, d, L = x.shape
+    dtype = dtype or x.dtype
+    if x.stride(1) == 1 and d > 1:
+        return new_output((b, L, d), dtype, x.device).transpose(1, 2)
+    return new_output((b, d, L), dtype, x.device)
+
+
+def _state_rows(x: Tensor) -> Tensor:
+    """B or C as (batch, G, N, L) whose memory is fp32 (batch, G, L, N): each forward step loads one position's N
+    values as a few vector loads. B and C are N/dim of u's size, so the copy (none when they already are such a
+    view) is small next to the scan's traffic."""
+    return grouped(x).transpose(2, 3).float().contiguous().transpose(2, 3)
+
+
+def _direction(inputs: Inputs, forward: bool = False) -> tuple[list, list, ScanShape]:
+    """Kernel pointers and strides of one direction's inputs; absent D / bias become u (never read)."""
+    u, delta, A, B, C, D, bias = inputs
+    shape = check_inputs(u, delta, A, B, C, D, None, bias)
+    B4, C4 = (_state_rows(B), _state_rows(C)) if forward else (grouped(B), grouped(C))
+    pointers = [u, delta, A, B4, C4, D if D is not None else u, bias if bias is not None else u]
+    strides = [*u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride()]
+    return pointers, strides, shape
+
+
+def _check_pair(first: Inputs, second: Inputs, z: Tensor | None) -> ScanShape:
+    shape = check_inputs(*first[:6], z, first[6])
+    other = check_inputs(*second[:6], z, second[6])
+    if other != shape:
+        raise ValueError(f"selective_scan_bidirectional: the two directions' shapes differ: {shape} and {other}")
+    if (first[5] is None) != (second[5] is None) or (first[6] is None) != (second[6] is None):
+        raise ValueError("selective_scan_bidirectional: D and delta_bias must be given for both directions or neither")
+    return shape
+
+
+def _n_chunks(shape: ScanShape, config: ScanConfig) -> int:
+    return triton.cdiv(shape.length, config.block_l)
