@@ -20,6 +20,7 @@ from torch import Tensor
 from ._common import ScanShape, check_inputs, grouped, new_output
 
 _LOG2E = tl.constexpr(1.4426950408889634)
+_LN2 = tl.constexpr(0.6931471805599453)
 # Sizes are not specialised (no "== 1" constants, no divisibility-by-16 variants): they only enter masks and loop
 # bounds, and this way one compiled kernel serves every sequence length and width instead of one per size class.
 _SIZES = ("batch", "length", "dim_per_group", "n_groups", "n_chunks")
@@ -35,8 +36,8 @@ class ScanConfig:
     tune on the target card with scripts/bench_scan.py --block-l / --block-d / --num-warps.
     """
 
-    block_l: int = 32
-    block_d: int = 4  # backward: at 8, Triton 3.6 spills (16-48 B stack, compile_gate); at 4, 255 registers, none
+    block_l: int = 32  # chunk: the forward saves a state every block_l positions (>= 4: the backward's sub-chunk)
+    block_d: int = 128  # backward channels per program: 32 x num_warps_bwd puts one channel on each lane
     num_warps: int = 4
     num_warps_bwd: int = 4
     block_d_fwd: int = 128  # forward: one channel per thread (32 x num_warps)
@@ -46,15 +47,11 @@ class ScanConfig:
             value = getattr(self, name)
             if value < 1 or value & (value - 1):
                 raise ValueError(f"ScanConfig.{name} must be a power of two, got {value}")
+        if self.block_l < 4:
+            raise ValueError(f"ScanConfig.block_l must be at least 4 (the backward's sub-chunk), got {self.block_l}")
 
 
 DEFAULT_CONFIG = ScanConfig()
-
-
-@triton.jit
-def _affine_combine(a_left, b_left, a_right, b_right):
-    # (left then right) composition of h -> a h + b: the earlier map is the left operand.
-    return a_left * a_right, a_right * b_left + b_right
 
 
 @triton.jit
@@ -70,43 +67,42 @@ def _exp2_ftz(x):
 
 
 @triton.jit
+def _rcp(x):
+    # One MUFU.RCP (rcp.approx.ftz, about 1 ulp): the IEEE division adds a range check and a Newton step.
+    if _INTERPRETING:
+        return 1.0 / x
+    else:
+        return tl.inline_asm_elementwise(
+            "rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
+
+
+@triton.jit
+def _log2(x):
+    # One MUFU.LG2 (lg2.approx.ftz, relative error about 2**-22); tl.log is a libdevice polynomial of ~20 instructions.
+    if _INTERPRETING:
+        return tl.log2(x)
+    else:
+        return tl.inline_asm_elementwise(
+            "lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
+
+
+@triton.jit
+def _sigmoid(x):
+    """1 / (1 + exp(-x)) with one MUFU.EX2 and one MUFU.RCP."""
+    return _rcp(1.0 + _exp2_ftz(-x * _LOG2E))
+
+
+@triton.jit
 def _softplus(x):
     # torch.nn.functional.softplus (beta 1, threshold 20). log1p(e) = log(u) * e / (u - 1) with u = 1 + e: u - 1
-    # is exact, so the rounding of u cancels (Goldberg); where u rounds to 1, log1p(e) = e.
-    e = tl.exp(tl.minimum(x, 20.0))
+    # is exact, so the rounding of u cancels (Goldberg); where u rounds to 1, log1p(e) = e. Three MUFU ops.
+    e = _exp2_ftz(tl.minimum(x, 20.0) * _LOG2E)
     u = 1.0 + e
     rounds_to_one = u == 1.0
-    log1p_e = tl.where(rounds_to_one, e, tl.log(u) * (e / tl.where(rounds_to_one, 1.0, u - 1.0)))
+    log1p_e = tl.where(rounds_to_one, e, _log2(u) * _LN2 * (e * _rcp(tl.where(rounds_to_one, 1.0, u - 1.0))))
     return tl.where(x > 20.0, x, log1p_e)
-
-
-@triton.jit
-def _positions(c, length, BLOCK_L: tl.constexpr, REVERSE: tl.constexpr):
-    """Sequence positions (int64) of chunk c's rows and their mask: scan position p is t = p or L-1-p."""
-    pos = c * BLOCK_L + tl.arange(0, BLOCK_L)
-    mask_l = pos < length
-    if REVERSE:
-        t = length - 1 - pos
-    else:
-        t = pos
-    return t.to(tl.int64), mask_l  # t * stride can pass 2**31 for long, strided sequences
-
-
-@triton.jit
-def _delta(raw, bias, mask_ld, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    if HAS_BIAS:
-        raw += bias[None, :]
-    if SOFTPLUS:
-        dt = _softplus(raw)
-    else:
-        dt = raw
-    return tl.where(mask_ld, dt, 0.0), raw  # padded positions: decay 1, input 0 (the carry passes unchanged)
-
-
-@triton.jit
-def _pick(tile, states, n):
-    """Row n of a (BLOCK_N, BLOCK_D) per-state tile, as a (BLOCK_D,) vector."""
-    return tl.sum(tl.where(states[:, None] == n, tile, 0.0), axis=0)
 
 
 Inputs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]  # u, delta, A, B, C, D, bias

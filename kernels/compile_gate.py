@@ -116,7 +116,7 @@ class _Recorder:
 
     def __getitem__(self, grid: object) -> Callable[..., None]:
         def record(*args: object, **kwargs: object) -> None:
-            self.launches.append(Launch(self.kernel, args, kwargs))
+            self.launches.append(Launch(self.kernel, args, kwargs, tuple(grid)))
 
         return record
 

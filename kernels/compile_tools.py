@@ -33,6 +33,7 @@ class Launch:
     kernel: object  # triton JITFunction
     args: tuple
     kwargs: dict
+    grid: tuple = ()  # the launch grid (programs per axis)
 
 
 def specialisation(launch: Launch) -> tuple[dict, dict, dict, dict]:
@@ -146,10 +147,28 @@ _BRANCH_TARGET = re.compile(r"BRA\s+(?:\S+\s+)?`?\(?\.L_x_(\d+)")
 _LABEL = re.compile(r"^\.L_x_(\d+):")
 
 
-def sass_counts(sass: str) -> dict:
-    """Static SASS instruction counts: whole kernel and inside loops (instructions between a label and a backward
-    branch to it; nested loops counted once, in their outermost loop), by class: MUFU (exp2/rcp/lg2/...), SHFL,
-    BAR, local-memory and global memory ops, atomics."""
+def _classify(ops: list[tuple[str, float]]) -> dict:
+    """Instruction counts by class, each instruction counted ``weight`` times: MUFU (exp2/rcp/lg2/...), SHFL, BAR,
+    shared-memory, global-memory and local-memory (spill) ops, atomics."""
+    classes = {
+        "mufu": ("MUFU",),
+        "shfl": ("SHFL",),
+        "bar": ("BAR",),
+        "lds_sts": ("LDS", "STS"),
+        "ldg_stg": ("LDG", "STG"),
+        "local": ("LDL", "STL"),
+        "atom": ("ATOM", "RED"),
+    }
+    found = {"total": sum(w for _, w in ops)}
+    for name, prefixes in classes.items():
+        found[name] = sum(w for op, w in ops if op.startswith(prefixes))
+    return found
+
+
+def sass_loops(sass: str) -> tuple[list[str], list[dict]]:
+    """The SASS opcodes in order and its loops: a loop runs from a label to the last backward branch to it.
+
+    Each loop is ``{"start", "end", "depth"}`` (row indices, inclusive; depth 1 = outermost), sorted by start."""
     rows: list[tuple[str, str]] = []  # (opcode, line)
     labels: dict[str, int] = {}
     for line in sass.splitlines():
@@ -160,37 +179,55 @@ def sass_counts(sass: str) -> dict:
         m = _INSTR.search(line)
         if m:
             rows.append((m.group(3), line))
-    loops = []
+    ends: dict[int, int] = {}
     for index, (opcode, line) in enumerate(rows):
         if opcode.startswith("BRA"):
             target = _BRANCH_TARGET.search(line)
             if target and target.group(1) in labels and labels[target.group(1)] <= index:
-                loops.append((labels[target.group(1)], index))
-    outer = [lp for lp in loops if not any(o != lp and o[0] <= lp[0] and lp[1] <= o[1] for o in loops)]
+                start = labels[target.group(1)]
+                ends[start] = max(ends.get(start, index), index)
+    # A one-instruction loop is the trap after EXIT (``BRA`` to itself), never executed.
+    loops = [{"start": start, "end": end} for start, end in sorted(ends.items()) if end > start]
+    for loop in loops:
+        loop["depth"] = sum(o["start"] <= loop["start"] and loop["end"] <= o["end"] for o in loops)
+    return [op for op, _ in rows], loops
 
-    def classify(ops: list[str]) -> dict:
-        return {
-            "total": len(ops),
-            "mufu": sum(op.startswith("MUFU") for op in ops),
-            "shfl": sum(op.startswith("SHFL") for op in ops),
-            "bar": sum(op.startswith("BAR") for op in ops),
-            "lds_sts": sum(op.startswith(("LDS", "STS")) for op in ops),
-            "ldg_stg": sum(op.startswith(("LDG", "STG")) for op in ops),
-            "local": sum(op.startswith(("LDL", "STL")) for op in ops),
-            "atom": sum(op.startswith(("ATOM", "RED")) for op in ops),
-        }
 
-    in_loops = [rows[i][0] for start, end in outer for i in range(start, end + 1)]
-    per_loop = [classify([rows[i][0] for i in range(start, end + 1)]) for start, end in outer]
+def sass_counts(sass: str, trips: tuple[int, ...] = ()) -> dict:
+    """SASS instruction counts of a kernel, static and weighted by how often each instruction runs.
+
+    ``trips[k]`` is the trip count of every loop at nesting depth k + 1 (the chunk loop first, then the loops inside
+    it); an instruction runs the product of the trip counts of the loops around it, once outside every loop. So
+    ``weighted`` is the dynamic instruction count of one thread (branches taken or not alike: predicated-off
+    instructions still issue). Loops deeper than ``trips`` gives are counted once and reported in
+    ``unweighted_depths``, so a caller can tell the estimate is incomplete. ``static`` counts each instruction once
+    and ``loops`` once per instruction inside any loop (the first, unweighted figure of earlier reports)."""
+    ops, loops = sass_loops(sass)
+    weight = [1.0] * len(ops)
+    unweighted = set()
+    for loop in loops:
+        depth = loop["depth"]
+        trip = trips[depth - 1] if depth <= len(trips) else 1
+        if depth > len(trips):
+            unweighted.add(depth)
+        for i in range(loop["start"], loop["end"] + 1):
+            weight[i] *= trip
+    in_loops = {i for loop in loops for i in range(loop["start"], loop["end"] + 1)}
     return {
-        "all": classify([op for op, _ in rows]),
-        "loops": classify(in_loops),
-        "n_loops": len(outer),
-        "per_loop": sorted(per_loop, key=lambda c: -c["total"]),
+        "all": _classify([(op, 1.0) for op in ops]),
+        "loops": _classify([(ops[i], 1.0) for i in sorted(in_loops)]),
+        "weighted": _classify(list(zip(ops, weight))),
+        "trips": list(trips),
+        "loop_depths": [loop["depth"] for loop in loops],
+        "unweighted_depths": sorted(unweighted),
+        "n_loops": sum(loop["depth"] == 1 for loop in loops),
     }
 
 
-def compile_launch(launch: Launch, arch: int, spec_name: str, with_sass: bool = False) -> Compiled:
+def compile_launch(
+    launch: Launch, arch: int, spec_name: str, with_sass: bool = False, trips: tuple[int, ...] = ()
+) -> Compiled:
+    """Compile one launch for sm_<arch>; with ``with_sass``, count its SASS (loops weighted by ``trips``)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -211,7 +248,7 @@ def compile_launch(launch: Launch, arch: int, spec_name: str, with_sass: bool = 
         result.registers, result.stack_bytes = cubin_usage(compiled.asm["cubin"])
         result.shared_bytes = int(compiled.metadata.shared)
         if with_sass:
-            result.sass = sass_counts(disassemble(compiled.asm["cubin"]))
+            result.sass = sass_counts(disassemble(compiled.asm["cubin"]), trips)
         result.ok = True
     except Exception as exc:  # the gate reports every failure, not only the first
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]

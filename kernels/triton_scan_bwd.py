@@ -1,22 +1,30 @@
 """Selective-scan backward in Triton: the kernel and its launcher.
 
-Backward. One program owns BLOCK_D channels and walks the chunks, last (in scan order) first. Every register tile is
-(BLOCK_L, BLOCK_D): positions by channels; the N states are a static (unrolled) loop inside the chunk, and a chunk's
-states are recomputed from its saved starting state.
+Layout as in the forward: one program owns one batch element and BLOCK_D channels of one B/C group; each thread owns
+one channel and walks the positions one by one with its N states in registers ((BLOCK_N, BLOCK_D) tiles, states
+along the first axis, channels across lanes), so the recurrences and every sum over states (du, ddelta) stay inside
+the thread. Chunks (BLOCK_L positions, the forward's chunk-state interval) are walked last first; with g_t =
+dLoss/dh_t and the carry v_t = a_{t+1} g_{t+1} (the last state's gradient at the end), per position:
 
-Per chunk, with g_p = dLoss/dh_p at scan position p:
+    g_t = C_t dy_t + v_t,  v_{t-1} = a_t g_t                   a_t = exp(delta_t A): one MUFU.EX2 per (t, d, n)
+    q_t = g_t (h_t - x_t)  with x_t = delta_t B_t u_t           (a_t h_{t-1} = h_t - x_t: no h_{t-1} needed)
+    dA += q_t delta_t,  ddelta_t = sum_n (q_t A + g_t B_t u_t),  du_t = sum_n g_t B_t delta_t + D dy_t
+    dB_t = sum_d g_t delta_t u_t,  dC_t = sum_d h_t dy_t        (over channels: the only cross-lane step)
 
-    g_p = C_p dy_p + decay_{p+1} g_{p+1}        a reverse scan, seeded with decay * g flowing in from the next chunk
-    a_p * h_{p-1} = h_p - x_p                   (the identity that gives the decay gradient without h_{p-1})
-    q_p = g_p * (h_p - x_p)                     gradient of the log-decay delta_p * A
-    dA = sum_p q_p delta_p, ddelta_p = sum_n (q_p A + g_p B_p u_p), du_p = sum_n g_p B_p delta_p + D dy_p,
-    dB_p = sum_d g_p delta_p u_p, dC_p = sum_d h_p dy_p
+The reverse walk needs h_t, which the forward never stored. Per chunk, a first walk recomputes the states from the
+saved chunk-start state and keeps the state every SUB (4) positions in a small per-program scratch buffer (L1/L2
+resident, each thread reading back only what it wrote); then, sub-chunk by sub-chunk from the last, the SUB states are
+recomputed into registers and walked in reverse. Each decay is evaluated three times (two recomputes, the reverse
+step) and nothing else is evaluated twice.
 
-The reverse scan needs decay_{p+1} at row p; instead of shifting the tile across lanes it scans the triple
-(alpha, beta, last decay) whose combine carries the decay of a segment's first element (see ``_grad_combine``), so
-the recomputed decays serve both scans and nothing is evaluated twice. The backward is deterministic: dB and dC are
-summed over the program's channels in registers and written as per-channel-block partial sums (n_blocks, batch, G,
-N, L), reduced in a fixed order afterwards; dA, dD and d(delta_bias) are per-batch partials. No float atomics.
+dB and dC: the 2N per-channel values of a position are summed over the 32 channels of a warp by recursive halving
+(each of 5 butterfly steps sends half of the remaining values to the partner lane and adds the other half: 31 lane
+shuffles for 32 values, about 2 per (t, d, n) element), leaving lane l with the warp's sum of value l; each warp
+writes its sums for the position (one coalesced 128-byte row) into per-warp partials (n_warp_blocks, batch, G, L, 2N),
+which are summed over the warp blocks in a fixed order afterwards. dA, dD and d(delta_bias) are per-batch partials.
+No float atomics anywhere: the backward is deterministic. Tiles narrower than a warp (test configurations) reduce
+with tl.sum over the program's channels instead.
+
 A bidirectional call runs both directions in one program, one after the other, with a barrier between them: the
 second adds its share of dz to the first's.
 """
@@ -30,162 +38,345 @@ from torch import Tensor
 
 from ._common import check_inputs, new_output
 from ._triton_common import (
+    _INTERPRETING,
+    _LN2,
     _LOG2E,
     _SIZES,
     DEFAULT_CONFIG,
     Inputs,
     ScanConfig,
-    _affine_combine,
     _check_pair,
-    _delta,
     _direction,
+    _exp2_ftz,
     _grid,
     _like,
     _n_chunks,
-    _pick,
-    _positions,
+    _sigmoid,
+    _softplus,
 )
+
+SUB = 2  # positions whose states a thread holds in registers during the reverse walk (2 or 4)
+WARP = 32
 
 
 @triton.jit
-def _grad_combine(alpha_l, beta_l, decay_l, alpha_r, beta_r, decay_r):
-    # Reverse scan for g_p = c_p + a_{p+1} g_{p+1}. A segment of positions [p, q] is summarised as
-    # g_p = beta + alpha * v with v = a_{q+1} g_{q+1} flowing in from the right, plus `decay` = a_p of its first
-    # position (which turns the segment's g_p into the v of the segment before it). With reverse=True Triton
-    # combines the accumulated later segment (left) with the earlier one (right), as a forward scan of the flipped
-    # sequence would. A single position is (1, c_p, a_p).
-    scale = alpha_r * decay_l
-    return scale * alpha_l, beta_r + scale * beta_l, decay_r
+def _asm_shfl_xor(x, MASK: tl.constexpr):
+    # Lane l receives x of lane l ^ MASK (all 32 lanes take part: the kernel never branches around this).
+    if MASK == 16:
+        y = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 16, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
+                                      is_pure=True, pack=1)  # fmt: skip
+    elif MASK == 8:
+        y = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 8, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
+                                      is_pure=True, pack=1)  # fmt: skip
+    elif MASK == 4:
+        y = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 4, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
+                                      is_pure=True, pack=1)  # fmt: skip
+    elif MASK == 2:
+        y = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 2, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
+                                      is_pure=True, pack=1)  # fmt: skip
+    else:
+        y = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 1, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
+                                      is_pure=True, pack=1)  # fmt: skip
+    return y
+
+
+@triton.jit
+def _exp2_again(x):
+    # _exp2_ftz under another asm text, so that the compiler does not merge it with the recompute walk's decays:
+    # evaluating a decay again (FMUL + MUFU) is cheaper than holding SUB x N of them in registers.
+    if _INTERPRETING:
+        return tl.exp2(x)
+    else:
+        return tl.inline_asm_elementwise(
+            "ex2.approx.ftz.f32 $0, $1; // again", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
+
+
+@triton.jit
+def _shfl_xor(x, lane, MASK: tl.constexpr):
+    """x (V, BLOCK_D) with channel d on lane d % 32: the values of channel d ^ MASK (the interpreter permutes)."""
+    if _INTERPRETING:
+        return tl.gather(x, tl.broadcast_to((lane ^ MASK)[None, :], x.shape), axis=1)
+    else:
+        return _asm_shfl_xor(x, MASK)
+
+
+@triton.jit
+def _halve(x, lane, MASK: tl.constexpr):
+    """One recursive-halving step over (V, BLOCK_D): lanes with bit MASK keep the upper V/2 rows, the others the
+    lower, and each adds the half its partner lane ^ MASK sends. Returns (V/2, BLOCK_D)."""
+    V: tl.constexpr = x.shape[0]
+    D: tl.constexpr = x.shape[1]
+    if V == 1:  # every value is already assigned: plain butterfly
+        return x + _shfl_xor(x, lane, MASK)
+    else:
+        lo, hi = tl.split(tl.permute(tl.reshape(x, (2, V // 2, D)), (1, 2, 0)))
+        upper = ((lane & MASK) != 0)[None, :]
+        return tl.where(upper, hi, lo) + _shfl_xor(tl.where(upper, lo, hi), lane, MASK)
+
+
+@triton.jit
+def _warp_sums(dB, dC, lane):
+    """Sums over the 32 channels of each warp of dB, dC (BLOCK_N, BLOCK_D): lane l ends with value
+    (l >> 4 ? dC : dB)[(l & 15) >> (4 - log2 BLOCK_N)]; a (BLOCK_D,) vector."""
+    upper = ((lane & 16) != 0)[None, :]
+    s = tl.where(upper, dC, dB) + _shfl_xor(tl.where(upper, dB, dC), lane, 16)
+    s = _halve(s, lane, 8)
+    s = _halve(s, lane, 4)
+    s = _halve(s, lane, 2)
+    s = _halve(s, lane, 1)
+    return tl.reshape(s, (s.shape[1],))
+
+
+@triton.jit
+def _load_rows(row0, row_stride, mask_d, states, N_STATE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(BLOCK_N, BLOCK_D) tile whose row n is loaded from row0 + n * row_stride (row0: (BLOCK_D,) pointers), one row
+    at a time: the row offsets stay scalars (uniform registers) instead of a tile of per-thread pointers."""
+    tile = tl.zeros((BLOCK_N, row0.shape[0]), dtype=tl.float32)
+    for n in tl.static_range(N_STATE):
+        row = tl.load(row0 + n * row_stride, mask=mask_d, other=0.0).to(tl.float32)
+        tile = tl.where(states[:, None] == n, row[None, :], tile)
+    return tile
+
+
+@triton.jit
+def _store_rows(row0, row_stride, tile, mask_d, states, N_STATE: tl.constexpr):
+    """Store row n of a (BLOCK_N, BLOCK_D) tile at row0 + n * row_stride (see _load_rows)."""
+    for n in tl.static_range(N_STATE):
+        tl.store(row0 + n * row_stride, tl.sum(tl.where(states[:, None] == n, tile, 0.0), axis=0), mask=mask_d)
+
+
+@triton.jit
+def _load_step(
+    pos, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l, s_B_l, bias, mask_n,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
+):  # fmt: skip
+    """Sequence position, channel mask, u, raw delta (+ bias), delta and the B row of scan position ``pos``.
+    Past the end the last position is read again with delta masked to 0 (decay 1, input 0: the state passes)."""
+    valid = pos < length
+    pos = tl.minimum(pos, length - 1)
+    if REVERSE:
+        t = (length - 1 - pos).to(tl.int64)
+    else:
+        t = pos.to(tl.int64)
+    mask = mask_d & valid
+    u = tl.load(u_base + t * s_u_l, mask=mask, other=0.0).to(tl.float32)
+    raw = tl.load(dt_base + t * s_dt_l, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw += bias
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    else:
+        dt = raw
+    dt = tl.where(mask, dt, 0.0)
+    B_t = tl.load(B_base + t * s_B_l, mask=mask_n, other=0.0)
+    return t, valid, mask, u, raw, dt, B_t
+
+
+@triton.jit
+def _grad_step(
+    h, v, t, valid, mask, u, raw, dt, A2, Dv, lane, dA, dD_acc, dbias_acc,
+    B_base, s_B_l, C_base, z_base, do_base, du_base, ddt_base, dz_base, part_row, part_lane, part_mask, offs_n2,
+    s_C_l, s_z_l, s_do_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, DZ_ACCUMULATE: tl.constexpr,
+    LANE_REDUCE: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """One reverse step at sequence position t with the state h_t: stores du, ddelta, dz and the dB / dC partials
+    of t; returns the carry v_{t-1} = a_t g_t and the accumulators."""
+    dout = tl.load(do_base + t * s_do_l, mask=mask, other=0.0).to(tl.float32) * out_scale
+    if HAS_Z:
+        zv = tl.load(z_base + t * s_z_l, mask=mask, other=0.0).to(tl.float32)
+        sig = _sigmoid(zv)
+        dy = dout * zv * sig
+    else:
+        dy = dout
+    C_t = tl.load(C_base + t * s_C_l, mask=mask_n, other=0.0)
+    B_t = tl.load(B_base + t * s_B_l, mask=mask_n, other=0.0)  # again (L1): cheaper than 16 registers per position
+    dtu = dt * u
+    g = C_t[:, None] * dy[None, :] + v
+    q = g * (h - dtu[None, :] * B_t[:, None])  # gradient of the log-decay delta * A
+    dA += q * dt[None, :]
+    ddt = tl.sum(q * A2, axis=0) * _LN2 + u * tl.sum(g * B_t[:, None], axis=0)
+    du = dt * tl.sum(g * B_t[:, None], axis=0)
+    dB_c = g * dtu[None, :]
+    dC_c = h * dy[None, :]
+    if LANE_REDUCE:
+        sums = _warp_sums(dB_c, dC_c, lane)
+        tl.store(part_row + t * (2 * BLOCK_N) + part_lane, sums, mask=part_mask & valid)
+    else:  # narrower than a warp: sums over the program's channels
+        tl.store(part_row + t * (2 * BLOCK_N) + offs_n2, tl.sum(dB_c, axis=1), mask=valid)
+        tl.store(part_row + t * (2 * BLOCK_N) + BLOCK_N + offs_n2, tl.sum(dC_c, axis=1), mask=valid)
+    v = _exp2_again(dt[None, :] * A2) * g
+    if HAS_D:
+        du += dy * Dv
+        dD_acc += dy * u
+    if HAS_Z:
+        y = tl.sum(h * C_t[:, None], axis=0)
+        if HAS_D:
+            y += u * Dv
+        dz = dout * y * sig * (1.0 + zv * (1.0 - sig))
+        if DZ_ACCUMULATE:  # the other direction's share, written by this thread before the barrier
+            dz += tl.load(dz_base + t * s_dz_l, mask=mask, other=0.0).to(tl.float32)
+        tl.store(dz_base + t * s_dz_l, dz.to(dz_base.dtype.element_ty), mask=mask)
+    if SOFTPLUS:
+        ddt = ddt * _sigmoid(raw)
+    dbias_acc += tl.where(mask, ddt, 0.0)
+    tl.store(du_base + t * s_du_l, du.to(du_base.dtype.element_ty), mask=mask)
+    tl.store(ddt_base + t * s_ddt_l, ddt.to(ddt_base.dtype.element_ty), mask=mask)
+    return v, dA, dD_acc, dbias_acc
 
 
 @triton.jit
 def _bwd_direction(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, dout_ptr, dlast_ptr, chunk_ptr,
-    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
-    b, grp, offs_d, mask_d, pid_d, batch, length, dim, n_groups, n_chunks, out_scale,
-    s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
+    du_ptr, ddt_ptr, dz_ptr, part_ptr, scratch_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    b, grp, offs_j, offs_d, mask_d, first_channel, batch, length, dim, n_groups, n_chunks, n_dblocks, out_scale,
+    scratch_stride, s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
     s_du_b, s_du_d, s_du_l, s_ddt_b, s_ddt_d, s_ddt_l, s_dz_b, s_dz_d, s_dz_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    REVERSE: tl.constexpr, HAS_DLAST: tl.constexpr, DZ_ACCUMULATE: tl.constexpr,
+    REVERSE: tl.constexpr, HAS_DLAST: tl.constexpr, DZ_ACCUMULATE: tl.constexpr, LANE_REDUCE: tl.constexpr,
     N_STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    LOG2_N: tl.constexpr, SUB: tl.constexpr,
 ):  # fmt: skip
     states = tl.arange(0, BLOCK_N)
-    rows = tl.arange(0, BLOCK_L)
-    mask_nd = (states[:, None] < N_STATE) & mask_d[None, :]
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    else:
-        bias = None
-    u_base = u_ptr + b * s_u_b + offs_d[None, :] * s_u_d
-    dt_base = dt_ptr + b * s_dt_b + offs_d[None, :] * s_dt_d
-    z_base = z_ptr + b * s_z_b + offs_d[None, :] * s_z_d
-    do_base = dout_ptr + b * s_do_b + offs_d[None, :] * s_do_d
-    du_base = du_ptr + b * s_du_b + offs_d[None, :] * s_du_d
-    ddt_base = ddt_ptr + b * s_ddt_b + offs_d[None, :] * s_ddt_d
-    dz_base = dz_ptr + b * s_dz_b + offs_d[None, :] * s_dz_d
-    B_base = B_ptr + b * s_B_b + grp * s_B_g
-    C_base = C_ptr + b * s_C_b + grp * s_C_g
-    A_base = A_ptr + offs_d * s_A_d
+    mask_n = states < N_STATE
+    Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)  # D_ptr, bias_ptr: u when absent
+    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    A2 = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)  # A in log2 units; padded states and channels: decay 1
+    for n in tl.static_range(N_STATE):
+        A_n = tl.load(A_ptr + offs_d * s_A_d + n * s_A_n, mask=mask_d, other=0.0).to(tl.float32)
+        A2 = tl.where(states[:, None] == n, A_n[None, :] * _LOG2E, A2)
+    u_base = u_ptr + b * s_u_b + offs_d * s_u_d
+    dt_base = dt_ptr + b * s_dt_b + offs_d * s_dt_d
+    z_base = z_ptr + b * s_z_b + offs_d * s_z_d
+    do_base = dout_ptr + b * s_do_b + offs_d * s_do_d
+    du_base = du_ptr + b * s_du_b + offs_d * s_du_d
+    ddt_base = ddt_ptr + b * s_ddt_b + offs_d * s_ddt_d
+    dz_base = dz_ptr + b * s_dz_b + offs_d * s_dz_d
+    B_base = B_ptr + b * s_B_b + grp * s_B_g + states * s_B_n
+    C_base = C_ptr + b * s_C_b + grp * s_C_g + states * s_C_n
     n_saved = n_chunks - 1
-    chunk_base = chunk_ptr + b * n_saved * N_STATE * dim + offs_d
-    # Partial sums of dB, dC over this program's channels: fp32 (n_channel_blocks, batch, G, N, L).
-    dBC_base = ((pid_d * batch + b) * n_groups + grp) * N_STATE * length
-    nd_offs = (b * dim + offs_d[None, :]) * N_STATE + states[:, None]  # (BLOCK_N, BLOCK_D) in (batch, dim, N)
-
-    # carry[n] = decay_{p+1} * g_{p+1} flowing into the chunk's last position from the chunk after it; it starts as
-    # the gradient of the last state (the scan's final state is h at the last position).
-    if HAS_DLAST:
-        carry = tl.load(dlast_ptr + nd_offs, mask=mask_nd, other=0.0).to(tl.float32)
+    chunk_row0 = chunk_ptr + b * n_saved * N_STATE * dim + offs_d  # state n of chunk c + 1 at + (c * N + n) * dim
+    nd_row0 = (b * dim + offs_d) * N_STATE  # (batch, dim, N) offsets of state 0
+    # This program's scratch: the state before each sub-chunk of the current chunk, (BLOCK_L // SUB, N, BLOCK_D).
+    # The channel stride is a runtime 1: a stride known to be 1 would make Triton pick a vectorised layout for these
+    # accesses and convert every state tile to it and back (through shared memory) at each use.
+    scratch = scratch_ptr + states[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :] * scratch_stride
+    # dB / dC partials (n_dblocks, batch, G, L, 2 * BLOCK_N): a row of 2 * BLOCK_N values per position, per warp
+    # (32 channels) or, for tiles narrower than a warp, per program.
+    lane = offs_j % 32
+    if LANE_REDUCE:
+        dblock = (offs_j // 32).to(tl.int64)
+        n_bits: tl.constexpr = LOG2_N
+        part_lane = (lane >> 4) * BLOCK_N + ((lane & 15) >> (4 - n_bits))
+        part_mask = ((lane & ((1 << (4 - n_bits)) - 1)) == 0) & (dblock < n_dblocks)  # one writer per value
     else:
-        carry = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    dA_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        dblock = tl.program_id(1).to(tl.int64)
+        part_lane = lane
+        part_mask = mask_d
+    part_row = part_ptr + ((dblock * batch + b) * n_groups + grp) * length * (2 * BLOCK_N)
+    offs_n2 = states
+
+    if HAS_DLAST:
+        v = _load_rows(dlast_ptr + nd_row0, 1, mask_d, states, N_STATE, BLOCK_N)
+    else:
+        v = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dA = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    ones = tl.full((BLOCK_L, BLOCK_D), 1.0, dtype=tl.float32)
 
     for ci in range(0, n_chunks):
         c = n_chunks - 1 - ci
-        t, mask_l = _positions(c, length, BLOCK_L, REVERSE)
-        mask_ld = mask_l[:, None] & mask_d[None, :]
-        u = tl.load(u_base + t[:, None] * s_u_l, mask=mask_ld, other=0.0).to(tl.float32)
-        raw = tl.load(dt_base + t[:, None] * s_dt_l, mask=mask_ld, other=0.0).to(tl.float32)
-        dt, raw = _delta(raw, bias, mask_ld, HAS_BIAS, SOFTPLUS)
-        dtu = dt * u
-        dout = tl.load(do_base + t[:, None] * s_do_l, mask=mask_ld, other=0.0).to(tl.float32) * out_scale
-        if HAS_Z:
-            zv = tl.load(z_base + t[:, None] * s_z_l, mask=mask_ld, other=0.0).to(tl.float32)
-            sig = tl.sigmoid(zv)
-            dy = dout * zv * sig
-        else:
-            dy = dout
-        if HAS_D:
-            du = dy * Dv[None, :]
-            y = u * Dv[None, :]  # this direction's y before the gate, for dz
-        else:
-            du = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-            y = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-        ddt = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-        carry_next = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-        for n in tl.static_range(N_STATE):
-            A = tl.load(A_base + n * s_A_n, mask=mask_d, other=0.0).to(tl.float32)
-            B_n = tl.load(B_base + n * s_B_n + t * s_B_l, mask=mask_l, other=0.0).to(tl.float32)
-            C_n = tl.load(C_base + n * s_C_n + t * s_C_l, mask=mask_l, other=0.0).to(tl.float32)
-            # Recompute the chunk's states from its saved starting state (zero before the first chunk).
-            h0 = tl.load(chunk_base + ((c - 1) * N_STATE + n) * dim, mask=mask_d & (c > 0), other=0.0)
-            decay = tl.exp2(dt * (A * _LOG2E)[None, :])
-            x = dtu * B_n[:, None]
-            prod, acc = tl.associative_scan((decay, x), 0, _affine_combine)
-            hs = acc + prod * h0[None, :]
-            if HAS_Z:
-                y += hs * C_n[:, None]
-            # g_p = C_p dy_p + decay_{p+1} g_{p+1}, seeded by the carry from the next chunk.
-            alpha, beta, _ = tl.associative_scan((ones, dy * C_n[:, None], decay), 0, _grad_combine, reverse=True)
-            g = beta + alpha * _pick(carry, states, n)[None, :]
-            v_first = tl.sum(tl.where(rows[:, None] == 0, decay * g, 0.0), axis=0)
-            carry_next = tl.where(states[:, None] == n, v_first[None, :], carry_next)
+        # Walk 1: the state before every sub-chunk, into the scratch (the chunk-start state first).
+        h = _load_rows(chunk_row0 + (c - 1) * N_STATE * dim, dim, mask_d & (c > 0), states, N_STATE, BLOCK_N)
+        tl.store(scratch, h)
+        for s in range(0, BLOCK_L // SUB - 1):
+            for i in tl.static_range(SUB):
+                t, valid, mask, u, raw, dt, B_t = _load_step(
+                    c * BLOCK_L + s * SUB + i, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l, s_B_l, bias,
+                    mask_n, HAS_BIAS, SOFTPLUS, REVERSE,
+                )  # fmt: skip
+                h = _exp2_ftz(dt[None, :] * A2) * h + (dt * u)[None, :] * B_t[:, None]
+            tl.store(scratch + (s + 1) * BLOCK_N * BLOCK_D, h)
+        # Walk 2, sub-chunk by sub-chunk from the last: recompute SUB states into registers, then step back.
+        for sj in range(0, BLOCK_L // SUB):
+            s = BLOCK_L // SUB - 1 - sj
+            p = c * BLOCK_L + s * SUB
+            h = tl.load(scratch + s * BLOCK_N * BLOCK_D)
+            if SUB == 4:
+                t0, ok0, m0, u0, r0, d0, B0 = _load_step(p, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l,
+                                                    s_B_l, bias, mask_n, HAS_BIAS, SOFTPLUS, REVERSE)  # fmt: skip
+                h0 = _exp2_ftz(d0[None, :] * A2) * h + (d0 * u0)[None, :] * B0[:, None]
+                t1, ok1, m1, u1, r1, d1, B1 = _load_step(p + 1, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l,
+                                                    s_B_l, bias, mask_n, HAS_BIAS, SOFTPLUS, REVERSE)  # fmt: skip
+                h1 = _exp2_ftz(d1[None, :] * A2) * h0 + (d1 * u1)[None, :] * B1[:, None]
+                t2, ok2, m2, u2, r2, d2, B2 = _load_step(p + 2, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l,
+                                                    s_B_l, bias, mask_n, HAS_BIAS, SOFTPLUS, REVERSE)  # fmt: skip
+                h2 = _exp2_ftz(d2[None, :] * A2) * h1 + (d2 * u2)[None, :] * B2[:, None]
+                t3, ok3, m3, u3, r3, d3, B3 = _load_step(p + 3, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l,
+                                                    s_B_l, bias, mask_n, HAS_BIAS, SOFTPLUS, REVERSE)  # fmt: skip
+                h3 = _exp2_ftz(d3[None, :] * A2) * h2 + (d3 * u3)[None, :] * B3[:, None]
+                v, dA, dD_acc, dbias_acc = _grad_step(
+                    h3, v, t3, ok3, m3, u3, r3, d3, A2, Dv, lane, dA, dD_acc, dbias_acc,
+                    B_base, s_B_l, C_base, z_base, do_base, du_base, ddt_base, dz_base, part_row, part_lane, part_mask,
+                    offs_n2, s_C_l, s_z_l, s_do_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
+                    HAS_D, HAS_Z, SOFTPLUS, DZ_ACCUMULATE, LANE_REDUCE, BLOCK_N,
+                )  # fmt: skip
+                v, dA, dD_acc, dbias_acc = _grad_step(
+                    h2, v, t2, ok2, m2, u2, r2, d2, A2, Dv, lane, dA, dD_acc, dbias_acc,
+                    B_base, s_B_l, C_base, z_base, do_base, du_base, ddt_base, dz_base, part_row, part_lane, part_mask,
+                    offs_n2, s_C_l, s_z_l, s_do_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
+                    HAS_D, HAS_Z, SOFTPLUS, DZ_ACCUMULATE, LANE_REDUCE, BLOCK_N,
+                )  # fmt: skip
+                v, dA, dD_acc, dbias_acc = _grad_step(
+                    h1, v, t1, ok1, m1, u1, r1, d1, A2, Dv, lane, dA, dD_acc, dbias_acc,
+                    B_base, s_B_l, C_base, z_base, do_base, du_base, ddt_base, dz_base, part_row, part_lane, part_mask,
+                    offs_n2, s_C_l, s_z_l, s_do_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
+                    HAS_D, HAS_Z, SOFTPLUS, DZ_ACCUMULATE, LANE_REDUCE, BLOCK_N,
+                )  # fmt: skip
+                v, dA, dD_acc, dbias_acc = _grad_step(
+                    h0, v, t0, ok0, m0, u0, r0, d0, A2, Dv, lane, dA, dD_acc, dbias_acc,
+                    B_base, s_B_l, C_base, z_base, do_base, du_base, ddt_base, dz_base, part_row, part_lane, part_mask,
+                    offs_n2, s_C_l, s_z_l, s_do_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
+                    HAS_D, HAS_Z, SOFTPLUS, DZ_ACCUMULATE, LANE_REDUCE, BLOCK_N,
+                )  # fmt: skip
+            else:  # SUB == 2
+                t0, ok0, m0, u0, r0, d0, B0 = _load_step(p, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l,
+                                                    s_B_l, bias, mask_n, HAS_BIAS, SOFTPLUS, REVERSE)  # fmt: skip
+                h0 = _exp2_ftz(d0[None, :] * A2) * h + (d0 * u0)[None, :] * B0[:, None]
+                t1, ok1, m1, u1, r1, d1, B1 = _load_step(p + 1, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l,
+                                                    s_B_l, bias, mask_n, HAS_BIAS, SOFTPLUS, REVERSE)  # fmt: skip
+                h1 = _exp2_ftz(d1[None, :] * A2) * h0 + (d1 * u1)[None, :] * B1[:, None]
+                v, dA, dD_acc, dbias_acc = _grad_step(
+                    h1, v, t1, ok1, m1, u1, r1, d1, A2, Dv, lane, dA, dD_acc, dbias_acc,
+                    B_base, s_B_l, C_base, z_base, do_base, du_base, ddt_base, dz_base, part_row, part_lane, part_mask,
+                    offs_n2, s_C_l, s_z_l, s_do_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
+                    HAS_D, HAS_Z, SOFTPLUS, DZ_ACCUMULATE, LANE_REDUCE, BLOCK_N,
+                )  # fmt: skip
+                v, dA, dD_acc, dbias_acc = _grad_step(
+                    h0, v, t0, ok0, m0, u0, r0, d0, A2, Dv, lane, dA, dD_acc, dbias_acc,
+                    B_base, s_B_l, C_base, z_base, do_base, du_base, ddt_base, dz_base, part_row, part_lane, part_mask,
+                    offs_n2, s_C_l, s_z_l, s_do_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
+                    HAS_D, HAS_Z, SOFTPLUS, DZ_ACCUMULATE, LANE_REDUCE, BLOCK_N,
+                )  # fmt: skip
 
-            q = g * (hs - x)  # gradient of the log-decay delta * A
-            dA_acc += tl.where(states[:, None] == n, tl.sum(q * dt, axis=0)[None, :], 0.0)
-            gB = g * B_n[:, None]
-            ddt += q * A[None, :] + gB * u
-            du += gB * dt
-            # Channel sums of this program for the shared B and C, at sequence positions t.
-            dB_n = tl.sum(g * dtu, axis=1)  # (BLOCK_L,)
-            dC_n = tl.sum(hs * dy, axis=1)
-            tl.store(dB_ptr + dBC_base + n * length + t, dB_n, mask=mask_l)
-            tl.store(dC_ptr + dBC_base + n * length + t, dC_n, mask=mask_l)
-        carry = carry_next
-
-        if HAS_Z:
-            dz = dout * y * sig * (1.0 + zv * (1.0 - sig))
-            if DZ_ACCUMULATE:  # the other direction's share, written by this program before the barrier
-                dz += tl.load(dz_base + t[:, None] * s_dz_l, mask=mask_ld, other=0.0).to(tl.float32)
-            tl.store(dz_base + t[:, None] * s_dz_l, dz.to(dz_ptr.dtype.element_ty), mask=mask_ld)
-        if HAS_D:
-            dD_acc += tl.sum(dy * u, axis=0)
-        if SOFTPLUS:
-            ddt = ddt * tl.sigmoid(raw)
-        if HAS_BIAS:
-            dbias_acc += tl.sum(tl.where(mask_ld, ddt, 0.0), axis=0)
-        tl.store(du_base + t[:, None] * s_du_l, du.to(du_ptr.dtype.element_ty), mask=mask_ld)
-        tl.store(ddt_base + t[:, None] * s_ddt_l, ddt.to(ddt_ptr.dtype.element_ty), mask=mask_ld)
-
-    tl.store(dA_ptr + nd_offs, dA_acc, mask=mask_nd)
-    tl.store(dD_ptr + b * dim + offs_d, dD_acc, mask=mask_d)
-    tl.store(dbias_ptr + b * dim + offs_d, dbias_acc, mask=mask_d)
+    # Offsets recomputed here (a runtime-1 factor keeps the compiler from reusing, and so holding through the
+    # loops, those of the prologue).
+    end_d = b * dim + first_channel + tl.arange(0, BLOCK_D) * scratch_stride
+    _store_rows(dA_ptr + end_d * N_STATE, 1, dA, mask_d, states, N_STATE)
+    tl.store(dD_ptr + end_d, dD_acc, mask=mask_d)
+    tl.store(dbias_ptr + end_d, dbias_acc, mask=mask_d)
 
 
-@triton.jit(do_not_specialize=_SIZES)
+@triton.jit(do_not_specialize=(*_SIZES, "n_dblocks", "scratch_stride"))
 def _scan_bwd_kernel(
     u0_ptr, dt0_ptr, A0_ptr, B0_ptr, C0_ptr, D0_ptr, bias0_ptr,
     u1_ptr, dt1_ptr, A1_ptr, B1_ptr, C1_ptr, D1_ptr, bias1_ptr,
     z_ptr, dout_ptr, dlast_ptr, chunk_ptr,
-    du0_ptr, ddt0_ptr, du1_ptr, ddt1_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
-    batch, length, dim_per_group, n_groups, n_chunks, out_scale,
+    du0_ptr, ddt0_ptr, du1_ptr, ddt1_ptr, dz_ptr, part_ptr, scratch_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    batch, length, dim_per_group, n_groups, n_chunks, n_dblocks, out_scale, scratch_stride,
     s0_u_b, s0_u_d, s0_u_l, s0_dt_b, s0_dt_d, s0_dt_l, s0_A_d, s0_A_n,
     s0_B_b, s0_B_g, s0_B_n, s0_B_l, s0_C_b, s0_C_g, s0_C_n, s0_C_l,
     s1_u_b, s1_u_d, s1_u_l, s1_dt_b, s1_dt_d, s1_dt_l, s1_A_d, s1_A_n,
@@ -195,8 +386,9 @@ def _scan_bwd_kernel(
     s1_du_b, s1_du_d, s1_du_l, s1_ddt_b, s1_ddt_d, s1_ddt_l,
     s_dz_b, s_dz_d, s_dz_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    REVERSE: tl.constexpr, BIDIRECTIONAL: tl.constexpr, HAS_DLAST: tl.constexpr,
+    REVERSE: tl.constexpr, BIDIRECTIONAL: tl.constexpr, HAS_DLAST: tl.constexpr, LANE_REDUCE: tl.constexpr,
     N_STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    LOG2_N: tl.constexpr, SUB: tl.constexpr,
 ):  # fmt: skip
     pid_bg = tl.program_id(0)
     b = (pid_bg // n_groups).to(tl.int64)
@@ -206,36 +398,53 @@ def _scan_bwd_kernel(
     mask_d = offs_j < dim_per_group
     offs_d = (grp * dim_per_group + offs_j).to(tl.int64)
     dim = n_groups * dim_per_group
+    first_channel = (grp * dim_per_group + pid_d * BLOCK_D).to(tl.int64)
+    program = pid_bg.to(tl.int64) * tl.num_programs(1) + pid_d
+    scratch = scratch_ptr + program * (BLOCK_L // SUB) * BLOCK_N * BLOCK_D
     _bwd_direction(
         u0_ptr, dt0_ptr, A0_ptr, B0_ptr, C0_ptr, D0_ptr, bias0_ptr, z_ptr, dout_ptr, dlast_ptr, chunk_ptr,
-        du0_ptr, ddt0_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
-        b, grp, offs_d, mask_d, pid_d, batch, length, dim, n_groups, n_chunks, out_scale,
+        du0_ptr, ddt0_ptr, dz_ptr, part_ptr, scratch, dA_ptr, dD_ptr, dbias_ptr,
+        b, grp, offs_j, offs_d, mask_d, first_channel, batch, length, dim, n_groups, n_chunks, n_dblocks, out_scale,
+        scratch_stride,
         s0_u_b, s0_u_d, s0_u_l, s0_dt_b, s0_dt_d, s0_dt_l, s0_A_d, s0_A_n,
         s0_B_b, s0_B_g, s0_B_n, s0_B_l, s0_C_b, s0_C_g, s0_C_n, s0_C_l,
         s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
         s0_du_b, s0_du_d, s0_du_l, s0_ddt_b, s0_ddt_d, s0_ddt_l, s_dz_b, s_dz_d, s_dz_l,
-        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, HAS_DLAST, False,
-        N_STATE, BLOCK_L, BLOCK_D, BLOCK_N,
+        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, HAS_DLAST, False, LANE_REDUCE,
+        N_STATE, BLOCK_L, BLOCK_D, BLOCK_N, LOG2_N, SUB,
     )  # fmt: skip
     if BIDIRECTIONAL:
         tl.debug_barrier()  # the second direction adds to dz written by other threads of this program
         n_saved = tl.maximum(n_chunks - 1, 1)
-        n_blocks = tl.num_programs(1)
+        # The channel offsets again, times a runtime 1: otherwise the compiler keeps the first direction's
+        # per-thread offsets and pointers alive through its loops for reuse here, and spills them.
+        offs_j = offs_j * scratch_stride
+        mask_d = offs_j < dim_per_group
+        offs_d = (grp * dim_per_group + offs_j).to(tl.int64)
         _bwd_direction(
             u1_ptr, dt1_ptr, A1_ptr, B1_ptr, C1_ptr, D1_ptr, bias1_ptr, z_ptr, dout_ptr,
             dlast_ptr + batch * dim * N_STATE, chunk_ptr + batch * n_saved * N_STATE * dim,
-            du1_ptr, ddt1_ptr, dz_ptr,
-            dB_ptr + n_blocks * batch * n_groups * N_STATE * length,
-            dC_ptr + n_blocks * batch * n_groups * N_STATE * length,
+            du1_ptr, ddt1_ptr, dz_ptr, part_ptr + n_dblocks * batch * n_groups * length * (2 * BLOCK_N), scratch,
             dA_ptr + batch * dim * N_STATE, dD_ptr + batch * dim, dbias_ptr + batch * dim,
-            b, grp, offs_d, mask_d, pid_d, batch, length, dim, n_groups, n_chunks, out_scale,
-            s1_u_b, s1_u_d, s1_u_l, s1_dt_b, s1_dt_d, s1_dt_l, s1_A_d, s1_A_n,
+            b, grp, offs_j, offs_d, mask_d, first_channel, batch, length, dim, n_groups, n_chunks, n_dblocks, out_scale,
+            scratch_stride, s1_u_b, s1_u_d, s1_u_l, s1_dt_b, s1_dt_d, s1_dt_l, s1_A_d, s1_A_n,
             s1_B_b, s1_B_g, s1_B_n, s1_B_l, s1_C_b, s1_C_g, s1_C_n, s1_C_l,
             s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
             s1_du_b, s1_du_d, s1_du_l, s1_ddt_b, s1_ddt_d, s1_ddt_l, s_dz_b, s_dz_d, s_dz_l,
-            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, HAS_DLAST, True,
-            N_STATE, BLOCK_L, BLOCK_D, BLOCK_N,
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, HAS_DLAST, True, LANE_REDUCE,
+            N_STATE, BLOCK_L, BLOCK_D, BLOCK_N, LOG2_N, SUB,
         )  # fmt: skip
+
+
+def loop_trips(kwargs: dict, length: int) -> tuple[int, ...]:
+    """Trip counts of the backward kernel's loops by nesting depth (the chunk loop, then the two walks inside it),
+    for the static cost report."""
+    return (triton.cdiv(length, kwargs["BLOCK_L"]), kwargs["BLOCK_L"] // kwargs["SUB"])
+
+
+def _lane_reduce(block_d: int, num_warps: int, block_n: int) -> bool:
+    """dB / dC by lane shuffles: one channel per lane (the tile is exactly the program's warps), 2N <= 32 values."""
+    return block_d == WARP * num_warps and block_n <= 16
 
 
 def _backward(
@@ -254,21 +463,23 @@ def _backward(
     dtypes, and dz as the last entry of the first direction's tuple."""
     shape = _check_pair(first, second, z) if second is not None else check_inputs(*first[:6], z, first[6])
     n_dirs = 2 if second is not None else 1
-    p0, s0, _ = _direction(first)
-    p1, s1, _ = _direction(second) if second is not None else (p0, s0, None)
+    p0, s0, _ = _direction(first, forward=True)
+    p1, s1, _ = _direction(second, forward=True) if second is not None else (p0, s0, None)
     u = first[0]
     n_chunks = _n_chunks(shape, config)
     if chunks.shape != (n_dirs, shape.batch, max(n_chunks - 1, 1), shape.d_state, shape.dim):
         raise ValueError(f"scan backward: chunk states of shape {tuple(chunks.shape)} do not match block_l")
     grid = _grid(shape, config.block_d)
-    n_blocks = grid[1]
+    block_n = triton.next_power_of_2(shape.d_state)
+    lane_reduce = _lane_reduce(config.block_d, config.num_warps_bwd, block_n)
+    n_dblocks = triton.cdiv(shape.dim_per_group, WARP) if lane_reduce else grid[1]
     du = [_like(d[0]) for d in (first, second) if d is not None]
     ddelta = [_like(d[1]) for d in (first, second) if d is not None]
     dz = _like(z) if z is not None else None
-    # Deterministic reductions: per-channel-block partials of dB / dC, per-batch partials of dA / dD / dbias.
-    dB_part = new_output((n_dirs, n_blocks, shape.batch, shape.groups, shape.d_state, shape.length), torch.float32,
-                         u.device)  # fmt: skip
-    dC_part = new_output(dB_part.shape, torch.float32, u.device)
+    # Deterministic reductions: per-warp (or per-program) partials of dB / dC, per-batch partials of dA / dD / dbias.
+    part = new_output((n_dirs, n_dblocks, shape.batch, shape.groups, shape.length, 2 * block_n), torch.float32,
+                      u.device)  # fmt: skip
+    scratch = torch.empty(grid[0] * grid[1] * config.block_l * block_n * config.block_d // SUB, device=u.device)
     dA_part = new_output((n_dirs, shape.batch, shape.dim, shape.d_state), torch.float32, u.device)
     dD_part = new_output((n_dirs, shape.batch, shape.dim), torch.float32, u.device)
     dbias_part = new_output((n_dirs, shape.batch, shape.dim), torch.float32, u.device)
@@ -286,8 +497,8 @@ def _backward(
         du1,
         ddt1,
         dz if dz is not None else du[0],
-        dB_part,
-        dC_part,
+        part,
+        scratch,
         dA_part,
         dD_part,
         dbias_part,
@@ -296,7 +507,9 @@ def _backward(
         shape.dim_per_group,
         shape.groups,
         n_chunks,
+        n_dblocks,
         float(out_scale),
+        1,  # scratch_stride
         *s0,
         *s1,
         *(z.stride() if z is not None else (0, 0, 0)),
@@ -313,25 +526,30 @@ def _backward(
         REVERSE=reverse,
         BIDIRECTIONAL=second is not None,
         HAS_DLAST=dlast is not None,
+        LANE_REDUCE=lane_reduce,
         N_STATE=shape.d_state,
         BLOCK_L=config.block_l,
         BLOCK_D=config.block_d,
-        BLOCK_N=triton.next_power_of_2(shape.d_state),
+        BLOCK_N=block_n,
+        LOG2_N=block_n.bit_length() - 1,
+        SUB=SUB,
         num_warps=config.num_warps_bwd,
     )
     results = []
+    n = shape.d_state
     for i, inputs in enumerate(d for d in (first, second) if d is not None):
         _, _, A, B, C, D, bias = inputs
         # Fixed-order sums over the channel blocks and the batch (torch reductions do not use atomics).
-        dB = dB_part[i].sum(0) if n_blocks > 1 else dB_part[i, 0]
-        dC = dC_part[i].sum(0) if n_blocks > 1 else dC_part[i, 0]
+        sums = part[i].sum(0) if n_dblocks > 1 else part[i, 0]  # (batch, G, L, 2 * BLOCK_N)
+        dB = sums[..., :n].transpose(2, 3)
+        dC = sums[..., block_n : block_n + n].transpose(2, 3)
         results.append(
             (
                 du[i],
                 ddelta[i],
                 dA_part[i].sum(0).to(A.dtype),
-                dB.view(B.shape).to(B.dtype),
-                dC.view(C.shape).to(C.dtype),
+                dB.reshape(B.shape).to(B.dtype),
+                dC.reshape(C.shape).to(C.dtype),
                 dD_part[i].sum(0).to(D.dtype) if D is not None else None,
                 dbias_part[i].sum(0).to(bias.dtype) if bias is not None else None,
             )

@@ -33,6 +33,7 @@ from ._triton_common import (
     _grid,
     _like,
     _n_chunks,
+    _sigmoid,
     _softplus,
 )
 
@@ -108,7 +109,7 @@ def _fwd_direction(
                     y = y * out_scale
                     if GATE:
                         zv = tl.load(z_base + t * s_z_l, mask=mask, other=0.0).to(tl.float32)
-                        y = y * zv * tl.sigmoid(zv)
+                        y = y * zv * _sigmoid(zv)
                 tl.store(o_base + t * s_o_l, y.to(out_ptr.dtype.element_ty), mask=mask)
         if SAVE_CHUNKS:
             tl.store(chunk_base + c * N_STATE * dim, h, mask=mask_nd & (c < n_saved))
