@@ -105,6 +105,24 @@ def _softplus(x):
     return tl.where(x > 20.0, x, log1p_e)
 
 
+@triton.jit
+def _load_rows(row0, row_stride, mask_d, states, N_STATE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(BLOCK_N, BLOCK_D) tile whose row n is loaded from row0 + n * row_stride (row0: (BLOCK_D,) pointers), one row
+    at a time: the row offsets stay scalars (uniform registers) instead of a tile of per-thread pointers."""
+    tile = tl.zeros((BLOCK_N, row0.shape[0]), dtype=tl.float32)
+    for n in tl.static_range(N_STATE):
+        row = tl.load(row0 + n * row_stride, mask=mask_d, other=0.0).to(tl.float32)
+        tile = tl.where(states[:, None] == n, row[None, :], tile)
+    return tile
+
+
+@triton.jit
+def _store_rows(row0, row_stride, tile, mask_d, states, N_STATE: tl.constexpr):
+    """Store row n of a (BLOCK_N, BLOCK_D) tile at row0 + n * row_stride (see _load_rows)."""
+    for n in tl.static_range(N_STATE):
+        tl.store(row0 + n * row_stride, tl.sum(tl.where(states[:, None] == n, tile, 0.0), axis=0), mask=mask_d)
+
+
 Inputs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]  # u, delta, A, B, C, D, bias
 
 

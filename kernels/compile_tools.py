@@ -103,6 +103,7 @@ class Compiled:
     shared_bytes: int = -1
     sass: dict = field(default_factory=dict)  # instruction counts (see sass_counts)
     triton_version: str = ""
+    lane_layout_ok: bool | None = None  # see lane_shuffle_layouts_ok
 
     @property
     def role(self) -> str:
@@ -224,6 +225,43 @@ def sass_counts(sass: str, trips: tuple[int, ...] = ()) -> dict:
     }
 
 
+_SHFL_OPERAND = re.compile(r'tt\.elementwise_inline_asm "shfl\.sync[^"]*".*?: tensor<([0-9x]+)x\w+, (#[\w.]+)>')
+_LAYOUT_DEF = re.compile(r"^(#[\w.]+) = #ttg\.(blocked|linear)<\{(.*)\}>", re.M)
+
+
+def _lanes_are_consecutive(kind: str, body: str, rank: int) -> bool:
+    """Whether a TTGIR layout puts lane l of each warp on index l (mod 32) of the last axis, nothing else."""
+    if kind == "linear":
+        lane = re.search(r"lane = \[(.*?)\]\]", body)
+        if lane is None:
+            return False
+        bases = [[int(v) for v in re.findall(r"-?\d+", b)] for b in lane.group(1).split("],")]
+        return bases == [[0] * (rank - 1) + [1 << i] for i in range(5)]
+    fields = {k: [int(v) for v in re.findall(r"\d+", val)] for k, val in re.findall(r"(\w+) = \[([^\]]*)\]", body)}
+    return (
+        fields.get("threadsPerWarp") == [1] * (rank - 1) + [32]
+        and fields.get("sizePerThread", [0])[-1] == 1
+        and fields.get("order", [None])[0] == rank - 1
+    )
+
+
+def lane_shuffle_layouts_ok(ttgir: str) -> bool | None:
+    """For a kernel with inline-asm lane shuffles (the backward's dB / dC reduction), whether every shuffled tensor
+    has lanes on consecutive channels, as the shuffle masks assume; None when the kernel has none. The layout is
+    Triton's choice, invisible to the interpreter: this is where a change of it would show."""
+    layouts = {name: (kind, body) for name, kind, body in _LAYOUT_DEF.findall(ttgir)}
+    operands = _SHFL_OPERAND.findall(ttgir)
+    if not operands:
+        return None
+    for shape, layout in operands:
+        if layout not in layouts:
+            return False
+        kind, body = layouts[layout]
+        if not _lanes_are_consecutive(kind, body, len(shape.split("x"))):
+            return False
+    return True
+
+
 def compile_launch(
     launch: Launch, arch: int, spec_name: str, with_sass: bool = False, trips: tuple[int, ...] = ()
 ) -> Compiled:
@@ -247,6 +285,7 @@ def compile_launch(
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
         result.registers, result.stack_bytes = cubin_usage(compiled.asm["cubin"])
         result.shared_bytes = int(compiled.metadata.shared)
+        result.lane_layout_ok = lane_shuffle_layouts_ok(compiled.asm["ttgir"])
         if with_sass:
             result.sass = sass_counts(disassemble(compiled.asm["cubin"]), trips)
         result.ok = True

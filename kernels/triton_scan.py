@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_CONFIG",
     "INTERPRETED",
     "KERNEL_MODULES",
+    "LOOP_TRIPS",
     "ScanConfig",
     "scan_backward",
     "scan_backward_bidirectional",
@@ -38,6 +39,9 @@ __all__ = [
 # The modules whose ``*_kernel`` JIT functions the launchers call, in import order (the compile gate replaces them
 # there by name; a test re-imports them in this order to switch between interpreter and compiler).
 KERNEL_MODULES = (_triton_common, triton_scan_fwd, triton_scan_bwd)
+# Loop trip counts of each kernel by nesting depth, (launch kwargs, sequence length) -> trips: the static cost
+# report (scripts/bench_scan.py --static) weights the compiled loops with them.
+LOOP_TRIPS = {"_scan_fwd_kernel": triton_scan_fwd.loop_trips, "_scan_bwd_kernel": triton_scan_bwd.loop_trips}
 # True when TRITON_INTERPRET=1 was set as the kernels were imported: they then run on the CPU interpreter.
 INTERPRETED = isinstance(triton_scan_fwd._scan_fwd_kernel, InterpretedFunction)
 

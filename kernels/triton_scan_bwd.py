@@ -12,10 +12,10 @@ dLoss/dh_t and the carry v_t = a_{t+1} g_{t+1} (the last state's gradient at the
     dB_t = sum_d g_t delta_t u_t,  dC_t = sum_d h_t dy_t        (over channels: the only cross-lane step)
 
 The reverse walk needs h_t, which the forward never stored. Per chunk, a first walk recomputes the states from the
-saved chunk-start state and keeps the state every SUB (4) positions in a small per-program scratch buffer (L1/L2
+saved chunk-start state and keeps the state every SUB (2) positions in a small per-program scratch buffer (L1/L2
 resident, each thread reading back only what it wrote); then, sub-chunk by sub-chunk from the last, the SUB states are
 recomputed into registers and walked in reverse. Each decay is evaluated three times (two recomputes, the reverse
-step) and nothing else is evaluated twice.
+step): recomputing is cheaper than holding more states (SUB = 4 needs more than the 255 registers and spills).
 
 dB and dC: the 2N per-channel values of a position are summed over the 32 channels of a warp by recursive halving
 (each of 5 butterfly steps sends half of the remaining values to the partner lane and adds the other half: 31 lane
@@ -50,9 +50,11 @@ from ._triton_common import (
     _exp2_ftz,
     _grid,
     _like,
+    _load_rows,
     _n_chunks,
     _sigmoid,
     _softplus,
+    _store_rows,
 )
 
 SUB = 2  # positions whose states a thread holds in registers during the reverse walk (2 or 4)
@@ -126,24 +128,6 @@ def _warp_sums(dB, dC, lane):
     s = _halve(s, lane, 2)
     s = _halve(s, lane, 1)
     return tl.reshape(s, (s.shape[1],))
-
-
-@triton.jit
-def _load_rows(row0, row_stride, mask_d, states, N_STATE: tl.constexpr, BLOCK_N: tl.constexpr):
-    """(BLOCK_N, BLOCK_D) tile whose row n is loaded from row0 + n * row_stride (row0: (BLOCK_D,) pointers), one row
-    at a time: the row offsets stay scalars (uniform registers) instead of a tile of per-thread pointers."""
-    tile = tl.zeros((BLOCK_N, row0.shape[0]), dtype=tl.float32)
-    for n in tl.static_range(N_STATE):
-        row = tl.load(row0 + n * row_stride, mask=mask_d, other=0.0).to(tl.float32)
-        tile = tl.where(states[:, None] == n, row[None, :], tile)
-    return tile
-
-
-@triton.jit
-def _store_rows(row0, row_stride, tile, mask_d, states, N_STATE: tl.constexpr):
-    """Store row n of a (BLOCK_N, BLOCK_D) tile at row0 + n * row_stride (see _load_rows)."""
-    for n in tl.static_range(N_STATE):
-        tl.store(row0 + n * row_stride, tl.sum(tl.where(states[:, None] == n, tile, 0.0), axis=0), mask=mask_d)
 
 
 @triton.jit

@@ -35,6 +35,7 @@ from ._triton_common import (
     _n_chunks,
     _sigmoid,
     _softplus,
+    _store_rows,
 )
 
 
@@ -114,15 +115,17 @@ def _fwd_direction(
         if SAVE_CHUNKS:
             tl.store(chunk_base + c * N_STATE * dim, h, mask=mask_nd & (c < n_saved))
 
-    tl.store(last_ptr + (b * dim + offs_d[None, :]) * N_STATE + states[:, None], h, mask=mask_nd)
+    # Row by row: a (batch, dim, N) tile store would make the compiler convert h through shared memory and keep
+    # the tile's addresses from the prologue.
+    _store_rows(last_ptr + (b * dim + offs_d) * N_STATE, 1, h, mask_d, states, N_STATE)
 
 
-@triton.jit(do_not_specialize=_SIZES)
+@triton.jit(do_not_specialize=(*_SIZES, "unit"))
 def _scan_fwd_kernel(
     u0_ptr, dt0_ptr, A0_ptr, B0_ptr, C0_ptr, D0_ptr, bias0_ptr,
     u1_ptr, dt1_ptr, A1_ptr, B1_ptr, C1_ptr, D1_ptr, bias1_ptr,
     z_ptr, out_ptr, last_ptr, chunk_ptr,
-    batch, length, dim_per_group, n_groups, n_chunks, out_scale,
+    batch, length, dim_per_group, n_groups, n_chunks, out_scale, unit,
     s0_u_b, s0_u_d, s0_u_l, s0_dt_b, s0_dt_d, s0_dt_l, s0_A_d, s0_A_n,
     s0_B_b, s0_B_g, s0_B_n, s0_B_l, s0_C_b, s0_C_g, s0_C_n, s0_C_l,
     s1_u_b, s1_u_d, s1_u_l, s1_dt_b, s1_dt_d, s1_dt_l, s1_A_d, s1_A_n,
@@ -153,6 +156,11 @@ def _scan_fwd_kernel(
         # The second direction reads y of the first at positions that other threads of this program wrote.
         tl.debug_barrier()
         n_saved = tl.maximum(n_chunks - 1, 1)
+        # The channel offsets again, times a runtime 1 (``unit``): otherwise the compiler keeps the first direction's
+        # per-thread offsets and pointers alive through its loops for reuse here, and spills them.
+        offs_j = (tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)) * unit
+        mask_d = offs_j < dim_per_group
+        offs_d = (grp * dim_per_group + offs_j).to(tl.int64)
         _fwd_direction(
             u1_ptr, dt1_ptr, A1_ptr, B1_ptr, C1_ptr, D1_ptr, bias1_ptr, z_ptr, out_ptr,
             last_ptr + batch * dim * N_STATE, chunk_ptr + batch * n_saved * N_STATE * dim,
@@ -163,6 +171,12 @@ def _scan_fwd_kernel(
             HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, SAVE_CHUNKS, True, True,
             N_STATE, BLOCK_L, BLOCK_D, BLOCK_N, UNROLL,
         )  # fmt: skip
+
+
+def loop_trips(kwargs: dict, length: int) -> tuple[int, ...]:
+    """Trip counts of the forward kernel's loops by nesting depth (the chunk loop, then the loop of UNROLL-position
+    steps inside it), for the static cost report."""
+    return (triton.cdiv(length, kwargs["BLOCK_L"]), kwargs["BLOCK_L"] // kwargs["UNROLL"])
 
 
 def _forward(
@@ -204,6 +218,7 @@ def _forward(
         shape.groups,
         n_chunks,
         float(out_scale),
+        1,  # unit
         *s0,
         *s1,
         *(z.stride() if z is not None else (0, 0, 0)),
