@@ -214,7 +214,7 @@ def _grad_step(
 def _bwd_direction(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, dout_ptr, dlast_ptr, chunk_ptr,
     du_ptr, ddt_ptr, dz_ptr, part_ptr, scratch_ptr, dA_ptr, dD_ptr, dbias_ptr,
-    b, grp, offs_j, offs_d, mask_d, first_channel, batch, length, dim, n_groups, n_chunks, n_dblocks, out_scale,
+    b, grp, offs_j, offs_d, mask_d, batch, length, dim, n_groups, n_chunks, n_dblocks, out_scale,
     scratch_stride, s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
@@ -348,10 +348,15 @@ def _bwd_direction(
 
     # Offsets recomputed here (a runtime-1 factor keeps the compiler from reusing, and so holding through the
     # loops, those of the prologue).
-    end_d = b * dim + first_channel + tl.arange(0, BLOCK_D) * scratch_stride
-    _store_rows(dA_ptr + end_d * N_STATE, 1, dA, mask_d, states, N_STATE)
-    tl.store(dD_ptr + end_d, dD_acc, mask=mask_d)
-    tl.store(dbias_ptr + end_d, dbias_acc, mask=mask_d)
+    pid_end = tl.program_id(0) * scratch_stride
+    grp_end = pid_end % n_groups
+    dim_per_group = dim // n_groups
+    offs_end = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D) * scratch_stride
+    end_d = (pid_end // n_groups).to(tl.int64) * dim + grp_end * dim_per_group + offs_end
+    end_mask = offs_end < dim_per_group
+    _store_rows(dA_ptr + end_d * N_STATE, 1, dA, end_mask, states, N_STATE)
+    tl.store(dD_ptr + end_d, dD_acc, mask=end_mask)
+    tl.store(dbias_ptr + end_d, dbias_acc, mask=end_mask)
 
 
 @triton.jit(do_not_specialize=(*_SIZES, "n_dblocks", "scratch_stride"))
@@ -382,13 +387,12 @@ def _scan_bwd_kernel(
     mask_d = offs_j < dim_per_group
     offs_d = (grp * dim_per_group + offs_j).to(tl.int64)
     dim = n_groups * dim_per_group
-    first_channel = (grp * dim_per_group + pid_d * BLOCK_D).to(tl.int64)
     program = pid_bg.to(tl.int64) * tl.num_programs(1) + pid_d
     scratch = scratch_ptr + program * (BLOCK_L // SUB) * BLOCK_N * BLOCK_D
     _bwd_direction(
         u0_ptr, dt0_ptr, A0_ptr, B0_ptr, C0_ptr, D0_ptr, bias0_ptr, z_ptr, dout_ptr, dlast_ptr, chunk_ptr,
         du0_ptr, ddt0_ptr, dz_ptr, part_ptr, scratch, dA_ptr, dD_ptr, dbias_ptr,
-        b, grp, offs_j, offs_d, mask_d, first_channel, batch, length, dim, n_groups, n_chunks, n_dblocks, out_scale,
+        b, grp, offs_j, offs_d, mask_d, batch, length, dim, n_groups, n_chunks, n_dblocks, out_scale,
         scratch_stride,
         s0_u_b, s0_u_d, s0_u_l, s0_dt_b, s0_dt_d, s0_dt_l, s0_A_d, s0_A_n,
         s0_B_b, s0_B_g, s0_B_n, s0_B_l, s0_C_b, s0_C_g, s0_C_n, s0_C_l,
@@ -402,6 +406,10 @@ def _scan_bwd_kernel(
         n_saved = tl.maximum(n_chunks - 1, 1)
         # The channel offsets again, times a runtime 1: otherwise the compiler keeps the first direction's
         # per-thread offsets and pointers alive through its loops for reuse here, and spills them.
+        scratch_stride = scratch_stride * scratch_stride  # another runtime 1 (nothing of the first epilogue reused)
+        pid_bg = pid_bg * scratch_stride
+        b = (pid_bg // n_groups).to(tl.int64)
+        grp = pid_bg % n_groups
         offs_j = offs_j * scratch_stride
         mask_d = offs_j < dim_per_group
         offs_d = (grp * dim_per_group + offs_j).to(tl.int64)
@@ -410,7 +418,7 @@ def _scan_bwd_kernel(
             dlast_ptr + batch * dim * N_STATE, chunk_ptr + batch * n_saved * N_STATE * dim,
             du1_ptr, ddt1_ptr, dz_ptr, part_ptr + n_dblocks * batch * n_groups * length * (2 * BLOCK_N), scratch,
             dA_ptr + batch * dim * N_STATE, dD_ptr + batch * dim, dbias_ptr + batch * dim,
-            b, grp, offs_j, offs_d, mask_d, first_channel, batch, length, dim, n_groups, n_chunks, n_dblocks, out_scale,
+            b, grp, offs_j, offs_d, mask_d, batch, length, dim, n_groups, n_chunks, n_dblocks, out_scale,
             scratch_stride, s1_u_b, s1_u_d, s1_u_l, s1_dt_b, s1_dt_d, s1_dt_l, s1_A_d, s1_A_n,
             s1_B_b, s1_B_g, s1_B_n, s1_B_l, s1_C_b, s1_C_g, s1_C_n, s1_C_l,
             s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
@@ -518,6 +526,7 @@ def _backward(
         LOG2_N=block_n.bit_length() - 1,
         SUB=SUB,
         num_warps=config.num_warps_bwd,
+        maxnreg=255,  # an explicit bound keeps ptxas from spilling for occupancy (see triton_scan_fwd)
     )
     results = []
     n = shape.d_state

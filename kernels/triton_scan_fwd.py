@@ -42,7 +42,7 @@ from ._triton_common import (
 @triton.jit
 def _fwd_direction(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, out_ptr, last_ptr, chunk_ptr,
-    b, grp, offs_d, mask_d, length, dim, n_chunks, out_scale,
+    b, grp, offs_d, mask_d, dim_per_group, unit, length, dim, n_chunks, out_scale,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l,
@@ -115,9 +115,14 @@ def _fwd_direction(
         if SAVE_CHUNKS:
             tl.store(chunk_base + c * N_STATE * dim, h, mask=mask_nd & (c < n_saved))
 
-    # Row by row: a (batch, dim, N) tile store would make the compiler convert h through shared memory and keep
-    # the tile's addresses from the prologue.
-    _store_rows(last_ptr + (b * dim + offs_d) * N_STATE, 1, h, mask_d, states, N_STATE)
+    # Row by row: a (batch, dim, N) tile store would make the compiler convert h through shared memory. The channel
+    # offsets are recomputed with a runtime 1 (``unit``) so that the prologue's are not held (spilled) through the loop.
+    unit = unit * unit  # not the prologue's runtime 1: nothing of the prologue is reused (and held) here
+    pid_end = tl.program_id(0) * unit
+    grp_end = pid_end % (dim // dim_per_group)
+    offs_end = (tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)) * unit
+    end_d = (pid_end // (dim // dim_per_group)).to(tl.int64) * dim + grp_end * dim_per_group + offs_end
+    _store_rows(last_ptr + end_d * N_STATE, 1, h, offs_end < dim_per_group, states, N_STATE)
 
 
 @triton.jit(do_not_specialize=(*_SIZES, "unit"))
@@ -145,7 +150,7 @@ def _scan_fwd_kernel(
     dim = n_groups * dim_per_group
     _fwd_direction(
         u0_ptr, dt0_ptr, A0_ptr, B0_ptr, C0_ptr, D0_ptr, bias0_ptr, z_ptr, out_ptr, last_ptr, chunk_ptr,
-        b, grp, offs_d, mask_d, length, dim, n_chunks, out_scale,
+        b, grp, offs_d, mask_d, dim_per_group, unit, length, dim, n_chunks, out_scale,
         s0_u_b, s0_u_d, s0_u_l, s0_dt_b, s0_dt_d, s0_dt_l, s0_A_d, s0_A_n,
         s0_B_b, s0_B_g, s0_B_n, s0_B_l, s0_C_b, s0_C_g, s0_C_n, s0_C_l,
         s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l,
@@ -158,19 +163,26 @@ def _scan_fwd_kernel(
         n_saved = tl.maximum(n_chunks - 1, 1)
         # The channel offsets again, times a runtime 1 (``unit``): otherwise the compiler keeps the first direction's
         # per-thread offsets and pointers alive through its loops for reuse here, and spills them.
+        unit = unit * unit  # another runtime 1, so that nothing of the first direction's epilogue is reused either
+        pid_bg = tl.program_id(0) * unit
+        b = (pid_bg // n_groups).to(tl.int64)
+        grp = pid_bg % n_groups
         offs_j = (tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)) * unit
         mask_d = offs_j < dim_per_group
         offs_d = (grp * dim_per_group + offs_j).to(tl.int64)
         _fwd_direction(
             u1_ptr, dt1_ptr, A1_ptr, B1_ptr, C1_ptr, D1_ptr, bias1_ptr, z_ptr, out_ptr,
             last_ptr + batch * dim * N_STATE, chunk_ptr + batch * n_saved * N_STATE * dim,
-            b, grp, offs_d, mask_d, length, dim, n_chunks, out_scale,
+            b, grp, offs_d, mask_d, dim_per_group, unit, length, dim, n_chunks, out_scale,
             s1_u_b, s1_u_d, s1_u_l, s1_dt_b, s1_dt_d, s1_dt_l, s1_A_d, s1_A_n,
             s1_B_b, s1_B_g, s1_B_n, s1_B_l, s1_C_b, s1_C_g, s1_C_n, s1_C_l,
             s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l,
             HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, SAVE_CHUNKS, True, True,
             N_STATE, BLOCK_L, BLOCK_D, BLOCK_N, UNROLL,
         )  # fmt: skip
+
+
+FWD_MAX_REGISTERS = 168  # three programs of 4 warps per SM (the compile gate's forward budget)
 
 
 def loop_trips(kwargs: dict, length: int) -> tuple[int, ...]:
@@ -236,6 +248,9 @@ def _forward(
         UNROLL=min(8, config.block_l),
         BLOCK_N=triton.next_power_of_2(shape.d_state),
         num_warps=config.num_warps,
+        # An upper bound on registers makes ptxas allocate up to it instead of spilling the few values live across
+        # the loops to reach a higher occupancy (without it: 80 registers and 8-48 B of stack on some calls).
+        maxnreg=FWD_MAX_REGISTERS,
     )
     return out, last, chunks
 
