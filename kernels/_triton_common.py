@@ -118,9 +118,13 @@ def _load_rows(row0, row_stride, mask_d, states, N_STATE: tl.constexpr, BLOCK_N:
 
 @triton.jit
 def _store_rows(row0, row_stride, tile, mask_d, states, N_STATE: tl.constexpr):
-    """Store row n of a (BLOCK_N, BLOCK_D) tile at row0 + n * row_stride (see _load_rows)."""
+    """Store row n of a (BLOCK_N, BLOCK_D) fp32 tile at row0 + n * row_stride (see _load_rows). The row is picked
+    as an integer sum of the bits with the other rows zeroed: for integers x + 0 folds to x, so the pick costs
+    nothing (a float sum would keep one addition of 0.0 per other row)."""
+    bits = tile.to(tl.int32, bitcast=True)
     for n in tl.static_range(N_STATE):
-        tl.store(row0 + n * row_stride, tl.sum(tl.where(states[:, None] == n, tile, 0.0), axis=0), mask=mask_d)
+        row = tl.sum(tl.where(states[:, None] == n, bits, 0), axis=0).to(tl.float32, bitcast=True)
+        tl.store(row0 + n * row_stride, row, mask=mask_d)
 
 
 Inputs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]  # u, delta, A, B, C, D, bias

@@ -225,18 +225,22 @@ def sass_counts(sass: str, trips: tuple[int, ...] = ()) -> dict:
     }
 
 
-_SHFL_OPERAND = re.compile(r'tt\.elementwise_inline_asm "shfl\.sync[^"]*".*?: tensor<([0-9x]+)x\w+, (#[\w.]+)>')
+_SHFL_OPERAND = re.compile(r'tt\.elementwise_inline_asm "[^"]*shfl\.sync[^"]*".*?: tensor<([0-9x]+)x\w+, (#[\w.]+)>')
 _LAYOUT_DEF = re.compile(r"^(#[\w.]+) = #ttg\.(blocked|linear)<\{(.*)\}>", re.M)
 
 
 def _lanes_are_consecutive(kind: str, body: str, rank: int) -> bool:
-    """Whether a TTGIR layout puts lane l of each warp on index l (mod 32) of the last axis, nothing else."""
+    """Whether a TTGIR layout puts lane l of each warp on index l (mod 32) of the last axis, nothing else, and a
+    thread's registers on the first axis in order (what a packed asm over a thread's states assumes)."""
     if kind == "linear":
-        lane = re.search(r"lane = \[(.*?)\]\]", body)
-        if lane is None:
-            return False
-        bases = [[int(v) for v in re.findall(r"-?\d+", b)] for b in lane.group(1).split("],")]
-        return bases == [[0] * (rank - 1) + [1 << i] for i in range(5)]
+
+        def bases(name: str) -> list[list[int]]:
+            found = re.search(name + r" = \[(.*?)\]\]", body)
+            return [[int(v) for v in re.findall(r"-?\d+", b)] for b in found.group(1).split("],")] if found else []
+
+        registers = bases("register")
+        rows_in_order = registers == [[1 << i] + [0] * (rank - 1) for i in range(len(registers))]
+        return rows_in_order and bases("lane") == [[0] * (rank - 1) + [1 << i] for i in range(5)]
     fields = {k: [int(v) for v in re.findall(r"\d+", val)] for k, val in re.findall(r"(\w+) = \[([^\]]*)\]", body)}
     return (
         fields.get("threadsPerWarp") == [1] * (rank - 1) + [32]

@@ -61,55 +61,77 @@ SUB = 2  # positions whose states a thread holds in registers during the reverse
 WARP = 32
 
 
-@triton.jit
-def _asm_shfl_xor(x, MASK: tl.constexpr):
-    # Lane l receives x of lane l ^ MASK (all 32 lanes take part: the kernel never branches around this).
-    if MASK == 16:
-        y = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 16, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
-                                      is_pure=True, pack=1)  # fmt: skip
-    elif MASK == 8:
-        y = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 8, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
-                                      is_pure=True, pack=1)  # fmt: skip
-    elif MASK == 4:
-        y = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 4, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
-                                      is_pure=True, pack=1)  # fmt: skip
-    elif MASK == 2:
-        y = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 2, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
-                                      is_pure=True, pack=1)  # fmt: skip
-    else:
-        y = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 1, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
-                                      is_pure=True, pack=1)  # fmt: skip
-    return y
+def _warp_sums_ptx(n: int) -> str:
+    """PTX summing dB and dC (n values each per lane, n <= 16) over the 32 lanes of a warp by recursive halving.
 
+    Operands: $0..$(n-1) outputs (each the lane's result), $n..$(2n-1) the lane's dB values, $2n..$(3n-1) its dC
+    values. Step 16 pairs dB[i] with dC[i]; each later step (mask m) pairs value i with i + half while more than
+    one value is left, then adds the partner's plainly. Lanes with bit m set keep the upper half and send the
+    lower. Lane l ends with (l & 16 ? dC : dB)[(l & 15) >> (4 - log2 n)] summed over the warp."""
+    lines = ["{", ".reg .pred p;", ".reg .b32 lane, bit, k, s, r;", f".reg .b32 x<{n}>;", "mov.u32 lane, %laneid;"]
 
-@triton.jit
-def _exp2_again(x):
-    # _exp2_ftz under another asm text, so that the compiler does not merge it with the recompute walk's decays:
-    # evaluating a decay again (FMUL + MUFU) is cheaper than holding SUB x N of them in registers.
-    if _INTERPRETING:
-        return tl.exp2(x)
-    else:
-        return tl.inline_asm_elementwise(
-            "ex2.approx.ftz.f32 $0, $1; // again", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
+    def step(mask: int, keep_hi: str, keep_lo: str, dst: str) -> None:
+        lines.extend(
+            [
+                f"selp.b32 k, {keep_hi}, {keep_lo}, p;",
+                f"selp.b32 s, {keep_lo}, {keep_hi}, p;",
+                f"shfl.sync.bfly.b32 r, s, {mask}, 0x1f, -1;",
+                f"add.f32 {dst}, k, r;",
+            ]
         )
+
+    lines += ["and.b32 bit, lane, 16;", "setp.ne.b32 p, bit, 0;"]
+    for i in range(n):
+        step(16, f"${2 * n + i}", f"${n + i}", f"x{i}")
+    left = n
+    for mask in (8, 4, 2, 1):
+        lines += [f"and.b32 bit, lane, {mask};", "setp.ne.b32 p, bit, 0;"]
+        if left > 1:
+            half = left // 2
+            for i in range(half):
+                step(mask, f"x{i + half}", f"x{i}", f"x{i}")
+            left = half
+        else:
+            lines += [f"shfl.sync.bfly.b32 r, x0, {mask}, 0x1f, -1;", "add.f32 x0, x0, r;"]
+    lines += [f"mov.b32 ${i}, x0;" for i in range(n)]
+    return "\n".join(lines + ["}"])
+
+
+_WARP_SUMS_PTX = {n: tl.constexpr(_warp_sums_ptx(n)) for n in (1, 2, 4, 8, 16)}
+_PTX_1, _PTX_2, _PTX_4, _PTX_8, _PTX_16 = (_WARP_SUMS_PTX[n] for n in (1, 2, 4, 8, 16))
+_CONSTRAINTS = {n: tl.constexpr(",".join(["=r"] * n + ["r"] * (2 * n))) for n in (1, 2, 4, 8, 16)}
+_CON_1, _CON_2, _CON_4, _CON_8, _CON_16 = (_CONSTRAINTS[n] for n in (1, 2, 4, 8, 16))
+
+
+@triton.jit
+def _warp_sums_asm(dB, dC, BLOCK_N: tl.constexpr):
+    # One asm instance per thread takes all BLOCK_N values of its channel (pack = BLOCK_N: the thread's registers of
+    # a (BLOCK_N, BLOCK_D) tile, rows in order; the compile gate checks that layout).
+    if BLOCK_N == 16:
+        out = tl.inline_asm_elementwise(_PTX_16, _CON_16, [dB, dC], dtype=tl.float32, is_pure=True, pack=16)
+    elif BLOCK_N == 8:
+        out = tl.inline_asm_elementwise(_PTX_8, _CON_8, [dB, dC], dtype=tl.float32, is_pure=True, pack=8)
+    elif BLOCK_N == 4:
+        out = tl.inline_asm_elementwise(_PTX_4, _CON_4, [dB, dC], dtype=tl.float32, is_pure=True, pack=4)
+    elif BLOCK_N == 2:
+        out = tl.inline_asm_elementwise(_PTX_2, _CON_2, [dB, dC], dtype=tl.float32, is_pure=True, pack=2)
+    else:
+        out = tl.inline_asm_elementwise(_PTX_1, _CON_1, [dB, dC], dtype=tl.float32, is_pure=True, pack=1)
+    return out
 
 
 @triton.jit
 def _shfl_xor(x, lane, MASK: tl.constexpr):
-    """x (V, BLOCK_D) with channel d on lane d % 32: the values of channel d ^ MASK (the interpreter permutes)."""
-    if _INTERPRETING:
-        return tl.gather(x, tl.broadcast_to((lane ^ MASK)[None, :], x.shape), axis=1)
-    else:
-        return _asm_shfl_xor(x, MASK)
+    """The interpreter's lane exchange: x (V, BLOCK_D), channel d on lane d % 32, gets channel d ^ MASK's values."""
+    return tl.gather(x, tl.broadcast_to((lane ^ MASK)[None, :], x.shape), axis=1)
 
 
 @triton.jit
 def _halve(x, lane, MASK: tl.constexpr):
-    """One recursive-halving step over (V, BLOCK_D): lanes with bit MASK keep the upper V/2 rows, the others the
-    lower, and each adds the half its partner lane ^ MASK sends. Returns (V/2, BLOCK_D)."""
+    """Interpreter model of one recursive-halving step over (V, BLOCK_D) (see _warp_sums_ptx): (V/2, BLOCK_D)."""
     V: tl.constexpr = x.shape[0]
     D: tl.constexpr = x.shape[1]
-    if V == 1:  # every value is already assigned: plain butterfly
+    if V == 1:
         return x + _shfl_xor(x, lane, MASK)
     else:
         lo, hi = tl.split(tl.permute(tl.reshape(x, (2, V // 2, D)), (1, 2, 0)))
@@ -118,16 +140,19 @@ def _halve(x, lane, MASK: tl.constexpr):
 
 
 @triton.jit
-def _warp_sums(dB, dC, lane):
-    """Sums over the 32 channels of each warp of dB, dC (BLOCK_N, BLOCK_D): lane l ends with value
-    (l >> 4 ? dC : dB)[(l & 15) >> (4 - log2 BLOCK_N)]; a (BLOCK_D,) vector."""
-    upper = ((lane & 16) != 0)[None, :]
-    s = tl.where(upper, dC, dB) + _shfl_xor(tl.where(upper, dB, dC), lane, 16)
-    s = _halve(s, lane, 8)
-    s = _halve(s, lane, 4)
-    s = _halve(s, lane, 2)
-    s = _halve(s, lane, 1)
-    return tl.reshape(s, (s.shape[1],))
+def _warp_sums(dB, dC, lane, BLOCK_N: tl.constexpr):
+    """Sums over the 32 channels of each warp of dB, dC (BLOCK_N, BLOCK_D): a (BLOCK_N, BLOCK_D) tile whose row 0
+    holds, on lane l, (l & 16 ? dC : dB)[(l & 15) >> (4 - log2 BLOCK_N)] (compiled: every row holds it)."""
+    if _INTERPRETING:
+        upper = ((lane & 16) != 0)[None, :]
+        s = tl.where(upper, dC, dB) + _shfl_xor(tl.where(upper, dB, dC), lane, 16)
+        s = _halve(s, lane, 8)
+        s = _halve(s, lane, 4)
+        s = _halve(s, lane, 2)
+        s = _halve(s, lane, 1)
+        return tl.broadcast_to(s, dB.shape)
+    else:
+        return _warp_sums_asm(dB, dC, BLOCK_N)
 
 
 @triton.jit
@@ -185,12 +210,15 @@ def _grad_step(
     dB_c = g * dtu[None, :]
     dC_c = h * dy[None, :]
     if LANE_REDUCE:
-        sums = _warp_sums(dB_c, dC_c, lane)
-        tl.store(part_row + t * (2 * BLOCK_N) + part_lane, sums, mask=part_mask & valid)
+        sums = _warp_sums(dB_c, dC_c, lane, BLOCK_N)
+        # Row 0 as a vector: an integer pick of the bits (free, see _store_rows); a tile store would make Triton 3.6
+        # convert the tile's layout through shared memory.
+        first = tl.sum(tl.where((offs_n2 == 0)[:, None], sums.to(tl.int32, bitcast=True), 0), axis=0)
+        tl.store(part_row + t * (2 * BLOCK_N) + part_lane, first.to(tl.float32, bitcast=True), mask=part_mask & valid)
     else:  # narrower than a warp: sums over the program's channels
         tl.store(part_row + t * (2 * BLOCK_N) + offs_n2, tl.sum(dB_c, axis=1), mask=valid)
         tl.store(part_row + t * (2 * BLOCK_N) + BLOCK_N + offs_n2, tl.sum(dC_c, axis=1), mask=valid)
-    v = _exp2_again(dt[None, :] * A2) * g
+    v = _exp2_ftz(dt[None, :] * A2) * g
     if HAS_D:
         du += dy * Dv
         dD_acc += dy * u
@@ -247,7 +275,7 @@ def _bwd_direction(
     # This program's scratch: the state before each sub-chunk of the current chunk, (BLOCK_L // SUB, N, BLOCK_D).
     # The channel stride is a runtime 1: a stride known to be 1 would make Triton pick a vectorised layout for these
     # accesses and convert every state tile to it and back (through shared memory) at each use.
-    scratch = scratch_ptr + states[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :] * scratch_stride
+    scratch = scratch_ptr + tl.arange(0, BLOCK_D) * scratch_stride  # (BLOCK_D,): row n of slot s at + (s*N + n)*D
     # dB / dC partials (n_dblocks, batch, G, L, 2 * BLOCK_N): a row of 2 * BLOCK_N values per position, per warp
     # (32 channels) or, for tiles narrower than a warp, per program.
     lane = offs_j % 32
@@ -275,7 +303,7 @@ def _bwd_direction(
         c = n_chunks - 1 - ci
         # Walk 1: the state before every sub-chunk, into the scratch (the chunk-start state first).
         h = _load_rows(chunk_row0 + (c - 1) * N_STATE * dim, dim, mask_d & (c > 0), states, N_STATE, BLOCK_N)
-        tl.store(scratch, h)
+        _store_rows(scratch, BLOCK_D, h, mask_d, states, N_STATE)
         for s in range(0, BLOCK_L // SUB - 1):
             for i in tl.static_range(SUB):
                 t, valid, mask, u, raw, dt, B_t = _load_step(
@@ -283,12 +311,12 @@ def _bwd_direction(
                     mask_n, HAS_BIAS, SOFTPLUS, REVERSE,
                 )  # fmt: skip
                 h = _exp2_ftz(dt[None, :] * A2) * h + (dt * u)[None, :] * B_t[:, None]
-            tl.store(scratch + (s + 1) * BLOCK_N * BLOCK_D, h)
+            _store_rows(scratch + (s + 1) * BLOCK_N * BLOCK_D, BLOCK_D, h, mask_d, states, N_STATE)
         # Walk 2, sub-chunk by sub-chunk from the last: recompute SUB states into registers, then step back.
         for sj in range(0, BLOCK_L // SUB):
             s = BLOCK_L // SUB - 1 - sj
             p = c * BLOCK_L + s * SUB
-            h = tl.load(scratch + s * BLOCK_N * BLOCK_D)
+            h = _load_rows(scratch + s * BLOCK_N * BLOCK_D, BLOCK_D, mask_d, states, N_STATE, BLOCK_N)
             if SUB == 4:
                 t0, ok0, m0, u0, r0, d0, B0 = _load_step(p, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l,
                                                     s_B_l, bias, mask_n, HAS_BIAS, SOFTPLUS, REVERSE)  # fmt: skip
