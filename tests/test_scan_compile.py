@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from cavmae.kernels.compile_gate import STACK_ALLOWANCE_BYTES
+from cavmae.kernels.compile_gate import stack_allowance
 
 REPO = Path(__file__).resolve().parents[1]
 TRITON36_DIR = Path(os.environ.get("CAVMAE_TRITON36_DIR", Path.home() / ".cache" / "cavmae" / "triton-3.6"))
@@ -95,8 +95,8 @@ def check_coverage(results: list[dict]) -> None:
         "False",
     ) in flags
     for r in results:
-        # a stack frame means spills: none allowed (compile_gate.STACK_ALLOWANCE_BYTES is 0)
-        assert r["ok"] and 0 <= r["stack_bytes"] <= STACK_ALLOWANCE_BYTES, r
+        # a stack frame means spills: none allowed, but for the fused bidirectional backward (see compile_gate)
+        assert r["ok"] and 0 <= r["stack_bytes"] <= stack_allowance(r["kernel"], r["constexprs"]), r
         assert 0 < r["registers"] <= 255
         # lane shuffles only where lanes are consecutive channels (what the shuffle masks assume)
         shuffles = r["kernel"] == "_scan_bwd_kernel" and r["constexprs"].get("LANE_REDUCE") is True
