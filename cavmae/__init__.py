@@ -13,10 +13,10 @@ Public API::
 The package is layered; each folder imports only from the ones above it in this list::
 
     cavmae.kernels   the selective scan (reference, PyTorch path, Triton kernels); knows nothing of cavmae
-    cavmae.config    the one config tree
+    cavmae.config    the one config tree (tree: the dataclasses; loading: YAML, overrides, checks)
     cavmae.models    blocks + registry, vit, mamba, embed, masking, losses, encoder, CAVMAE, classifier, weights
-    cavmae.data      fbank, media, sources, labels, prepare, engines, shards, verify, samples, loader, sampler,
-                     clips (synthetic videos), random_batches
+    cavmae.data      fbank, media, sources, labels, encode, prepare, engines, shards, verify, samples, loader,
+                     sampler, clips (synthetic videos), random_batches
     cavmae.eval      metrics, evaluate, classify, retrieval, embed, index, search, gallery, probe, inputs
                      (models + data)
     cavmae.train     loop, batches, setup, tasks, finetune, optim, state, logs  (models + data + eval)

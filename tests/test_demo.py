@@ -13,9 +13,9 @@ from PIL import Image
 
 from cavmae.cli import main
 from cavmae.data.clips import colour_name, make_classes
-from cavmae.demo.figures import block_similarity
+from cavmae.demo.figures import block_similarity, class_pair_similarity, confusable_class_pairs
 from cavmae.demo.pipeline import FULL, MARKER, DemoData, DemoError, demo_config, mean_sd, prepare_out_dir, run_demo
-from cavmae.demo.report import pm
+from cavmae.demo.report import pm, similarity_caption
 from cavmae.train.figures import _reconstruct
 
 FIGURES = (
@@ -148,3 +148,20 @@ def test_seed_statistics_and_similarity_blocks():
     sim = torch.tensor([[0.9, 0.5, 0.1], [0.5, 0.7, 0.2], [0.1, 0.2, 0.8]])
     own, same, other = block_similarity(sim, labels)
     assert (round(own, 3), round(same, 3), round(other, 3)) == (0.8, 0.5, 0.15)
+
+
+def test_confusable_class_pairs_name_bright_off_diagonal_blocks():
+    # classes 0 and 1 look alike (0.6 across), class 2 stands apart; own pairs (diagonal) are ignored
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    sim = torch.full((6, 6), 0.1)
+    sim[:4, :4] = 0.6
+    sim[4:, 4:] = 0.7
+    sim.fill_diagonal_(0.95)
+    blocks = class_pair_similarity(sim, labels)
+    assert torch.allclose(blocks, torch.tensor([[0.6, 0.6, 0.1], [0.6, 0.6, 0.1], [0.1, 0.1, 0.7]]))
+    pairs = confusable_class_pairs(sim, labels, ["red", "orange", "blue"], top=2)
+    assert pairs["same_class_block"] == round((0.6 + 0.6 + 0.7) / 3, 3)
+    assert pairs["off_diagonal_blocks"] == 6 and pairs["off_diagonal_at_least_same_class"] == 0
+    assert [p[:2] for p in pairs["brightest_off_diagonal"]] == [["red", "orange"], ["orange", "red"]]
+    caption = similarity_caption({"pretrained": [0.95, 0.63, 0.2], "random_init": [0.1, 0.1, 0.1]}, pairs)
+    assert "red / orange 0.60" in caption and "0 of the 6 pairs" in caption

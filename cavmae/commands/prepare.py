@@ -28,8 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument(
         "--label-csv",
         help="label index CSV (index,mid,display_name). Default: the bundled AudioSet index (527 classes) for an "
-        "AudioSet segments CSV, the bundled VGGSound list (309 classes) for a VGGSound CSV, else built from the "
-        "labels; 'build' builds one from the labels in any case",
+        "AudioSet segments CSV, the bundled VGGSound list (309 classes) for a VGGSound CSV, the one whose mids a "
+        "datafile's labels are (AudioSet ids, or CAV-MAE's vgg_<k>), else built from the labels; 'build' builds "
+        "one from the labels in any case",
     )
     src.add_argument("--layout", choices=["auto", "audioset", "vggsound"], default="auto", help="CSV layout")
     src.add_argument("--split", help="VGGSound: keep only rows of this split (train / test)")
@@ -69,13 +70,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def default_label_csv(args: argparse.Namespace) -> str | None:
-    """--label-csv as given; unset with an AudioSet / VGGSound CSV: the bundled index; 'build' (or unset): None."""
-    from cavmae.data.labels import bundled_label_csv, detect_csv_layout
+    """--label-csv as given; unset with an AudioSet / VGGSound CSV, or a datafile whose labels are all mids of a
+    bundled index (CAV-MAE's: AudioSet ids, vgg_<k>): the bundled index; 'build' (or unset otherwise): None."""
+    from cavmae.data.labels import bundled_dataset_of_mids, bundled_label_csv, detect_csv_layout, read_datafile
 
     if args.label_csv == "build":
         return None
-    if args.label_csv or not args.csv or args.datafile:
+    if args.label_csv:
         return args.label_csv
+    if args.datafile:
+        # an index built from mids would sort them ("vgg_10" before "vgg_2"), which is no public head's order
+        entries, _ = read_datafile(args.datafile)
+        dataset = bundled_dataset_of_mids([m for e in entries for m in e.labels])
+        if dataset is None:
+            return None
+        path = str(bundled_label_csv(dataset))
+        log.info("label index: %s (the datafile's labels are %s mids; --label-csv to use another)", path, dataset)
+        return path
+    if not args.csv:
+        return None
     layout = args.layout
     if layout == "auto":
         if not os.path.isfile(args.csv):
@@ -104,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
         )
         if label_csv != args.label_csv and plan.failed and not plan.inputs:
             raise ValueError(
-                f"none of the rows of {args.csv} could be used with the bundled label index {label_csv} "
-                f"(first problem: {plan.failed[0]['reason']}); pass --label-csv FILE, or --label-csv build"
+                f"none of the rows of {args.csv or args.datafile} could be used with the bundled label index "
+                f"{label_csv} (first problem: {plan.failed[0]['reason']}); pass --label-csv FILE, or --label-csv build"
             )
         options = PrepareOptions(
             frame_size=args.frame_size,

@@ -7,7 +7,9 @@ Formats read here:
 - AudioSet segments CSV: three header lines starting with ``#``, then ``YTID, start_seconds, end_seconds,
   "mid1,mid2"`` (spaces after the commas, labels quoted).
 - VGGSound CSV: no header, ``ytid,start_seconds,label,split`` with the label as a display name (quoted when it holds a
-  comma). VGGSound has no machine ids, so a label index built from it uses the display name as the mid too.
+  comma). VGGSound has no machine ids of its own: the bundled index names class k ``vgg_<k>`` (the mids of CAV-MAE's
+  VGGSound datafiles) and a row's display name is looked up by name; an index built from the CSV instead uses the
+  display name as the mid too.
 - CAV-MAE datafile JSON: ``{"data": [{"video_id", "wav", "video_path", "labels"}]}`` with labels a comma-separated
   mid string and frames at ``<video_path>/frame_<i>/<video_id>.jpg``.
 """
@@ -24,7 +26,7 @@ from pathlib import Path
 # cavmae/data/label_files -> ../../data and installed as package data; sources and licences in data/README.md).
 BUNDLED_LABEL_CSVS = {
     "audioset": "class_labels_indices_as.csv",  # AudioSet: 527 classes, index,mid,display_name
-    "vggsound": "class_labels_indices_vgg.csv",  # VGGSound: 309 classes, sorted display names (doubling as mids)
+    "vggsound": "class_labels_indices_vgg.csv",  # VGGSound: 309 classes, CAV-MAE's order, mids vgg_0..vgg_308
 }
 BUNDLED_NUM_CLASSES = {"audioset": 527, "vggsound": 309}
 
@@ -44,24 +46,52 @@ def bundled_label_csv_for(num_classes: int) -> Path | None:
     return None
 
 
+def bundled_dataset_of_mids(mids: list[str]) -> str | None:
+    """The dataset whose bundled index has every one of `mids` as a mid, else None (also for no mids).
+
+    CAV-MAE's datafiles name classes by mid: AudioSet's ids (``/m/09x0r``) or ``vgg_<k>`` for VGGSound.
+    """
+    wanted = {m.strip() for m in mids if m.strip()}
+    if not wanted:
+        return None
+    for dataset in BUNDLED_LABEL_CSVS:
+        if wanted <= set(LabelIndex.from_csv(bundled_label_csv(dataset)).mids):
+            return dataset
+    return None
+
+
 class MetadataError(ValueError):
     """A metadata file that does not have the expected layout (names the file, line and what was expected)."""
 
 
 @dataclass
 class LabelIndex:
-    """Class k has machine id ``mids[k]`` and display name ``names[k]``."""
+    """Class k has machine id ``mids[k]`` and display name ``names[k]``.
+
+    A label is looked up by mid, or by display name where exactly one class has that name and no class has it as
+    its mid (so VGGSound's "playing hammond organ" and CAV-MAE's ``vgg_47`` both give 47 with the bundled index).
+    A display name shared by several classes is ambiguous: it maps to nothing, and `problem` says why.
+    """
 
     mids: list[str]
     names: list[str]
     _lookup: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _ambiguous: dict[str, list[int]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.mids) != len(self.names):
             raise ValueError("LabelIndex: mids and names must have the same length")
-        # mids first so that a display name equal to another class's mid cannot shadow it
+        by_name: dict[str, list[int]] = {}
         for i, name in enumerate(self.names):
-            self._lookup.setdefault(name, i)
+            by_name.setdefault(name, []).append(i)
+        mids = set(self.mids)
+        for name, classes in by_name.items():
+            if name in mids:  # a display name equal to a mid never shadows that mid's class
+                continue
+            if len(classes) == 1:
+                self._lookup[name] = classes[0]
+            else:
+                self._ambiguous[name] = classes
         for i, mid in enumerate(self.mids):
             self._lookup[mid] = i
 
@@ -69,14 +99,29 @@ class LabelIndex:
         return len(self.mids)
 
     def index(self, label: str) -> int:
-        """Index of a label given as mid or display name; KeyError if unknown."""
-        return self._lookup[label.strip()]
+        """Index of a label given as mid or (unambiguous) display name; KeyError naming the problem if none."""
+        i = self.get(label)
+        if i is None:
+            raise KeyError(self.problem([label]))
+        return i
 
     def get(self, label: str) -> int | None:
         return self._lookup.get(label.strip())
 
+    def problem(self, labels: list[str]) -> str:
+        """Why `labels` do not all map: the unknown ones and the ambiguous display names ('' if they all map)."""
+        labels = [label.strip() for label in labels]
+        ambiguous = {label: self._ambiguous[label] for label in labels if label in self._ambiguous}
+        unknown = [label for label in labels if label not in self._lookup and label not in ambiguous]
+        parts = []
+        if unknown:
+            parts.append(f"unknown label(s) {unknown} (not in the label index)")
+        for label, classes in ambiguous.items():
+            parts.append(f"ambiguous label {label!r} (display name of classes {classes}; give the class's mid)")
+        return "; ".join(parts)
+
     def lookup(self) -> dict[str, int]:
-        """Mid or display name -> index (a copy)."""
+        """Mid or unambiguous display name -> index (a copy)."""
         return dict(self._lookup)
 
     @classmethod

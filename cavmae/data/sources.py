@@ -176,10 +176,9 @@ def plan_segments(
         path, is_clip = found
         used.add(path)
         found_idx = [index.get(label) for label in row.labels]
-        unknown = [label for label, i in zip(row.labels, found_idx) if i is None]
         indices = [int(i) for i in found_idx if i is not None]
-        if unknown:
-            failed.append({"input": _rel(path, root), "reason": f"unknown label(s) {unknown} (not in the label index)"})
+        if None in found_idx:
+            failed.append({"input": _rel(path, root), "reason": index.problem(row.labels)})
             continue
         length = (row.end - row.start) if row.end is not None else clip_seconds
         clip_start = 0.0 if is_clip else row.start
@@ -230,8 +229,7 @@ def plan_datafile(datafile: str | Path, label_csv: str | Path | None = None) -> 
         vpath = Path(e.video_path) if Path(e.video_path).is_absolute() else base / e.video_path
         indices = [index.get(m) for m in e.labels]
         if None in indices:
-            unknown = [m for m, i in zip(e.labels, indices) if i is None]
-            failed.append({"input": e.where, "reason": f"unknown label(s) {unknown} (not in the label index)"})
+            failed.append({"input": e.where, "reason": index.problem(e.labels)})
             continue
         try:
             key = make_key(e.video_id)

@@ -187,6 +187,44 @@ def block_similarity(sim: torch.Tensor, labels: torch.Tensor) -> tuple[float, fl
     )
 
 
+def class_pair_similarity(sim: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cosine of each (audio class, video class) block of an audio x video matrix: (C, C), C = max label + 1.
+
+    The diagonal excludes each clip's own pair (as ``block_similarity``'s "same class"); a block with no clips is NaN.
+    """
+    num_classes = int(labels.max()) + 1
+    onehot = torch.nn.functional.one_hot(labels, num_classes).to(sim.dtype)  # (n, C)
+    not_own = 1.0 - torch.eye(len(labels), dtype=sim.dtype)
+    sums = onehot.T @ (sim * not_own) @ onehot  # (C, C)
+    counts = onehot.T @ not_own @ onehot
+    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, math.nan))
+
+
+def confusable_class_pairs(
+    sim: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], top: int = 3
+) -> dict[str, Any]:
+    """Off-diagonal class blocks as bright as the same-class blocks: what a reader sees in the matrix.
+
+    Returns the mean same-class block, how many of the C * (C - 1) off-diagonal blocks reach it, and the ``top``
+    brightest off-diagonal blocks as ``[audio class, video class, mean cosine]``.
+    """
+    blocks = class_pair_similarity(sim, labels)
+    diagonal = blocks.diagonal()
+    same_class = float(diagonal[~diagonal.isnan()].mean())
+    off = ~torch.eye(len(blocks), dtype=torch.bool) & ~blocks.isnan()
+    values = blocks[off]
+    pairs = off.nonzero().tolist()
+    order = values.argsort(descending=True)[:top].tolist()
+    return {
+        "same_class_block": round(same_class, 3),
+        "off_diagonal_blocks": int(off.sum()),
+        "off_diagonal_at_least_same_class": int((values >= same_class).sum()),
+        "brightest_off_diagonal": [
+            [class_names[pairs[i][0]], class_names[pairs[i][1]], round(float(values[i]), 3)] for i in order
+        ],
+    }
+
+
 def plot_similarity(
     retrieval: dict[str, RetrievalResult], labels: torch.Tensor, class_names: Sequence[str], path: Path
 ) -> Path:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from cavmae.demo.figures import (
     block_similarity,
+    confusable_class_pairs,
     plot_examples,
     plot_finetune_curves,
     plot_per_class,
@@ -43,8 +44,10 @@ def _r(metrics: dict, name: str, direction: str) -> str:
     return " / ".join(pm(m[k], sd[k], n) for k in ("R@1", "R@5", "R@10"))
 
 
-def similarity_caption(blocks: dict[str, list[float]]) -> str:
-    """What the matrices show, from their numbers: own clip vs same class vs other classes."""
+def similarity_caption(blocks: dict[str, list[float]], pairs: dict[str, Any] | None = None) -> str:
+    """What the matrices show, from their numbers: own clip vs same class vs other classes, and (``pairs``, from
+    :func:`cavmae.demo.figures.confusable_class_pairs` on the pre-trained matrix) the class pairs as bright as a
+    class with itself, which a reader sees as off-diagonal blocks."""
     (po, ps, pr), (ro, rs, rr) = blocks["pretrained"], blocks["random_init"]
     text = (
         "Mean cosine similarity of a clip's audio with its own video / with other clips of its class / with clips "
@@ -61,6 +64,14 @@ def similarity_caption(blocks: dict[str, list[float]]) -> str:
         text += "Same-class blocks stand out clearly from the rest."
     else:
         text += "The matrices show no clear class structure."
+    if pairs and pairs["brightest_off_diagonal"]:
+        named = ", ".join(f"{a} / {v} {x:.2f}" for a, v, x in pairs["brightest_off_diagonal"])
+        text += (
+            f" Not every bright block is on the diagonal: {pairs['off_diagonal_at_least_same_class']} of the "
+            f"{pairs['off_diagonal_blocks']} pairs of different classes are, on average, at least as similar as a "
+            f"class with itself ({pairs['same_class_block']:.2f}); the brightest (audio class / video class, mean "
+            f"cosine): {named}. A query from one class of such a pair ranks clips of the other high."
+        )
     return text
 
 
@@ -207,7 +218,7 @@ def markdown(metrics: dict[str, Any], figures: dict[str, Path], out: Path) -> st
         f"![recall]({rel['recalls']})",
         "",
         "The similarity matrices of the first seed, clips sorted by class. "
-        + similarity_caption(metrics["similarity_blocks"]),
+        + similarity_caption(metrics["similarity_blocks"], metrics.get("similar_class_pairs")),
         "",
         f"![similarity matrices]({rel['similarity']})",
         "",
@@ -265,6 +276,7 @@ def write_report(
         name: [round(x, 3) for x in block_similarity(r.similarity, held.labels)] for name, r in first.retrieval.items()
     }
     sim = first.retrieval["pretrained"].similarity
+    metrics["similar_class_pairs"] = confusable_class_pairs(sim, held.labels, names)
     jobs = {
         "examples": lambda p: plot_examples(held, names, p),
         "pretrain_losses": lambda p: plot_pretrain_losses(

@@ -1,0 +1,228 @@
+"""The config tree: dataclasses whose defaults are the reference model and recipe (loading: ``loading``).
+
+Defaults follow the CAV-MAE paper (arXiv 2210.07839) and its public code: CAV-MAE base (ViT-B, 11 + 11 + 1
+blocks, decoder 8 x 512), masking 75 %, k_rec = 1, k_c = 0.01, temperature 0.05, Adam (0.95, 0.999), wd 5e-7,
+batch 48, lr 5e-5. The resolved config is written beside every run (``config.yaml``) and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+@dataclass
+class MambaConfig:
+    """Bidirectional Mamba block settings (Vision Mamba style); used when a stack's backbone is ``mamba``."""
+
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int = 0  # 0 -> ceil(dim / 16)
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    # How the forward and backward scans are combined: "add" (Vision Mamba), "mean", or "concat" (both gated
+    # outputs side by side into an out projection twice as wide: each direction keeps its own output weights).
+    bidirectional_combine: Literal["add", "mean", "concat"] = "add"
+    scan_impl: Literal["auto", "triton", "torch", "reference"] = "auto"
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and pre-training objective. Defaults: CAV-MAE base."""
+
+    backbone: str = "vit"  # block registry key for the audio, video and shared encoder stacks
+    decoder_backbone: str = "vit"  # block registry key for the decoder blocks
+    embed_dim: int = 768
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    modality_depth: int = 11  # blocks in each of the audio-only and video-only stacks
+    shared_depth: int = 1  # blocks in the shared stack (run three times per step)
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+    patch_size: int = 16
+    audio_length: int = 1024  # fbank frames (10 s at 10 ms shift); must be a multiple of patch_size
+    num_mel_bins: int = 128
+    image_size: int = 224
+    drop_path: float = 0.0
+    norm_eps: float = 1e-5
+    attention: Literal["sdpa", "math"] = "sdpa"  # math = explicit softmax(QK^T)V, for benchmarks and checks
+    # Order of the audio tokens through the encoder stacks: "freq_major" is the patch order f*(T/p) + t (a scan runs
+    # along time within a band, then jumps to the next band); "time_major" scans all bands of one time step, then
+    # the next. Only a scan backbone sees the difference (attention and the MLP do not care about order); the
+    # parameters, the masks and the decoder's order are the same either way.
+    audio_token_order: Literal["freq_major", "time_major"] = "freq_major"
+    # pre-training objective
+    mask_ratio_a: float = 0.75
+    mask_ratio_v: float = 0.75
+    mask_mode: Literal["unstructured", "time", "freq", "tf"] = "unstructured"
+    norm_pix_loss: bool = True
+    rec_weight: float = 1.0
+    contrast_weight: float = 0.01
+    temperature: float = 0.05
+    symmetric_contrast: bool = False
+    # fine-tuning
+    num_classes: int = 527
+    mamba: MambaConfig = field(default_factory=MambaConfig)
+
+    @property
+    def audio_grid(self) -> tuple[int, int]:
+        """(frequency, time) patch grid of the audio image, e.g. (8, 64)."""
+        return self.num_mel_bins // self.patch_size, self.audio_length // self.patch_size
+
+    @property
+    def video_grid(self) -> tuple[int, int]:
+        return self.image_size // self.patch_size, self.image_size // self.patch_size
+
+
+@dataclass
+class DataConfig:
+    """Where samples come from and how they become tensors (cavmae.data.loader.build_loader; data/README.md)."""
+
+    train_shards: list[str] = field(default_factory=list)  # brace patterns / paths; several sources allowed
+    val_shards: list[str] = field(default_factory=list)
+    # Learnable synthetic clips instead of shards (cavmae/data/random_batches.py): tests, demos, benchmarks.
+    synthetic: bool = False
+    synthetic_size: int = 64  # training clips
+    synthetic_val_size: int = 64  # validation clips (a disjoint draw)
+    synthetic_classes: int = 8  # classes with their own audio modulation and blob colour (<= model.num_classes)
+    synthetic_noise: float = 0.3  # std of the Gaussian noise added to every value (the blob and band peak at 2)
+    batch_size: int = 48  # per process
+    num_workers: int = 4  # DataLoader worker processes per rank (each reads its own shards)
+    shuffle_buffer: int = 1000  # samples per worker held for shuffling (training only; ~350 KB each: 10 s WAV + 1 JPEG)
+    resampled: bool = False  # resampled shards (multi-node) instead of split_by_node / split_by_worker
+    samples_per_epoch: int = 0  # needed when resampled; 0 = one pass over the shards (counted from the manifests)
+    # the training frame: "random" (the paper) or "middle"; "all" is refused (training uses one frame per clip; the
+    # ten-frame ensemble is an evaluation: eval.ten_frame). Per-epoch validation uses the middle frame.
+    frame_mode: Literal["random", "middle", "all"] = "random"
+    # augmentation (pre-training)
+    noise: bool = False  # uniform noise (scale U(0, 0.1)) on the normalised fbank
+    # circular time shift of the fbank by U[-T, T) frames; the public scripts' noise=True means noise AND this roll
+    time_roll: bool = False
+    # augmentation (fine-tuning)
+    freqm: int = 0  # SpecAugment frequency mask width (48 in the recipes)
+    timem: int = 0  # SpecAugment time mask width (192 in the recipes)
+    mixup: float = 0.0  # probability that a training sample is mixed with another of its batch (0.5 in the recipes)
+    mixup_alpha: float = 10.0  # lambda ~ Beta(alpha, alpha)
+    label_smoothing: float = 0.0  # labels * (1 - ls) + ls / num_classes (0.1 in the recipes)
+    # class-balanced sampling (AudioSet-2M / VGGSound fine-tuning): sample weight = sum over its labels of
+    # 1 / label count (from the shard manifests), mean 1. "resample": each sample is repeated floor(w) or
+    # floor(w) + 1 times in the stream (expected frequencies of CAV-MAE's weighted sampler); "weights": the stream is
+    # left alone and batches carry "weights" [B]: fine-tuning weights each clip's loss by it (pre-training refuses it).
+    class_balanced: bool = False
+    balance_mode: Literal["resample", "weights"] = "resample"
+    label_csv: str = ""  # label index CSV (index,mid,display_name) mapping sample labels by mid; empty = the shards'
+    fbank_mean: float = -5.081  # fbank normalisation (AudioSet statistics, also used for VGGSound)
+    fbank_std: float = 4.4849
+    drop_last: bool = True  # training drops each worker's last partial batch; evaluation always keeps it
+    # held-out clips for the pre-training probes (train.probe_every); empty with data.synthetic = the synthetic
+    # validation split
+    probe_shards: list[str] = field(default_factory=list)
+    # audio decoded from raw .mp4 members (--store mp4): the first channel (CAV-MAE's preprocessing) or (L+R)/2
+    audio_channel: Literal["first", "mean"] = "first"
+    verify: bool = False  # check every shard's sha256 against its manifest before training (cavmae verify-shards)
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adam", "adamw"] = "adam"
+    lr: float = 5e-5
+    betas: tuple[float, float] = (0.95, 0.999)
+    weight_decay: float = 5e-7
+    schedule: Literal["step", "cosine", "constant"] = "step"
+    warmup_steps: int = 0
+    # CAV-MAE step schedule: halve every `lr_decay_every` epochs starting at epoch `lr_decay_start`
+    lr_decay_start: int = 10
+    lr_decay_every: int = 5
+    lr_decay_factor: float = 0.5
+    min_lr: float = 0.0
+    grad_clip: float = 0.0  # 0 = off
+    head_lr_mult: float = 1.0  # fine-tuning: learning-rate multiplier of the classification head
+    layer_decay: float = 1.0  # fine-tuning: layer-wise lr decay (1 = off)
+
+
+@dataclass
+class TrainConfig:
+    task: Literal["pretrain", "finetune"] = "pretrain"
+    epochs: int = 25
+    max_steps: int = 0  # 0 = run all epochs
+    grad_accum: int = 1
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    seed: int = 0
+    out_dir: str = "runs/cavmae"
+    init: str = ""  # MAE ImageNet checkpoint, CAV-MAE checkpoint or our model directory
+    init_format: Literal["auto", "mae", "cavmae"] = "auto"
+    resume: str = ""  # "", "auto" or a checkpoint directory
+    ckpt_every: int = 1000  # steps between checkpoints (0 = only the final one)
+    keep_last: int = 3  # complete checkpoints kept (0 = all)
+    log_every: int = 10
+    image_every: int = 500  # reconstruction figure every M steps (0 = off)
+    max_bad_steps: int = 20  # non-finite losses in a row before the run stops (0 = never stop, only skip)
+    global_contrast: bool = True  # gather negatives across ranks; False = per-device negatives
+    # InfoNCE within groups of N consecutive clips of the global batch (0 = one group: the whole contrastive batch),
+    # the group losses summed as the paper's DataParallel did (with 4 GPUs, N = 12 / 30 / 64 for base / scale+ /
+    # scale++); the same objective on any number of devices. With groups the whole pre-training loss is the sum
+    # over groups (rec + k * InfoNCE of each group), i.e. (global batch / N) times the per-group mean.
+    contrast_group: int = 0
+    # pre-training probes every N epochs (0 = off): retrieval R@1/5/10 both ways and k-NN accuracy of the frozen
+    # embeddings of eval.probe_clips held-out clips (data.probe_shards)
+    probe_every: int = 0
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    wandb_project: str = "cavmae"
+    wandb_name: str = ""  # run name shown in W&B; empty = the out_dir's name
+    deterministic: bool = False
+    val_every: int = 0  # steps between validations besides the one at every epoch end (0 = epoch ends only)
+    val_at_start: bool = False  # validate the initial model too (a baseline for the curves)
+    val_batches: int = 0  # validation batches per process (0 = the whole validation split)
+    progress_bar: bool = True  # tqdm bar on the main process
+    # fine-tuning
+    ft_mode: Literal["audiovisual", "audio", "video"] = "audiovisual"  # which inputs the classifier sees
+    ft_loss: Literal["bce", "ce"] = "bce"  # bce: multi-label (AudioSet, mAP); ce: single-label (VGGSound, top-1)
+    freeze_base: bool = False  # linear probe: only the head (mlp_head) trains, as the public --freeze_base
+    # fine-tuning: the final model is the average of the weights after epochs [from, to] (1-based, inclusive);
+    # avg_weights_from = 0 turns averaging off, avg_weights_to = 0 means the last epoch
+    avg_weights_from: int = 0
+    avg_weights_to: int = 0
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 32
+    retrieval_chunk: int = 4096
+    # the final evaluation of fine-tuning also scores the ten-frame ensemble (per-frame probabilities averaged);
+    # training and per-epoch validation use one frame either way
+    ten_frame: bool = True
+    probe_clips: int = 256  # clips of the pre-training probe set (the first ones of data.probe_shards)
+    knn_k: int = 10  # neighbours of the probe's k-NN classifier (leave-one-out within the probe set)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-Python (YAML/JSON-safe) form of a config dataclass tree."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
