@@ -5,6 +5,7 @@ The kernels and their launchers live beside this module, one job per file:
     _triton_common.py     tile configuration (ScanConfig), device helpers, launcher helpers
     triton_scan_fwd.py    forward kernel (one channel per thread, N states in registers) and its launcher
     triton_scan_bwd.py    backward kernel (deterministic, no float atomics) and its launcher
+    _triton_bwd_steps.py  the backward's per-position steps and its warp reduction of dB / dC
 
 Triton decides whether a kernel is compiled or interpreted when the module defining it is imported, so
 TRITON_INTERPRET must be settled before this module (which imports them) is first imported.
@@ -17,7 +18,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 from triton.runtime.interpreter import InterpretedFunction
 
-from . import _triton_common, triton_scan_bwd, triton_scan_fwd
+from . import _triton_bwd_steps, _triton_common, triton_scan_bwd, triton_scan_fwd
 from ._triton_common import DEFAULT_CONFIG, Inputs, ScanConfig
 from .triton_scan_bwd import scan_backward, scan_backward_bidirectional
 from .triton_scan_fwd import scan_forward, scan_forward_bidirectional
@@ -38,7 +39,7 @@ __all__ = [
 
 # The modules whose ``*_kernel`` JIT functions the launchers call, in import order (the compile gate replaces them
 # there by name; a test re-imports them in this order to switch between interpreter and compiler).
-KERNEL_MODULES = (_triton_common, triton_scan_fwd, triton_scan_bwd)
+KERNEL_MODULES = (_triton_common, _triton_bwd_steps, triton_scan_fwd, triton_scan_bwd)
 # Loop trip counts of each kernel by nesting depth, (launch kwargs, sequence length) -> trips: the static cost
 # report (scripts/bench_scan.py --static) weights the compiled loops with them.
 LOOP_TRIPS = {"_scan_fwd_kernel": triton_scan_fwd.loop_trips, "_scan_bwd_kernel": triton_scan_bwd.loop_trips}
