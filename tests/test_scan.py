@@ -46,7 +46,10 @@ def triton_scan() -> ModuleType:
     from cavmae.kernels import triton_scan as module
 
     if not CUDA and not module.INTERPRETED:
-        # Imported earlier in this process before TRITON_INTERPRET was set: decorate the kernels again.
+        # Imported earlier in this process before TRITON_INTERPRET was set: decorate the kernels again (the kernel
+        # files first, in import order, then the module that binds their launchers).
+        for kernel_module in module.KERNEL_MODULES:
+            importlib.reload(kernel_module)
         module = importlib.reload(module)
     assert CUDA or module.INTERPRETED, "TRITON_INTERPRET must be 1 to test the Triton kernels without a GPU"
     return module
@@ -239,8 +242,10 @@ def test_triton_passes_strided_inputs_to_the_kernels_without_copies(monkeypatch:
 
             return launch
 
-    monkeypatch.setattr(module, "_scan_fwd_kernel", Spy(module._scan_fwd_kernel))
-    monkeypatch.setattr(module, "_scan_bwd_kernel", Spy(module._scan_bwd_kernel))
+    for kernel_module in module.KERNEL_MODULES:
+        for name in ("_scan_fwd_kernel", "_scan_bwd_kernel"):
+            if hasattr(kernel_module, name):
+                monkeypatch.setattr(kernel_module, name, Spy(getattr(kernel_module, name)))
     case = Case(9, batch=1, dim=3, d_state=2, strided=True)
     inputs = make_inputs(case)
     assert not inputs["u"].is_contiguous() and not inputs["B"].is_contiguous()
