@@ -4,7 +4,8 @@
 ``reverse=`` to scan from the last position to the first, and ``selective_scan_bidirectional`` for the
 forward + backward scan pair of a bidirectional Mamba block. Implementations:
 
-    "triton"     kernels/triton_scan.py: fused forward and backward kernels (CUDA; CPU under TRITON_INTERPRET=1)
+    "triton"     kernels/triton_scan.py (kernels in triton_scan_fwd.py, triton_scan_bwd.py): fused forward and
+                 backward kernels (CUDA; CPU under TRITON_INTERPRET=1)
     "torch"      kernels/torch_scan.py: vectorised PyTorch with a hand-written backward (fast on CPU)
     "reference"  kernels/reference.py: the sequential specification
     "auto"       "triton" for CUDA tensors when Triton is installed, "torch" otherwise

@@ -1,12 +1,11 @@
 """Compile every selective-scan kernel specialisation for real GPU targets, on a machine without a GPU.
 
 Triton's interpreter (TRITON_INTERPRET=1) runs a kernel as Python and accepts code that the compiler rejects, so the
-interpreter tests cannot see a kernel that fails to compile. This module drives the launchers of
-``cavmae.kernels.triton_scan`` on CPU tensors with every kernel replaced by a recorder (nothing is launched), turns
-each recorded launch into the specialisation the JIT would build (pointer dtypes, integers equal to 1 as constants,
-16-divisibility hints, constexprs, num_warps) and lowers it with ``triton.compile(ASTSource(...),
-target=GPUTarget("cuda", arch, 32))`` to PTX and cubin. ``cuobjdump -res-usage`` (shipped in the Triton wheel) reads
-the cubin's registers and stack frame (spills); ``nvdisasm`` gives the SASS that the static cost report counts.
+interpreter tests cannot see a kernel that fails to compile. This module holds what is gated (the
+calls the GPU path and the GPU tests make, :func:`default_specs`, and the register / spill budgets) and drives the
+launchers of ``cavmae.kernels.triton_scan`` on CPU tensors with every kernel replaced by a recorder (nothing is
+launched); ``compile_tools.py`` turns each recorded launch into the specialisation the JIT would build and compiles
+it with the real compiler for sm_90 / sm_80, reading registers and spills from the cubin.
 
     python -m cavmae.kernels.compile_gate                   # sm_90 and sm_80, every specialisation; exit 1 on failure
     python -m cavmae.kernels.compile_gate --json out.json   # also write the per-kernel figures
@@ -22,16 +21,17 @@ import importlib.util
 import json
 import logging
 import os
-import re
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
 
 import torch
+
+from .compile_tools import Compiled, Launch, compile_launch, key_of
+
+__all__ = ["Compiled", "Launch", "Spec", "compile_launch", "default_specs", "record_launches", "run_gate"]
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +40,19 @@ ARCHS = (90, 80)
 # 4 warps per SM (168 registers); the backward may use the hardware limit of 255 but must not spill (spills fail the
 # gate separately).
 REGISTER_BUDGET = {"fwd": 168, "bwd": 255}
-# Stack frame (register spills) a kernel may have before it fails the gate. The target is none; today's kernels
-# keep 8-48 B on some specialisations (ptxas keeps a few values in local memory even well below the register
-# limit), which costs little next to the scan's own traffic. More than this is a real spill and fails.
-STACK_ALLOWANCE_BYTES = 64
-_TORCH_TO_TRITON = {
-    torch.float32: "fp32",
-    torch.bfloat16: "bf16",
-    torch.float16: "fp16",
-    torch.float64: "fp64",
-    torch.int32: "i32",
-    torch.int64: "i64",
-}
+# Stack frame (register spills) a kernel may have before it fails the gate. (The scan kernels have no local arrays,
+# so any stack frame is spilled registers.) None, except for the fused bidirectional backward: at 255 registers
+# ptxas keeps 16-32 B of the second direction's values in local memory (a few loads per chunk, none in the inner
+# loops, under Triton 3.8 and 3.6); the target there is 0 too.
+STACK_ALLOWANCE_BYTES = 0
+STACK_ALLOWANCE_BIDIRECTIONAL_BWD_BYTES = 32
+
+
+def stack_allowance(kernel: str, constexprs: dict) -> int:
+    """Stack bytes a compiled kernel may have (see STACK_ALLOWANCE_BYTES)."""
+    if "bwd" in kernel and constexprs.get("BIDIRECTIONAL"):
+        return STACK_ALLOWANCE_BIDIRECTIONAL_BWD_BYTES
+    return STACK_ALLOWANCE_BYTES
 
 
 @dataclass(frozen=True)
@@ -118,28 +119,28 @@ def default_specs() -> list[Spec]:
 # recording launches
 
 
-@dataclass
-class Launch:
-    kernel: object  # triton JITFunction
-    args: tuple
-    kwargs: dict
-
-
 class _Recorder:
     def __init__(self, kernel: object, launches: list[Launch]) -> None:
         self.kernel, self.launches = kernel, launches
 
     def __getitem__(self, grid: object) -> Callable[..., None]:
         def record(*args: object, **kwargs: object) -> None:
-            self.launches.append(Launch(self.kernel, args, kwargs))
+            self.launches.append(Launch(self.kernel, args, kwargs, tuple(grid)))
 
         return record
 
 
-def _kernel_names(module: ModuleType) -> list[str]:
+def _kernels(module: ModuleType) -> list[tuple[ModuleType, str]]:
+    """(module, name) of every ``*_kernel`` JIT function the launchers call: in the modules ``module.KERNEL_MODULES``
+    lists (the split kernel files), or in ``module`` itself (a one-file kernel such as an older version)."""
     from triton.runtime.jit import JITFunction
 
-    return [name for name, obj in vars(module).items() if name.endswith("_kernel") and isinstance(obj, JITFunction)]
+    return [
+        (owner, name)
+        for owner in getattr(module, "KERNEL_MODULES", (module,))
+        for name, obj in vars(owner).items()
+        if name.endswith("_kernel") and isinstance(obj, JITFunction)
+    ]
 
 
 def _inputs(spec: Spec, seed: int) -> dict:
@@ -166,11 +167,11 @@ def _inputs(spec: Spec, seed: int) -> dict:
 def record_launches(module: ModuleType, spec: Spec) -> list[Launch]:
     """Forward (with and without chunk saves) and backward launches of one spec, nothing launched."""
     launches: list[Launch] = []
-    originals = {name: getattr(module, name) for name in _kernel_names(module)}
+    originals = {(owner, name): getattr(owner, name) for owner, name in _kernels(module)}
     config = module.ScanConfig(**spec.config)
     try:
-        for name, kernel in originals.items():
-            setattr(module, name, _Recorder(kernel, launches))
+        for (owner, name), kernel in originals.items():
+            setattr(owner, name, _Recorder(kernel, launches))
         x = _inputs(spec, 0)
         args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
         if spec.bidirectional and hasattr(module, "scan_forward_bidirectional"):
@@ -201,208 +202,25 @@ def record_launches(module: ModuleType, spec: Spec) -> list[Launch]:
                     config=config,
                 )
     finally:
-        for name, kernel in originals.items():
-            setattr(module, name, kernel)
+        for (owner, name), kernel in originals.items():
+            setattr(owner, name, kernel)
     return launches
 
 
-# --------------------------------------------------------------------------------------------------------------
-# from a launch to a compiled kernel
-
-
-def specialisation(launch: Launch) -> tuple[dict, dict, dict, dict]:
-    """(signature, constexprs, attrs, options) as Triton's JIT would specialise this launch."""
-    fn = launch.kernel
-    names = fn.arg_names
-    values = dict(zip(names, launch.args))
-    options = {}
-    for key, value in launch.kwargs.items():
-        if key in names:
-            values[key] = value
-        else:
-            options[key] = value
-    signature, constexprs, attrs = {}, {}, {}
-    for index, (name, param) in enumerate(zip(names, fn.params)):
-        value = values[name]
-        if param.is_constexpr:
-            signature[name], constexprs[name] = "constexpr", value
-        elif isinstance(value, torch.Tensor):
-            signature[name] = "*" + _TORCH_TO_TRITON[value.dtype]
-            if value.data_ptr() % 16 == 0:
-                attrs[(index,)] = [["tt.divisibility", 16]]
-        elif isinstance(value, bool):
-            signature[name] = "i1"
-        elif isinstance(value, int) and getattr(param, "do_not_specialize", False):
-            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-        elif isinstance(value, int):
-            if value == 1:  # the JIT turns integer arguments equal to 1 into constants
-                signature[name], constexprs[name] = "constexpr", 1
-                continue
-            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-            if value % 16 == 0:
-                attrs[(index,)] = [["tt.divisibility", 16]]
-        elif isinstance(value, float):
-            signature[name] = "fp32"
-        elif value is None:
-            signature[name], constexprs[name] = "constexpr", None
-        else:
-            raise TypeError(f"{fn.__name__}: cannot specialise argument {name}={value!r}")
-    return signature, constexprs, attrs, options
-
-
-def key_of(launch: Launch) -> str:
-    signature, constexprs, attrs, options = specialisation(launch)
-    return repr(
-        (
-            launch.kernel.__name__,
-            sorted(signature.items()),
-            sorted(constexprs.items(), key=str),
-            sorted(attrs),
-            sorted(options.items()),
-        )
-    )
-
-
-@dataclass
-class Compiled:
-    kernel: str
-    arch: int
-    spec: str
-    constexprs: dict
-    num_warps: int
-    ok: bool = False
-    error: str = ""
-    registers: int = -1
-    stack_bytes: int = -1  # stack frame of the kernel: register spills (no scan kernel has local arrays)
-    shared_bytes: int = -1
-    sass: dict = field(default_factory=dict)  # instruction counts (see sass_counts)
-    triton_version: str = ""
-
-    @property
-    def role(self) -> str:
-        return "bwd" if "bwd" in self.kernel else "fwd"
-
-    def problems(self) -> list[str]:
-        if not self.ok:
-            return [f"compile error: {self.error}"]
-        found = []
-        if self.stack_bytes > STACK_ALLOWANCE_BYTES:
-            found.append(f"spills ({self.stack_bytes} B stack frame > allowance {STACK_ALLOWANCE_BYTES} B)")
-        budget = REGISTER_BUDGET[self.role]
-        if self.registers > budget:
-            found.append(f"{self.registers} registers > budget {budget}")
-        return found
-
-
-def _nvidia_bin(tool: str) -> str:
-    import triton
-
-    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / tool
-    return str(path) if path.exists() else tool
-
-
-def cubin_usage(cubin: bytes) -> tuple[int, int]:
-    """(registers, stack frame bytes) of the cubin Triton built, from ``cuobjdump -res-usage``.
-
-    Read from the compiled artifact itself (also when it comes from Triton's cache), so the figures are those of the
-    binary a GPU would load, whatever ptxas flags the installed Triton passes. The scan kernels have no local arrays:
-    a stack frame means register spills."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "k.cubin"
-        path.write_bytes(cubin)
-        proc = subprocess.run([_nvidia_bin("cuobjdump"), "-res-usage", str(path)], capture_output=True, text=True)
-    usage = re.search(r"REG:(\d+) STACK:(\d+)", proc.stdout)
-    if proc.returncode or usage is None:
-        raise RuntimeError(f"cuobjdump -res-usage gave no register count: {(proc.stdout + proc.stderr)[-500:]}")
-    return int(usage.group(1)), int(usage.group(2))
-
-
-def disassemble(cubin: bytes) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "k.cubin"
-        path.write_bytes(cubin)
-        proc = subprocess.run([_nvidia_bin("nvdisasm"), "-c", str(path)], capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"nvdisasm failed: {proc.stderr[-500:]}")
-    return proc.stdout
-
-
-_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
-_BRANCH_TARGET = re.compile(r"BRA\s+(?:\S+\s+)?`?\(?\.L_x_(\d+)")
-_LABEL = re.compile(r"^\.L_x_(\d+):")
-
-
-def sass_counts(sass: str) -> dict:
-    """Static SASS instruction counts: whole kernel and inside loops (instructions between a label and a backward
-    branch to it; nested loops counted once, in their outermost loop), by class: MUFU (exp2/rcp/lg2/...), SHFL,
-    BAR, local-memory and global memory ops, atomics."""
-    rows: list[tuple[str, str]] = []  # (opcode, line)
-    labels: dict[str, int] = {}
-    for line in sass.splitlines():
-        label = _LABEL.match(line.strip())
-        if label:
-            labels[label.group(1)] = len(rows)
-            continue
-        m = _INSTR.search(line)
-        if m:
-            rows.append((m.group(3), line))
-    loops = []
-    for index, (opcode, line) in enumerate(rows):
-        if opcode.startswith("BRA"):
-            target = _BRANCH_TARGET.search(line)
-            if target and target.group(1) in labels and labels[target.group(1)] <= index:
-                loops.append((labels[target.group(1)], index))
-    outer = [lp for lp in loops if not any(o != lp and o[0] <= lp[0] and lp[1] <= o[1] for o in loops)]
-
-    def classify(ops: list[str]) -> dict:
-        return {
-            "total": len(ops),
-            "mufu": sum(op.startswith("MUFU") for op in ops),
-            "shfl": sum(op.startswith("SHFL") for op in ops),
-            "bar": sum(op.startswith("BAR") for op in ops),
-            "lds_sts": sum(op.startswith(("LDS", "STS")) for op in ops),
-            "ldg_stg": sum(op.startswith(("LDG", "STG")) for op in ops),
-            "local": sum(op.startswith(("LDL", "STL")) for op in ops),
-            "atom": sum(op.startswith(("ATOM", "RED")) for op in ops),
-        }
-
-    in_loops = [rows[i][0] for start, end in outer for i in range(start, end + 1)]
-    per_loop = [classify([rows[i][0] for i in range(start, end + 1)]) for start, end in outer]
-    return {
-        "all": classify([op for op, _ in rows]),
-        "loops": classify(in_loops),
-        "n_loops": len(outer),
-        "per_loop": sorted(per_loop, key=lambda c: -c["total"]),
-    }
-
-
-def compile_launch(launch: Launch, arch: int, spec_name: str, with_sass: bool = False) -> Compiled:
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    signature, constexprs, attrs, options = specialisation(launch)
-    options.setdefault("num_warps", 4)
-    result = Compiled(
-        kernel=launch.kernel.__name__,
-        arch=arch,
-        spec=spec_name,
-        constexprs={k: v for k, v in constexprs.items() if v is not None and signature[k] == "constexpr"},
-        num_warps=options["num_warps"],
-        triton_version=triton.__version__,
-    )
-    try:
-        src = ASTSource(launch.kernel, signature, constexprs=constexprs, attrs=attrs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
-        result.registers, result.stack_bytes = cubin_usage(compiled.asm["cubin"])
-        result.shared_bytes = int(compiled.metadata.shared)
-        if with_sass:
-            result.sass = sass_counts(disassemble(compiled.asm["cubin"]))
-        result.ok = True
-    except Exception as exc:  # the gate reports every failure, not only the first
-        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-        result.error = (" | ".join(lines[-3:]) or type(exc).__name__)[-400:]
-    return result
+def problems_of(result: Compiled) -> list[str]:
+    """Why a compiled kernel fails the gate (empty when it passes)."""
+    if not result.ok:
+        return [f"compile error: {result.error}"]
+    found = []
+    allowance = stack_allowance(result.kernel, result.constexprs)
+    if result.stack_bytes > allowance:
+        found.append(f"spills ({result.stack_bytes} B stack frame > allowance {allowance} B)")
+    if result.lane_layout_ok is False:
+        found.append("lane shuffles on a layout whose lanes are not consecutive channels (wrong sums on a GPU)")
+    budget = REGISTER_BUDGET[result.role]
+    if result.registers > budget:
+        found.append(f"{result.registers} registers > budget {budget}")
+    return found
 
 
 def unique_launches(
@@ -457,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run_gate(module, tuple(args.arch or ARCHS), specs)
     failed = 0
     for r in results:
-        problems = r.problems()
+        problems = problems_of(r)
         failed += bool(problems)
         status = "; ".join(problems) if problems else "ok"
         print(

@@ -10,8 +10,11 @@ Both run single-threaded in this process (what one DataLoader worker does) on th
   zero padding, normalisation, the masking transforms it builds per call, a random frame through PIL
   Resize(224, bicubic) / CenterCrop / ToTensor / Normalize, a multi-hot label vector, default collation.
 
-Rounds alternate between the two loaders; the ratio reported is the median over rounds of ours / baseline, in
-samples per CPU-second of the process (per wall-clock second too, which other jobs on the machine disturb).
+After a warm-up pass of each, rounds alternate between the two loaders (one pass of each per round, order
+rotating; helpers in scripts/benchtools.py). Printed: samples/s of each as median (min-max) over the rounds, and
+the median (min-max) of the per-round ratios ours / baseline, per CPU-second of the process (per wall-clock second
+too, which other jobs on the machine disturb), with the machine and its load average at start and end. The raw
+rounds go to scripts/results/bench_data_<cpu|cuda>.json (or --out).
 
     python scripts/bench_data.py --clips 32 --rounds 5
 
@@ -27,15 +30,18 @@ import logging
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+    sys.path.insert(1, str(REPO))
+
+from benchtools import Record, Run, default_out, ratios, summary  # noqa: E402
+from benchtools import rounds as interleaved_runs  # noqa: E402
 
 from cavmae.config import DataConfig  # noqa: E402
 from cavmae.data.loader import build_loader  # noqa: E402
@@ -173,19 +179,22 @@ def make_data(root: Path, clips: int, classes: int, size: tuple[int, int], worke
     return {"urls": urls, "datafile": datafile, "label_csv": ds.label_csv, "classes": classes, "clips": clips}
 
 
-def _time(iterable) -> tuple[float, float, int]:
-    """(wall seconds, CPU seconds of this process, samples) for one pass."""
-    wall, cpu, n = time.perf_counter(), time.process_time(), 0
-    for batch in iterable:
-        n += len(batch["keys"]) if isinstance(batch, dict) else batch[0].shape[0]
-    return time.perf_counter() - wall, time.process_time() - cpu, n
+def _count(iterable) -> int:
+    """Samples in one pass over a loader (batches are dicts from ours, tuples from the baseline)."""
+    return sum(len(batch["keys"]) if isinstance(batch, dict) else batch[0].shape[0] for batch in iterable)
+
+
+def _rates(runs: list[Run]) -> tuple[list[float], list[float]]:
+    """Samples per CPU-second and per wall-clock second of each run (a run's value is its sample count)."""
+    return [r.value / max(r.cpu_s, 1e-9) for r in runs], [r.value / max(r.wall_s, 1e-9) for r in runs]
 
 
 def run_benchmark(data: dict, rounds: int = 5, batch_size: int = 8) -> dict:
-    """Samples/s per worker of both loaders (alternating rounds, one thread) and the median ratios.
+    """Samples/s per worker of both loaders (interleaved rounds after a warm-up pass, one thread) and the ratios.
 
     Rates are given per CPU-second of the process (what one worker delivers on a core of its own; stable on a
-    shared machine, where other jobs take the core away) and per wall-clock second.
+    shared machine, where other jobs take the core away) and per wall-clock second. Medians at the top level,
+    ``summary`` holds median / min / max of each, ``raw`` the per-round runs.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a DataLoader worker runs single-threaded
@@ -198,68 +207,64 @@ def run_benchmark(data: dict, rounds: int = 5, batch_size: int = 8) -> dict:
             shuffle=True,
             num_workers=0,
         )
-        _time(ours), _time(base)  # warm-up: imports, page cache, allocator
-        rates: dict[str, list[float]] = {"ours_cpu": [], "baseline_cpu": [], "ours_wall": [], "baseline_wall": []}
-        for r in range(rounds):
-            ours.set_epoch(r)
-            order = [("ours", ours), ("baseline", base)]
-            for name, loader in order if r % 2 == 0 else order[::-1]:
-                wall, cpu, n = _time(loader)
-                rates[f"{name}_cpu"].append(n / cpu)
-                rates[f"{name}_wall"].append(n / wall)
-        ratios = [o / b for o, b in zip(rates["ours_cpu"], rates["baseline_cpu"])]
-        wall_ratios = [o / b for o, b in zip(rates["ours_wall"], rates["baseline_wall"])]
+        epoch = iter(range(1_000_000))
+
+        def ours_pass() -> int:
+            ours.set_epoch(next(epoch))
+            return _count(ours)
+
+        runs = interleaved_runs({"ours": ours_pass, "baseline": lambda: _count(base)}, rounds, warmup=1)
+        (ours_cpu, ours_wall), (base_cpu, base_wall) = _rates(runs["ours"]), _rates(runs["baseline"])
+        per_cpu, per_wall = ratios(ours_cpu, base_cpu), ratios(ours_wall, base_wall)
         return {
-            "ours_samples_per_s": statistics.median(rates["ours_cpu"]),
-            "baseline_samples_per_s": statistics.median(rates["baseline_cpu"]),
-            "ratio": statistics.median(ratios),
-            "ratios": ratios,
-            "ours_wall_samples_per_s": statistics.median(rates["ours_wall"]),
-            "baseline_wall_samples_per_s": statistics.median(rates["baseline_wall"]),
-            "wall_ratio": statistics.median(wall_ratios),
+            "ours_samples_per_s": statistics.median(ours_cpu),
+            "baseline_samples_per_s": statistics.median(base_cpu),
+            "ratio": statistics.median(per_cpu),
+            "ratios": per_cpu,
+            "ours_wall_samples_per_s": statistics.median(ours_wall),
+            "baseline_wall_samples_per_s": statistics.median(base_wall),
+            "wall_ratio": statistics.median(per_wall),
             "load_errors": ours.errors.total,
+            "summary": {
+                "ours_per_cpu_s": summary(ours_cpu),
+                "baseline_per_cpu_s": summary(base_cpu),
+                "ratio_per_cpu_s": summary(per_cpu),
+                "ours_per_wall_s": summary(ours_wall),
+                "baseline_per_wall_s": summary(base_wall),
+                "ratio_per_wall_s": summary(per_wall),
+            },
+            "raw": {name: [vars(r) for r in rs] for name, rs in runs.items()},
         }
     finally:
         torch.set_num_threads(threads)
 
 
 def run_tar_benchmark(urls: list[str], rounds: int = 5, repeat: int = 20) -> dict:
-    """Samples per CPU-second of tar expansion alone: ours (iter_shard) against wds.tarfile_to_samples."""
+    """Samples per CPU-second of tar expansion alone: ours (tar_samples) against wds.tarfile_to_samples."""
     import webdataset as wds
 
     from cavmae.data.loader import LoadErrors, tar_samples
 
     errors = LoadErrors()
 
-    def ours():
-        return wds.DataPipeline(wds.SimpleShardList(urls * repeat), tar_samples(errors))
+    def ours() -> int:
+        return sum(1 for _ in wds.DataPipeline(wds.SimpleShardList(urls * repeat), tar_samples(errors)))
 
-    def theirs():
-        return wds.DataPipeline(wds.SimpleShardList(urls * repeat), wds.tarfile_to_samples())
+    def theirs() -> int:
+        return sum(1 for _ in wds.DataPipeline(wds.SimpleShardList(urls * repeat), wds.tarfile_to_samples()))
 
-    counts: dict[str, int] = {}
-
-    def rate(make) -> float:
-        cpu, n = time.process_time(), 0
-        for _ in make():
-            n += 1
-        counts[make.__name__] = n
-        return n / max(time.process_time() - cpu, 1e-9)
-
-    rate(ours), rate(theirs)  # warm-up (page cache)
-    rates: dict[str, list[float]] = {"ours": [], "wds": []}
-    for r in range(rounds):
-        order = [("ours", ours), ("wds", theirs)]
-        for name, make in order if r % 2 == 0 else order[::-1]:
-            rates[name].append(rate(make))
-    ratios = [a / b for a, b in zip(rates["ours"], rates["wds"])]
+    runs = interleaved_runs({"ours": ours, "wds": theirs}, rounds, warmup=1)  # warm-up: page cache
+    (ours_cpu, _), (wds_cpu, _) = _rates(runs["ours"]), _rates(runs["wds"])
+    per_round = ratios(ours_cpu, wds_cpu)
     return {
-        "ours_samples_per_s": statistics.median(rates["ours"]),
-        "wds_samples_per_s": statistics.median(rates["wds"]),
-        "ratio": statistics.median(ratios),
-        "ratios": ratios,
+        "ours_samples_per_s": statistics.median(ours_cpu),
+        "wds_samples_per_s": statistics.median(wds_cpu),
+        "ratio": statistics.median(per_round),
+        "ratios": per_round,
         "errors": errors.total,
-        "samples": counts,  # per pass, {"ours": n, "theirs": n}
+        "samples": {"ours": runs["ours"][0].value, "theirs": runs["wds"][0].value},  # per pass (urls x repeat)
+        "summary": {"ours": summary(ours_cpu), "wds": summary(wds_cpu), "ratio": summary(per_round)},
+        "raw": {name: [vars(r) for r in rs] for name, rs in runs.items()},
     }
 
 
@@ -269,41 +274,46 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips", type=int, default=32)
     p.add_argument("--classes", type=int, default=8)
     p.add_argument("--size", type=int, nargs=2, default=[320, 240], metavar=("W", "H"), help="synthetic video size")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds (each runs one pass of every loader)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=2, help="processes for writing and preparing the data")
     p.add_argument("--tar", action="store_true", help="also time the tar expansion alone (ours vs webdataset's)")
+    p.add_argument("--out", type=Path, help="JSON of the raw rounds (default: scripts/results/bench_data_<dev>.json)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("cavmae").setLevel(logging.WARNING)
     data = make_data(args.root, args.clips, args.classes, tuple(args.size), args.workers)
+    record = Record("bench_data", vars(args))  # the machine once the data is made: timing starts here
     result = run_benchmark(data, args.rounds, args.batch_size)
-    log.info(
-        "ours      %.1f samples/s per worker (per CPU-second; %.1f per wall-clock second)",
-        result["ours_samples_per_s"],
-        result["ours_wall_samples_per_s"],
+    tar = run_tar_benchmark(data["urls"], args.rounds) if args.tar else None
+    raw = {"loaders": result["raw"]} | ({"tar": tar["raw"]} if tar else {})
+    summaries = {"loaders": result["summary"], "load_errors": result["load_errors"]}
+    record.finish(raw=raw, summary=summaries | ({"tar": tar["summary"], "tar_errors": tar["errors"]} if tar else {}))
+
+    s = result["summary"]
+    print(record.machine_lines())
+    print(f"{args.clips} clips, batch {args.batch_size}, 1 thread, {args.rounds} interleaved rounds; median (min-max)")
+    print(f"ours      {_spread(s['ours_per_cpu_s'])} samples per CPU-second; ", end="")
+    print(f"{_spread(s['ours_per_wall_s'])} per wall s")
+    print(
+        f"baseline  {_spread(s['baseline_per_cpu_s'])} samples per CPU-second; "
+        f"{_spread(s['baseline_per_wall_s'])} per wall s"
     )
-    log.info(
-        "baseline  %.1f samples/s per worker (per CPU-second; %.1f per wall-clock second)",
-        result["baseline_samples_per_s"],
-        result["baseline_wall_samples_per_s"],
-    )
-    log.info(
-        "ratio     %.2fx per CPU-second (rounds: %s); %.2fx per wall-clock second",
-        result["ratio"],
-        ", ".join(f"{r:.2f}" for r in result["ratios"]),
-        result["wall_ratio"],
-    )
-    if args.tar:
-        tar = run_tar_benchmark(data["urls"], args.rounds)
-        log.info(
-            "tar expansion: ours %.0f, wds.tarfile_to_samples %.0f samples per CPU-second; ratio %.2fx (rounds: %s)",
-            tar["ours_samples_per_s"],
-            tar["wds_samples_per_s"],
-            tar["ratio"],
-            ", ".join(f"{r:.2f}" for r in tar["ratios"]),
+    print(f"ratio ours / baseline {_spread(s['ratio_per_cpu_s'], 'x', 2)} per CPU-second (per-round ratios); ", end="")
+    print(f"{_spread(s['ratio_per_wall_s'], 'x', 2)} per wall-clock second; {result['load_errors']} load errors")
+    if tar:
+        t = tar["summary"]
+        print(
+            f"tar expansion: ours {_spread(t['ours'], '', 0)}, wds.tarfile_to_samples {_spread(t['wds'], '', 0)} "
+            f"samples per CPU-second; ratio {_spread(t['ratio'], 'x', 2)}"
         )
+    print(f"wrote {record.write(args.out or default_out('bench_data'))}")
     return 0
+
+
+def _spread(s: dict[str, float], unit: str = "", digits: int = 1) -> str:
+    """'12.3 (11.0-14.1)' from a summary dict; the unit, if any, after the median ('1.52x (1.40-1.61)')."""
+    return f"{s['median']:.{digits}f}{unit} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 Builds both through ``cavmae.eval.index.build_index`` (the ``cavmae index`` code: one index per modality, the IVF
 quantiser trained on both modalities), loads them memory-mapped as ``cavmae retrieve --index`` does, and answers a
-batch of video -> audio queries with each. Reports build time (train + add), query time (rounds alternate between
-flat and approximate; median and range) and the approximate index's recall@10 against flat, at several nprobe.
+batch of video -> audio queries with each. Reports build time (train + add; one build of each), query time
+(interleaved rounds: each times flat and every nprobe once, order rotating; median (min-max), and the median
+(min-max) of the per-round speed-ups over flat) and the approximate index's recall@10 against flat, at several
+nprobe, with the machine and its load average at start and end; the raw rounds go to
+scripts/results/bench_index_<dev>.json (or --out).
 
 Random vectors have no cluster structure, the hardest case for an inverted file (real embeddings cluster by
 content), so the recall here is a lower bound for a given nprobe.
@@ -14,9 +17,7 @@ content), so the recall here is a lower bound for a given nprobe.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import statistics
 import sys
 import tempfile
 import time
@@ -26,8 +27,11 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+    sys.path.insert(1, str(REPO))
+
+from benchtools import Record, default_out, ratio_spread, ratios, rounds, spread, summary  # noqa: E402
 
 from cavmae.eval.index import RetrievalIndex, build_index, import_faiss  # noqa: E402
 from cavmae.eval.retrieval import EmbeddingSet  # noqa: E402
@@ -41,7 +45,7 @@ def recall_at(approx: torch.Tensor, exact: torch.Tensor) -> float:
     return hits / exact.numel()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=200_000)
     p.add_argument("--dim", type=int, default=768)
@@ -50,8 +54,9 @@ def main() -> None:
     p.add_argument("--nprobe", type=int, nargs="+", default=[16, 64, 128, 256])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--out", help="write the results as JSON here")
-    args = p.parse_args()
+    p.add_argument("--out", type=Path, help="JSON of the raw rounds (default: scripts/results/bench_index_<dev>.json)")
+    args = p.parse_args(argv)
+    record = Record("bench_index", vars(args))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     faiss = import_faiss()
     log.info("faiss %s, %d OpenMP threads", faiss.__version__, faiss.omp_get_max_threads())
@@ -75,45 +80,41 @@ def main() -> None:
         flat = RetrievalIndex.load(Path(tmp) / "flat")
         approx = RetrievalIndex.load(Path(tmp) / "approx")
         _, exact_rows = flat.search(queries, "audio", args.k)
-        times: dict[str, list[float]] = {"flat": []} | {f"nprobe={n}": [] for n in args.nprobe}
-        recalls = {}
-        for _ in range(args.rounds):  # interleaved: each round times flat, then every nprobe
-            t0 = time.perf_counter()
-            flat.search(queries, "audio", args.k)
-            times["flat"].append(time.perf_counter() - t0)
-            for n in args.nprobe:
-                approx.set_nprobe(n)
-                t0 = time.perf_counter()
-                _, rows = approx.search(queries, "audio", args.k)
-                times[f"nprobe={n}"].append(time.perf_counter() - t0)
-                recalls[f"nprobe={n}"] = recall_at(rows, exact_rows)
 
-    flat_median = statistics.median(times["flat"])
+        def search(index: RetrievalIndex, nprobe: int | None):
+            def call() -> torch.Tensor:
+                if nprobe is not None:
+                    index.set_nprobe(nprobe)
+                return index.search(queries, "audio", args.k)[1]
+
+            return call
+
+        searches = {"flat": search(flat, None)} | {f"nprobe={n}": search(approx, n) for n in args.nprobe}
+        runs = rounds(searches, args.rounds, warmup=0)  # every round: flat and every nprobe, order rotating
+
+    times = {name: [r.wall_s for r in rs] for name, rs in runs.items()}
     result = {"n": args.n, "dim": args.dim, "queries": args.queries, "k": args.k, "build": builds, "query": {}}
-    print(f"\n{args.n} x {args.dim} vectors, {args.queries} queries, top {args.k}")
+    for name, ts in times.items():
+        result["query"][name] = {
+            "seconds": summary(ts),
+            "queries_per_s": summary([args.queries / t for t in ts]),
+            "speedup_vs_flat": summary(ratios(times["flat"], ts)),
+            "recall": recall_at(runs[name][-1].value, exact_rows),
+        }
+    record.finish(raw={"query_s": times, "build": builds}, summary=result)
+    print(record.machine_lines())
+    print(f"{args.n} x {args.dim} vectors, {args.queries} queries, top {args.k}; {args.rounds} interleaved rounds")
     for name in ("flat", "approx"):
         b = builds[name]
         parts = {k: round(v, 1) for k, v in b.items() if k.endswith("_s")}
-        print(f"build {b['factory']:>16}: {b['total_s']:7.1f} s  {parts}")
-    recall_name = f"recall@{args.k}"
-    print(f"{'search':>22} {'median s':>9} {'range s':>15} {'queries/s':>10} {'speed-up':>9} {recall_name:>10}")
+        print(f"build {b['factory']:>16}: {b['total_s']:7.1f} s (one build)  {parts}")
     for name, ts in times.items():
-        med = statistics.median(ts)
-        row = {
-            "median_s": med,
-            "min_s": min(ts),
-            "max_s": max(ts),
-            "queries_per_s": args.queries / med,
-            "speedup_vs_flat": flat_median / med,
-            "recall": 1.0 if name == "flat" else recalls[name],
-        }
-        result["query"][name] = row
+        row = result["query"][name]
         print(
-            f"{name:>22} {med:9.3f} {min(ts):7.3f}-{max(ts):<7.3f} {row['queries_per_s']:10.0f} "
-            f"{row['speedup_vs_flat']:8.1f}x {row['recall']:10.3f}"
+            f"{name:>12}: {spread(ts)}, speed-up vs flat {ratio_spread(times['flat'], ts)} (per-round ratios), "
+            f"recall@{args.k} {row['recall']:.3f}"
         )
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {record.write(args.out or default_out('bench_index'))}")
 
 
 if __name__ == "__main__":

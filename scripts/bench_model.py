@@ -5,7 +5,9 @@
 
 Both variants share the same weights and inputs and run in the same process, interleaved: each round times one
 step of each (order rotating), --repeats rounds after a warm-up round. Printed: median (min-max) seconds per step
-and the median (min-max) of the per-round ratios explicit / SDPA (above 1 means SDPA is faster).
+and the median (min-max) of the per-round ratios explicit / SDPA (above 1 means SDPA is faster), the machine with
+its load average at start and end; the raw rounds go to scripts/results/bench_model_<config>_b<batch>_<device>.json
+(or --out).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from benchtools import interleaved, machine, ratio_spread, spread  # noqa: E402
+from benchtools import Record, default_out, interleaved, ratio_spread, ratios, spread, summary  # noqa: E402
 
 import cavmae  # noqa: E402
 
@@ -34,15 +36,17 @@ def step(model: torch.nn.Module, audio: torch.Tensor, frames: torch.Tensor, amp:
         torch.cuda.synchronize()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="recipe YAML (default: CAV-MAE base)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (each times every variant once)")
     p.add_argument("--bf16", action="store_true", help="autocast to bfloat16")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", type=Path, help="JSON of the raw rounds (default: scripts/results/bench_model_*.json)")
     p.add_argument("overrides", nargs="*")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    record = Record("bench_model", vars(args))
 
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -67,11 +71,21 @@ def main() -> None:
 
     times = interleaved({impl: run(impl) for impl in models}, args.repeats)
     params = sum(p.numel() for p in models["sdpa"].parameters())
-    print(f"machine: {machine()}")
+    record.finish(
+        raw={"seconds_per_step": times},
+        summary={
+            "params_m": params / 1e6,
+            "seconds_per_step": {impl: summary(t) for impl, t in times.items()},
+            "ratio_explicit_over_sdpa": summary(ratios(times["math"], times["sdpa"])),
+        },
+    )
+    print(record.machine_lines())
     print(f"model: {params / 1e6:.1f} M parameters; batch {args.batch}; bf16={args.bf16}; {args.repeats} rounds")
     for impl, t in times.items():
         print(f"{impl:<6} fwd+bwd {spread(t)}")
     print(f"ratio explicit / SDPA: {ratio_spread(times['math'], times['sdpa'])} (per-round ratios)")
+    tag = f"{Path(args.config).stem if args.config else 'base'}_b{args.batch}"
+    print(f"wrote {record.write(args.out or default_out('bench_model', tag))}")
 
 
 if __name__ == "__main__":

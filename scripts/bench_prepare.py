@@ -2,9 +2,11 @@
 
 The same synthetic clips (real H.264 + AAC files) are prepared into fresh folders by the local engine (a process
 pool of 1 and 2 workers) and by the Ray engine (a local cluster of 1 and 2 CPUs, started and warmed up before
-the timing, so the figure is steady-state decoding, not cluster start-up). Rounds alternate between the four
-configurations; each reports the median and range of clips per wall-clock second, and the ratio Ray / local at
-the same number of workers. Every run's shards are checked to be byte-identical to the first local run's.
+the timing, so the figure is steady-state decoding, not cluster start-up). Each round runs every configuration
+once, order rotating (scripts/benchtools.py); printed: clips per wall-clock second as median (min-max) over the
+rounds and the median (min-max) of the per-round ratios Ray / local at the same number of workers, with the
+machine and its load average at start and end; the raw rounds go to scripts/results/bench_prepare_<dev>.json
+(or --out). Every run's shards are checked to be byte-identical to the first run's.
 
     python scripts/bench_prepare.py --clips 16 --rounds 3
 """
@@ -12,18 +14,19 @@ the same number of workers. Every run's shards are checked to be byte-identical 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+    sys.path.insert(1, str(REPO))
+
+from benchtools import Record, default_out, ratio_spread, ratios, rounds, spread, summary  # noqa: E402
 
 from cavmae.data.clips import make_synthetic_dataset  # noqa: E402
 from cavmae.data.engines import RayEngine, import_ray  # noqa: E402
@@ -37,27 +40,31 @@ def shard_bytes(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*.tar"))}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=16)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--samples-per-shard", type=int, default=4)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--out", help="write the results as JSON here")
-    args = p.parse_args()
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds (each runs every configuration once)")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to compare")
+    p.add_argument(
+        "--out", type=Path, help="JSON of the raw rounds (default: scripts/results/bench_prepare_<dev>.json)"
+    )
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     log.setLevel(logging.INFO)
     ray = import_ray()
     tmp = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
+    record = Record("bench_prepare", vars(args))
     try:
         ds = make_synthetic_dataset(tmp / "syn", num_clips=args.clips, duration=args.duration, size=args.size)
         plan = plan_inputs(videos=ds.videos, csv=ds.csv, label_csv=ds.label_csv)
-        configs = [("local", 1), ("ray", 1), ("local", 2), ("ray", 2)]
-        rates: dict[str, list[float]] = {f"{e}x{w}": [] for e, w in configs}
-        reference = None
-        for r in range(args.rounds):
-            for engine_name, workers in configs:
+        reference: dict[str, bytes] = {}
+
+        def configuration(engine_name: str, workers: int):
+            def prepare() -> float:
+                """Seconds of one prepare of every clip (the Ray cluster's start and warm-up are not timed)."""
                 out = tmp / f"out-{engine_name}-{workers}"
                 shutil.rmtree(out, ignore_errors=True)
                 engine = None
@@ -75,27 +82,40 @@ def main() -> None:
                     engine = RayEngine(block_size=args.samples_per_shard)
                 t0 = time.perf_counter()
                 prepare_shards(plan, out, samples_per_shard=args.samples_per_shard, workers=workers, engine=engine)
-                rate = len(plan.inputs) / (time.perf_counter() - t0)
-                rates[f"{engine_name}x{workers}"].append(rate)
+                seconds = time.perf_counter() - t0
                 got = shard_bytes(out)
-                reference = reference or got
+                reference.update(reference or got)
                 if got != reference:
-                    raise SystemExit(f"{engine_name} x {workers}: shards differ from the local engine's")
-                log.info("round %d %s x %d: %.2f clips/s", r, engine_name, workers, rate)
+                    raise SystemExit(f"{engine_name} x {workers}: shards differ from the first run's")
+                log.info("%s x %d: %.2f clips/s", engine_name, workers, len(plan.inputs) / seconds)
+                return seconds
+
+            return prepare
+
+        configs = {f"{e}x{w}": configuration(e, w) for w in args.workers for e in ("local", "ray")}
+        runs = rounds(configs, args.rounds, warmup=0)  # the first run of each is its own warm-up (Ray's above)
         ray.shutdown()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    result = {"clips": args.clips, "duration_s": args.duration, "size": args.size, "rounds": args.rounds, "rates": {}}
-    print(f"\n{args.clips} clips of {args.duration:g} s at {args.size} px; clips/s per wall-clock second")
-    print(f"{'engine':>10} {'median':>8} {'range':>13} {'vs local':>9}")
-    for name, values in rates.items():
-        med = statistics.median(values)
-        local = statistics.median(rates["local" + name[name.index("x") :]])
-        result["rates"][name] = {"median": med, "min": min(values), "max": max(values), "vs_local": med / local}
-        print(f"{name:>10} {med:8.2f} {min(values):6.2f}-{max(values):<6.2f} {med / local:8.2f}x")
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    rates = {name: [len(plan.inputs) / r.value for r in rs] for name, rs in runs.items()}
+    table = {}
+    for w in args.workers:
+        table[f"localx{w}"] = {"clips_per_s": summary(rates[f"localx{w}"])}
+        table[f"rayx{w}"] = {"clips_per_s": summary(rates[f"rayx{w}"])}
+        table[f"rayx{w}"]["ray_over_local"] = summary(ratios(rates[f"rayx{w}"], rates[f"localx{w}"]))
+    record.finish(
+        raw={"clips_per_s": rates, "runs": {n: [vars(r) for r in rs] for n, rs in runs.items()}}, summary=table
+    )
+    print(record.machine_lines())
+    print(f"{args.clips} clips of {args.duration:g} s at {args.size} px, {args.rounds} interleaved rounds; clips/s")
+    for w in args.workers:
+        local, ray_rates = rates[f"localx{w}"], rates[f"rayx{w}"]
+        print(
+            f"{w} worker(s): local {spread(local, 'clips/s', 2)}, ray {spread(ray_rates, 'clips/s', 2)}; "
+            f"ray / local {ratio_spread(ray_rates, local)} (per-round ratios)"
+        )
+    print(f"wrote {record.write(args.out or default_out('bench_prepare'))}")
 
 
 if __name__ == "__main__":

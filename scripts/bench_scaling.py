@@ -1,14 +1,20 @@
 """Audio-encoder cost as the clip grows from 10 s to 60 s: ViT (attention, quadratic) vs Mamba (scan, linear).
 
     python scripts/bench_scaling.py                       # CPU: a narrow model (see --width), lengths 10..60 s
+    python scripts/bench_scaling.py --seconds 10,60 --repeats 3 --no-memory          # a quicker CPU run
     python scripts/bench_scaling.py --width 768 --depth 12 --batch 8 --bf16     # on a GPU: the base encoder
 
-For each backbone and audio length (1024 fbank frames per 10 s -> 512 tokens) it times (best of --iters, the figure
-least disturbed by other jobs on a shared machine) forward+backward of the
-audio path of the encoder (patch embedding, the audio blocks and the shared block with the audio norms) and
-records the peak memory: CUDA's allocator peak on a GPU, the peak resident set size of a fresh child process on
-the CPU (one child per point, so earlier points do not hide later peaks). Writes a table, a JSON file and a PNG
-plot of both curves; ratios are against ViT at the same length, measured in the same run.
+Times forward+backward of the audio path of the encoder (patch embedding, the audio blocks and the shared block
+with the audio norms) for each backbone and audio length (1024 fbank frames per 10 s -> 512 tokens). All points
+are built in one process and timed interleaved: each round runs one step of every point (order rotating), after a
+warm-up round, --repeats rounds. Printed: median (min-max) seconds per point, and the median (min-max) of the
+per-round ratios Mamba / ViT at the same length (below 1 means Mamba is faster), with the machine and its load
+average at start and end.
+
+Peak memory is measured apart (unless --no-memory), one fresh child process per point so that earlier points do
+not hide later peaks: CUDA's allocator peak on a GPU, the growth of the peak resident set size on the CPU. Writes
+the raw rounds as JSON and a PNG of both curves (range as error bars), by default to
+scripts/results/bench_scaling_<cpu|cuda>.{json,png}.
 """
 
 from __future__ import annotations
@@ -16,17 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+
+from benchtools import RESULTS, Record, interleaved, peak_rss_mib, ratio_spread, ratios, spread, summary  # noqa: E402
 
 
-def measure(backbone: str, seconds: int, args) -> dict:
-    """One point, in this process: median forward+backward seconds and peak memory (MiB)."""
+def build_point(backbone: str, seconds: int, args):
+    """(model, audio) for one point: the audio path of a classifier of --width / --depth on `seconds` of audio."""
     import torch
 
     import cavmae
@@ -43,138 +51,158 @@ def measure(backbone: str, seconds: int, args) -> dict:
     torch.manual_seed(0)
     model = cavmae.create_model(cfg, kind="classifier").to(device).train()
     audio = torch.randn(args.batch, cfg.audio_length, cfg.num_mel_bins, device=device)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if device.type == "cuda":
+    return model, audio, cfg.audio_grid[0] * cfg.audio_grid[1]
+
+
+def step(model, audio, bf16: bool) -> None:
+    """One forward+backward of the audio path (synchronised on a GPU)."""
+    import torch
+
+    with torch.autocast(audio.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model.features(audio, None, mode="audio")
+    out.float().square().mean().backward()
+    model.zero_grad(set_to_none=True)
+    if audio.is_cuda:
+        torch.cuda.synchronize()
+
+
+def peak_memory(backbone: str, seconds: int, args) -> float:
+    """MiB one step of one point needs beyond the model and input, measured in this (fresh) process."""
+    import torch
+
+    model, audio, _ = build_point(backbone, seconds, args)
+    if audio.is_cuda:
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    times = []
-    for i in range(args.iters + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            out = model.features(audio, None, mode="audio")
-        out.float().square().mean().backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i:
-            times.append(time.perf_counter() - t0)
-        model.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
-    return {
-        "backbone": backbone,
-        "seconds": seconds,
-        "tokens": cfg.audio_grid[0] * cfg.audio_grid[1],
-        "time_s": min(times),
-        "peak_mib": peak,
-    }
+    rss0 = peak_rss_mib()
+    for _ in range(2):
+        step(model, audio, args.bf16)
+    if audio.is_cuda:
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    return peak_rss_mib() - rss0
 
 
-def main() -> None:
+def memory_in_child(backbone: str, seconds: int, args) -> float:
+    cmd = [sys.executable, __file__, "--point", f"{backbone}:{seconds}", "--width", str(args.width)]
+    cmd += ["--depth", str(args.depth), "--batch", str(args.batch), "--device", args.device]
+    cmd += ["--bf16"] if args.bf16 else []
+    out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+    if out.returncode:
+        print(out.stderr[-2000:], file=sys.stderr)
+        raise SystemExit(f"memory of point {backbone}:{seconds} failed")
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbones", default="vit,mamba")
-    p.add_argument("--seconds", default="10,20,30,40,50,60")
+    p.add_argument("--backbones", default="vit,mamba", help="comma-separated; the first is the ratios' baseline")
+    p.add_argument("--seconds", default="10,20,30,40,50,60", help="audio lengths (s), comma-separated")
     p.add_argument("--width", type=int, default=192, help="embedding width (768 = base)")
     p.add_argument("--depth", type=int, default=4, help="audio blocks + 1 shared block (12 = base)")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--repeats", "--iters", type=int, default=5, help="timed rounds (each times every point once)")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--device", default=None)
-    p.add_argument("--out", default="bench_scaling", help="prefix of the .json and .png outputs")
-    p.add_argument("--point", help=argparse.SUPPRESS)  # internal: measure one backbone:seconds and print JSON
-    args = p.parse_args()
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    p.add_argument("--memory-only", action="store_true", help="only the peak memory (writes <out>_memory.json)")
+    p.add_argument("--out", help="prefix of the .json and .png outputs (default: scripts/results/bench_scaling_<dev>)")
+    p.add_argument("--point", help=argparse.SUPPRESS)  # internal: peak memory of one backbone:seconds, as JSON
+    args = p.parse_args(argv)
     if args.device is None:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.point:
         backbone, seconds = args.point.split(":")
-        print(json.dumps(measure(backbone, int(seconds), args)))
-        return
+        print(json.dumps({"peak_mib": peak_memory(backbone, int(seconds), args)}))
+        return 0
 
     import cavmae
 
+    record = Record("bench_scaling", vars(args))
     backbones = [b for b in args.backbones.split(",") if b in cavmae.list_blocks()]
-    results = []
-    for seconds in [int(s) for s in args.seconds.split(",")]:
+    lengths = [int(s) for s in args.seconds.split(",")]
+    prefix = args.out or str(RESULTS / f"bench_scaling_{'cuda' if args.device == 'cuda' else 'cpu'}")
+    if args.memory_only:
+        memory = {f"{b}:{s}": memory_in_child(b, s, args) for s in lengths for b in backbones}
+        record.finish(raw={"peak_mib": memory}, summary={})
+        print(record.machine_lines())
+        for name, mib in memory.items():
+            print(f"{name:>10}: peak memory {mib:.0f} MiB")
+        print(f"wrote {record.write(prefix + '_memory.json')}")
+        return 0
+    points, tokens = {}, {}
+    for seconds in lengths:
         for backbone in backbones:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--point",
-                f"{backbone}:{seconds}",
-                "--width",
-                str(args.width),
-                "--depth",
-                str(args.depth),
-                "--batch",
-                str(args.batch),
-                "--iters",
-                str(args.iters),
-                "--device",
-                args.device,
-            ] + (["--bf16"] if args.bf16 else [])
-            out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
-            if out.returncode:
-                print(out.stderr[-2000:], file=sys.stderr)
-                raise SystemExit(f"point {backbone}:{seconds} failed")
-            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            r = results[-1]
-            print(
-                f"{backbone:>6} {seconds:>3} s ({r['tokens']:>5} tokens): "
-                f"{r['time_s']:8.3f} s  {r['peak_mib']:9.1f} MiB",
-                flush=True,
-            )
+            model, audio, tokens[seconds] = build_point(backbone, seconds, args)
+            points[f"{backbone}:{seconds}"] = lambda m=model, a=audio: step(m, a, args.bf16)
+    times = interleaved(points, args.repeats)
+    memory = {} if args.no_memory else {name: memory_in_child(*_split(name), args) for name in points}
 
-    import torch
+    base = backbones[0]
+    rows = []
+    for seconds in lengths:
+        row = {"seconds": seconds, "tokens": tokens[seconds]}
+        for b in backbones:
+            row[b] = {"time_s": summary(times[f"{b}:{seconds}"]), "peak_mib": memory.get(f"{b}:{seconds}")}
+            if b != base:
+                row[b][f"ratio_vs_{base}"] = summary(ratios(times[f"{b}:{seconds}"], times[f"{base}:{seconds}"]))
+        rows.append(row)
+    record.finish(raw={"seconds_per_step": times, "peak_mib": memory}, summary={"rows": rows})
 
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    print(f"\ndevice: {device}; width {args.width}, {args.depth} blocks, batch {args.batch}, bf16={args.bf16}")
-    print(
-        f"{'seconds':>7} {'tokens':>6} "
-        + " ".join(f"{b + ' s':>10} {b + ' MiB':>10}" for b in backbones)
-        + ("  time mamba/vit" if len(backbones) == 2 else "")
-    )
-    by = {(r["backbone"], r["seconds"]): r for r in results}
-    for seconds in sorted({r["seconds"] for r in results}):
-        row = [by[(b, seconds)] for b in backbones]
-        line = f"{seconds:>7} {row[0]['tokens']:>6} " + " ".join(
-            f"{r['time_s']:>10.3f} {r['peak_mib']:>10.1f}" for r in row
-        )
-        if len(row) == 2:
-            line += f"  {row[1]['time_s'] / row[0]['time_s']:>15.2f}"
-        print(line)
-    Path(args.out + ".json").write_text(
-        json.dumps({"device": device, "args": vars(args), "results": results}, indent=2)
-    )
-    plot(results, backbones, device, args, Path(args.out + ".png"))
-    print(f"wrote {args.out}.json and {args.out}.png")
+    print(record.machine_lines())
+    print(f"width {args.width}, {args.depth} blocks, batch {args.batch}, bf16={args.bf16}; {args.repeats} rounds")
+    for seconds in lengths:
+        cells = []
+        for b in backbones:
+            t = times[f"{b}:{seconds}"]
+            mem = f", {memory[f'{b}:{seconds}']:.0f} MiB" if memory else ""
+            cells.append(f"{b} {spread(t)}{mem}")
+            if b != base:
+                cells.append(f"{b}/{base} {ratio_spread(t, times[f'{base}:{seconds}'])}")
+        print(f"{seconds:>3} s ({tokens[seconds]:>5} tokens): " + "; ".join(cells))
+    record.write(prefix + ".json")
+    plot(times, memory, backbones, lengths, record.machine_lines().splitlines()[0], args, Path(prefix + ".png"))
+    print(f"wrote {prefix}.json and {prefix}.png")
+    return 0
 
 
-def plot(results: list[dict], backbones: list[str], device: str, args, path: Path) -> None:
+def _split(name: str) -> tuple[str, int]:
+    backbone, seconds = name.split(":")
+    return backbone, int(seconds)
+
+
+def plot(times, memory, backbones, lengths, where: str, args, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2 if memory else 1, figsize=(10 if memory else 5.5, 4), squeeze=False)
+    ax_t = axes[0][0]
     for b in backbones:
-        pts = sorted((r for r in results if r["backbone"] == b), key=lambda r: r["seconds"])
-        x = [r["seconds"] for r in pts]
-        ax_t.plot(x, [r["time_s"] for r in pts], marker="o", label=b)
-        ax_m.plot(x, [r["peak_mib"] for r in pts], marker="o", label=b)
-    ax_t.set(title="audio encoder forward+backward", xlabel="audio length (s)", ylabel="time per step (s)")
-    ax_m.set(title="peak memory", xlabel="audio length (s)", ylabel="MiB")
-    for ax in (ax_t, ax_m):
+        ts = [times[f"{b}:{s}"] for s in lengths]
+        med = [statistics.median(t) for t in ts]
+        err = [[m - min(t) for m, t in zip(med, ts)], [max(t) - m for m, t in zip(med, ts)]]
+        ax_t.errorbar(lengths, med, yerr=err, marker="o", capsize=3, label=b)
+        if memory:
+            axes[0][1].plot(lengths, [memory[f"{b}:{s}"] for s in lengths], marker="o", label=b)
+    ax_t.set(title="audio encoder forward+backward", xlabel="audio length (s)", ylabel="s per step, median (min-max)")
+    if memory:
+        axes[0][1].set(title="peak memory", xlabel="audio length (s)", ylabel="MiB")
+    for ax in axes[0]:
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"{device}: width {args.width}, {args.depth} blocks, batch {args.batch}", fontsize=10)
+    fig.suptitle(
+        f"{where.removeprefix('machine: ')}\nwidth {args.width}, {args.depth} blocks, batch {args.batch}, "
+        f"{args.repeats} interleaved rounds",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -237,7 +237,7 @@ def static_report(args: argparse.Namespace) -> None:
     rows = []
     for label, path in modules:
         module = compile_gate.load_module(path)
-        config = module.ScanConfig()
+        trips_of = getattr(module, "LOOP_TRIPS", {})
         specs = [compile_gate.Spec("one direction", batch=2, d_state=args.d_state, dtype=DTYPES[args.dtype])]
         if hasattr(module, "scan_forward_bidirectional"):
             specs.append(
@@ -255,8 +255,14 @@ def static_report(args: argparse.Namespace) -> None:
             fwd = next(x for x in launches if "fwd" in x.kernel.__name__ and x.kwargs.get("SAVE_CHUNKS"))
             bwd = next(x for x in launches if "bwd" in x.kernel.__name__)
             for role, launch in (("forward (saving chunk states)", fwd), ("backward", bwd)):
-                result = compile_gate.compile_launch(launch, 90, spec.name, with_sass=True)
-                rows.append(static_row(args, label, spec, role, launch, result, config))
+                name = launch.kernel.__name__
+                trips = (
+                    trips_of[name](launch.kwargs, args.length)
+                    if name in trips_of
+                    else (math.ceil(args.length / launch.kwargs["BLOCK_L"]),)  # a kernel with only a chunk loop
+                )
+                result = compile_gate.compile_launch(launch, 90, spec.name, with_sass=True, trips=tuple(trips))
+                rows.append(static_row(args, label, spec, role, launch, result))
                 log_row(rows[-1])
     n_chunks = math.ceil(args.length / 64)
     floor_s = max(b / args.bandwidth if i == 0 else b / args.exp_rate
@@ -274,6 +280,7 @@ def static_report(args: argparse.Namespace) -> None:
                 }
     report = {"shape": GPU_SHAPE | {"d_state": args.d_state, "dtype": args.dtype}, "sms": args.sms,
               "clock_hz": args.clock, "exp_rate": args.exp_rate, "bandwidth": args.bandwidth, "floor_ms": floor_s * 1e3,
+              "modules": {label: path or "cavmae/kernels (this checkout)" for label, path in modules},
               "kernels": rows, "summary": summary}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_scan_static.json").write_text(json.dumps(report, indent=1, default=str))
@@ -281,35 +288,39 @@ def static_report(args: argparse.Namespace) -> None:
     print(static_markdown(report))
 
 
-def static_row(args, label, spec, role, launch, result, config) -> dict:
-    """Per-element counts of a compiled kernel's chunk loop and the estimated time at the GPU shape."""
+def static_row(args, label, spec, role, launch, result) -> dict:
+    """Per-element counts of a compiled kernel and its estimated time at the GPU shape.
+
+    The SASS counts are dynamic per thread: each instruction weighted by the trip counts of the loops around it at
+    the GPU shape (compile_tools.sass_counts). Scaled to the GPU shape's grid (the launch was recorded at the spec's
+    batch) they give the thread-instructions of the whole launch; per element = that / (batch x dim x L x N x
+    directions)."""
     kw = launch.kwargs
-    block_l, block_d = kw["BLOCK_L"], kw["BLOCK_D"]
-    n_state = kw.get("N_STATE", kw.get("BLOCK_N"))
     warps = kw.get("num_warps", 4)
     directions = 2 if kw.get("BIDIRECTIONAL") else 1
     row = {"module": label, "spec": spec.name, "kernel": role, "ok": result.ok, "error": result.error,
-           "registers": result.registers, "spill_bytes": result.stack_bytes,
-           "shared_bytes": result.shared_bytes, "block_l": block_l, "block_d": block_d, "num_warps": warps}  # fmt: skip
+           "registers": result.registers, "spill_bytes": result.stack_bytes, "shared_bytes": result.shared_bytes,
+           "block_l": kw["BLOCK_L"], "block_d": kw["BLOCK_D"], "num_warps": warps}  # fmt: skip
     if not result.ok:
         return row
-    loops = result.sass["per_loop"][:directions]  # the chunk loop of each direction
-    elements = block_l * block_d * n_state / (32 * warps)  # (t, d, n) elements per thread per chunk iteration
-    per = {k: sum(lp[k] for lp in loops) / directions / elements for k in ("total", "mufu", "shfl", "ldg_stg")}
-    n_chunks = math.ceil(args.length / block_l)
-    programs = args.batch * math.ceil(args.dim / block_d)
-    warp_iters = programs * warps * n_chunks * directions  # warp-level executions of one loop iteration
+    programs = math.prod(launch.grid) * args.batch / spec.batch
+    threads = programs * 32 * warps
+    weighted = result.sass["weighted"]
+    elements = args.batch * args.dim * args.length * args.d_state * directions
+    per = {k: weighted[k] * threads / elements for k in ("total", "mufu", "shfl", "ldg_stg", "local")}
     cycles = {
-        "issue": warp_iters * per["total"] * elements / (4 * args.sms),
-        "mufu": warp_iters * per["mufu"] * elements * 32 / (16 * args.sms),
-        "shuffle": warp_iters * per["shfl"] * elements * 32 / (32 * args.sms),
+        "issue": threads / 32 * weighted["total"] / (4 * args.sms),
+        "mufu": threads * weighted["mufu"] / (16 * args.sms),
+        "shuffle": threads * weighted["shfl"] / (32 * args.sms),
     }
     seconds = {k: v / args.clock for k, v in cycles.items()}
+    n_chunks = math.ceil(args.length / kw["BLOCK_L"])
     fwd_bytes, bwd_bytes = (floors(args, n_chunks)[p][0] for p in ("forward", "forward+backward"))
     pass_bytes = fwd_bytes if role.startswith("forward") else bwd_bytes - fwd_bytes
     seconds["memory"] = pass_bytes * directions / args.bandwidth
-    row.update({"per_element": per, "estimate_parts_s": seconds, "estimate_s": max(seconds.values()),
-                "bound": max(seconds, key=seconds.get)})  # fmt: skip
+    row.update({"per_element": per, "trips": result.sass["trips"], "loop_depths": result.sass["loop_depths"],
+                "unweighted_depths": result.sass["unweighted_depths"], "estimate_parts_s": seconds,
+                "estimate_s": max(seconds.values()), "bound": max(seconds, key=seconds.get)})  # fmt: skip
     return row
 
 
@@ -331,22 +342,30 @@ def static_markdown(report: dict) -> str:
         f"Shape b{shape['batch']} d{shape['dim']} L{shape['length']} N{shape['d_state']} {shape['dtype']}, sm_90 "
         f"({report['sms']} SMs at {report['clock_hz'] / 1e9:.2f} GHz, {report['exp_rate'] / 1e12:.2f} T exp/s, "
         f"{report['bandwidth'] / 1e12:.1f} TB/s). Floor of forward+backward, one direction: "
-        f"{report['floor_ms']:.3f} ms. Per-element counts are per (t, d, n) of the chunk loop.",
+        f"{report['floor_ms']:.3f} ms. Per-element counts are per (t, d, n) element of the whole launch: every SASS "
+        "instruction of the compiled kernel weighted by the trip counts of the loops around it at this shape (the "
+        "column 'loop trips', outermost first; a loop deeper than those counts once and is flagged), times the "
+        "threads of the grid, over batch x dim x L x N x directions. Estimate = max(issue, MUFU, shuffle, memory) "
+        "with issue = warp-instructions / (4 schedulers x SMs x clock), MUFU = lane-ops / (16 per SM per clock), "
+        "shuffle = lane-ops / (32 per SM per clock), memory = the bytes floor; latency, occupancy and tails are not "
+        "modelled.",
         "",
-        "| kernels | call | kernel | regs | stack (spill) B | smem B | tile L x D, warps | SASS/elem | MUFU/elem "
-        "| SHFL/elem "
-        "| estimate ms | bound |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| kernels | call | kernel | regs | stack (spill) B | smem B | tile L x D, warps | loop trips | SASS/elem "
+        "| MUFU/elem | SHFL/elem | estimate ms | bound |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    sources = [f"- {label}: {path}" for label, path in report.get("modules", {}).items()]
+    lines[3:3] = ["", "Kernels:", *sources] if sources else []
     for r in report["kernels"]:
         if not r["ok"]:
             lines.append(f"| {r['module']} | {r['spec']} | {r['kernel']} | does not compile: "
-                         f"{r['error'][:160]} | | | | | | | | |")  # fmt: skip
+                         f"{r['error'][:160]} | | | | | | | | | |")  # fmt: skip
             continue
         p = r["per_element"]
+        trips = " x ".join(map(str, r["trips"])) + (" (deeper loops once)" if r["unweighted_depths"] else "")
         lines.append(
             f"| {r['module']} | {r['spec']} | {r['kernel']} | {r['registers']} | {r['spill_bytes']} | "
-            f"{r['shared_bytes']} | {r['block_l']} x {r['block_d']}, {r['num_warps']} | {p['total']:.1f} | "
+            f"{r['shared_bytes']} | {r['block_l']} x {r['block_d']}, {r['num_warps']} | {trips} | {p['total']:.1f} | "
             f"{p['mufu']:.2f} | {p['shfl']:.2f} | {r['estimate_s'] * 1e3:.3f} | {r['bound']} |"
         )
     lines += ["", "| kernels | estimated forward+backward per direction, ms | floor ms | x floor |"]

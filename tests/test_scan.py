@@ -10,143 +10,32 @@ imported) at small sizes; on a machine with CUDA they run compiled, and the `gpu
 
 from __future__ import annotations
 
-import importlib
-import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
-from types import ModuleType
 
 import pytest
 import torch
 import torch.nn.functional as F
+from scan_helpers import (
+    CUDA,
+    NAMES,
+    Case,
+    check_against_reference,
+    flipped,
+    make_inputs,
+    relative_error,
+    run,
+    small_tiles,
+    triton_scan,
+)
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    # Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when cavmae.kernels.triton_scan is imported
-    # (lazily, on first use of impl="triton"): set it first so the kernels run on the CPU interpreter.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from cavmae.kernels import (  # noqa: E402
+from cavmae.kernels import (
     _resolve,
     selective_scan,
-    selective_scan_bidirectional,
     selective_scan_reference,
     selective_scan_torch,
 )
-from cavmae.kernels._common import nan_filled_outputs, new_output  # noqa: E402
-
-DEVICE = "cuda" if CUDA else "cpu"
-TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
-NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-
-
-def triton_scan() -> ModuleType:
-    """cavmae.kernels.triton_scan, its kernels interpreted when there is no GPU (re-imported if needed)."""
-    from cavmae.kernels import triton_scan as module
-
-    if not CUDA and not module.INTERPRETED:
-        # Imported earlier in this process before TRITON_INTERPRET was set: decorate the kernels again.
-        module = importlib.reload(module)
-    assert CUDA or module.INTERPRETED, "TRITON_INTERPRET must be 1 to test the Triton kernels without a GPU"
-    return module
-
-
-def small_tiles() -> Callable[..., object]:
-    """Triton scan with 16-position chunks and 4-channel blocks, so small tests cross chunk and block edges."""
-    module = triton_scan()
-    return partial(module.selective_scan_triton, config=module.ScanConfig(block_l=16, block_d=4, block_d_fwd=4))
-
-
-@dataclass(frozen=True)
-class Case:
-    length: int
-    batch: int = 2
-    dim: int = 5
-    d_state: int = 4
-    groups: int = 0  # 0: B and C are (batch, N, L); G >= 1: (batch, G, N, L)
-    z: bool = True
-    D: bool = True
-    bias: bool = True
-    softplus: bool = True
-    reverse: bool = False
-    strided: bool = False  # activations are transposed views of (batch, L, channels) tensors
-    dtype: torch.dtype = torch.float32
-    delta_shift: float = -1.0  # centre of the raw delta: +6 makes every decay underflow
-
-    def __str__(self) -> str:
-        flags = [f"L{self.length}", f"b{self.batch}d{self.dim}n{self.d_state}"]
-        flags += [f"G{self.groups}"] if self.groups else []
-        flags += [name for name in ("z", "D", "bias", "softplus", "reverse", "strided") if getattr(self, name)]
-        flags += ["bf16"] if self.dtype == torch.bfloat16 else []
-        flags += [f"shift{self.delta_shift:g}"] if self.delta_shift != -1.0 else []
-        return "-".join(flags)
-
-
-def make_inputs(case: Case, seed: int = 0, device: str = DEVICE) -> dict[str, torch.Tensor | None]:
-    """Leaf tensors for one case: activations in case.dtype, A / D / delta_bias in float32."""
-    gen = torch.Generator().manual_seed(seed)
-    b, d, L, n, G = case.batch, case.dim, case.length, case.d_state, case.groups
-
-    def activation(*channels: int, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:
-        # (batch, *channels, L); strided: a permuted view of a (batch, L, *channels) tensor
-        x = torch.randn(b, L, *channels, generator=gen) * scale + shift
-        x = x.movedim(1, -1)
-        if not case.strided:
-            x = x.contiguous()
-        return x.to(device=device, dtype=case.dtype)
-
-    if case.softplus:
-        delta = activation(d, scale=0.5, shift=case.delta_shift)
-    else:
-        delta = activation(d, scale=0.05).abs() + 0.02
-    bc_channels = (G, n) if G else (n,)
-    inputs = {
-        "u": activation(d),
-        "delta": delta,
-        "A": (-torch.arange(1, n + 1) * (0.5 + torch.rand(d, 1, generator=gen))).to(device),
-        "B": activation(*bc_channels),
-        "C": activation(*bc_channels),
-        "D": torch.randn(d, generator=gen).to(device) if case.D else None,
-        "z": activation(d) if case.z else None,
-        "delta_bias": (torch.rand(d, generator=gen) * 0.2).to(device) if case.bias else None,
-    }
-    return {k: v.detach().requires_grad_() if v is not None else None for k, v in inputs.items()}
-
-
-def run(fn: Callable[..., object], inputs: dict, case: Case, seed: int = 1) -> dict[str, torch.Tensor]:
-    """Forward and backward of ``fn`` with fixed random cotangents; results and gradients as float64 on CPU."""
-    out, last_state = fn(**inputs, delta_softplus=case.softplus, return_last_state=True, reverse=case.reverse)
-    gen = torch.Generator().manual_seed(seed)
-    d_out = torch.randn(out.shape, generator=gen).to(out)
-    d_last = torch.randn(last_state.shape, generator=gen).to(last_state)
-    leaves = {k: v for k, v in inputs.items() if v is not None}
-    grads = torch.autograd.grad((out, last_state), tuple(leaves.values()), (d_out, d_last))
-    results = {"out": out, "last_state": last_state}
-    results.update({f"d{k}": g for k, g in zip(leaves, grads)})
-    return {k: v.detach().double().cpu() for k, v in results.items()}
-
-
-def reference_results(inputs: dict, case: Case) -> dict[str, torch.Tensor]:
-    as64 = {k: v.detach().double().requires_grad_() if v is not None else None for k, v in inputs.items()}
-    return run(selective_scan_reference, as64, case)
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
-
-
-def check_against_reference(fn: Callable[..., object], case: Case, device: str = DEVICE) -> None:
-    inputs = make_inputs(case, device=device)
-    with nan_filled_outputs():
-        actual = run(fn, inputs, case)
-    expected = reference_results(inputs, case)
-    assert actual.keys() == expected.keys()
-    tol = TOLERANCE[case.dtype]
-    errors = {k: relative_error(actual[k], expected[k]) for k in expected}
-    bad = {k: f"{e:.2e}" for k, e in errors.items() if not e <= tol}  # `not <=` also catches NaN
-    assert not bad, f"{case}: relative error above {tol:g} in {bad}"
-
+from cavmae.kernels._common import nan_filled_outputs, new_output
 
 # Sizes: odd channel counts and state sizes, lengths 1 / 7 / 63 / 64 / 300 / 1029, every optional input on and off.
 TORCH_CASES = [
@@ -239,8 +128,10 @@ def test_triton_passes_strided_inputs_to_the_kernels_without_copies(monkeypatch:
 
             return launch
 
-    monkeypatch.setattr(module, "_scan_fwd_kernel", Spy(module._scan_fwd_kernel))
-    monkeypatch.setattr(module, "_scan_bwd_kernel", Spy(module._scan_bwd_kernel))
+    for kernel_module in module.KERNEL_MODULES:
+        for name in ("_scan_fwd_kernel", "_scan_bwd_kernel"):
+            if hasattr(kernel_module, name):
+                monkeypatch.setattr(kernel_module, name, Spy(getattr(kernel_module, name)))
     case = Case(9, batch=1, dim=3, d_state=2, strided=True)
     inputs = make_inputs(case)
     assert not inputs["u"].is_contiguous() and not inputs["B"].is_contiguous()
@@ -255,130 +146,6 @@ def test_triton_passes_strided_inputs_to_the_kernels_without_copies(monkeypatch:
             assert passed.data_ptr() == given.data_ptr(), f"{name} was copied before the launch"
             assert passed.stride()[-1] == given.stride()[-1] and passed.dtype == given.dtype, name
     assert out.stride() == inputs["u"].stride(), "the output is not in the layout of u"
-
-
-def flipped(x: torch.Tensor | None) -> torch.Tensor | None:
-    return x.flip(-1) if x is not None else None
-
-
-@pytest.mark.parametrize("impl", ["reference", "torch", "triton"])
-def test_bidirectional_matches_flipping_by_hand(impl: str) -> None:
-    if impl == "triton":
-        triton_scan()
-    case = Case(40, batch=2, dim=5, d_state=3, groups=0)
-    fwd, bwd = make_inputs(case, seed=10), make_inputs(case, seed=11)
-    z = fwd["z"]
-    args = {k: (fwd[k], bwd[k]) for k in NAMES if k != "z"}
-    with nan_filled_outputs():
-        out, (last_f, last_b) = selective_scan_bidirectional(
-            **args, z=z, delta_softplus=True, return_last_state=True, impl=impl
-        )
-    # By hand: the backward direction is the forward scan of the flipped sequence, flipped back.
-    ref_f, ref_last_f = selective_scan_reference(**fwd, delta_softplus=True, return_last_state=True)
-    flip_args = {k: flipped(v) if k in ("u", "delta", "B", "C", "z") else v for k, v in bwd.items()}
-    flip_args["z"] = flipped(z)
-    ref_b, ref_last_b = selective_scan_reference(**flip_args, delta_softplus=True, return_last_state=True)
-    expected = ref_f + ref_b.flip(-1)
-
-    tol = 1e-4
-    for name, a, e in (("out", out, expected), ("last_f", last_f, ref_last_f), ("last_b", last_b, ref_last_b)):
-        assert relative_error(a.detach().double().cpu(), e.detach().double().cpu()) <= tol, name
-    leaves = [v for k in NAMES if k != "z" for v in (fwd[k], bwd[k])] + [z]
-    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(out)
-    with nan_filled_outputs():
-        actual = torch.autograd.grad(out, leaves, grad_out)
-    wanted = torch.autograd.grad(expected, leaves, grad_out)
-    for i, (a, e) in enumerate(zip(actual, wanted)):
-        assert relative_error(a.double().cpu(), e.double().cpu()) <= tol, f"gradient {i}"
-
-
-FUSED_CASES = [
-    Case(70, batch=2, dim=6, d_state=3, groups=2, strided=True),
-    Case(37, batch=1, dim=5, d_state=4, z=False, D=False, dtype=torch.bfloat16),
-]
-
-
-def fused_bidirectional(case: Case, combine: str = "add", block_l: int = 16) -> tuple[dict, dict]:
-    """The fused Triton bidirectional scan (small tiles) and the float64 reference pair, results and gradients."""
-    module = triton_scan()
-    config = module.ScanConfig(block_l=block_l, block_d=4, block_d_fwd=4)
-    fwd, bwd = make_inputs(case, seed=10), make_inputs(case, seed=11)
-    z = fwd["z"]
-    keys = ("u", "delta", "A", "B", "C", "D", "delta_bias")
-    scale = 0.5 if combine == "mean" else 1.0
-
-    def triton_pair(f: dict, b: dict, z_: torch.Tensor | None) -> tuple:
-        return module.selective_scan_bidirectional_triton(
-            tuple(f[k] for k in keys), tuple(b[k] for k in keys), z_, case.softplus, out_scale=scale, config=config
-        )
-
-    def reference_pair(f: dict, b: dict, z_: torch.Tensor | None) -> tuple:
-        out_f, last_f = selective_scan_reference(**{**f, "z": z_}, delta_softplus=case.softplus, return_last_state=True)
-        out_b, last_b = selective_scan_reference(
-            **{**b, "z": z_}, delta_softplus=case.softplus, return_last_state=True, reverse=True
-        )
-        return (out_f + out_b) * scale, last_f, last_b
-
-    def results(fn: Callable, f: dict, b: dict, z_: torch.Tensor | None) -> dict:
-        out, last_f, last_b = fn(f, b, z_)
-        gen = torch.Generator().manual_seed(4)
-        cotangents = [torch.randn(x.shape, generator=gen).to(x) for x in (out, last_f, last_b)]
-        leaves = {f"{d}{k}": x[k] for d, x in (("f_", f), ("b_", b)) for k in keys if x[k] is not None}
-        if z_ is not None:
-            leaves["z"] = z_
-        grads = torch.autograd.grad((out, last_f, last_b), tuple(leaves.values()), cotangents)
-        found = {"out": out, "last_f": last_f, "last_b": last_b}
-        found.update({f"d{k}": g for k, g in zip(leaves, grads)})
-        return {k: v.detach().double().cpu() for k, v in found.items()}
-
-    with nan_filled_outputs():
-        actual = results(triton_pair, fwd, bwd, z)
-    as64 = [
-        {k: v.detach().double().requires_grad_() if v is not None else None for k, v in x.items()} for x in (fwd, bwd)
-    ]
-    z64 = as64[0]["z"]
-    expected = results(reference_pair, as64[0], as64[1], z64)
-    return actual, expected
-
-
-@pytest.mark.parametrize("case", FUSED_CASES, ids=str)
-def test_triton_fused_bidirectional_matches_reference(case: Case) -> None:
-    actual, expected = fused_bidirectional(case, combine="mean" if case.z else "add")
-    assert actual.keys() == expected.keys()
-    tol = TOLERANCE[case.dtype]
-    errors = {k: relative_error(actual[k], expected[k]) for k in expected}
-    bad = {k: f"{e:.2e}" for k, e in errors.items() if not e <= tol}
-    assert not bad, f"{case}: relative error above {tol:g} in {bad}"
-
-
-def test_triton_backward_is_bitwise_deterministic() -> None:
-    # No float atomics: two backward passes over the same inputs give the same bits, single and fused bidirectional.
-    case = Case(70, batch=2, dim=8, d_state=3, groups=2)
-    module = triton_scan()
-    fn = partial(module.selective_scan_triton, config=module.ScanConfig(block_l=16, block_d=2, block_d_fwd=2))
-    inputs = make_inputs(case)
-    first, second = run(fn, inputs, case), run(fn, inputs, case)
-    for k in first:
-        assert torch.equal(first[k], second[k]), f"{k} differs between two identical runs"
-    pair_1, _ = fused_bidirectional(case, block_l=32)
-    pair_2, _ = fused_bidirectional(case, block_l=32)
-    for k in pair_1:
-        assert torch.equal(pair_1[k], pair_2[k]), f"bidirectional {k} differs between two identical runs"
-
-
-def test_bidirectional_shared_inputs_and_mean() -> None:
-    case = Case(20, batch=1, dim=3, d_state=2)
-    inputs = make_inputs(case)
-    both = selective_scan_bidirectional(**inputs, delta_softplus=True, impl="torch")
-    mean = selective_scan_bidirectional(**inputs, delta_softplus=True, impl="torch", combine="mean")
-    forward = selective_scan_reference(**inputs, delta_softplus=True)
-    backward = selective_scan_reference(**inputs, delta_softplus=True, reverse=True)
-    assert relative_error(both.detach().double(), (forward + backward).detach().double()) <= 1e-4
-    torch.testing.assert_close(mean, both * 0.5)
-    with pytest.raises(ValueError, match="combine"):
-        selective_scan_bidirectional(**inputs, combine="max")
-    with pytest.raises(ValueError, match="z"):
-        selective_scan_bidirectional(**{**inputs, "z": (inputs["z"], inputs["z"])})
 
 
 def test_reference_reverse_is_the_flipped_forward_scan() -> None:

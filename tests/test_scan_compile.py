@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from cavmae.kernels.compile_gate import STACK_ALLOWANCE_BYTES
+from cavmae.kernels.compile_gate import stack_allowance
 
 REPO = Path(__file__).resolve().parents[1]
 TRITON36_DIR = Path(os.environ.get("CAVMAE_TRITON36_DIR", Path.home() / ".cache" / "cavmae" / "triton-3.6"))
 REQUIRE_TRITON36 = os.environ.get("CAVMAE_REQUIRE_TRITON36") == "1"
-GATE_TIMEOUT_S = 1200  # both gates run at once; about 5 min of CPU each on a cold Triton cache
+GATE_TIMEOUT_S = 1800  # both gates run at once: 4-9 min each on a cold Triton cache, 25 min seen on a loaded machine
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Triton's compiler ships for Linux only")
 
@@ -88,10 +88,19 @@ def check_coverage(results: list[dict]) -> None:
         "SAVE_CHUNKS",
         "True",
     ) in flags
+    # the backward's dB / dC lane-shuffle reduction (one channel per lane) and its tl.sum fallback (narrow tiles)
+    assert ("_scan_bwd_kernel", "LANE_REDUCE", "True") in flags and (
+        "_scan_bwd_kernel",
+        "LANE_REDUCE",
+        "False",
+    ) in flags
     for r in results:
-        # a stack frame means spills: small ones are tolerated (see compile_gate.STACK_ALLOWANCE_BYTES)
-        assert r["ok"] and 0 <= r["stack_bytes"] <= STACK_ALLOWANCE_BYTES, r
+        # a stack frame means spills: none allowed, but for the fused bidirectional backward (see compile_gate)
+        assert r["ok"] and 0 <= r["stack_bytes"] <= stack_allowance(r["kernel"], r["constexprs"]), r
         assert 0 < r["registers"] <= 255
+        # lane shuffles only where lanes are consecutive channels (what the shuffle masks assume)
+        shuffles = r["kernel"] == "_scan_bwd_kernel" and r["constexprs"].get("LANE_REDUCE") is True
+        assert r["lane_layout_ok"] is (True if shuffles else None), r
 
 
 @pytest.mark.slow

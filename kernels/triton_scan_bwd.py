@@ -1,0 +1,445 @@
+"""Selective-scan backward in Triton: the kernel and its launcher.
+
+Layout as in the forward: one program owns one batch element and BLOCK_D channels of one B/C group; each thread owns
+one channel and walks the positions one by one with its N states in registers ((BLOCK_N, BLOCK_D) tiles, states
+along the first axis, channels across lanes), so the recurrences and every sum over states (du, ddelta) stay inside
+the thread. Chunks (BLOCK_L positions, the forward's chunk-state interval) are walked last first; with g_t =
+dLoss/dh_t and the carry v_t = a_{t+1} g_{t+1} (the last state's gradient at the end), per position:
+
+    g_t = C_t dy_t + v_t,  v_{t-1} = a_t g_t                   a_t = exp(delta_t A): one MUFU.EX2 per (t, d, n)
+    q_t = g_t (h_t - x_t)  with x_t = delta_t B_t u_t           (a_t h_{t-1} = h_t - x_t: no h_{t-1} needed)
+    dA += q_t delta_t,  ddelta_t = sum_n (q_t A + g_t B_t u_t),  du_t = sum_n g_t B_t delta_t + D dy_t
+    dB_t = sum_d g_t delta_t u_t,  dC_t = sum_d h_t dy_t        (over channels: the only cross-lane step)
+
+The reverse walk needs h_t, which the forward never stored. Per chunk, a first walk recomputes the states from the
+saved chunk-start state and keeps the state every SUB (2) positions in a small per-program scratch buffer (L1/L2
+resident, each thread reading back only what it wrote); then, sub-chunk by sub-chunk from the last, the SUB states are
+recomputed into registers and walked in reverse. Each decay is evaluated three times (two recomputes, the reverse
+step): recomputing is cheaper than holding more states (SUB = 4 needs more than the 255 registers and spills).
+
+dB and dC: the 2N per-channel values of a position are summed over the 32 channels of a warp by recursive halving
+(each of 5 butterfly steps sends half of the remaining values to the partner lane and adds the other half: 31 lane
+shuffles for 32 values, about 2 per (t, d, n) element), leaving lane l with the warp's sum of value l; each warp
+writes its sums for the position (one coalesced 128-byte row) into per-warp partials (n_warp_blocks, batch, G, L, 2N),
+which are summed over the warp blocks in a fixed order afterwards. dA, dD and d(delta_bias) are per-batch partials.
+No float atomics anywhere: the backward is deterministic. Tiles narrower than a warp (test configurations) reduce
+with tl.sum over the program's channels instead.
+
+A bidirectional call runs both directions in one program, one after the other, with a barrier between them: the
+second adds its share of dz to the first's.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ._common import check_inputs, new_output
+from ._triton_bwd_steps import _grad_step, _load_step
+from ._triton_common import (
+    _LOG2E,
+    _SIZES,
+    DEFAULT_CONFIG,
+    Inputs,
+    ScanConfig,
+    _check_pair,
+    _direction,
+    _exp2_ftz,
+    _grid,
+    _like,
+    _load_rows,
+    _n_chunks,
+    _store_rows,
+)
+
+SUB = 2  # positions whose states a thread holds in registers during the reverse walk (2 or 4)
+WARP = 32
+
+
+@triton.jit
+def _bwd_direction(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, dout_ptr, dlast_ptr, chunk_ptr,
+    du_ptr, ddt_ptr, dz_ptr, part_ptr, scratch_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    b, grp, offs_j, offs_d, mask_d, batch, length, dim, n_groups, n_chunks, n_dblocks, out_scale,
+    scratch_stride, s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
+    s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
+    s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
+    s_du_b, s_du_d, s_du_l, s_ddt_b, s_ddt_d, s_ddt_l, s_dz_b, s_dz_d, s_dz_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr, HAS_DLAST: tl.constexpr, DZ_ACCUMULATE: tl.constexpr, LANE_REDUCE: tl.constexpr,
+    N_STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    LOG2_N: tl.constexpr, SUB: tl.constexpr,
+):  # fmt: skip
+    states = tl.arange(0, BLOCK_N)
+    mask_n = states < N_STATE
+    Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)  # D_ptr, bias_ptr: u when absent
+    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    A2 = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)  # A in log2 units; padded states and channels: decay 1
+    for n in tl.static_range(N_STATE):
+        A_n = tl.load(A_ptr + offs_d * s_A_d + n * s_A_n, mask=mask_d, other=0.0).to(tl.float32)
+        A2 = tl.where(states[:, None] == n, A_n[None, :] * _LOG2E, A2)
+    u_base = u_ptr + b * s_u_b + offs_d * s_u_d
+    dt_base = dt_ptr + b * s_dt_b + offs_d * s_dt_d
+    z_base = z_ptr + b * s_z_b + offs_d * s_z_d
+    do_base = dout_ptr + b * s_do_b + offs_d * s_do_d
+    du_base = du_ptr + b * s_du_b + offs_d * s_du_d
+    ddt_base = ddt_ptr + b * s_ddt_b + offs_d * s_ddt_d
+    dz_base = dz_ptr + b * s_dz_b + offs_d * s_dz_d
+    B_base = B_ptr + b * s_B_b + grp * s_B_g + states * s_B_n
+    C_base = C_ptr + b * s_C_b + grp * s_C_g + states * s_C_n
+    n_saved = n_chunks - 1
+    chunk_row0 = chunk_ptr + b * n_saved * N_STATE * dim + offs_d  # state n of chunk c + 1 at + (c * N + n) * dim
+    nd_row0 = (b * dim + offs_d) * N_STATE  # (batch, dim, N) offsets of state 0
+    # This program's scratch: the state before each sub-chunk of the current chunk, (BLOCK_L // SUB, N, BLOCK_D).
+    # The channel stride is a runtime 1: a stride known to be 1 would make Triton pick a vectorised layout for these
+    # accesses and convert every state tile to it and back (through shared memory) at each use.
+    scratch = scratch_ptr + tl.arange(0, BLOCK_D) * scratch_stride  # (BLOCK_D,): row n of slot s at + (s*N + n)*D
+    # dB / dC partials (n_dblocks, batch, G, L, 2 * BLOCK_N): a row of 2 * BLOCK_N values per position, per warp
+    # (32 channels) or, for tiles narrower than a warp, per program.
+    lane = offs_j % 32
+    if LANE_REDUCE:
+        dblock = (offs_j // 32).to(tl.int64)
+        n_bits: tl.constexpr = LOG2_N
+        part_lane = (lane >> 4) * BLOCK_N + ((lane & 15) >> (4 - n_bits))
+        part_mask = ((lane & ((1 << (4 - n_bits)) - 1)) == 0) & (dblock < n_dblocks)  # one writer per value
+    else:
+        dblock = tl.program_id(1).to(tl.int64)
+        part_lane = lane
+        part_mask = mask_d
+    part_row = part_ptr + ((dblock * batch + b) * n_groups + grp) * length * (2 * BLOCK_N)
+    offs_n2 = states
+
+    if HAS_DLAST:
+        v = _load_rows(dlast_ptr + nd_row0, 1, mask_d, states, N_STATE, BLOCK_N)
+    else:
+        v = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dA = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+
+    for ci in range(0, n_chunks):
+        c = n_chunks - 1 - ci
+        # Walk 1: the state before every sub-chunk, into the scratch (the chunk-start state first).
+        h = _load_rows(chunk_row0 + (c - 1) * N_STATE * dim, dim, mask_d & (c > 0), states, N_STATE, BLOCK_N)
+        _store_rows(scratch, BLOCK_D, h, mask_d, states, N_STATE)
+        for s in range(0, BLOCK_L // SUB - 1):
+            for i in tl.static_range(SUB):
+                t, valid, mask, u, raw, dt, B_t = _load_step(
+                    c * BLOCK_L + s * SUB + i, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l, s_B_l, bias,
+                    mask_n, HAS_BIAS, SOFTPLUS, REVERSE,
+                )  # fmt: skip
+                h = _exp2_ftz(dt[None, :] * A2) * h + (dt * u)[None, :] * B_t[:, None]
+            _store_rows(scratch + (s + 1) * BLOCK_N * BLOCK_D, BLOCK_D, h, mask_d, states, N_STATE)
+        # Walk 2, sub-chunk by sub-chunk from the last: recompute SUB states into registers, then step back.
+        for sj in range(0, BLOCK_L // SUB):
+            s = BLOCK_L // SUB - 1 - sj
+            p = c * BLOCK_L + s * SUB
+            h = _load_rows(scratch + s * BLOCK_N * BLOCK_D, BLOCK_D, mask_d, states, N_STATE, BLOCK_N)
+            if SUB == 4:
+                t0, ok0, m0, u0, r0, d0, B0 = _load_step(p, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l,
+                                                    s_B_l, bias, mask_n, HAS_BIAS, SOFTPLUS, REVERSE)  # fmt: skip
+                h0 = _exp2_ftz(d0[None, :] * A2) * h + (d0 * u0)[None, :] * B0[:, None]
+                t1, ok1, m1, u1, r1, d1, B1 = _load_step(p + 1, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l,
+                                                    s_B_l, bias, mask_n, HAS_BIAS, SOFTPLUS, REVERSE)  # fmt: skip
+                h1 = _exp2_ftz(d1[None, :] * A2) * h0 + (d1 * u1)[None, :] * B1[:, None]
+                t2, ok2, m2, u2, r2, d2, B2 = _load_step(p + 2, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l,
+                                                    s_B_l, bias, mask_n, HAS_BIAS, SOFTPLUS, REVERSE)  # fmt: skip
+                h2 = _exp2_ftz(d2[None, :] * A2) * h1 + (d2 * u2)[None, :] * B2[:, None]
+                t3, ok3, m3, u3, r3, d3, B3 = _load_step(p + 3, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l,
+                                                    s_B_l, bias, mask_n, HAS_BIAS, SOFTPLUS, REVERSE)  # fmt: skip
+                h3 = _exp2_ftz(d3[None, :] * A2) * h2 + (d3 * u3)[None, :] * B3[:, None]
+                v, dA, dD_acc, dbias_acc = _grad_step(
+                    h3, v, t3, ok3, m3, u3, r3, d3, A2, Dv, lane, dA, dD_acc, dbias_acc,
+                    B_base, s_B_l, C_base, z_base, do_base, du_base, ddt_base, dz_base, part_row, part_lane, part_mask,
+                    offs_n2, s_C_l, s_z_l, s_do_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
+                    HAS_D, HAS_Z, SOFTPLUS, DZ_ACCUMULATE, LANE_REDUCE, BLOCK_N,
+                )  # fmt: skip
+                v, dA, dD_acc, dbias_acc = _grad_step(
+                    h2, v, t2, ok2, m2, u2, r2, d2, A2, Dv, lane, dA, dD_acc, dbias_acc,
+                    B_base, s_B_l, C_base, z_base, do_base, du_base, ddt_base, dz_base, part_row, part_lane, part_mask,
+                    offs_n2, s_C_l, s_z_l, s_do_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
+                    HAS_D, HAS_Z, SOFTPLUS, DZ_ACCUMULATE, LANE_REDUCE, BLOCK_N,
+                )  # fmt: skip
+                v, dA, dD_acc, dbias_acc = _grad_step(
+                    h1, v, t1, ok1, m1, u1, r1, d1, A2, Dv, lane, dA, dD_acc, dbias_acc,
+                    B_base, s_B_l, C_base, z_base, do_base, du_base, ddt_base, dz_base, part_row, part_lane, part_mask,
+                    offs_n2, s_C_l, s_z_l, s_do_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
+                    HAS_D, HAS_Z, SOFTPLUS, DZ_ACCUMULATE, LANE_REDUCE, BLOCK_N,
+                )  # fmt: skip
+                v, dA, dD_acc, dbias_acc = _grad_step(
+                    h0, v, t0, ok0, m0, u0, r0, d0, A2, Dv, lane, dA, dD_acc, dbias_acc,
+                    B_base, s_B_l, C_base, z_base, do_base, du_base, ddt_base, dz_base, part_row, part_lane, part_mask,
+                    offs_n2, s_C_l, s_z_l, s_do_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
+                    HAS_D, HAS_Z, SOFTPLUS, DZ_ACCUMULATE, LANE_REDUCE, BLOCK_N,
+                )  # fmt: skip
+            else:  # SUB == 2
+                t0, ok0, m0, u0, r0, d0, B0 = _load_step(p, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l,
+                                                    s_B_l, bias, mask_n, HAS_BIAS, SOFTPLUS, REVERSE)  # fmt: skip
+                h0 = _exp2_ftz(d0[None, :] * A2) * h + (d0 * u0)[None, :] * B0[:, None]
+                t1, ok1, m1, u1, r1, d1, B1 = _load_step(p + 1, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l,
+                                                    s_B_l, bias, mask_n, HAS_BIAS, SOFTPLUS, REVERSE)  # fmt: skip
+                h1 = _exp2_ftz(d1[None, :] * A2) * h0 + (d1 * u1)[None, :] * B1[:, None]
+                v, dA, dD_acc, dbias_acc = _grad_step(
+                    h1, v, t1, ok1, m1, u1, r1, d1, A2, Dv, lane, dA, dD_acc, dbias_acc,
+                    B_base, s_B_l, C_base, z_base, do_base, du_base, ddt_base, dz_base, part_row, part_lane, part_mask,
+                    offs_n2, s_C_l, s_z_l, s_do_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
+                    HAS_D, HAS_Z, SOFTPLUS, DZ_ACCUMULATE, LANE_REDUCE, BLOCK_N,
+                )  # fmt: skip
+                v, dA, dD_acc, dbias_acc = _grad_step(
+                    h0, v, t0, ok0, m0, u0, r0, d0, A2, Dv, lane, dA, dD_acc, dbias_acc,
+                    B_base, s_B_l, C_base, z_base, do_base, du_base, ddt_base, dz_base, part_row, part_lane, part_mask,
+                    offs_n2, s_C_l, s_z_l, s_do_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
+                    HAS_D, HAS_Z, SOFTPLUS, DZ_ACCUMULATE, LANE_REDUCE, BLOCK_N,
+                )  # fmt: skip
+
+    # Offsets recomputed here (a runtime-1 factor keeps the compiler from reusing, and so holding through the
+    # loops, those of the prologue).
+    pid_end = tl.program_id(0) * scratch_stride
+    grp_end = pid_end % n_groups
+    dim_per_group = dim // n_groups
+    offs_end = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D) * scratch_stride
+    end_d = (pid_end // n_groups).to(tl.int64) * dim + grp_end * dim_per_group + offs_end
+    end_mask = offs_end < dim_per_group
+    _store_rows(dA_ptr + end_d * N_STATE, 1, dA, end_mask, states, N_STATE)
+    tl.store(dD_ptr + end_d, dD_acc, mask=end_mask)
+    tl.store(dbias_ptr + end_d, dbias_acc, mask=end_mask)
+
+
+@triton.jit(do_not_specialize=(*_SIZES, "n_dblocks", "scratch_stride"))
+def _scan_bwd_kernel(
+    u0_ptr, dt0_ptr, A0_ptr, B0_ptr, C0_ptr, D0_ptr, bias0_ptr,
+    u1_ptr, dt1_ptr, A1_ptr, B1_ptr, C1_ptr, D1_ptr, bias1_ptr,
+    z_ptr, dout_ptr, dlast_ptr, chunk_ptr,
+    du0_ptr, ddt0_ptr, du1_ptr, ddt1_ptr, dz_ptr, part_ptr, scratch_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    batch, length, dim_per_group, n_groups, n_chunks, n_dblocks, out_scale, scratch_stride,
+    s0_u_b, s0_u_d, s0_u_l, s0_dt_b, s0_dt_d, s0_dt_l, s0_A_d, s0_A_n,
+    s0_B_b, s0_B_g, s0_B_n, s0_B_l, s0_C_b, s0_C_g, s0_C_n, s0_C_l,
+    s1_u_b, s1_u_d, s1_u_l, s1_dt_b, s1_dt_d, s1_dt_l, s1_A_d, s1_A_n,
+    s1_B_b, s1_B_g, s1_B_n, s1_B_l, s1_C_b, s1_C_g, s1_C_n, s1_C_l,
+    s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
+    s0_du_b, s0_du_d, s0_du_l, s0_ddt_b, s0_ddt_d, s0_ddt_l,
+    s1_du_b, s1_du_d, s1_du_l, s1_ddt_b, s1_ddt_d, s1_ddt_l,
+    s_dz_b, s_dz_d, s_dz_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr, BIDIRECTIONAL: tl.constexpr, HAS_DLAST: tl.constexpr, LANE_REDUCE: tl.constexpr,
+    N_STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    LOG2_N: tl.constexpr, SUB: tl.constexpr,
+):  # fmt: skip
+    pid_bg = tl.program_id(0)
+    b = (pid_bg // n_groups).to(tl.int64)
+    grp = pid_bg % n_groups
+    pid_d = tl.program_id(1)
+    offs_j = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_j < dim_per_group
+    offs_d = (grp * dim_per_group + offs_j).to(tl.int64)
+    dim = n_groups * dim_per_group
+    program = pid_bg.to(tl.int64) * tl.num_programs(1) + pid_d
+    scratch = scratch_ptr + program * (BLOCK_L // SUB) * BLOCK_N * BLOCK_D
+    _bwd_direction(
+        u0_ptr, dt0_ptr, A0_ptr, B0_ptr, C0_ptr, D0_ptr, bias0_ptr, z_ptr, dout_ptr, dlast_ptr, chunk_ptr,
+        du0_ptr, ddt0_ptr, dz_ptr, part_ptr, scratch, dA_ptr, dD_ptr, dbias_ptr,
+        b, grp, offs_j, offs_d, mask_d, batch, length, dim, n_groups, n_chunks, n_dblocks, out_scale,
+        scratch_stride,
+        s0_u_b, s0_u_d, s0_u_l, s0_dt_b, s0_dt_d, s0_dt_l, s0_A_d, s0_A_n,
+        s0_B_b, s0_B_g, s0_B_n, s0_B_l, s0_C_b, s0_C_g, s0_C_n, s0_C_l,
+        s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
+        s0_du_b, s0_du_d, s0_du_l, s0_ddt_b, s0_ddt_d, s0_ddt_l, s_dz_b, s_dz_d, s_dz_l,
+        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, HAS_DLAST, False, LANE_REDUCE,
+        N_STATE, BLOCK_L, BLOCK_D, BLOCK_N, LOG2_N, SUB,
+    )  # fmt: skip
+    if BIDIRECTIONAL:
+        tl.debug_barrier()  # the second direction adds to dz written by other threads of this program
+        n_saved = tl.maximum(n_chunks - 1, 1)
+        # The channel offsets again, times a runtime 1: otherwise the compiler keeps the first direction's
+        # per-thread offsets and pointers alive through its loops for reuse here, and spills them.
+        scratch_stride = scratch_stride * scratch_stride  # another runtime 1 (nothing of the first epilogue reused)
+        pid_bg = pid_bg * scratch_stride
+        b = (pid_bg // n_groups).to(tl.int64)
+        grp = pid_bg % n_groups
+        offs_j = offs_j * scratch_stride
+        mask_d = offs_j < dim_per_group
+        offs_d = (grp * dim_per_group + offs_j).to(tl.int64)
+        _bwd_direction(
+            u1_ptr, dt1_ptr, A1_ptr, B1_ptr, C1_ptr, D1_ptr, bias1_ptr, z_ptr, dout_ptr,
+            dlast_ptr + batch * dim * N_STATE, chunk_ptr + batch * n_saved * N_STATE * dim,
+            du1_ptr, ddt1_ptr, dz_ptr, part_ptr + n_dblocks * batch * n_groups * length * (2 * BLOCK_N), scratch,
+            dA_ptr + batch * dim * N_STATE, dD_ptr + batch * dim, dbias_ptr + batch * dim,
+            b, grp, offs_j, offs_d, mask_d, batch, length, dim, n_groups, n_chunks, n_dblocks, out_scale,
+            scratch_stride, s1_u_b, s1_u_d, s1_u_l, s1_dt_b, s1_dt_d, s1_dt_l, s1_A_d, s1_A_n,
+            s1_B_b, s1_B_g, s1_B_n, s1_B_l, s1_C_b, s1_C_g, s1_C_n, s1_C_l,
+            s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
+            s1_du_b, s1_du_d, s1_du_l, s1_ddt_b, s1_ddt_d, s1_ddt_l, s_dz_b, s_dz_d, s_dz_l,
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, HAS_DLAST, True, LANE_REDUCE,
+            N_STATE, BLOCK_L, BLOCK_D, BLOCK_N, LOG2_N, SUB,
+        )  # fmt: skip
+
+
+def loop_trips(kwargs: dict, length: int) -> tuple[int, ...]:
+    """Trip counts of the backward kernel's loops by nesting depth (the chunk loop, then the two walks inside it),
+    for the static cost report."""
+    return (triton.cdiv(length, kwargs["BLOCK_L"]), kwargs["BLOCK_L"] // kwargs["SUB"])
+
+
+def _lane_reduce(block_d: int, num_warps: int, block_n: int) -> bool:
+    """dB / dC by lane shuffles: one channel per lane (the tile is exactly the program's warps), 2N <= 32 values."""
+    return block_d == WARP * num_warps and block_n <= 16
+
+
+def _backward(
+    first: Inputs,
+    second: Inputs | None,
+    z: Tensor | None,
+    delta_softplus: bool,
+    reverse: bool,
+    chunks: Tensor,
+    dout: Tensor,
+    dlast: Tensor | None,
+    out_scale: float,
+    config: ScanConfig,
+) -> list[tuple[Tensor | None, ...]]:
+    """Launch the backward kernel. Returns, per direction, (du, ddelta, dA, dB, dC, dD, ddelta_bias) in the inputs'
+    dtypes, and dz as the last entry of the first direction's tuple."""
+    shape = _check_pair(first, second, z) if second is not None else check_inputs(*first[:6], z, first[6])
+    n_dirs = 2 if second is not None else 1
+    p0, s0, _ = _direction(first, forward=True)
+    p1, s1, _ = _direction(second, forward=True) if second is not None else (p0, s0, None)
+    u = first[0]
+    n_chunks = _n_chunks(shape, config)
+    if chunks.shape != (n_dirs, shape.batch, max(n_chunks - 1, 1), shape.d_state, shape.dim):
+        raise ValueError(f"scan backward: chunk states of shape {tuple(chunks.shape)} do not match block_l")
+    grid = _grid(shape, config.block_d)
+    block_n = triton.next_power_of_2(shape.d_state)
+    lane_reduce = _lane_reduce(config.block_d, config.num_warps_bwd, block_n)
+    n_dblocks = triton.cdiv(shape.dim_per_group, WARP) if lane_reduce else grid[1]
+    du = [_like(d[0]) for d in (first, second) if d is not None]
+    ddelta = [_like(d[1]) for d in (first, second) if d is not None]
+    dz = _like(z) if z is not None else None
+    # Deterministic reductions: per-warp (or per-program) partials of dB / dC, per-batch partials of dA / dD / dbias.
+    part = new_output((n_dirs, n_dblocks, shape.batch, shape.groups, shape.length, 2 * block_n), torch.float32,
+                      u.device)  # fmt: skip
+    scratch = torch.empty(grid[0] * grid[1] * config.block_l * block_n * config.block_d // SUB, device=u.device)
+    dA_part = new_output((n_dirs, shape.batch, shape.dim, shape.d_state), torch.float32, u.device)
+    dD_part = new_output((n_dirs, shape.batch, shape.dim), torch.float32, u.device)
+    dbias_part = new_output((n_dirs, shape.batch, shape.dim), torch.float32, u.device)
+    dlast_all = dlast.float().contiguous() if dlast is not None else None  # small (n_dirs, batch, dim, N)
+    du1, ddt1 = (du[1], ddelta[1]) if second is not None else (du[0], ddelta[0])
+    _scan_bwd_kernel[grid](
+        *p0,
+        *p1,
+        z if z is not None else u,
+        dout,
+        dlast_all if dlast_all is not None else dA_part,
+        chunks,
+        du[0],
+        ddelta[0],
+        du1,
+        ddt1,
+        dz if dz is not None else du[0],
+        part,
+        scratch,
+        dA_part,
+        dD_part,
+        dbias_part,
+        shape.batch,
+        shape.length,
+        shape.dim_per_group,
+        shape.groups,
+        n_chunks,
+        n_dblocks,
+        float(out_scale),
+        1,  # scratch_stride
+        *s0,
+        *s1,
+        *(z.stride() if z is not None else (0, 0, 0)),
+        *dout.stride(),
+        *du[0].stride(),
+        *ddelta[0].stride(),
+        *du1.stride(),
+        *ddt1.stride(),
+        *(dz.stride() if dz is not None else (0, 0, 0)),
+        HAS_D=first[5] is not None,
+        HAS_Z=z is not None,
+        HAS_BIAS=first[6] is not None,
+        SOFTPLUS=delta_softplus,
+        REVERSE=reverse,
+        BIDIRECTIONAL=second is not None,
+        HAS_DLAST=dlast is not None,
+        LANE_REDUCE=lane_reduce,
+        N_STATE=shape.d_state,
+        BLOCK_L=config.block_l,
+        BLOCK_D=config.block_d,
+        BLOCK_N=block_n,
+        LOG2_N=block_n.bit_length() - 1,
+        SUB=SUB,
+        num_warps=config.num_warps_bwd,
+        maxnreg=255,  # an explicit bound keeps ptxas from spilling for occupancy (see triton_scan_fwd)
+    )
+    results = []
+    n = shape.d_state
+    for i, inputs in enumerate(d for d in (first, second) if d is not None):
+        _, _, A, B, C, D, bias = inputs
+        # Fixed-order sums over the channel blocks and the batch (torch reductions do not use atomics).
+        sums = part[i].sum(0) if n_dblocks > 1 else part[i, 0]  # (batch, G, L, 2 * BLOCK_N)
+        dB = sums[..., :n].transpose(2, 3)
+        dC = sums[..., block_n : block_n + n].transpose(2, 3)
+        results.append(
+            (
+                du[i],
+                ddelta[i],
+                dA_part[i].sum(0).to(A.dtype),
+                dB.reshape(B.shape).to(B.dtype),
+                dC.reshape(C.shape).to(C.dtype),
+                dD_part[i].sum(0).to(D.dtype) if D is not None else None,
+                dbias_part[i].sum(0).to(bias.dtype) if bias is not None else None,
+            )
+        )
+    results[0] = (*results[0], dz)
+    return results
+
+
+def scan_backward(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+    reverse: bool,
+    chunks: Tensor,
+    dout: Tensor,
+    dlast: Tensor | None,
+    config: ScanConfig = DEFAULT_CONFIG,
+) -> tuple[Tensor | None, ...]:
+    """One direction: du, ddelta, dA, dB, dC, dD, dz, ddelta_bias in the inputs' dtypes."""
+    dlast4 = dlast.unsqueeze(0) if dlast is not None else None
+    ((du, ddelta, dA, dB, dC, dD, dbias, dz),) = _backward(
+        (u, delta, A, B, C, D, delta_bias), None, z, delta_softplus, reverse, chunks, dout, dlast4, 1.0, config
+    )
+    return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
+def scan_backward_bidirectional(
+    u: tuple[Tensor, Tensor],
+    delta: tuple[Tensor, Tensor],
+    A: tuple[Tensor, Tensor],
+    B: tuple[Tensor, Tensor],
+    C: tuple[Tensor, Tensor],
+    D: tuple[Tensor | None, Tensor | None],
+    z: Tensor | None,
+    delta_bias: tuple[Tensor | None, Tensor | None],
+    delta_softplus: bool,
+    chunks: Tensor,
+    dout: Tensor,
+    dlast: Tensor | None,
+    out_scale: float = 1.0,
+    config: ScanConfig = DEFAULT_CONFIG,
+) -> list[tuple[Tensor | None, ...]]:
+    """Gradients of both directions: [(du, ddelta, dA, dB, dC, dD, dbias, dz), (du, ddelta, dA, dB, dC, dD, dbias)]."""
+    first = (u[0], delta[0], A[0], B[0], C[0], D[0], delta_bias[0])
+    second = (u[1], delta[1], A[1], B[1], C[1], D[1], delta_bias[1])
+    return _backward(first, second, z, delta_softplus, False, chunks, dout, dlast, out_scale, config)
