@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 # Without a GPU the Triton kernels are tested on Triton's CPU interpreter, which Triton configures when it is
@@ -198,3 +199,14 @@ def pretrained_tiny(tmp_path_factory) -> Path:
         ],
     )
     return train(cfg)
+
+
+@pytest.fixture
+def keep_logging():
+    """A script's main() configures logging (basicConfig, quieter 'cavmae'): undo it for the tests that follow."""
+    root, package = logging.getLogger(), logging.getLogger("cavmae")
+    saved = root.level, list(root.handlers), package.level
+    yield
+    root.setLevel(saved[0])
+    root.handlers[:] = saved[1]
+    package.setLevel(saved[2])

@@ -7,7 +7,6 @@ the scripts, and timing thresholds do not belong in tests.
 
 import importlib.util
 import json
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -15,17 +14,6 @@ from pathlib import Path
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-@pytest.fixture
-def keep_logging():
-    """A script's main() configures logging (basicConfig, quieter 'cavmae'): undo it for the tests that follow."""
-    root, package = logging.getLogger(), logging.getLogger("cavmae")
-    saved = root.level, list(root.handlers), package.level
-    yield
-    root.setLevel(saved[0])
-    root.handlers[:] = saved[1]
-    package.setLevel(saved[2])
 
 
 def load(name: str):

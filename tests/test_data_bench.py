@@ -3,24 +3,12 @@ timing thresholds do not belong in tests)."""
 
 import importlib.util
 import json
-import logging
 import math
 from pathlib import Path
 
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_data.py"
-
-
-@pytest.fixture
-def keep_logging():
-    """A script's main() configures logging (basicConfig, quieter 'cavmae'): undo it for the tests that follow."""
-    root, package = logging.getLogger(), logging.getLogger("cavmae")
-    saved = root.level, list(root.handlers), package.level
-    yield
-    root.setLevel(saved[0])
-    root.handlers[:] = saved[1]
-    package.setLevel(saved[2])
 
 
 @pytest.fixture(scope="module")
