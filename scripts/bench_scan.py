@@ -1,9 +1,9 @@
 """Selective-scan benchmark: implementations against each other and, on a GPU, against a hardware floor.
 
 CPU (default shape batch 2, dim 256, L 512, N 16, float32): the PyTorch path against the sequential reference,
-forward and forward + backward, timed interleaved and reported as the best of --reps runs each (the minimum is the
-figure least disturbed by other load on a shared machine), in wall-clock time and in process CPU time. The
-issue's acceptance figure is the forward + backward ratio (reference / PyTorch path >= 10).
+forward and forward + backward, in --reps interleaved rounds (order rotating), reported as median (min-max) of the
+times and of the per-round ratios reference / PyTorch path, in wall-clock and process CPU time, with the machine and
+its load at start and end; the raw rounds go to JSON (bench_scan_cpu.json in --out, default scripts/results/).
 
 GPU (default shape batch 32, dim 1536, L 708, N 16, bfloat16): the Triton kernels against the PyTorch path (and
 the reference with --with-reference), median times from triton.testing.do_bench, and the achieved fraction of a floor:
@@ -43,13 +43,14 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout without installing
+
+from benchtools import Record, default_out, ratio_spread, ratios, rounds, spread, summary  # noqa: E402
 
 from cavmae.kernels import selective_scan_reference, selective_scan_torch  # noqa: E402
 
@@ -84,7 +85,12 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--sms", type=int, default=132, help="--static: streaming multiprocessors (H200: 132)")
     p.add_argument("--clock", type=float, default=1.98e9, help="--static: SM clock in Hz (H200 boost: 1.98e9)")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="--static output")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results",
+        help="folder of the outputs (--static: the report; CPU: the raw rounds as JSON)",
+    )
     return p.parse_args()
 
 
@@ -124,39 +130,37 @@ def forward_backward_fn(scan: Callable, inputs: list[torch.Tensor]) -> Callable[
     return run
 
 
-def timed(fn: Callable[[], object]) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) of one run. CPU time sums every thread: the work done."""
-    w0, c0 = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - w0, time.process_time() - c0
-
-
 def bench_cpu(args: argparse.Namespace) -> None:
     inputs = make_inputs(args, "cpu")
     reps = args.reps or 7
-    rows = []
+    record = Record("bench_scan", vars(args))
+    raw, summaries, lines = {}, {}, []
     for label, make in (("forward", forward_fn), ("forward+backward", forward_backward_fn)):
-        ref_fn, fast_fn = make(selective_scan_reference, inputs), make(selective_scan_torch, inputs)
-        ref_fn(), fast_fn()  # warm-up
-        ref, fast = [], []
-        # Interleaved, so that load from other jobs on a shared machine hits both alike; the best run of each.
-        for _ in range(reps):
-            ref.append(timed(ref_fn))
-            fast.extend(timed(fast_fn) for _ in range(3))
-        rows.append((label, tuple(map(min, zip(*ref))), tuple(map(min, zip(*fast)))))
-    print(
-        f"CPU, {torch.get_num_threads()} threads; batch {args.batch}, dim {args.dim}, L {args.length}, "
-        f"N {args.d_state}, groups {args.groups}, {args.dtype}; best of {reps} (reference) / {reps * 3} (torch path), "
-        "interleaved"
-    )
-    print(f"{'':<18} {'wall clock ms':^34}   {'CPU time ms (all threads)':^34}")
-    columns = f"{'reference':>10} {'torch path':>11} {'speed-up':>11}"
-    print(f"{'pass':<18} {columns}   {columns}")
-    for label, (ref_wall, ref_cpu), (fast_wall, fast_cpu) in rows:
-        print(
-            f"{label:<18} {ref_wall * 1e3:>10.1f} {fast_wall * 1e3:>11.2f} {ref_wall / fast_wall:>10.1f}x   "
-            f"{ref_cpu * 1e3:>10.1f} {fast_cpu * 1e3:>11.2f} {ref_cpu / fast_cpu:>10.1f}x"
+        # Interleaved rounds (order rotating), so that load from other jobs on a shared machine hits both alike.
+        runs = rounds(
+            {"reference": make(selective_scan_reference, inputs), "torch": make(selective_scan_torch, inputs)}, reps
         )
+        wall = {name: [r.wall_s for r in rs] for name, rs in runs.items()}
+        cpu = {name: [r.cpu_s for r in rs] for name, rs in runs.items()}
+        raw[label] = {"wall_s": wall, "cpu_s": cpu}
+        summaries[label] = {
+            "wall_s": {name: summary(v) for name, v in wall.items()},
+            "speedup_wall": summary(ratios(wall["reference"], wall["torch"])),
+            "speedup_cpu": summary(ratios(cpu["reference"], cpu["torch"])),
+        }
+        lines.append(
+            f"{label:<17} reference {spread([t * 1e3 for t in wall['reference']], 'ms', 1)}, "
+            f"torch path {spread([t * 1e3 for t in wall['torch']], 'ms', 2)}: "
+            f"{ratio_spread(wall['reference'], wall['torch'])} wall, {ratio_spread(cpu['reference'], cpu['torch'])} CPU"
+        )
+    record.finish(raw=raw, summary=summaries)
+    print(record.machine_lines())
+    print(
+        f"batch {args.batch}, dim {args.dim}, L {args.length}, N {args.d_state}, groups {args.groups}, {args.dtype}; "
+        f"{reps} interleaved rounds, median (min-max); speed-up = reference / torch path per round"
+    )
+    print("\n".join(lines))
+    print(f"wrote {record.write(Path(args.out) / default_out('bench_scan').name)}")
 
 
 def floors(args: argparse.Namespace, n_chunks: int) -> dict[str, tuple[float, float]]:
