@@ -83,6 +83,13 @@ VARIANTS: dict[str, Variant] = {
         pretrain=("model.mamba.gap_aware_dt=true",),
         note="masked sequences: dt scaled by each kept token's gap to its neighbour in the scan direction",
     ),
+    "mamba_hold": Variant(
+        "mamba",
+        _M,
+        pretrain=("model.mamba.gap_aware_dt=true", "model.mamba.gap_fill=hold"),
+        note="masked sequences: dt scaled by the gap, the kept token's input held over it (the state carries as "
+        "much input as on the unmasked sequences of retrieval and fine-tuning)",
+    ),
     "mamba_expand2": Variant("mamba", (), note="the shipped default expand 2 (+31 % parameters)", matched=False),
 }
 DEFAULT_VARIANTS = (

@@ -304,6 +304,50 @@ def test_gap_scaled_scan_is_the_full_scan_with_no_input_where_masked(reverse):
     assert not torch.allclose(out, plain, atol=1e-3)  # treating kept neighbours as adjacent is something else
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gap_hold_scan_carries_the_full_sequence_input(reverse):
+    """fill="hold": with no decay (A = 0) the kept tokens' scan equals, exactly, the scan of the whole sequence in
+    which every masked position holds the input of the kept token whose step covers it (the next kept token in
+    the scan direction); with decay, the state decays over the gap as with fill="zero"."""
+    from cavmae.kernels import selective_scan
+    from cavmae.models.mamba import gap_scaled, scan_gaps
+
+    g = torch.Generator().manual_seed(1)
+    b, d, n, length = 2, 3, 4, 12
+    kept = torch.tensor([[0, 2, 3, 7, 8, 11], [1, 4, 5, 6, 9, 10]])
+    bias = torch.full((d,), -1.0)  # constant dt
+    pick = kept[:, None, :]
+    u = torch.randn(b, d, kept.shape[1], generator=g)
+    B, C = torch.randn(b, n, kept.shape[1], generator=g), torch.randn(b, n, kept.shape[1], generator=g)
+    # the full sequence: position p holds the kept token whose step covers it (forward: the first kept at or after
+    # p; reverse: the last kept at or before p); positions scanned before the first kept token hold no input (its
+    # step is 1), positions after the last kept one do not reach a kept output
+    pos = torch.arange(length)
+    if reverse:
+        cover = (kept[:, None, :] <= pos[None, :, None]).sum(-1) - 1
+        before_first = pos[None] > kept[:, -1:]
+    else:
+        cover = (kept[:, None, :] < pos[None, :, None]).sum(-1)
+        before_first = pos[None] < kept[:, :1]
+    cover = cover.clamp(0, kept.shape[1] - 1)  # [b, length] index into the kept tokens
+    u_full = u.gather(2, cover[:, None].expand(-1, d, -1)).masked_fill(before_first[:, None], 0.0)
+    B_full = B.gather(2, cover[:, None].expand(-1, n, -1))
+    C_full = C.gather(2, cover[:, None].expand(-1, n, -1))
+    for A in (torch.zeros(d, n), -torch.rand(d, n, generator=g) - 0.5):
+        full = selective_scan(u_full, torch.zeros(b, d, length), A, B_full, C_full, delta_bias=bias,
+                              delta_softplus=True, impl="reference", reverse=reverse)  # fmt: skip
+        delta, B_hold = gap_scaled(torch.zeros_like(u), B, bias, scan_gaps(kept, reverse), "hold")
+        out = selective_scan(u, delta, A, B_hold, C, impl="reference", reverse=reverse)
+        at_kept = full.gather(2, pick.expand(-1, d, -1))
+        if not A.any():
+            assert torch.allclose(out, at_kept, atol=1e-5)
+        else:  # Mamba's step dt*B*u over g positions is g*dt*B*u, not the geometric sum of the decaying copies
+            assert not torch.allclose(out, at_kept, atol=1e-3)
+    delta_zero, B_zero = gap_scaled(torch.zeros_like(u), B, bias, scan_gaps(kept, reverse), "zero")
+    assert torch.equal(delta_zero, delta)  # the same decay over each gap; only the input differs
+    assert torch.allclose(B_zero * scan_gaps(kept, reverse)[:, None], B_hold)
+
+
 @pytest.mark.parametrize("order", ["freq_major", "time_major"])
 def test_gap_aware_model_is_the_plain_model_when_nothing_is_masked(order):
     unmasked = {"audio_token_order": order, "mask_ratio_a": 0.0, "mask_ratio_v": 0.0}

@@ -31,6 +31,10 @@ class MambaConfig:
     # With masking, scale each kept token's step dt by its distance to the previous token in its scan direction
     # (and its B by the inverse): the state decays over the masked gap. Off: kept tokens are treated as adjacent.
     gap_aware_dt: bool = False
+    # What the skipped positions of a gap hold (with gap_aware_dt): "zero" (no input: B scaled by 1/gap, so the
+    # token's input enters once) or "hold" (the kept token's input over the whole gap: B unscaled, so the state
+    # carries the same amount of input as the unmasked sequence's, which fine-tuning and retrieval scan).
+    gap_fill: Literal["zero", "hold"] = "zero"
     scan_impl: Literal["auto", "triton", "torch", "reference"] = "auto"
 
 

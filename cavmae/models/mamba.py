@@ -107,13 +107,15 @@ def scan_gaps(positions: torch.Tensor, reverse: bool) -> torch.Tensor:
 
 
 def gap_scaled(
-    delta: torch.Tensor, b: torch.Tensor, delta_bias: torch.Tensor, gaps: torch.Tensor
+    delta: torch.Tensor, b: torch.Tensor, delta_bias: torch.Tensor, gaps: torch.Tensor, fill: str = "zero"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The step over a gap: delta [B, d, L] (before bias and softplus), B [B, N, L], gaps [B, L] -> (g * dt,
-    B / g) with dt = softplus(delta + bias), for a scan called without bias and softplus. The state decays by
-    exp(g dt A) and the token's input enters as dt B u, as if the g - 1 skipped positions had no input."""
+    """The step over a gap: delta [B, d, L] (before bias and softplus), B [B, N, L], gaps [B, L] -> (g * dt, B')
+    with dt = softplus(delta + bias), for a scan called without bias and softplus. The state decays by
+    exp(g dt A). ``fill="zero"``: B' = B / g, the token's input enters as dt B u, as if the g - 1 skipped positions
+    had no input. ``fill="hold"``: B' = B, the input enters as g dt B u, as if the token's input were held over the
+    whole gap (a step of g dt with the same input, in Mamba's discretisation)."""
     g = gaps.unsqueeze(1)  # [B, 1, L]
-    return F.softplus(delta + delta_bias[:, None]) * g, b / g
+    return F.softplus(delta + delta_bias[:, None]) * g, (b / g if fill == "zero" else b)
 
 
 class BiMambaMixer(nn.Module):
@@ -144,7 +146,7 @@ class BiMambaMixer(nn.Module):
         z = F.linear(x, w_z).mT  # [B, d_inner, L] view
         gap_aware = self.cfg.gap_aware_dt and positions is not None
         args = [
-            self._scan_args(d, x_cl, reverse, scan_gaps(positions, reverse) if gap_aware else None)
+            self._scan_args(d, x_cl, reverse, scan_gaps(positions, reverse) if gap_aware else None, self.cfg.gap_fill)
             for d, reverse in ((self.fwd, False), (self.bwd, True))
         ]
         common = {"z": z, "delta_softplus": not gap_aware, "impl": self.cfg.scan_impl}
@@ -163,12 +165,14 @@ class BiMambaMixer(nn.Module):
         return self.out_proj(y.mT)
 
     @staticmethod
-    def _scan_args(d: _Direction, x_cl: torch.Tensor, reverse: bool, gaps: torch.Tensor | None) -> tuple:
+    def _scan_args(
+        d: _Direction, x_cl: torch.Tensor, reverse: bool, gaps: torch.Tensor | None, fill: str = "zero"
+    ) -> tuple:
         """One direction's (u, delta, A, B, C, D, delta_bias) for the scan; with gaps, dt and B already scaled."""
         u, delta, b, c = d.scan_inputs(x_cl, reverse)
         bias = d.dt_proj.bias.float()
         if gaps is not None:
-            delta, b = gap_scaled(delta, b, bias, gaps)
+            delta, b = gap_scaled(delta, b, bias, gaps, fill)
             bias = None
         return u, delta, -torch.exp(d.A_log.float()), b, c, d.D.float(), bias
 
