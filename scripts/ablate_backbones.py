@@ -90,6 +90,13 @@ VARIANTS: dict[str, Variant] = {
         note="masked sequences: dt scaled by the gap, the kept token's input held over it (the state carries as "
         "much input as on the unmasked sequences of retrieval and fine-tuning)",
     ),
+    "mamba_mtok": Variant(
+        "mamba",
+        _M,
+        pretrain=("model.encoder_masking=mask_token",),
+        note="masked tokens replaced by a learned token in the encoder (SSAST-style): the scan sees whole sequences, "
+        "as in retrieval and fine-tuning",
+    ),
     "mamba_expand2": Variant("mamba", (), note="the shipped default expand 2 (+31 % parameters)", matched=False),
 }
 DEFAULT_VARIANTS = (

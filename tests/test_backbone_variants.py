@@ -370,3 +370,63 @@ def test_gap_aware_model_sees_the_gaps_when_masked_and_trains():
     for name in ("fwd.dt_proj.bias", "bwd.dt_proj.bias", "fwd.A_log", "bwd.x_proj.weight"):
         grad = model.blocks_a[0].mixer.get_parameter(name).grad
         assert grad is not None and grad.abs().sum() > 0, name
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mask tokens in the encoder (model.encoder_masking=mask_token)
+
+
+def _pair(backbone: str, **overrides) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A "drop" model and a "mask_token" model with the same weights (the latter's extra token at its init)."""
+    torch.manual_seed(0)
+    drop = cavmae.create_model(_small(backbone, **overrides))
+    torch.manual_seed(0)
+    token = cavmae.create_model(_small(backbone, encoder_masking="mask_token", **overrides))
+    missing, unexpected = token.load_state_dict(drop.state_dict(), strict=False)
+    assert missing == ["encoder_mask_token"] and not unexpected
+    return drop, token
+
+
+@pytest.mark.parametrize("backbone", ["vit", "mamba"])
+@pytest.mark.parametrize("order", ["freq_major", "time_major"])
+def test_mask_token_encoder_is_the_drop_encoder_when_nothing_is_masked(backbone, order):
+    drop, token = _pair(backbone, mask_ratio_a=0.0, mask_ratio_v=0.0, audio_token_order=order)
+    g = torch.Generator().manual_seed(1)
+    audio, frames = torch.randn(2, 64, 32, generator=g), torch.randn(2, 3, 32, 32, generator=g)
+    outs = []
+    for model in (drop, token):
+        torch.manual_seed(2)
+        outs.append(model(audio, frames, return_outputs=True))
+    for key in ("loss_rec_a", "loss_rec_v", "loss_c", "pred_a", "pred_v"):
+        assert torch.allclose(outs[0][key], outs[1][key], atol=1e-5), key
+
+
+def test_mask_token_encoder_sees_whole_sequences_with_the_token_where_masked():
+    _, token = _pair("mamba")
+    g = torch.Generator().manual_seed(1)
+    audio, frames = torch.randn(2, 64, 32, generator=g), torch.randn(2, 3, 32, 32, generator=g)
+    torch.manual_seed(3)
+    enc = token.forward_encoder(audio, frames, 0.75, 0.75, "unstructured")
+    n_a, n_v = token.patch_embed_a.num_patches, token.patch_embed_v.num_patches
+    assert enc["latent"].shape[1] == n_a + n_v and enc["latent_a"].shape[1] == n_a
+    assert enc["latent_v"].shape[1] == n_v
+    assert enc["masked_a"].mask.sum() > 0  # something was masked, and the encoder still saw every position
+    # the masked positions' content does not matter: changing the masked patches changes nothing
+    mask_v = enc["masked_v"].mask.bool().view(2, 1, 2, 2)  # [B, 1, H/p, W/p] on the 2 x 2 patch grid of 32 px
+    other = frames + 5.0 * mask_v.repeat_interleave(16, dim=2).repeat_interleave(16, dim=3)
+    torch.manual_seed(3)
+    second = token.forward_encoder(audio, other, 0.75, 0.75, "unstructured")["latent_v"]
+    assert torch.allclose(enc["latent_v"], second, atol=1e-6)
+    kept_too = frames + 5.0 * (~mask_v).repeat_interleave(16, dim=2).repeat_interleave(16, dim=3)
+    torch.manual_seed(3)
+    third = token.forward_encoder(audio, kept_too, 0.75, 0.75, "unstructured")["latent_v"]
+    assert not torch.allclose(enc["latent_v"], third, atol=1e-3)  # the kept patches do matter
+    out = token(audio, frames)
+    out["loss"].backward()
+    assert token.encoder_mask_token.grad is not None and token.encoder_mask_token.grad.abs().sum() > 0
+    assert torch.isfinite(out["loss"])
+
+
+def test_drop_is_the_default_and_leaves_the_state_dict_alone():
+    assert ModelConfig().encoder_masking == "drop"
+    assert "encoder_mask_token" not in cavmae.create_model(_small("vit")).state_dict()

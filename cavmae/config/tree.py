@@ -69,6 +69,12 @@ class ModelConfig:
     mask_ratio_a: float = 0.75
     mask_ratio_v: float = 0.75
     mask_mode: Literal["unstructured", "time", "freq", "tf"] = "unstructured"
+    # What the encoder sees of a masked input: "drop" (MAE, CAV-MAE: only the kept tokens; the decoder fills in the
+    # masked places) or "mask_token" (SSAST-style: every masked token is replaced by one learned token, so the
+    # encoder sees the whole sequence, as in fine-tuning and retrieval; about 1/(1 - mask ratio) more encoder work).
+    # A scan's recurrence and conv depend on which tokens are neighbours, so "drop" trains a Mamba encoder on other
+    # sequences than it meets unmasked; attention is length-invariant and CAV-MAE's recipe drops.
+    encoder_masking: Literal["drop", "mask_token"] = "drop"
     norm_pix_loss: bool = True
     rec_weight: float = 1.0
     contrast_weight: float = 0.01

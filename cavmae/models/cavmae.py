@@ -34,6 +34,8 @@ class CAVMAE(CAVMAEEncoder):
         # set by the trainer (train.contrast_group): InfoNCE within groups of N clips of the global batch, the
         # whole loss summed over groups as the paper's DataParallel did; 0 = off. Training forwards only.
         self.contrast_group = 0
+        if cfg.encoder_masking == "mask_token":  # only then: the state dict of the CAV-MAE recipe is unchanged
+            self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.decoder_embed = nn.Linear(cfg.embed_dim, ddim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, ddim))
         self.decoder_modality_a = nn.Parameter(torch.zeros(1, 1, ddim))
@@ -56,6 +58,8 @@ class CAVMAE(CAVMAEEncoder):
         self.decoder_pos_embed_v.data.copy_(sincos_2d(cfg.decoder_embed_dim, *cfg.video_grid).unsqueeze(0))
         for p in (self.mask_token, self.decoder_modality_a, self.decoder_modality_v):
             nn.init.normal_(p, std=0.02)
+        if cfg.encoder_masking == "mask_token":
+            nn.init.normal_(self.encoder_mask_token, std=0.02)
         for m in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred_a, self.decoder_pred_v):
             m.apply(init_linear_and_norm)
         reset_backbones(self.decoder_blocks)
@@ -64,9 +68,13 @@ class CAVMAE(CAVMAEEncoder):
     def forward_encoder(
         self, audio: torch.Tensor, frames: torch.Tensor, mask_ratio_a: float, mask_ratio_v: float, mask_mode: str
     ) -> dict[str, torch.Tensor | Masked]:
-        """Mask, encode. Returns joint latent [B, Ka+Kv, D], audio / video stream tokens [B, Ka|Kv, D] and masks."""
-        masked_a = random_masking(self.tokens_a(audio), mask_ratio_a, mask_mode, self.cfg.audio_grid)
-        masked_v = random_masking(self.tokens_v(frames), mask_ratio_v)
+        """Mask, encode. Returns joint latent [B, Ka+Kv, D], audio / video stream tokens [B, Ka|Kv, D] and masks
+        (with ``encoder_masking="mask_token"``: every token, Ka = La and Kv = Lv)."""
+        tokens_a, tokens_v = self.tokens_a(audio), self.tokens_v(frames)
+        masked_a = random_masking(tokens_a, mask_ratio_a, mask_mode, self.cfg.audio_grid)
+        masked_v = random_masking(tokens_v, mask_ratio_v)
+        if self.cfg.encoder_masking == "mask_token":
+            return self._encode_with_mask_tokens(tokens_a, tokens_v, masked_a, masked_v)
         # the stacks see the kept audio tokens in model.audio_token_order; the outputs go back to masked_a's order
         order = self.audio_scan_order(masked_a.ids_keep)  # [B, Ka] or None
         a = masked_a.tokens if order is None else _gather_tokens(masked_a.tokens, order)
@@ -89,6 +97,35 @@ class CAVMAE(CAVMAEEncoder):
             "masked_v": masked_v,
         }
 
+    def _encode_with_mask_tokens(
+        self, tokens_a: torch.Tensor, tokens_v: torch.Tensor, masked_a: Masked, masked_v: Masked
+    ) -> dict[str, torch.Tensor | Masked]:
+        """The whole sequences [B, La|Lv, D] with each masked token replaced by the learned encoder mask token (plus
+        its position and modality embedding), through the stacks as an unmasked input goes."""
+        fill_a = self.encoder_mask_token + self.pos_embed_a + self.modality_a  # [1, La, D]
+        fill_v = self.encoder_mask_token + self.pos_embed_v + self.modality_v
+        a = torch.where(masked_a.mask.bool().unsqueeze(-1), fill_a.to(tokens_a.dtype), tokens_a)
+        v = torch.where(masked_v.mask.bool().unsqueeze(-1), fill_v.to(tokens_v.dtype), tokens_v)
+        ids = torch.arange(a.shape[1], device=a.device).expand(a.shape[0], -1)
+        order = self.audio_scan_order(ids)  # [B, La] or None
+        if order is not None:
+            a = _gather_tokens(a, order)
+        a = self.run_blocks(self.blocks_a, a)
+        v = self.run_blocks(self.blocks_v, v)
+        latent, latent_a = self.joint_stream(a, v), self.audio_stream(a)
+        if order is not None:
+            back = torch.argsort(order, dim=1)
+            n_a = a.shape[1]
+            latent = torch.cat([_gather_tokens(latent[:, :n_a], back), latent[:, n_a:]], dim=1)
+            latent_a = _gather_tokens(latent_a, back)
+        return {
+            "latent": latent,
+            "latent_a": latent_a,
+            "latent_v": self.video_stream(v),
+            "masked_a": masked_a,
+            "masked_v": masked_v,
+        }
+
     def _unshuffle(self, x: torch.Tensor, masked: Masked) -> torch.Tensor:
         """Visible decoder tokens [B, K, d] -> full sequence [B, L, d] with mask tokens in the masked places."""
         b, keep, d = x.shape
@@ -99,14 +136,18 @@ class CAVMAE(CAVMAEEncoder):
     def forward_decoder(self, latent: torch.Tensor, masked_a: Masked, masked_v: Masked):
         """Joint latent [B, Ka+Kv, D] -> predicted patches (audio [B, La, p*p], video [B, Lv, p*p*3])."""
         x = self.decoder_embed(latent)
-        keep_a = masked_a.tokens.shape[1]
-        a = self._unshuffle(x[:, :keep_a], masked_a) + self.decoder_pos_embed_a + self.decoder_modality_a
-        v = self._unshuffle(x[:, keep_a:], masked_v) + self.decoder_pos_embed_v + self.decoder_modality_v
+        n_a, n_v = masked_a.mask.shape[1], masked_v.mask.shape[1]
+        if x.shape[1] == n_a + n_v:  # encoder_masking="mask_token": the encoder's outputs at every position
+            a, v = x[:, :n_a], x[:, n_a:]
+        else:
+            keep_a = masked_a.tokens.shape[1]
+            a, v = self._unshuffle(x[:, :keep_a], masked_a), self._unshuffle(x[:, keep_a:], masked_v)
+        a = a + self.decoder_pos_embed_a + self.decoder_modality_a
+        v = v + self.decoder_pos_embed_v + self.decoder_modality_v
         x = torch.cat([a, v], dim=1)
         for blk in self.decoder_blocks:
             x = blk(x)
         x = self.decoder_norm(x)
-        n_a = a.shape[1]
         return self.decoder_pred_a(x[:, :n_a]), self.decoder_pred_v(x[:, n_a:])
 
     def forward_loss(self, audio, frames, pred_a, pred_v, mask_a, mask_v) -> tuple[torch.Tensor, torch.Tensor]:
