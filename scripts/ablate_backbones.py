@@ -90,6 +90,20 @@ VARIANTS: dict[str, Variant] = {
         note="masked sequences: dt scaled by the gap, the kept token's input held over it (the state carries as "
         "much input as on the unmasked sequences of retrieval and fine-tuning)",
     ),
+    "mamba_hold_conv": Variant(
+        "mamba",
+        _M,
+        pretrain=("model.mamba.gap_aware_dt=true", "model.mamba.gap_fill=hold", "model.mamba.gap_aware_conv=true"),
+        note="masked sequences read as the unmasked one with each gap holding its kept token: the scan's steps "
+        "and the conv's taps",
+    ),
+    "mamba_zero_conv": Variant(
+        "mamba",
+        _M,
+        pretrain=("model.mamba.gap_aware_dt=true", "model.mamba.gap_aware_conv=true"),
+        note="masked sequences read as the unmasked one with no input in the gaps: the scan's steps and the conv's "
+        "taps",
+    ),
     "mamba_mtok": Variant(
         "mamba",
         _M,

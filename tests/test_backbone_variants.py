@@ -348,11 +348,50 @@ def test_gap_hold_scan_carries_the_full_sequence_input(reverse):
     assert torch.allclose(B_zero * scan_gaps(kept, reverse)[:, None], B_hold)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("fill", ["zero", "hold"])
+def test_gap_conv_is_the_full_sequence_conv_read_at_the_kept_tokens(reverse, fill):
+    """The conv of a masked sequence with gap_aware_conv: the conv of the full sequence in which masked positions
+    are zero (fill="zero") or hold the kept token whose step covers them (fill="hold"), read at the kept tokens."""
+    from cavmae.config import MambaConfig
+    from cavmae.models.mamba import _Direction, spread_to_full
+
+    torch.manual_seed(0)
+    d = 3
+    direction = _Direction(d, MambaConfig(d_conv=4), dt_rank=1)
+    direction.reset_parameters()
+    kept = torch.tensor([[1, 2, 6, 7, 8, 11], [0, 3, 4, 5, 9, 10]])
+    x = torch.randn(2, kept.shape[1], d)  # kept tokens, token-major
+    full = torch.zeros(2, 12, d)
+    for row in range(2):
+        for q in range(12):
+            pos = kept[row].tolist()
+            if fill == "zero":
+                src = pos.index(q) if q in pos else None
+            elif reverse:
+                src = max((i for i, p in enumerate(pos) if p <= q), default=None) if q <= pos[-1] else None
+            else:
+                src = min((i for i, p in enumerate(pos) if p >= q), default=None) if q >= pos[0] else None
+            if src is not None:
+                full[row, q] = x[row, src]
+    assert torch.equal(spread_to_full(x, kept, reverse, fill), full)
+    want = direction.conv(full.mT.unsqueeze(2), reverse).gather(1, kept.unsqueeze(-1).expand(-1, -1, d))
+    got = direction.gap_conv(x.mT.unsqueeze(2), reverse, kept, fill)
+    assert torch.allclose(got, want, atol=1e-6)
+    adjacent = direction.conv(x.mT.unsqueeze(2), reverse)
+    assert not torch.allclose(got, adjacent, atol=1e-3)  # not the conv of the kept tokens as neighbours
+
+
 @pytest.mark.parametrize("order", ["freq_major", "time_major"])
-def test_gap_aware_model_is_the_plain_model_when_nothing_is_masked(order):
+@pytest.mark.parametrize(
+    "gap",
+    [{}, {"mamba.gap_fill": "hold", "mamba.gap_aware_conv": True}, {"mamba.gap_aware_conv": True}],
+    ids=["steps", "hold+conv", "zero+conv"],
+)
+def test_gap_aware_model_is_the_plain_model_when_nothing_is_masked(order, gap):
     unmasked = {"audio_token_order": order, "mask_ratio_a": 0.0, "mask_ratio_v": 0.0}
     ref, _, _, _ = _numbers(_small("mamba", **unmasked))
-    out, _, _, _ = _numbers(_small("mamba", **unmasked, **{"mamba.gap_aware_dt": True}))
+    out, _, _, _ = _numbers(_small("mamba", **unmasked, **{"mamba.gap_aware_dt": True}, **gap))
     for key in ("loss_rec_a", "loss_rec_v", "loss_c", "pred_a", "pred_v"):
         assert torch.allclose(out[key], ref[key], atol=1e-5), key
 

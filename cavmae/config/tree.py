@@ -35,6 +35,9 @@ class MambaConfig:
     # token's input enters once) or "hold" (the kept token's input over the whole gap: B unscaled, so the state
     # carries the same amount of input as the unmasked sequence's, which fine-tuning and retrieval scan).
     gap_fill: Literal["zero", "hold"] = "zero"
+    # With gap_aware_dt: also run each direction's depthwise conv over the full positions (the masked ones zero or
+    # held, as gap_fill says), so its taps read the neighbours at the distances of the unmasked sequence.
+    gap_aware_conv: bool = False
     scan_impl: Literal["auto", "triton", "torch", "reference"] = "auto"
 
 

@@ -87,10 +87,21 @@ class _Direction(nn.Module):
         y = F.conv2d(x_cl, taps, self.conv1d.bias, padding=(0, k - 1), groups=w.shape[0])  # channels-last in and out
         return F.silu(y).squeeze(2).mT
 
-    def scan_inputs(self, x_cl: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, ...]:
+    def gap_conv(self, x_cl: torch.Tensor, reverse: bool, positions: torch.Tensor, fill: str) -> torch.Tensor:
+        """:meth:`conv` of a masked sequence read as the unmasked one: the kept tokens x_cl (as in :meth:`conv`) are
+        spread to their positions [B, L] in the full sequence (see :func:`spread_to_full`), convolved there and
+        read back at the kept positions. Returns token-major [B, L, d_inner]."""
+        full = spread_to_full(x_cl.squeeze(2).mT, positions, reverse, fill)  # [B, L_full, d_inner]
+        y = self.conv(full.mT.unsqueeze(2), reverse)  # [B, L_full, d_inner]
+        return y.gather(1, positions.unsqueeze(-1).expand(-1, -1, y.shape[-1]))
+
+    def scan_inputs(
+        self, x_cl: torch.Tensor, reverse: bool, positions: torch.Tensor | None = None, fill: str = "zero"
+    ) -> tuple[torch.Tensor, ...]:
         """x_cl as in :meth:`conv` -> (u, delta [B, d_inner, L], B, C [B, N, L]), (B, C, L) views of token-major
-        tensors (the scan reads them in place)."""
-        u = self.conv(x_cl, reverse)  # [B, L, d_inner]
+        tensors (the scan reads them in place). positions: convolve the kept tokens where they sit in the full
+        sequence (:meth:`gap_conv`); None: as adjacent tokens."""
+        u = self.conv(x_cl, reverse) if positions is None else self.gap_conv(x_cl, reverse, positions, fill)
         dbc = self.x_proj(u)  # [B, L, dt_rank + 2N]
         dt, b, c = dbc.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight)  # [B, L, d_inner]; the bias is added inside the scan
@@ -104,6 +115,29 @@ def scan_gaps(positions: torch.Tensor, reverse: bool) -> torch.Tensor:
     steps = p[:, 1:] - p[:, :-1]
     one = torch.ones_like(p[:, :1])
     return torch.cat([steps, one] if reverse else [one, steps], dim=1)
+
+
+def spread_to_full(x: torch.Tensor, positions: torch.Tensor, reverse: bool, fill: str) -> torch.Tensor:
+    """Kept tokens x [B, L, d] at ascending positions [B, L] of the unmasked sequence -> [B, L_full, d] with
+    L_full = the last position + 1. ``fill="zero"``: zeros at the masked positions. ``fill="hold"``: a masked
+    position holds the kept token whose scan step covers it (the next kept token in the scan direction, as
+    :func:`gap_scaled` reads the gap); positions scanned before the first kept token hold zeros."""
+    b, _, d = x.shape
+    full_len = int(positions[:, -1].max()) + 1
+    where = torch.arange(full_len, device=x.device).expand(b, -1).contiguous()  # [B, L_full]
+    if fill == "zero":
+        out = x.new_zeros(b, full_len, d)
+        return out.scatter(1, positions.unsqueeze(-1).expand(-1, -1, d), x)
+    # the covering token; positions outside the kept range in the scan direction are never covered (the first
+    # scanned kept token's step is 1) or never read (a causal conv reads no later position)
+    if reverse:  # the last kept token at or before each position
+        cover = torch.searchsorted(positions, where, right=True) - 1
+        empty = (where > positions[:, -1:]) | (cover < 0)
+    else:  # the first kept token at or after each position
+        cover = torch.searchsorted(positions, where)
+        empty = (where < positions[:, :1]) | (cover >= positions.shape[1])
+    held = x.gather(1, cover.clamp(0, positions.shape[1] - 1).unsqueeze(-1).expand(-1, -1, d))
+    return held.masked_fill(empty.unsqueeze(-1), 0.0)
 
 
 def gap_scaled(
@@ -145,10 +179,7 @@ class BiMambaMixer(nn.Module):
         x_cl = F.linear(x, w_x).mT.unsqueeze(2)  # [B, d_inner, 1, L], channels-last: what the conv reads
         z = F.linear(x, w_z).mT  # [B, d_inner, L] view
         gap_aware = self.cfg.gap_aware_dt and positions is not None
-        args = [
-            self._scan_args(d, x_cl, reverse, scan_gaps(positions, reverse) if gap_aware else None, self.cfg.gap_fill)
-            for d, reverse in ((self.fwd, False), (self.bwd, True))
-        ]
+        args = [self._scan_args(d, x_cl, reverse, positions) for d, reverse in ((self.fwd, False), (self.bwd, True))]
         common = {"z": z, "delta_softplus": not gap_aware, "impl": self.cfg.scan_impl}
         if self.cfg.bidirectional_combine == "concat":
             # each direction scanned and gated on its own; the cat writes [B, L, 2*d_inner] (forward channels, then
@@ -164,15 +195,17 @@ class BiMambaMixer(nn.Module):
         )  # [B, d_inner, L]
         return self.out_proj(y.mT)
 
-    @staticmethod
-    def _scan_args(
-        d: _Direction, x_cl: torch.Tensor, reverse: bool, gaps: torch.Tensor | None, fill: str = "zero"
-    ) -> tuple:
-        """One direction's (u, delta, A, B, C, D, delta_bias) for the scan; with gaps, dt and B already scaled."""
-        u, delta, b, c = d.scan_inputs(x_cl, reverse)
+    def _scan_args(self, d: _Direction, x_cl: torch.Tensor, reverse: bool, positions: torch.Tensor | None) -> tuple:
+        """One direction's (u, delta, A, B, C, D, delta_bias) for the scan. With positions (a masked sequence) and
+        ``gap_aware_dt``: dt and B already scaled by the gaps; with ``gap_aware_conv`` too: the conv over the
+        full positions."""
+        cfg = self.cfg
+        gap_aware = cfg.gap_aware_dt and positions is not None
+        conv_positions = positions if gap_aware and cfg.gap_aware_conv else None
+        u, delta, b, c = d.scan_inputs(x_cl, reverse, conv_positions, cfg.gap_fill)
         bias = d.dt_proj.bias.float()
-        if gaps is not None:
-            delta, b = gap_scaled(delta, b, bias, gaps, fill)
+        if gap_aware:
+            delta, b = gap_scaled(delta, b, bias, scan_gaps(positions, reverse), cfg.gap_fill)
             bias = None
         return u, delta, -torch.exp(d.A_log.float()), b, c, d.D.float(), bias
 
