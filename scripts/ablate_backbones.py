@@ -194,7 +194,9 @@ def run_one(name: str, seed: int, s, data, held, work: Path, scratch: dict[str, 
     start = time.perf_counter()
     pre_run = train(configure(s, data, run_dir / "pretrain", seed=seed, variant=variant, task="pretrain"))
     timings["pretrain_s"] = time.perf_counter() - start
-    retrieval = evaluate_retrieval(load_model(pre_run / "model"), held, name).metrics
+    pretrained = load_model(pre_run / "model")
+    retrieval = evaluate_retrieval(pretrained, held, name).metrics
+    views = masked_view_retrieval(pretrained, held)
     top1 = {}
     key = scratch_key(variant, seed)
     for kind, init in (("pretrained", str(pre_run / "model")), ("scratch", "")):
@@ -214,6 +216,8 @@ def run_one(name: str, seed: int, s, data, held, work: Path, scratch: dict[str, 
         "seed": seed,
         "R@5_v2a": retrieval["video_to_audio"]["R@5"],
         "R@5_a2v": retrieval["audio_to_video"]["R@5"],
+        "R@5_v2a_views": views["video_to_audio"]["R@5"],
+        "R@5_a2v_views": views["audio_to_video"]["R@5"],
         "top1_pretrained": top1["pretrained"],
         "top1_scratch": top1["scratch"],
         "scratch_key": key,
@@ -222,12 +226,50 @@ def run_one(name: str, seed: int, s, data, held, work: Path, scratch: dict[str, 
     }
 
 
+MASKED_VIEWS = 4
+
+
+def masked_view_retrieval(model, held, views: int = MASKED_VIEWS) -> dict:
+    """Held-out retrieval with embeddings that are the mean over ``views`` masked views (the pre-training masks,
+    seeds 1000..), each view pooled over its kept tokens as pre-training pools them: how well the encoder
+    retrieves from the inputs it was trained on. Against the usual unmasked R@5 it shows whether an encoder
+    meets something else in unmasked inputs than what it learnt on."""
+    import torch
+    import torch.nn.functional as F
+
+    from cavmae.eval.metrics import retrieval_metrics
+
+    cfg = model.cfg
+    audio, video = [], []
+    with torch.no_grad():
+        model.eval()
+        for batch in held.batches():
+            a = v = 0.0
+            for i in range(views):
+                torch.manual_seed(1000 + i)
+                enc = model.forward_encoder(batch["audio"], batch["frames"], cfg.mask_ratio_a, cfg.mask_ratio_v,
+                                            cfg.mask_mode)  # fmt: skip
+                a = a + pool_kept(enc["latent_a"], enc["masked_a"])
+                v = v + pool_kept(enc["latent_v"], enc["masked_v"])
+            audio.append(F.normalize(a / views, dim=-1))
+            video.append(F.normalize(v / views, dim=-1))
+    return retrieval_metrics(torch.cat(audio), torch.cat(video))
+
+
+def pool_kept(x, masked):
+    from cavmae.models.cavmae import _pool_kept
+
+    return _pool_kept(x, masked)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the table
 
 COLUMNS = [  # (key in a run, header, decimals)
     ("R@5_v2a", "R@5 v→a %", 1),
     ("R@5_a2v", "R@5 a→v %", 1),
+    ("R@5_v2a_views", f"R@5 v→a, {MASKED_VIEWS} masked views %", 1),
+    ("R@5_a2v_views", f"R@5 a→v, {MASKED_VIEWS} masked views %", 1),
     ("top1_pretrained", "FT top-1 pre-trained %", 1),
     ("top1_scratch", "FT top-1 scratch %", 1),
     ("ft_gain", "FT gain (pt − scratch)", 1),
@@ -246,10 +288,12 @@ def aggregate(runs: list[dict], names: list[str], counts: dict[str, int]) -> lis
             continue
         row: dict[str, Any] = {"variant": name, "seeds": sorted(r["seed"] for r in mine), "params": counts[name]}
         for key, _, _ in COLUMNS:
-            values = [r["top1_pretrained"] - r["top1_scratch"] if key == "ft_gain" else r[key] for r in mine]
+            values = [r["top1_pretrained"] - r["top1_scratch"] if key == "ft_gain" else r.get(key) for r in mine]
+            values = [x for x in values if x is not None]  # runs from before a column existed have no value
             row[key] = {
-                "mean": statistics.fmean(values),
+                "mean": statistics.fmean(values) if values else None,
                 "sd": statistics.stdev(values) if len(values) > 1 else None,
+                "n": len(values),
             }
         rows.append(row)
     return rows
@@ -288,8 +332,12 @@ def markdown(rows: list[dict], protocol: dict, budget: dict, counts: dict[str, i
         n = counts[row["variant"]]
         cells = []
         for key, _, dec in COLUMNS:
-            m, sd = row[key]["mean"], row[key]["sd"]
-            cells.append(f"{m:.{dec}f}" + (f" ± {sd:.{dec}f}" if sd is not None else ""))
+            m, sd, n = row[key]["mean"], row[key]["sd"], row[key].get("n", len(row["seeds"]))
+            if m is None:
+                cells.append("—")
+                continue
+            part = f" (n={n})" if n != len(row["seeds"]) else ""  # fewer runs than the row has (a later column)
+            cells.append(f"{m:.{dec}f}" + (f" ± {sd:.{dec}f}" if sd is not None else "") + part)
         size = f"{n:,} ({100 * (n / counts['vit'] - 1):+.1f} %)" + ("" if v.matched else " unmatched")
         what = "; ".join(x for x in (v.note, ", ".join(v.overrides + v.pretrain)) if x)
         lines.append(f"| {row['variant']} | {size} | " + " | ".join(cells) + f" | {what} |")

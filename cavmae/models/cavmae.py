@@ -18,6 +18,15 @@ def _gather_tokens(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
+def _pool_kept(x: torch.Tensor, masked: Masked) -> torch.Tensor:
+    """Contrastive embedding [B, D]: the mean over the kept tokens of stream tokens x [B, K, D] (K kept: every token
+    of x; with mask tokens in the encoder, K = L: the masked positions' outputs are left out, as with "drop")."""
+    if x.shape[1] == masked.ids_keep.shape[1]:
+        return x.mean(dim=1)
+    keep = (1.0 - masked.mask).unsqueeze(-1).to(x.dtype)  # [B, L, 1]
+    return (x * keep).sum(dim=1) / keep.sum(dim=1)
+
+
 class CAVMAE(CAVMAEEncoder):
     """Contrastive audio-visual masked autoencoder.
 
@@ -185,7 +194,7 @@ class CAVMAE(CAVMAEEncoder):
                 out.update(pred_a=pred_a, pred_v=pred_v, mask_a=enc["masked_a"].mask, mask_v=enc["masked_v"].mask)
         else:
             rec_a = rec_v = zero
-        emb_a, emb_v = enc["latent_a"].mean(dim=1), enc["latent_v"].mean(dim=1)
+        emb_a, emb_v = _pool_kept(enc["latent_a"], enc["masked_a"]), _pool_kept(enc["latent_v"], enc["masked_v"])
         loss_rec = rec_a + rec_v
         if self.contrast_group and self.training and cfg.contrast_weight != 0:
             loss, loss_c, acc_c = self._grouped_loss(loss_rec, emb_a, emb_v)
