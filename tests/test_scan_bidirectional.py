@@ -61,6 +61,8 @@ def test_bidirectional_matches_flipping_by_hand(impl: str) -> None:
 FUSED_CASES = [
     Case(70, batch=2, dim=6, d_state=3, groups=2, strided=True),
     Case(37, batch=1, dim=5, d_state=4, z=False, D=False, dtype=torch.bfloat16),
+    # bf16 with the gate: dz from the ungated y_fwd + y_bwd the forward saved in bf16
+    Case(45, batch=1, dim=6, d_state=3, dtype=torch.bfloat16, strided=True),
 ]
 
 
