@@ -1,8 +1,8 @@
 """Compile every selective-scan kernel specialisation for real GPU targets, on a machine without a GPU.
 
 Triton's interpreter (TRITON_INTERPRET=1) runs a kernel as Python and accepts code that the compiler rejects, so the
-interpreter tests cannot see a kernel that fails to compile. This module holds what is gated (the
-calls the GPU path and the GPU tests make, :func:`default_specs`, and the register / spill budgets) and drives the
+interpreter tests cannot see a kernel that fails to compile. This module holds what is gated (the calls the GPU
+path and the GPU tests make, :func:`default_specs`, the register budgets and the no-spill rule) and drives the
 launchers of ``cavmae.kernels.triton_scan`` on CPU tensors with every kernel replaced by a recorder (nothing is
 launched); ``compile_tools.py`` turns each recorded launch into the specialisation the JIT would build and compiles
 it with the real compiler for sm_90 / sm_80, reading registers and spills from the cubin.

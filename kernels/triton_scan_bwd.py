@@ -1,10 +1,11 @@
 """Selective-scan backward in Triton: the kernel and its launcher.
 
-Layout as in the forward: one program owns one batch element and BLOCK_D channels of one B/C group; each thread owns
-one channel and walks the positions one by one with its N states in registers ((BLOCK_N, BLOCK_D) tiles, states
-along the first axis, channels across lanes), so the recurrences and every sum over states (du, ddelta) stay inside
-the thread. Chunks (BLOCK_L positions, the forward's chunk-state interval) are walked last first; with g_t =
-dLoss/dh_t and the carry v_t = a_{t+1} g_{t+1} (the last state's gradient at the end), per position:
+Layout as in the forward: one program owns one batch element, BLOCK_D channels of one B/C group and one scan
+direction; each thread owns one channel and walks the positions one by one with its N states in registers
+((BLOCK_N, BLOCK_D) tiles, states along the first axis, channels across lanes), so the recurrences and every sum over
+states (du, ddelta) stay inside the thread. Chunks (BLOCK_L positions, the forward's chunk-state interval) are
+walked last first; with g_t = dLoss/dh_t and the carry v_t = a_{t+1} g_{t+1} (the last state's gradient at the end),
+per position:
 
     g_t = C_t dy_t + v_t,  v_{t-1} = a_t g_t                   a_t = exp(delta_t A): one MUFU.EX2 per (t, d, n)
     q_t = g_t (h_t - x_t)  with x_t = delta_t B_t u_t           (a_t h_{t-1} = h_t - x_t: no h_{t-1} needed)
