@@ -138,13 +138,17 @@ def _load_step(
 @triton.jit
 def _grad_step(
     h, v, t, valid, mask, u, raw, dt, A2, Dv, lane, dA, dD_acc, dbias_acc,
-    B_base, s_B_l, C_base, z_base, do_base, du_base, ddt_base, dz_base, part_row, part_lane, part_mask, offs_n2,
-    s_C_l, s_z_l, s_do_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, DZ_ACCUMULATE: tl.constexpr,
+    B_base, s_B_l, C_base, z_base, do_base, y_base, du_base, ddt_base, dz_base, part_row, part_lane, part_mask,
+    offs_n2, s_C_l, s_z_l, s_do_l, s_y_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, DZ: tl.constexpr,
     LANE_REDUCE: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """One reverse step at sequence position t with the state h_t: stores du, ddelta, dz and the dB / dC partials
-    of t; returns the carry v_{t-1} = a_t g_t and the accumulators."""
+    """One reverse step at sequence position t with the state h_t: stores du, ddelta, the dB / dC partials and
+    (DZ) dz of t; returns the carry v_{t-1} = a_t g_t and the accumulators.
+
+    DZ (with HAS_Z): 0 writes no dz (the second direction of a bidirectional call); 1 writes dz from this direction's
+    y = sum_n C h + D u (one direction); 2 from the ungated y of both directions that the forward saved (``y_base``;
+    the first direction of a bidirectional call: no program needs the other direction's y)."""
     dout = tl.load(do_base + t * s_do_l, mask=mask, other=0.0).to(tl.float32) * out_scale
     if HAS_Z:
         zv = tl.load(z_base + t * s_z_l, mask=mask, other=0.0).to(tl.float32)
@@ -175,13 +179,14 @@ def _grad_step(
     if HAS_D:
         du += dy * Dv
         dD_acc += dy * u
-    if HAS_Z:
-        y = tl.sum(h * C_t[:, None], axis=0)
-        if HAS_D:
-            y += u * Dv
+    if HAS_Z and DZ != 0:
+        if DZ == 1:
+            y = tl.sum(h * C_t[:, None], axis=0)
+            if HAS_D:
+                y += u * Dv
+        else:
+            y = tl.load(y_base + t * s_y_l, mask=mask, other=0.0).to(tl.float32)
         dz = dout * y * sig * (1.0 + zv * (1.0 - sig))
-        if DZ_ACCUMULATE:  # the other direction's share, written by this thread before the barrier
-            dz += tl.load(dz_base + t * s_dz_l, mask=mask, other=0.0).to(tl.float32)
         tl.store(dz_base + t * s_dz_l, dz.to(dz_base.dtype.element_ty), mask=mask)
     if SOFTPLUS:
         ddt = ddt * _sigmoid(raw)

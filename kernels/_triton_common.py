@@ -1,10 +1,10 @@
 """Shared parts of the Triton selective scan: tile configuration, device helpers, launcher helpers.
 
 Directions. ``reverse=True`` maps scan position p to sequence position L-1-p in every load and store, so the
-backward half of a bidirectional block reads its inputs in place. A bidirectional call runs both directions in one
-program, one after the other (see triton_scan_fwd / triton_scan_bwd). All strides are passed to the kernels; u,
-delta, z and dout are never copied, and outputs are allocated in the layout of u (a transposed (batch, L, dim) view
-stays one).
+backward half of a bidirectional block reads its inputs in place. A bidirectional call is one launch per pass: the
+forward runs both directions in one program, one after the other, the backward one direction per program (see
+triton_scan_fwd / triton_scan_bwd). All strides are passed to the kernels; u, delta, z and dout are never copied,
+and outputs are allocated in the layout of u (a transposed (batch, L, dim) view stays one).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from .triton_scan_bwd import scan_backward, scan_backward_bidirectional
 from .triton_scan_fwd import scan_forward, scan_forward_bidirectional
 
 __all__ = [
+    "BRANCHES",
     "DEFAULT_CONFIG",
     "INTERPRETED",
     "KERNEL_MODULES",
@@ -43,6 +44,9 @@ KERNEL_MODULES = (_triton_common, _triton_bwd_steps, triton_scan_fwd, triton_sca
 # Loop trip counts of each kernel by nesting depth, (launch kwargs, sequence length) -> trips: the static cost
 # report (scripts/bench_scan.py --static) weights the compiled loops with them.
 LOOP_TRIPS = {"_scan_fwd_kernel": triton_scan_fwd.loop_trips, "_scan_bwd_kernel": triton_scan_bwd.loop_trips}
+# Disjoint code branches of which each program runs one, (launch kwargs) -> count: the bidirectional backward's
+# compiled code holds both directions and each program runs one (the report divides per-thread counts by it).
+BRANCHES = {"_scan_bwd_kernel": triton_scan_bwd.direction_branches}
 # True when TRITON_INTERPRET=1 was set as the kernels were imported: they then run on the CPU interpreter.
 INTERPRETED = isinstance(triton_scan_fwd._scan_fwd_kernel, InterpretedFunction)
 
@@ -101,11 +105,13 @@ class SelectiveScanBidirectionalTriton(torch.autograd.Function):
         first, second, z = tuple(tensors[:7]), tuple(tensors[7:14]), tensors[14]
         save = any(ctx.needs_input_grad[:15])
         pair = list(zip(first, second))
-        out, last, chunks = scan_forward_bidirectional(
+        out, last, chunks, y_ungated = scan_forward_bidirectional(
             *pair[:6], z, pair[6], delta_softplus, save, out_scale=out_scale, config=config
         )
         if save:
-            ctx.save_for_backward(*first, *second, z, chunks)
+            # y_ungated (y_fwd + y_bwd before the gate; None without z): dz needs both directions' y, and each
+            # backward program runs one direction (as mamba-ssm's backward recomputes the gate from the saved out).
+            ctx.save_for_backward(*first, *second, z, chunks, y_ungated)
             ctx.options = (delta_softplus, out_scale, config)
         ctx.set_materialize_grads(False)
         return out, last[0], last[1]
@@ -115,7 +121,7 @@ class SelectiveScanBidirectionalTriton(torch.autograd.Function):
     def backward(
         ctx: FunctionCtx, dout: Tensor | None, dlast_f: Tensor | None, dlast_b: Tensor | None
     ) -> tuple[Tensor | None, ...]:
-        *tensors, z, chunks = ctx.saved_tensors
+        *tensors, z, chunks, y_ungated = ctx.saved_tensors
         first, second = tuple(tensors[:7]), tuple(tensors[7:14])
         delta_softplus, out_scale, config = ctx.options
         if dout is None:
@@ -130,9 +136,10 @@ class SelectiveScanBidirectionalTriton(torch.autograd.Function):
                 ]
             )
         pair = list(zip(first, second))
+        saved = (chunks, y_ungated)
         (du0, ddt0, dA0, dB0, dC0, dD0, dbias0, dz), (du1, ddt1, dA1, dB1, dC1, dD1, dbias1) = (
             scan_backward_bidirectional(
-                *pair[:6], z, pair[6], delta_softplus, chunks, dout, dlast, out_scale=out_scale, config=config
+                *pair[:6], z, pair[6], delta_softplus, *saved, dout, dlast, out_scale=out_scale, config=config
             )
         )
         grads = (du0, ddt0, dA0, dB0, dC0, dD0, dbias0, du1, ddt1, dA1, dB1, dC1, dD1, dbias1, dz)

@@ -1,10 +1,11 @@
 """Selective-scan backward in Triton: the kernel and its launcher.
 
-Layout as in the forward: one program owns one batch element and BLOCK_D channels of one B/C group; each thread owns
-one channel and walks the positions one by one with its N states in registers ((BLOCK_N, BLOCK_D) tiles, states
-along the first axis, channels across lanes), so the recurrences and every sum over states (du, ddelta) stay inside
-the thread. Chunks (BLOCK_L positions, the forward's chunk-state interval) are walked last first; with g_t =
-dLoss/dh_t and the carry v_t = a_{t+1} g_{t+1} (the last state's gradient at the end), per position:
+Layout as in the forward: one program owns one batch element, BLOCK_D channels of one B/C group and one scan
+direction; each thread owns one channel and walks the positions one by one with its N states in registers
+((BLOCK_N, BLOCK_D) tiles, states along the first axis, channels across lanes), so the recurrences and every sum over
+states (du, ddelta) stay inside the thread. Chunks (BLOCK_L positions, the forward's chunk-state interval) are
+walked last first; with g_t = dLoss/dh_t and the carry v_t = a_{t+1} g_{t+1} (the last state's gradient at the end),
+per position:
 
     g_t = C_t dy_t + v_t,  v_{t-1} = a_t g_t                   a_t = exp(delta_t A): one MUFU.EX2 per (t, d, n)
     q_t = g_t (h_t - x_t)  with x_t = delta_t B_t u_t           (a_t h_{t-1} = h_t - x_t: no h_{t-1} needed)
@@ -25,11 +26,16 @@ which are summed over the warp blocks in a fixed order afterwards. dA, dD and d(
 No float atomics anywhere: the backward is deterministic. Tiles narrower than a warp (test configurations) reduce
 with tl.sum over the program's channels instead.
 
-A bidirectional call runs both directions in one program, one after the other, with a barrier between them: the
-second adds its share of dz to the first's.
+A bidirectional call is one launch whose grid has a direction axis: each program runs one direction of one
+(batch, channel block), in one of two disjoint branches, so its registers are those of one direction (run one after
+the other in one program, the two directions left 16-32 B of spilled registers at the 255-register bound). dz needs
+y_fwd + y_bwd, which no program has: the forward saves the ungated sum (as mamba-ssm's backward recomputes the gate
+from its saved pre-gate output), and the forward direction's programs alone compute and write dz from it.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -61,14 +67,14 @@ WARP = 32
 @triton.jit
 def _bwd_direction(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, dout_ptr, dlast_ptr, chunk_ptr,
-    du_ptr, ddt_ptr, dz_ptr, part_ptr, scratch_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    y_ptr, du_ptr, ddt_ptr, dz_ptr, part_ptr, scratch_ptr, dA_ptr, dD_ptr, dbias_ptr,
     b, grp, offs_j, offs_d, mask_d, batch, length, dim, n_groups, n_chunks, n_dblocks, out_scale,
     scratch_stride, s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
-    s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
+    s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l, s_y_b, s_y_d, s_y_l,
     s_du_b, s_du_d, s_du_l, s_ddt_b, s_ddt_d, s_ddt_l, s_dz_b, s_dz_d, s_dz_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    REVERSE: tl.constexpr, HAS_DLAST: tl.constexpr, DZ_ACCUMULATE: tl.constexpr, LANE_REDUCE: tl.constexpr,
+    REVERSE: tl.constexpr, HAS_DLAST: tl.constexpr, DZ: tl.constexpr, LANE_REDUCE: tl.constexpr,
     N_STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     LOG2_N: tl.constexpr, SUB: tl.constexpr,
 ):  # fmt: skip
@@ -84,6 +90,7 @@ def _bwd_direction(
     dt_base = dt_ptr + b * s_dt_b + offs_d * s_dt_d
     z_base = z_ptr + b * s_z_b + offs_d * s_z_d
     do_base = dout_ptr + b * s_do_b + offs_d * s_do_d
+    y_base = y_ptr + b * s_y_b + offs_d * s_y_d
     du_base = du_ptr + b * s_du_b + offs_d * s_du_d
     ddt_base = ddt_ptr + b * s_ddt_b + offs_d * s_ddt_d
     dz_base = dz_ptr + b * s_dz_b + offs_d * s_dz_d
@@ -152,27 +159,27 @@ def _bwd_direction(
                 h3 = _exp2_ftz(d3[None, :] * A2) * h2 + (d3 * u3)[None, :] * B3[:, None]
                 v, dA, dD_acc, dbias_acc = _grad_step(
                     h3, v, t3, ok3, m3, u3, r3, d3, A2, Dv, lane, dA, dD_acc, dbias_acc,
-                    B_base, s_B_l, C_base, z_base, do_base, du_base, ddt_base, dz_base, part_row, part_lane, part_mask,
-                    offs_n2, s_C_l, s_z_l, s_do_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
-                    HAS_D, HAS_Z, SOFTPLUS, DZ_ACCUMULATE, LANE_REDUCE, BLOCK_N,
+                    B_base, s_B_l, C_base, z_base, do_base, y_base, du_base, ddt_base, dz_base, part_row, part_lane,
+                    part_mask, offs_n2, s_C_l, s_z_l, s_do_l, s_y_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
+                    HAS_D, HAS_Z, SOFTPLUS, DZ, LANE_REDUCE, BLOCK_N,
                 )  # fmt: skip
                 v, dA, dD_acc, dbias_acc = _grad_step(
                     h2, v, t2, ok2, m2, u2, r2, d2, A2, Dv, lane, dA, dD_acc, dbias_acc,
-                    B_base, s_B_l, C_base, z_base, do_base, du_base, ddt_base, dz_base, part_row, part_lane, part_mask,
-                    offs_n2, s_C_l, s_z_l, s_do_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
-                    HAS_D, HAS_Z, SOFTPLUS, DZ_ACCUMULATE, LANE_REDUCE, BLOCK_N,
+                    B_base, s_B_l, C_base, z_base, do_base, y_base, du_base, ddt_base, dz_base, part_row, part_lane,
+                    part_mask, offs_n2, s_C_l, s_z_l, s_do_l, s_y_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
+                    HAS_D, HAS_Z, SOFTPLUS, DZ, LANE_REDUCE, BLOCK_N,
                 )  # fmt: skip
                 v, dA, dD_acc, dbias_acc = _grad_step(
                     h1, v, t1, ok1, m1, u1, r1, d1, A2, Dv, lane, dA, dD_acc, dbias_acc,
-                    B_base, s_B_l, C_base, z_base, do_base, du_base, ddt_base, dz_base, part_row, part_lane, part_mask,
-                    offs_n2, s_C_l, s_z_l, s_do_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
-                    HAS_D, HAS_Z, SOFTPLUS, DZ_ACCUMULATE, LANE_REDUCE, BLOCK_N,
+                    B_base, s_B_l, C_base, z_base, do_base, y_base, du_base, ddt_base, dz_base, part_row, part_lane,
+                    part_mask, offs_n2, s_C_l, s_z_l, s_do_l, s_y_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
+                    HAS_D, HAS_Z, SOFTPLUS, DZ, LANE_REDUCE, BLOCK_N,
                 )  # fmt: skip
                 v, dA, dD_acc, dbias_acc = _grad_step(
                     h0, v, t0, ok0, m0, u0, r0, d0, A2, Dv, lane, dA, dD_acc, dbias_acc,
-                    B_base, s_B_l, C_base, z_base, do_base, du_base, ddt_base, dz_base, part_row, part_lane, part_mask,
-                    offs_n2, s_C_l, s_z_l, s_do_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
-                    HAS_D, HAS_Z, SOFTPLUS, DZ_ACCUMULATE, LANE_REDUCE, BLOCK_N,
+                    B_base, s_B_l, C_base, z_base, do_base, y_base, du_base, ddt_base, dz_base, part_row, part_lane,
+                    part_mask, offs_n2, s_C_l, s_z_l, s_do_l, s_y_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
+                    HAS_D, HAS_Z, SOFTPLUS, DZ, LANE_REDUCE, BLOCK_N,
                 )  # fmt: skip
             else:  # SUB == 2
                 t0, ok0, m0, u0, r0, d0, B0 = _load_step(p, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l,
@@ -183,15 +190,15 @@ def _bwd_direction(
                 h1 = _exp2_ftz(d1[None, :] * A2) * h0 + (d1 * u1)[None, :] * B1[:, None]
                 v, dA, dD_acc, dbias_acc = _grad_step(
                     h1, v, t1, ok1, m1, u1, r1, d1, A2, Dv, lane, dA, dD_acc, dbias_acc,
-                    B_base, s_B_l, C_base, z_base, do_base, du_base, ddt_base, dz_base, part_row, part_lane, part_mask,
-                    offs_n2, s_C_l, s_z_l, s_do_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
-                    HAS_D, HAS_Z, SOFTPLUS, DZ_ACCUMULATE, LANE_REDUCE, BLOCK_N,
+                    B_base, s_B_l, C_base, z_base, do_base, y_base, du_base, ddt_base, dz_base, part_row, part_lane,
+                    part_mask, offs_n2, s_C_l, s_z_l, s_do_l, s_y_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
+                    HAS_D, HAS_Z, SOFTPLUS, DZ, LANE_REDUCE, BLOCK_N,
                 )  # fmt: skip
                 v, dA, dD_acc, dbias_acc = _grad_step(
                     h0, v, t0, ok0, m0, u0, r0, d0, A2, Dv, lane, dA, dD_acc, dbias_acc,
-                    B_base, s_B_l, C_base, z_base, do_base, du_base, ddt_base, dz_base, part_row, part_lane, part_mask,
-                    offs_n2, s_C_l, s_z_l, s_do_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
-                    HAS_D, HAS_Z, SOFTPLUS, DZ_ACCUMULATE, LANE_REDUCE, BLOCK_N,
+                    B_base, s_B_l, C_base, z_base, do_base, y_base, du_base, ddt_base, dz_base, part_row, part_lane,
+                    part_mask, offs_n2, s_C_l, s_z_l, s_do_l, s_y_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
+                    HAS_D, HAS_Z, SOFTPLUS, DZ, LANE_REDUCE, BLOCK_N,
                 )  # fmt: skip
 
     # Offsets recomputed here (a runtime-1 factor keeps the compiler from reusing, and so holding through the
@@ -211,14 +218,14 @@ def _bwd_direction(
 def _scan_bwd_kernel(
     u0_ptr, dt0_ptr, A0_ptr, B0_ptr, C0_ptr, D0_ptr, bias0_ptr,
     u1_ptr, dt1_ptr, A1_ptr, B1_ptr, C1_ptr, D1_ptr, bias1_ptr,
-    z_ptr, dout_ptr, dlast_ptr, chunk_ptr,
+    z_ptr, dout_ptr, y_ptr, dlast_ptr, chunk_ptr,
     du0_ptr, ddt0_ptr, du1_ptr, ddt1_ptr, dz_ptr, part_ptr, scratch_ptr, dA_ptr, dD_ptr, dbias_ptr,
     batch, length, dim_per_group, n_groups, n_chunks, n_dblocks, out_scale, scratch_stride,
     s0_u_b, s0_u_d, s0_u_l, s0_dt_b, s0_dt_d, s0_dt_l, s0_A_d, s0_A_n,
     s0_B_b, s0_B_g, s0_B_n, s0_B_l, s0_C_b, s0_C_g, s0_C_n, s0_C_l,
     s1_u_b, s1_u_d, s1_u_l, s1_dt_b, s1_dt_d, s1_dt_l, s1_A_d, s1_A_n,
     s1_B_b, s1_B_g, s1_B_n, s1_B_l, s1_C_b, s1_C_g, s1_C_n, s1_C_l,
-    s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
+    s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l, s_y_b, s_y_d, s_y_l,
     s0_du_b, s0_du_d, s0_du_l, s0_ddt_b, s0_ddt_d, s0_ddt_l,
     s1_du_b, s1_du_d, s1_du_l, s1_ddt_b, s1_ddt_d, s1_ddt_l,
     s_dz_b, s_dz_d, s_dz_l,
@@ -227,51 +234,59 @@ def _scan_bwd_kernel(
     N_STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     LOG2_N: tl.constexpr, SUB: tl.constexpr,
 ):  # fmt: skip
+    # Grid (batch * G, channel blocks, directions): a bidirectional call runs each direction in its own programs
+    # (program_id(2) 0: the forward scan, 1: the backward scan), so a program holds one direction's values only.
     pid_bg = tl.program_id(0)
     b = (pid_bg // n_groups).to(tl.int64)
     grp = pid_bg % n_groups
     pid_d = tl.program_id(1)
+    pid_dir = tl.program_id(2)
     offs_j = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_j < dim_per_group
     offs_d = (grp * dim_per_group + offs_j).to(tl.int64)
     dim = n_groups * dim_per_group
-    program = pid_bg.to(tl.int64) * tl.num_programs(1) + pid_d
+    program = (pid_dir.to(tl.int64) * tl.num_programs(0) + pid_bg) * tl.num_programs(1) + pid_d
     scratch = scratch_ptr + program * (BLOCK_L // SUB) * BLOCK_N * BLOCK_D
-    _bwd_direction(
-        u0_ptr, dt0_ptr, A0_ptr, B0_ptr, C0_ptr, D0_ptr, bias0_ptr, z_ptr, dout_ptr, dlast_ptr, chunk_ptr,
-        du0_ptr, ddt0_ptr, dz_ptr, part_ptr, scratch, dA_ptr, dD_ptr, dbias_ptr,
-        b, grp, offs_j, offs_d, mask_d, batch, length, dim, n_groups, n_chunks, n_dblocks, out_scale,
-        scratch_stride,
-        s0_u_b, s0_u_d, s0_u_l, s0_dt_b, s0_dt_d, s0_dt_l, s0_A_d, s0_A_n,
-        s0_B_b, s0_B_g, s0_B_n, s0_B_l, s0_C_b, s0_C_g, s0_C_n, s0_C_l,
-        s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
-        s0_du_b, s0_du_d, s0_du_l, s0_ddt_b, s0_ddt_d, s0_ddt_l, s_dz_b, s_dz_d, s_dz_l,
-        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, HAS_DLAST, False, LANE_REDUCE,
-        N_STATE, BLOCK_L, BLOCK_D, BLOCK_N, LOG2_N, SUB,
-    )  # fmt: skip
-    if BIDIRECTIONAL:
-        tl.debug_barrier()  # the second direction adds to dz written by other threads of this program
+    if not BIDIRECTIONAL:
+        _bwd_direction(
+            u0_ptr, dt0_ptr, A0_ptr, B0_ptr, C0_ptr, D0_ptr, bias0_ptr, z_ptr, dout_ptr, dlast_ptr, chunk_ptr,
+            y_ptr, du0_ptr, ddt0_ptr, dz_ptr, part_ptr, scratch, dA_ptr, dD_ptr, dbias_ptr,
+            b, grp, offs_j, offs_d, mask_d, batch, length, dim, n_groups, n_chunks, n_dblocks, out_scale,
+            scratch_stride,
+            s0_u_b, s0_u_d, s0_u_l, s0_dt_b, s0_dt_d, s0_dt_l, s0_A_d, s0_A_n,
+            s0_B_b, s0_B_g, s0_B_n, s0_B_l, s0_C_b, s0_C_g, s0_C_n, s0_C_l,
+            s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l, s_y_b, s_y_d, s_y_l,
+            s0_du_b, s0_du_d, s0_du_l, s0_ddt_b, s0_ddt_d, s0_ddt_l, s_dz_b, s_dz_d, s_dz_l,
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, HAS_DLAST, 1, LANE_REDUCE,
+            N_STATE, BLOCK_L, BLOCK_D, BLOCK_N, LOG2_N, SUB,
+        )  # fmt: skip
+    elif pid_dir == 0:
+        # dz from the ungated y of both directions (saved by the forward), in these programs only.
+        _bwd_direction(
+            u0_ptr, dt0_ptr, A0_ptr, B0_ptr, C0_ptr, D0_ptr, bias0_ptr, z_ptr, dout_ptr, dlast_ptr, chunk_ptr,
+            y_ptr, du0_ptr, ddt0_ptr, dz_ptr, part_ptr, scratch, dA_ptr, dD_ptr, dbias_ptr,
+            b, grp, offs_j, offs_d, mask_d, batch, length, dim, n_groups, n_chunks, n_dblocks, out_scale,
+            scratch_stride,
+            s0_u_b, s0_u_d, s0_u_l, s0_dt_b, s0_dt_d, s0_dt_l, s0_A_d, s0_A_n,
+            s0_B_b, s0_B_g, s0_B_n, s0_B_l, s0_C_b, s0_C_g, s0_C_n, s0_C_l,
+            s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l, s_y_b, s_y_d, s_y_l,
+            s0_du_b, s0_du_d, s0_du_l, s0_ddt_b, s0_ddt_d, s0_ddt_l, s_dz_b, s_dz_d, s_dz_l,
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, False, HAS_DLAST, 2, LANE_REDUCE,
+            N_STATE, BLOCK_L, BLOCK_D, BLOCK_N, LOG2_N, SUB,
+        )  # fmt: skip
+    else:
         n_saved = tl.maximum(n_chunks - 1, 1)
-        # The channel offsets again, times a runtime 1: otherwise the compiler keeps the first direction's
-        # per-thread offsets and pointers alive through its loops for reuse here, and spills them.
-        scratch_stride = scratch_stride * scratch_stride  # another runtime 1 (nothing of the first epilogue reused)
-        pid_bg = pid_bg * scratch_stride
-        b = (pid_bg // n_groups).to(tl.int64)
-        grp = pid_bg % n_groups
-        offs_j = offs_j * scratch_stride
-        mask_d = offs_j < dim_per_group
-        offs_d = (grp * dim_per_group + offs_j).to(tl.int64)
         _bwd_direction(
             u1_ptr, dt1_ptr, A1_ptr, B1_ptr, C1_ptr, D1_ptr, bias1_ptr, z_ptr, dout_ptr,
             dlast_ptr + batch * dim * N_STATE, chunk_ptr + batch * n_saved * N_STATE * dim,
-            du1_ptr, ddt1_ptr, dz_ptr, part_ptr + n_dblocks * batch * n_groups * length * (2 * BLOCK_N), scratch,
-            dA_ptr + batch * dim * N_STATE, dD_ptr + batch * dim, dbias_ptr + batch * dim,
+            y_ptr, du1_ptr, ddt1_ptr, dz_ptr, part_ptr + n_dblocks * batch * n_groups * length * (2 * BLOCK_N),
+            scratch, dA_ptr + batch * dim * N_STATE, dD_ptr + batch * dim, dbias_ptr + batch * dim,
             b, grp, offs_j, offs_d, mask_d, batch, length, dim, n_groups, n_chunks, n_dblocks, out_scale,
             scratch_stride, s1_u_b, s1_u_d, s1_u_l, s1_dt_b, s1_dt_d, s1_dt_l, s1_A_d, s1_A_n,
             s1_B_b, s1_B_g, s1_B_n, s1_B_l, s1_C_b, s1_C_g, s1_C_n, s1_C_l,
-            s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
+            s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l, s_y_b, s_y_d, s_y_l,
             s1_du_b, s1_du_d, s1_du_l, s1_ddt_b, s1_ddt_d, s1_ddt_l, s_dz_b, s_dz_d, s_dz_l,
-            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, HAS_DLAST, True, LANE_REDUCE,
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, HAS_DLAST, 0, LANE_REDUCE,
             N_STATE, BLOCK_L, BLOCK_D, BLOCK_N, LOG2_N, SUB,
         )  # fmt: skip
 
@@ -280,6 +295,12 @@ def loop_trips(kwargs: dict, length: int) -> tuple[int, ...]:
     """Trip counts of the backward kernel's loops by nesting depth (the chunk loop, then the two walks inside it),
     for the static cost report."""
     return (triton.cdiv(length, kwargs["BLOCK_L"]), kwargs["BLOCK_L"] // kwargs["SUB"])
+
+
+def direction_branches(kwargs: dict) -> int:
+    """Direction branches in the backward kernel's code of which each program runs one (the grid's last axis), for
+    the static cost report: 2 for a bidirectional call, else 1."""
+    return 2 if kwargs["BIDIRECTIONAL"] else 1
 
 
 def _lane_reduce(block_d: int, num_warps: int, block_n: int) -> bool:
@@ -294,22 +315,26 @@ def _backward(
     delta_softplus: bool,
     reverse: bool,
     chunks: Tensor,
+    y_ungated: Tensor | None,
     dout: Tensor,
     dlast: Tensor | None,
     out_scale: float,
     config: ScanConfig,
 ) -> list[tuple[Tensor | None, ...]]:
     """Launch the backward kernel. Returns, per direction, (du, ddelta, dA, dB, dC, dD, ddelta_bias) in the inputs'
-    dtypes, and dz as the last entry of the first direction's tuple."""
+    dtypes, and dz as the last entry of the first direction's tuple. ``y_ungated``: the forward's y_fwd + y_bwd of a
+    bidirectional call with z (dz needs both directions' y; each program runs one direction)."""
     shape = _check_pair(first, second, z) if second is not None else check_inputs(*first[:6], z, first[6])
     n_dirs = 2 if second is not None else 1
+    if second is not None and z is not None and (y_ungated is None or y_ungated.shape != z.shape):
+        raise ValueError("scan backward (bidirectional, with z): y_ungated of z's shape, saved by the forward, needed")
     p0, s0, _ = _direction(first, forward=True)
     p1, s1, _ = _direction(second, forward=True) if second is not None else (p0, s0, None)
     u = first[0]
     n_chunks = _n_chunks(shape, config)
     if chunks.shape != (n_dirs, shape.batch, max(n_chunks - 1, 1), shape.d_state, shape.dim):
         raise ValueError(f"scan backward: chunk states of shape {tuple(chunks.shape)} do not match block_l")
-    grid = _grid(shape, config.block_d)
+    grid = (*_grid(shape, config.block_d), n_dirs)  # one direction per program
     block_n = triton.next_power_of_2(shape.d_state)
     lane_reduce = _lane_reduce(config.block_d, config.num_warps_bwd, block_n)
     n_dblocks = triton.cdiv(shape.dim_per_group, WARP) if lane_reduce else grid[1]
@@ -319,7 +344,7 @@ def _backward(
     # Deterministic reductions: per-warp (or per-program) partials of dB / dC, per-batch partials of dA / dD / dbias.
     part = new_output((n_dirs, n_dblocks, shape.batch, shape.groups, shape.length, 2 * block_n), torch.float32,
                       u.device)  # fmt: skip
-    scratch = torch.empty(grid[0] * grid[1] * config.block_l * block_n * config.block_d // SUB, device=u.device)
+    scratch = torch.empty(math.prod(grid) * config.block_l * block_n * config.block_d // SUB, device=u.device)
     dA_part = new_output((n_dirs, shape.batch, shape.dim, shape.d_state), torch.float32, u.device)
     dD_part = new_output((n_dirs, shape.batch, shape.dim), torch.float32, u.device)
     dbias_part = new_output((n_dirs, shape.batch, shape.dim), torch.float32, u.device)
@@ -330,6 +355,7 @@ def _backward(
         *p1,
         z if z is not None else u,
         dout,
+        y_ungated if y_ungated is not None else u,
         dlast_all if dlast_all is not None else dA_part,
         chunks,
         du[0],
@@ -354,6 +380,7 @@ def _backward(
         *s1,
         *(z.stride() if z is not None else (0, 0, 0)),
         *dout.stride(),
+        *(y_ungated.stride() if y_ungated is not None else (0, 0, 0)),
         *du[0].stride(),
         *ddelta[0].stride(),
         *du1.stride(),
@@ -418,7 +445,7 @@ def scan_backward(
     """One direction: du, ddelta, dA, dB, dC, dD, dz, ddelta_bias in the inputs' dtypes."""
     dlast4 = dlast.unsqueeze(0) if dlast is not None else None
     ((du, ddelta, dA, dB, dC, dD, dbias, dz),) = _backward(
-        (u, delta, A, B, C, D, delta_bias), None, z, delta_softplus, reverse, chunks, dout, dlast4, 1.0, config
+        (u, delta, A, B, C, D, delta_bias), None, z, delta_softplus, reverse, chunks, None, dout, dlast4, 1.0, config
     )
     return du, ddelta, dA, dB, dC, dD, dz, dbias
 
@@ -434,12 +461,15 @@ def scan_backward_bidirectional(
     delta_bias: tuple[Tensor | None, Tensor | None],
     delta_softplus: bool,
     chunks: Tensor,
+    y_ungated: Tensor | None,
     dout: Tensor,
     dlast: Tensor | None,
     out_scale: float = 1.0,
     config: ScanConfig = DEFAULT_CONFIG,
 ) -> list[tuple[Tensor | None, ...]]:
-    """Gradients of both directions: [(du, ddelta, dA, dB, dC, dD, dbias, dz), (du, ddelta, dA, dB, dC, dD, dbias)]."""
+    """Gradients of both directions: [(du, ddelta, dA, dB, dC, dD, dbias, dz), (du, ddelta, dA, dB, dC, dD, dbias)].
+
+    ``chunks`` and ``y_ungated`` are what :func:`scan_forward_bidirectional` saved (y_ungated: None without z)."""
     first = (u[0], delta[0], A[0], B[0], C[0], D[0], delta_bias[0])
     second = (u[1], delta[1], A[1], B[1], C[1], D[1], delta_bias[1])
-    return _backward(first, second, z, delta_softplus, False, chunks, dout, dlast, out_scale, config)
+    return _backward(first, second, z, delta_softplus, False, chunks, y_ungated, dout, dlast, out_scale, config)

@@ -10,7 +10,9 @@ of every chunk but the first. The (batch, dim, L, N) states never reach memory. 
 (batch, G, L, N) rows (a small copy where they are not already so), one position's N values per vector load.
 
 A bidirectional call runs both directions in one program, one after the other: the first writes its ungated y into
-the output, the second adds its own and applies the gate (the z gate is shared), with a barrier between them.
+the output, the second adds its own and applies the gate (the z gate is shared), with a barrier between them. When
+saving for the backward with z, the second also writes the ungated y_fwd + y_bwd (u's dtype and layout): the
+backward's programs run one direction each and compute dz from it.
 """
 
 from __future__ import annotations
@@ -41,13 +43,14 @@ from ._triton_common import (
 
 @triton.jit
 def _fwd_direction(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, out_ptr, last_ptr, chunk_ptr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, out_ptr, y_ptr, last_ptr, chunk_ptr,
     b, grp, offs_d, mask_d, dim_per_group, unit, length, dim, n_chunks, out_scale,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
-    s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l,
+    s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l, s_y_b, s_y_d, s_y_l,
     HAS_D: tl.constexpr, GATE: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     REVERSE: tl.constexpr, SAVE_CHUNKS: tl.constexpr, ACCUMULATE: tl.constexpr, FINAL: tl.constexpr,
+    SAVE_Y: tl.constexpr,
     N_STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     UNROLL: tl.constexpr,
 ):  # fmt: skip
@@ -70,6 +73,7 @@ def _fwd_direction(
     dt_base = dt_ptr + b * s_dt_b + offs_d * s_dt_d
     z_base = z_ptr + b * s_z_b + offs_d * s_z_d
     o_base = out_ptr + b * s_o_b + offs_d * s_o_d
+    y_base = y_ptr + b * s_y_b + offs_d * s_y_d
     B_base = B_ptr + b * s_B_b + grp * s_B_g + states * s_B_n
     C_base = C_ptr + b * s_C_b + grp * s_C_g + states * s_C_n
     n_saved = n_chunks - 1
@@ -106,6 +110,8 @@ def _fwd_direction(
                     y += u * Dv
                 if ACCUMULATE:  # the other direction's ungated y, written by this thread before the barrier
                     y += tl.load(o_base + t * s_o_l, mask=mask, other=0.0).to(tl.float32)
+                if SAVE_Y:  # both directions' ungated y, for dz in the backward (whose programs run one each)
+                    tl.store(y_base + t * s_y_l, y.to(y_ptr.dtype.element_ty), mask=mask)
                 if FINAL:
                     y = y * out_scale
                     if GATE:
@@ -129,15 +135,15 @@ def _fwd_direction(
 def _scan_fwd_kernel(
     u0_ptr, dt0_ptr, A0_ptr, B0_ptr, C0_ptr, D0_ptr, bias0_ptr,
     u1_ptr, dt1_ptr, A1_ptr, B1_ptr, C1_ptr, D1_ptr, bias1_ptr,
-    z_ptr, out_ptr, last_ptr, chunk_ptr,
+    z_ptr, out_ptr, y_ptr, last_ptr, chunk_ptr,
     batch, length, dim_per_group, n_groups, n_chunks, out_scale, unit,
     s0_u_b, s0_u_d, s0_u_l, s0_dt_b, s0_dt_d, s0_dt_l, s0_A_d, s0_A_n,
     s0_B_b, s0_B_g, s0_B_n, s0_B_l, s0_C_b, s0_C_g, s0_C_n, s0_C_l,
     s1_u_b, s1_u_d, s1_u_l, s1_dt_b, s1_dt_d, s1_dt_l, s1_A_d, s1_A_n,
     s1_B_b, s1_B_g, s1_B_n, s1_B_l, s1_C_b, s1_C_g, s1_C_n, s1_C_l,
-    s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l,
+    s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l, s_y_b, s_y_d, s_y_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    REVERSE: tl.constexpr, BIDIRECTIONAL: tl.constexpr, SAVE_CHUNKS: tl.constexpr,
+    REVERSE: tl.constexpr, BIDIRECTIONAL: tl.constexpr, SAVE_CHUNKS: tl.constexpr, SAVE_Y: tl.constexpr,
     N_STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     UNROLL: tl.constexpr,
 ):  # fmt: skip
@@ -149,12 +155,12 @@ def _scan_fwd_kernel(
     offs_d = (grp * dim_per_group + offs_j).to(tl.int64)  # (BLOCK_D,) channel
     dim = n_groups * dim_per_group
     _fwd_direction(
-        u0_ptr, dt0_ptr, A0_ptr, B0_ptr, C0_ptr, D0_ptr, bias0_ptr, z_ptr, out_ptr, last_ptr, chunk_ptr,
+        u0_ptr, dt0_ptr, A0_ptr, B0_ptr, C0_ptr, D0_ptr, bias0_ptr, z_ptr, out_ptr, y_ptr, last_ptr, chunk_ptr,
         b, grp, offs_d, mask_d, dim_per_group, unit, length, dim, n_chunks, out_scale,
         s0_u_b, s0_u_d, s0_u_l, s0_dt_b, s0_dt_d, s0_dt_l, s0_A_d, s0_A_n,
         s0_B_b, s0_B_g, s0_B_n, s0_B_l, s0_C_b, s0_C_g, s0_C_n, s0_C_l,
-        s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l,
-        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, SAVE_CHUNKS, False, not BIDIRECTIONAL,
+        s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l, s_y_b, s_y_d, s_y_l,
+        HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, SAVE_CHUNKS, False, not BIDIRECTIONAL, False,
         N_STATE, BLOCK_L, BLOCK_D, BLOCK_N, UNROLL,
     )  # fmt: skip
     if BIDIRECTIONAL:
@@ -171,13 +177,13 @@ def _scan_fwd_kernel(
         mask_d = offs_j < dim_per_group
         offs_d = (grp * dim_per_group + offs_j).to(tl.int64)
         _fwd_direction(
-            u1_ptr, dt1_ptr, A1_ptr, B1_ptr, C1_ptr, D1_ptr, bias1_ptr, z_ptr, out_ptr,
+            u1_ptr, dt1_ptr, A1_ptr, B1_ptr, C1_ptr, D1_ptr, bias1_ptr, z_ptr, out_ptr, y_ptr,
             last_ptr + batch * dim * N_STATE, chunk_ptr + batch * n_saved * N_STATE * dim,
             b, grp, offs_d, mask_d, dim_per_group, unit, length, dim, n_chunks, out_scale,
             s1_u_b, s1_u_d, s1_u_l, s1_dt_b, s1_dt_d, s1_dt_l, s1_A_d, s1_A_n,
             s1_B_b, s1_B_g, s1_B_n, s1_B_l, s1_C_b, s1_C_g, s1_C_n, s1_C_l,
-            s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l,
-            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, SAVE_CHUNKS, True, True,
+            s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l, s_y_b, s_y_d, s_y_l,
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, SAVE_CHUNKS, True, True, SAVE_Y,
             N_STATE, BLOCK_L, BLOCK_D, BLOCK_N, UNROLL,
         )  # fmt: skip
 
@@ -200,10 +206,11 @@ def _forward(
     save_chunks: bool,
     out_scale: float,
     config: ScanConfig,
-) -> tuple[Tensor, Tensor, Tensor | None]:
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Launch the forward kernel for one direction (second=None) or both. Returns out (u's dtype and layout), the
-    last states (n_dirs, batch, dim, N) fp32 and, with ``save_chunks``, the chunk-start states
-    (n_dirs, batch, max(n_chunks - 1, 1), N, dim) fp32 that the backward needs."""
+    last states (n_dirs, batch, dim, N) fp32 and, with ``save_chunks``, what the backward needs: the chunk-start
+    states (n_dirs, batch, max(n_chunks - 1, 1), N, dim) fp32 and, for both directions with z, their ungated
+    y_fwd + y_bwd (u's dtype and layout; else None)."""
     shape = _check_pair(first, second, z) if second is not None else check_inputs(*first[:6], z, first[6])
     n_dirs = 2 if second is not None else 1
     p0, s0, _ = _direction(first, forward=True)
@@ -217,11 +224,14 @@ def _forward(
         if save_chunks
         else None
     )
+    save_y = save_chunks and second is not None and z is not None
+    y_ungated = _like(u) if save_y else None
     _scan_fwd_kernel[_grid(shape, config.block_d_fwd)](
         *p0,
         *p1,
         z if z is not None else u,
         out,
+        y_ungated if y_ungated is not None else out,
         last,
         chunks if chunks is not None else last,
         shape.batch,
@@ -235,6 +245,7 @@ def _forward(
         *s1,
         *(z.stride() if z is not None else (0, 0, 0)),
         *out.stride(),
+        *(y_ungated.stride() if y_ungated is not None else (0, 0, 0)),
         HAS_D=first[5] is not None,
         HAS_Z=z is not None,
         HAS_BIAS=first[6] is not None,
@@ -242,6 +253,7 @@ def _forward(
         REVERSE=reverse,
         BIDIRECTIONAL=second is not None,
         SAVE_CHUNKS=save_chunks,
+        SAVE_Y=save_y,
         N_STATE=shape.d_state,
         BLOCK_L=config.block_l,
         BLOCK_D=config.block_d_fwd,
@@ -252,7 +264,7 @@ def _forward(
         # the loops to reach a higher occupancy (without it: 80 registers and 8-48 B of stack on some calls).
         maxnreg=FWD_MAX_REGISTERS,
     )
-    return out, last, chunks
+    return out, last, chunks, y_ungated
 
 
 def scan_forward(
@@ -270,8 +282,8 @@ def scan_forward(
     config: ScanConfig = DEFAULT_CONFIG,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """One direction: out (u's dtype), last_state (batch, dim, N) fp32 and, with ``save_chunks``, the chunk states."""
-    out, last, chunks = _forward((u, delta, A, B, C, D, delta_bias), None, z, delta_softplus, reverse, save_chunks,
-                                 1.0, config)  # fmt: skip
+    out, last, chunks, _ = _forward((u, delta, A, B, C, D, delta_bias), None, z, delta_softplus, reverse,
+                                    save_chunks, 1.0, config)  # fmt: skip
     return out, last[0], chunks
 
 
@@ -288,8 +300,10 @@ def scan_forward_bidirectional(
     save_chunks: bool,
     out_scale: float = 1.0,
     config: ScanConfig = DEFAULT_CONFIG,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Both directions in one launch: out = (y_fwd + y_bwd) * out_scale * silu(z); last states (2, batch, dim, N)."""
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Both directions in one launch: out = (y_fwd + y_bwd) * out_scale * silu(z); last states (2, batch, dim, N);
+    with ``save_chunks``, what :func:`scan_backward_bidirectional` needs: the chunk states and (with z) the ungated
+    y_fwd + y_bwd."""
     first = (u[0], delta[0], A[0], B[0], C[0], D[0], delta_bias[0])
     second = (u[1], delta[1], A[1], B[1], C[1], D[1], delta_bias[1])
     return _forward(first, second, z, delta_softplus, False, save_chunks, out_scale, config)

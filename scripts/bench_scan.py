@@ -242,6 +242,7 @@ def static_report(args: argparse.Namespace) -> None:
     for label, path in modules:
         module = compile_gate.load_module(path)
         trips_of = getattr(module, "LOOP_TRIPS", {})
+        branches_of = getattr(module, "BRANCHES", {})
         specs = [compile_gate.Spec("one direction", batch=2, d_state=args.d_state, dtype=DTYPES[args.dtype])]
         if hasattr(module, "scan_forward_bidirectional"):
             specs.append(
@@ -266,7 +267,8 @@ def static_report(args: argparse.Namespace) -> None:
                     else (math.ceil(args.length / launch.kwargs["BLOCK_L"]),)  # a kernel with only a chunk loop
                 )
                 result = compile_gate.compile_launch(launch, 90, spec.name, with_sass=True, trips=tuple(trips))
-                rows.append(static_row(args, label, spec, role, launch, result))
+                branches = branches_of[name](launch.kwargs) if name in branches_of else 1
+                rows.append(static_row(args, label, spec, role, launch, result, branches))
                 log_row(rows[-1])
     n_chunks = math.ceil(args.length / 64)
     floor_s = max(b / args.bandwidth if i == 0 else b / args.exp_rate
@@ -292,24 +294,27 @@ def static_report(args: argparse.Namespace) -> None:
     print(static_markdown(report))
 
 
-def static_row(args, label, spec, role, launch, result) -> dict:
+def static_row(args, label, spec, role, launch, result, branches: int = 1) -> dict:
     """Per-element counts of a compiled kernel and its estimated time at the GPU shape.
 
     The SASS counts are dynamic per thread: each instruction weighted by the trip counts of the loops around it at
-    the GPU shape (compile_tools.sass_counts). Scaled to the GPU shape's grid (the launch was recorded at the spec's
-    batch) they give the thread-instructions of the whole launch; per element = that / (batch x dim x L x N x
-    directions)."""
+    the GPU shape (compile_tools.sass_counts), divided by ``branches`` where the code holds that many disjoint
+    branches of which each program runs one (the bidirectional backward: one direction per program; the few
+    instructions before the branch are divided too). Scaled to the GPU shape's grid (the launch was recorded at the
+    spec's batch) they give the thread-instructions of the whole launch; per element = that / (batch x dim x L x N
+    x directions). The memory time of a bidirectional call with z includes the ungated y_fwd + y_bwd that the
+    forward saves and the backward reads (for dz)."""
     kw = launch.kwargs
     warps = kw.get("num_warps", 4)
     directions = 2 if kw.get("BIDIRECTIONAL") else 1
     row = {"module": label, "spec": spec.name, "kernel": role, "ok": result.ok, "error": result.error,
            "registers": result.registers, "spill_bytes": result.stack_bytes, "shared_bytes": result.shared_bytes,
-           "block_l": kw["BLOCK_L"], "block_d": kw["BLOCK_D"], "num_warps": warps}  # fmt: skip
+           "block_l": kw["BLOCK_L"], "block_d": kw["BLOCK_D"], "num_warps": warps, "branches": branches}  # fmt: skip
     if not result.ok:
         return row
     programs = math.prod(launch.grid) * args.batch / spec.batch
     threads = programs * 32 * warps
-    weighted = result.sass["weighted"]
+    weighted = {k: v / branches for k, v in result.sass["weighted"].items()}
     elements = args.batch * args.dim * args.length * args.d_state * directions
     per = {k: weighted[k] * threads / elements for k in ("total", "mufu", "shfl", "ldg_stg", "local")}
     cycles = {
@@ -321,6 +326,8 @@ def static_row(args, label, spec, role, launch, result) -> dict:
     n_chunks = math.ceil(args.length / kw["BLOCK_L"])
     fwd_bytes, bwd_bytes = (floors(args, n_chunks)[p][0] for p in ("forward", "forward+backward"))
     pass_bytes = fwd_bytes if role.startswith("forward") else bwd_bytes - fwd_bytes
+    if kw.get("BIDIRECTIONAL") and kw.get("HAS_Z"):
+        pass_bytes += args.batch * args.dim * args.length * DTYPES[args.dtype].itemsize / directions  # saved y
     seconds["memory"] = pass_bytes * directions / args.bandwidth
     row.update({"per_element": per, "trips": result.sass["trips"], "loop_depths": result.sass["loop_depths"],
                 "unweighted_depths": result.sass["unweighted_depths"], "estimate_parts_s": seconds,
@@ -349,27 +356,31 @@ def static_markdown(report: dict) -> str:
         f"{report['floor_ms']:.3f} ms. Per-element counts are per (t, d, n) element of the whole launch: every SASS "
         "instruction of the compiled kernel weighted by the trip counts of the loops around it at this shape (the "
         "column 'loop trips', outermost first; a loop deeper than those counts once and is flagged), times the "
-        "threads of the grid, over batch x dim x L x N x directions. Estimate = max(issue, MUFU, shuffle, memory) "
+        "threads of the grid, over batch x dim x L x N x directions. The bidirectional backward runs each direction "
+        "in its own programs: its code holds both directions, a thread runs one, so its per-thread counts are "
+        "halved (column 'branches'). Estimate = max(issue, MUFU, shuffle, memory) "
         "with issue = warp-instructions / (4 schedulers x SMs x clock), MUFU = lane-ops / (16 per SM per clock), "
-        "shuffle = lane-ops / (32 per SM per clock), memory = the bytes floor; latency, occupancy and tails are not "
+        "shuffle = lane-ops / (32 per SM per clock), memory = the bytes floor (the fused bidirectional pair: plus "
+        "the ungated y_fwd + y_bwd the forward saves for the backward's dz); latency, occupancy and tails are not "
         "modelled.",
         "",
-        "| kernels | call | kernel | regs | stack (spill) B | smem B | tile L x D, warps | loop trips | SASS/elem "
-        "| MUFU/elem | SHFL/elem | estimate ms | bound |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| kernels | call | kernel | regs | stack (spill) B | smem B | tile L x D, warps | loop trips | branches "
+        "| SASS/elem | MUFU/elem | SHFL/elem | estimate ms | bound |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     sources = [f"- {label}: {path}" for label, path in report.get("modules", {}).items()]
     lines[3:3] = ["", "Kernels:", *sources] if sources else []
     for r in report["kernels"]:
         if not r["ok"]:
             lines.append(f"| {r['module']} | {r['spec']} | {r['kernel']} | does not compile: "
-                         f"{r['error'][:160]} | | | | | | | | | |")  # fmt: skip
+                         f"{r['error'][:160]} | | | | | | | | | | |")  # fmt: skip
             continue
         p = r["per_element"]
         trips = " x ".join(map(str, r["trips"])) + (" (deeper loops once)" if r["unweighted_depths"] else "")
         lines.append(
             f"| {r['module']} | {r['spec']} | {r['kernel']} | {r['registers']} | {r['spill_bytes']} | "
-            f"{r['shared_bytes']} | {r['block_l']} x {r['block_d']}, {r['num_warps']} | {trips} | {p['total']:.1f} | "
+            f"{r['shared_bytes']} | {r['block_l']} x {r['block_d']}, {r['num_warps']} | {trips} | "
+            f"{r.get('branches', 1)} | {p['total']:.1f} | "
             f"{p['mufu']:.2f} | {p['shfl']:.2f} | {r['estimate_s'] * 1e3:.3f} | {r['bound']} |"
         )
     lines += ["", "| kernels | estimated forward+backward per direction, ms | floor ms | x floor |"]

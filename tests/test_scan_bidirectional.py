@@ -61,6 +61,8 @@ def test_bidirectional_matches_flipping_by_hand(impl: str) -> None:
 FUSED_CASES = [
     Case(70, batch=2, dim=6, d_state=3, groups=2, strided=True),
     Case(37, batch=1, dim=5, d_state=4, z=False, D=False, dtype=torch.bfloat16),
+    # bf16 with the gate: dz from the ungated y_fwd + y_bwd the forward saved in bf16
+    Case(45, batch=1, dim=6, d_state=3, dtype=torch.bfloat16, strided=True),
 ]
 
 
@@ -145,3 +147,20 @@ def test_bidirectional_shared_inputs_and_mean() -> None:
         selective_scan_bidirectional(**inputs, combine="max")
     with pytest.raises(ValueError, match="z"):
         selective_scan_bidirectional(**{**inputs, "z": (inputs["z"], inputs["z"])})
+
+
+def test_fused_backward_with_gate_needs_the_saved_ungated_y() -> None:
+    # Each backward program runs one direction, so dz comes from y_fwd + y_bwd saved by the forward: without it the
+    # launcher refuses (before launching anything) instead of writing a dz that misses the other direction.
+    module = triton_scan()
+    case = Case(8, batch=1, dim=4, d_state=2)
+    fwd, bwd = make_inputs(case, seed=1), make_inputs(case, seed=2)
+    keys = ("u", "delta", "A", "B", "C", "D")
+    pair = [(fwd[k].detach(), bwd[k].detach()) for k in keys]
+    bias = (fwd["delta_bias"].detach(), bwd["delta_bias"].detach())
+    z = fwd["z"].detach()
+    out, _, chunks, y_ungated = module.scan_forward_bidirectional(*pair, z, bias, True, True)
+    assert y_ungated is not None and y_ungated.shape == z.shape
+    torch.testing.assert_close(y_ungated * torch.nn.functional.silu(z), out)  # out = (y_fwd + y_bwd) * silu(z)
+    with pytest.raises(ValueError, match="y_ungated"):
+        module.scan_backward_bidirectional(*pair, z, bias, True, chunks, None, torch.ones_like(out), None)
