@@ -111,6 +111,13 @@ VARIANTS: dict[str, Variant] = {
         note="masked tokens replaced by a learned token in the encoder (SSAST-style): the scan sees whole sequences, "
         "as in retrieval and fine-tuning",
     ),
+    "mamba_unmasked_c": Variant(
+        "mamba",
+        _M,
+        pretrain=("model.contrast_input=unmasked",),
+        note="contrastive embeddings from the unmasked streams (one more encoder pass): trained on what retrieval "
+        "embeds",
+    ),
     "mamba_expand2": Variant("mamba", (), note="the shipped default expand 2 (+31 % parameters)", matched=False),
 }
 DEFAULT_VARIANTS = (

@@ -469,3 +469,21 @@ def test_mask_token_encoder_sees_whole_sequences_with_the_token_where_masked():
 def test_drop_is_the_default_and_leaves_the_state_dict_alone():
     assert ModelConfig().encoder_masking == "drop"
     assert "encoder_mask_token" not in cavmae.create_model(_small("vit")).state_dict()
+
+
+@pytest.mark.parametrize("backbone", ["vit", "mamba"])
+def test_unmasked_contrast_is_the_infonce_of_the_retrieval_embeddings(backbone):
+    from cavmae.models.losses import info_nce
+
+    torch.manual_seed(0)
+    cfg = _small(backbone, contrast_input="unmasked")
+    model = cavmae.create_model(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    audio, frames = torch.randn(3, 64, 32, generator=g), torch.randn(3, 3, 32, 32, generator=g)
+    out = model(audio, frames)
+    emb_a, emb_v = model.embed(audio, frames)
+    want, _ = info_nce(emb_a, emb_v, cfg.temperature, cfg.symmetric_contrast, False)
+    assert torch.allclose(out["loss_c"], want, atol=1e-6)
+    torch.manual_seed(0)
+    masked = cavmae.create_model(_small(backbone)).eval()
+    assert not torch.allclose(masked(audio, frames)["loss_c"], want, atol=1e-4)  # the masked streams differ

@@ -78,6 +78,10 @@ class ModelConfig:
     # A scan's recurrence and conv depend on which tokens are neighbours, so "drop" trains a Mamba encoder on other
     # sequences than it meets unmasked; attention is length-invariant and CAV-MAE's recipe drops.
     encoder_masking: Literal["drop", "mask_token"] = "drop"
+    # What the contrastive embeddings are pooled from: "masked" (CAV-MAE: the modality streams of the masked input,
+    # the tokens the encoder already ran) or "unmasked" (the modality streams of the whole input, one more encoder
+    # pass over every token: the embeddings retrieval uses, also in training).
+    contrast_input: Literal["masked", "unmasked"] = "masked"
     norm_pix_loss: bool = True
     rec_weight: float = 1.0
     contrast_weight: float = 0.01

@@ -194,7 +194,12 @@ class CAVMAE(CAVMAEEncoder):
                 out.update(pred_a=pred_a, pred_v=pred_v, mask_a=enc["masked_a"].mask, mask_v=enc["masked_v"].mask)
         else:
             rec_a = rec_v = zero
-        emb_a, emb_v = _pool_kept(enc["latent_a"], enc["masked_a"]), _pool_kept(enc["latent_v"], enc["masked_v"])
+        if cfg.contrast_input == "unmasked":  # the streams retrieval embeds, from every token (a pass of its own)
+            emb_a = self.audio_stream(self.encode_audio(audio)).mean(dim=1)
+            emb_v = self.video_stream(self.encode_video(frames)).mean(dim=1)
+        else:
+            emb_a = _pool_kept(enc["latent_a"], enc["masked_a"])
+            emb_v = _pool_kept(enc["latent_v"], enc["masked_v"])
         loss_rec = rec_a + rec_v
         if self.contrast_group and self.training and cfg.contrast_weight != 0:
             loss, loss_c, acc_c = self._grouped_loss(loss_rec, emb_a, emb_v)
