@@ -118,6 +118,12 @@ VARIANTS: dict[str, Variant] = {
         note="contrastive embeddings from the unmasked streams (one more encoder pass): trained on what retrieval "
         "embeds",
     ),
+    "mamba_mtok_unmasked_c": Variant(
+        "mamba",
+        _M,
+        pretrain=("model.encoder_masking=mask_token", "model.contrast_input=unmasked"),
+        note="mask tokens in the encoder for the reconstruction, the unmasked streams for the contrastive loss",
+    ),
     "mamba_expand2": Variant("mamba", (), note="the shipped default expand 2 (+31 % parameters)", matched=False),
 }
 DEFAULT_VARIANTS = (
