@@ -57,7 +57,9 @@ class Variant:
 _M = ("model.mamba.expand=1",)
 VARIANTS: dict[str, Variant] = {
     "vit": Variant("vit", note="ViT blocks (the reference)"),
-    "mamba": Variant("mamba", _M, note="current Mamba design, expand 1"),
+    "mamba": Variant(
+        "mamba", _M, note="Mamba blocks with CAV-MAE's objective (contrastive on the masked streams), expand 1"
+    ),
     "mamba_time": Variant("mamba", _M + ("model.audio_token_order=time_major",), note="audio tokens time-major"),
     "mamba_concat": Variant(
         "mamba",
@@ -115,14 +117,19 @@ VARIANTS: dict[str, Variant] = {
         "mamba",
         _M,
         pretrain=("model.contrast_input=unmasked",),
-        note="contrastive embeddings from the unmasked streams (one more encoder pass): trained on what retrieval "
-        "embeds",
+        note="THE MAMBA RECIPE (configs/tiny_mamba.yaml, the demo's mamba): contrastive embeddings from the unmasked "
+        "streams (one more encoder pass), trained on what retrieval embeds",
     ),
     "mamba_mtok_unmasked_c": Variant(
         "mamba",
         _M,
         pretrain=("model.encoder_masking=mask_token", "model.contrast_input=unmasked"),
         note="mask tokens in the encoder for the reconstruction, the unmasked streams for the contrastive loss",
+    ),
+    "vit_unmasked_c": Variant(
+        "vit",
+        pretrain=("model.contrast_input=unmasked",),
+        note="the ViT with contrastive embeddings from the unmasked streams (is the gain Mamba's own?)",
     ),
     "mamba_expand2": Variant("mamba", (), note="the shipped default expand 2 (+31 % parameters)", matched=False),
 }
@@ -148,7 +155,8 @@ def configure(s, data, run_dir: Path, *, seed: int, variant: Variant, task: str,
     from cavmae.config import apply_overrides, validate
     from cavmae.demo.pipeline import demo_config
 
-    cfg = demo_config(s, data, run_dir, seed=seed, backbone=variant.backbone, task=task, init=init)
+    # the bare tiny CAV-MAE config (no backbone recipe): every row says all it changes in its overrides
+    cfg = demo_config(s, data, run_dir, seed=seed, backbone=variant.backbone, task=task, init=init, recipe=False)
     overrides = list(variant.overrides) + (list(variant.pretrain) if task == "pretrain" else [])
     apply_overrides(cfg, overrides + ["train.progress_bar=false"])
     validate(cfg)
@@ -345,11 +353,11 @@ def markdown(rows: list[dict], protocol: dict, budget: dict, counts: dict[str, i
         n = counts[row["variant"]]
         cells = []
         for key, _, dec in COLUMNS:
-            m, sd, n = row[key]["mean"], row[key]["sd"], row[key].get("n", len(row["seeds"]))
+            m, sd, have = row[key]["mean"], row[key]["sd"], row[key].get("n", len(row["seeds"]))
             if m is None:
                 cells.append("—")
                 continue
-            part = f" (n={n})" if n != len(row["seeds"]) else ""  # fewer runs than the row has (a later column)
+            part = f" (n={have})" if have != len(row["seeds"]) else ""  # fewer runs than the row (a later column)
             cells.append(f"{m:.{dec}f}" + (f" ± {sd:.{dec}f}" if sd is not None else "") + part)
         size = f"{n:,} ({100 * (n / counts['vit'] - 1):+.1f} %)" + ("" if v.matched else " unmatched")
         what = "; ".join(x for x in (v.note, ", ".join(v.overrides + v.pretrain)) if x)

@@ -61,6 +61,14 @@ def test_init_and_no_weight_decay_marks():
     assert id(mixer.in_proj.weight) not in no_decay
 
 
+def test_mamba_recipes_pool_the_contrastive_embeddings_from_the_unmasked_streams():
+    for name in ("tiny_mamba", "pretrain_mamba_base"):
+        cfg = load_config(CONFIGS / f"{name}.yaml").model
+        assert cfg.contrast_input == "unmasked" and cfg.mamba.expand == 1, name
+    for name in ("tiny", "pretrain_base"):  # the ViT recipes stay CAV-MAE's
+        assert load_config(CONFIGS / f"{name}.yaml").model.contrast_input == "masked", name
+
+
 def test_mamba_base_recipe_is_close_to_vit_base():
     mamba = sum(
         p.numel() for p in cavmae.create_model(load_config(CONFIGS / "pretrain_mamba_base.yaml").model).parameters()

@@ -81,7 +81,7 @@ DERIVED = {
     "finetune_as2m_video": ("finetune_as2m", {"train.ft_mode": "video"}),
     "finetune_vggsound_audio": ("finetune_vggsound", {"train.ft_mode": "audio"}),
     "finetune_vggsound_video": ("finetune_vggsound", {"train.ft_mode": "video"}),
-    "pretrain_mamba_base": ("pretrain_base", {}),
+    "pretrain_mamba_base": ("pretrain_base", {"model.contrast_input": "unmasked"}),
 }
 for _name in ("pretrain_base", "pretrain_scale_plus", "pretrain_scale_plus_plus", "pretrain_vggsound",
               "pretrain_vggsound_from_as"):  # fmt: skip

@@ -126,10 +126,27 @@ def make_data(out: Path, s: DemoSettings, seed: int) -> DemoData:
 # configs: the tiny recipe (configs/tiny.yaml) on smaller inputs, kept here so the demo needs no recipe file
 
 
+# What a backbone's recipe changes in the tiny config (as configs/tiny_mamba.yaml does for Mamba): width-matched
+# Mamba blocks (expand 1: the ViT's parameter count within 5 %) pre-trained with contrastive embeddings from the
+# unmasked streams (scripts/results/ablate_backbones.md: the one change that brings Mamba to the ViT's retrieval).
+BACKBONE_RECIPES: dict[str, dict[str, Any]] = {
+    "mamba": {"mamba": {"expand": 1}, "contrast_input": "unmasked"},
+}
+
+
 def demo_config(
-    s: DemoSettings, data: DemoData, run_dir: Path, *, seed: int, backbone: str, task: str, init: str = ""
+    s: DemoSettings,
+    data: DemoData,
+    run_dir: Path,
+    *,
+    seed: int,
+    backbone: str,
+    task: str,
+    init: str = "",
+    recipe: bool = True,
 ) -> Config:
-    """The config of one training run of the demo (``task`` = pretrain or finetune)."""
+    """The config of one training run of the demo (``task`` = pretrain or finetune). ``recipe``: apply the
+    backbone's entry of :data:`BACKBONE_RECIPES` (False: the bare tiny CAV-MAE config, as the ablation starts)."""
     pretrain = task == "pretrain"
     updates: dict[str, Any] = {
         "model": {
@@ -182,10 +199,21 @@ def demo_config(
             "avg_weights_from": 0,  # same number of steps, no weight averaging: a like-for-like comparison
         },
     }
+    if recipe:
+        merge_nested(updates["model"], BACKBONE_RECIPES.get(backbone, {}))
     cfg = Config()
     merge(cfg, updates)
     validate(cfg)
     return cfg
+
+
+def merge_nested(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Merge the nested dict ``extra`` into ``into`` in place (sub-dicts merged, values replaced)."""
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            merge_nested(into.setdefault(key, {}), value)
+        else:
+            into[key] = value
 
 
 def check_backbone(backbone: str) -> None:
