@@ -181,6 +181,27 @@ def test_every_ablation_row_is_buildable_and_equal_parameter(ablate):
         assert abs(counts[name] / counts["vit"] - 1) <= 0.05, name
 
 
+def test_the_recipe_row_is_the_demos_mamba_config(ablate, tmp_path):
+    """The table's mamba_unmasked_c row runs exactly what `cavmae demo --backbone mamba` runs (both tasks)."""
+    from dataclasses import asdict
+
+    from cavmae.demo.heldout import DemoData
+    from cavmae.demo.pipeline import demo_config
+    from cavmae.demo.settings import FULL
+
+    data = DemoData(tmp_path, "train.tar", "heldout.tar", 10, 2, ["a", "b"])
+    for task in ("pretrain", "finetune"):
+        row = ablate.configure(FULL, data, tmp_path, seed=1, variant=ablate.VARIANTS["mamba_unmasked_c"], task=task)
+        demo = demo_config(FULL, data, tmp_path, seed=1, backbone="mamba", task=task)
+        demo.train.progress_bar = False  # the ablation's only other setting
+        if task == "finetune":  # a pre-training-only override in the row; the classifier has no contrastive loss
+            assert (row.model.contrast_input, demo.model.contrast_input) == ("masked", "unmasked")
+            row.model.contrast_input = demo.model.contrast_input
+        assert asdict(row) == asdict(demo), task
+    bare = ablate.configure(FULL, data, tmp_path, seed=1, variant=ablate.VARIANTS["mamba"], task="pretrain")
+    assert bare.model.contrast_input == "masked"  # the CAV-MAE-objective row
+
+
 def test_ablation_refuses_a_row_outside_the_tolerance(ablate):
     from cavmae.demo.settings import FULL
 
