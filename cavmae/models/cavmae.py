@@ -89,22 +89,7 @@ class CAVMAE(CAVMAEEncoder):
         a = masked_a.tokens if order is None else _gather_tokens(masked_a.tokens, order)
         # where the kept tokens sit in the unmasked sequences (in the order the stacks see them), for a scan's steps
         pos_a = masked_a.ids_keep if order is None else self.audio_scan_rank(masked_a.ids_keep).gather(1, order)
-        pos_v = masked_v.ids_keep
-        a = self.run_blocks(self.blocks_a, a, None, pos_a)
-        v = self.run_blocks(self.blocks_v, masked_v.tokens, None, pos_v)
-        latent, latent_a = self.joint_stream(a, v, (pos_a, pos_v)), self.audio_stream(a, pos_a)
-        if order is not None:
-            back = torch.argsort(order, dim=1)
-            keep_a = a.shape[1]
-            latent = torch.cat([_gather_tokens(latent[:, :keep_a], back), latent[:, keep_a:]], dim=1)
-            latent_a = _gather_tokens(latent_a, back)
-        return {
-            "latent": latent,
-            "latent_a": latent_a,
-            "latent_v": self.video_stream(v, pos_v),
-            "masked_a": masked_a,
-            "masked_v": masked_v,
-        }
+        return self._encode_streams(a, masked_v.tokens, order, masked_a, masked_v, (pos_a, masked_v.ids_keep))
 
     def _encode_with_mask_tokens(
         self, tokens_a: torch.Tensor, tokens_v: torch.Tensor, masked_a: Masked, masked_v: Masked
@@ -119,9 +104,24 @@ class CAVMAE(CAVMAEEncoder):
         order = self.audio_scan_order(ids)  # [B, La] or None
         if order is not None:
             a = _gather_tokens(a, order)
-        a = self.run_blocks(self.blocks_a, a)
-        v = self.run_blocks(self.blocks_v, v)
-        latent, latent_a = self.joint_stream(a, v), self.audio_stream(a)
+        return self._encode_streams(a, v, order, masked_a, masked_v, None)
+
+    def _encode_streams(
+        self,
+        a: torch.Tensor,
+        v: torch.Tensor,
+        order: torch.Tensor | None,
+        masked_a: Masked,
+        masked_v: Masked,
+        positions: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> dict[str, torch.Tensor | Masked]:
+        """Audio tokens a [B, Ka, D] (in scan order: ``order`` [B, Ka] took them there, None: patch order) and video
+        tokens v [B, Kv, D] through the stacks; the joint and audio streams come back in patch order. positions: the
+        tokens' indices in the unmasked sequences (None: the whole sequences)."""
+        pos_a, pos_v = positions if positions is not None else (None, None)
+        a = self.run_blocks(self.blocks_a, a, None, pos_a)
+        v = self.run_blocks(self.blocks_v, v, None, pos_v)
+        latent, latent_a = self.joint_stream(a, v, positions), self.audio_stream(a, pos_a)
         if order is not None:
             back = torch.argsort(order, dim=1)
             n_a = a.shape[1]
@@ -130,7 +130,7 @@ class CAVMAE(CAVMAEEncoder):
         return {
             "latent": latent,
             "latent_a": latent_a,
-            "latent_v": self.video_stream(v),
+            "latent_v": self.video_stream(v, pos_v),
             "masked_a": masked_a,
             "masked_v": masked_v,
         }
