@@ -259,6 +259,7 @@ def masked_view_retrieval(model, held, views: int = MASKED_VIEWS) -> dict:
     import torch.nn.functional as F
 
     from cavmae.eval.metrics import retrieval_metrics
+    from cavmae.models.cavmae import pool_kept
 
     cfg = model.cfg
     audio, video = [], []
@@ -275,12 +276,6 @@ def masked_view_retrieval(model, held, views: int = MASKED_VIEWS) -> dict:
             audio.append(F.normalize(a / views, dim=-1))
             video.append(F.normalize(v / views, dim=-1))
     return retrieval_metrics(torch.cat(audio), torch.cat(video))
-
-
-def pool_kept(x, masked):
-    from cavmae.models.cavmae import _pool_kept
-
-    return _pool_kept(x, masked)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -508,3 +508,29 @@ def test_unmasked_contrast_is_the_infonce_of_the_retrieval_embeddings(backbone):
     torch.manual_seed(0)
     masked = cavmae.create_model(_small(backbone)).eval()
     assert not torch.allclose(masked(audio, frames)["loss_c"], want, atol=1e-4)  # the masked streams differ
+
+
+def test_masked_view_retrieval_pools_masked_views_of_the_held_out_clips(ablate):
+    from cavmae.eval.metrics import retrieval_metrics
+    from cavmae.models.cavmae import pool_kept
+
+    class Held:  # what the function reads of cavmae.demo.heldout.HeldOut: one batch of 6 clips
+        def batches(self):
+            yield {"audio": audio, "frames": frames}
+
+    torch.manual_seed(0)
+    model = cavmae.create_model(_small("mamba")).eval()
+    g = torch.Generator().manual_seed(1)
+    audio, frames = torch.randn(6, 64, 32, generator=g), torch.randn(6, 3, 32, 32, generator=g)
+    got = ablate.masked_view_retrieval(model, Held(), views=2)
+    emb_a = emb_v = 0.0
+    with torch.no_grad():
+        for i in range(2):  # the two seeded views, pooled over the kept tokens, averaged
+            torch.manual_seed(1000 + i)
+            enc = model.forward_encoder(audio, frames, 0.75, 0.75, "unstructured")
+            emb_a = emb_a + pool_kept(enc["latent_a"], enc["masked_a"])
+            emb_v = emb_v + pool_kept(enc["latent_v"], enc["masked_v"])
+    normalize = torch.nn.functional.normalize
+    assert got == retrieval_metrics(normalize(emb_a / 2, dim=-1), normalize(emb_v / 2, dim=-1))
+    unmasked = retrieval_metrics(*(normalize(e, dim=-1) for e in model.embed(audio, frames)))
+    assert got != unmasked  # masked views are not the unmasked embeddings

@@ -18,7 +18,7 @@ def _gather_tokens(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def _pool_kept(x: torch.Tensor, masked: Masked) -> torch.Tensor:
+def pool_kept(x: torch.Tensor, masked: Masked) -> torch.Tensor:
     """Contrastive embedding [B, D]: the mean over the kept tokens of stream tokens x [B, K, D] (K kept: every token
     of x; with mask tokens in the encoder, K = L: the masked positions' outputs are left out, as with "drop")."""
     if x.shape[1] == masked.ids_keep.shape[1]:
@@ -198,8 +198,8 @@ class CAVMAE(CAVMAEEncoder):
             emb_a = self.audio_stream(self.encode_audio(audio)).mean(dim=1)
             emb_v = self.video_stream(self.encode_video(frames)).mean(dim=1)
         else:
-            emb_a = _pool_kept(enc["latent_a"], enc["masked_a"])
-            emb_v = _pool_kept(enc["latent_v"], enc["masked_v"])
+            emb_a = pool_kept(enc["latent_a"], enc["masked_a"])
+            emb_v = pool_kept(enc["latent_v"], enc["masked_v"])
         loss_rec = rec_a + rec_v
         if self.contrast_group and self.training and cfg.contrast_weight != 0:
             loss, loss_c, acc_c = self._grouped_loss(loss_rec, emb_a, emb_v)
