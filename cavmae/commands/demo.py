@@ -26,16 +26,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cavmae.config import ConfigError
     from cavmae.demo.pipeline import DemoError, run_demo
+    from cavmae.train import TrainingStopped
 
     try:
         result = run_demo(
             args.out, backbone=args.backbone, quick=args.quick, seed=args.seed, seeds=args.seeds, jobs=args.jobs
         )
-    except (DemoError, ConfigError) as e:
+    except DemoError as e:  # the demo cannot start as asked (--out in the way, unknown backbone)
         log.error("%s", e)
         return 2
+    except TrainingStopped as e:
+        log.error("%s", e)
+        return 1
     m = result.metrics
     pre, rnd = m["retrieval"]["pretrained"], m["retrieval"]["random_init"]
     pre_sd, rnd_sd = m["retrieval_sd"]["pretrained"], m["retrieval_sd"]["random_init"]
