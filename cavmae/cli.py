@@ -11,10 +11,11 @@ so clip names that begin with '-' (YouTube ids such as ``-0DLPzsiXXE_30000``) ca
 ``cavmae predict --model M -- -0DLPzsiXXE_30000.mp4``; an option's value joins it: ``--query-key=-0DLPzsiXXE_30000``.
 
 Exit codes, the same for every command: 0 success; 1 the command ran and failed (an input missing, unreadable or
-unusable, nothing to write, training stopped); 2 the command was not run as asked (a bad flag, a config error,
-options that contradict each other, an output it will not replace without ``--overwrite``). Errors are one line;
-``-v`` adds the traceback. A :class:`~cavmae.config.ConfigError` escaping a command is exit 2 here, in one place;
-the other errors of bad input (``ValueError``, ``KeyError``, ``OSError``, ``ImportError``) are exit 1.
+unusable, nothing to write, an output in the way that ``--overwrite`` would replace, a missing optional package,
+training stopped); 2 the command line is wrong in itself (a bad flag or value, a config error, options that
+contradict each other). Errors are one line; ``-v`` adds the traceback. A :class:`~cavmae.config.ConfigError`
+escaping a command is exit 2 here, in one place; the other errors of bad input (``ValueError``, ``KeyError``,
+``OSError``, ``ImportError``) are exit 1.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Exit codes, the same for every ``cavmae`` command (cavmae/cli.py): 0 success, 1 the command ran and failed (an
-input missing or unusable), 2 the command was not run as asked (a bad flag, a config error, options that
-contradict each other). One table row per command and kind of error; each error is one logged line, no traceback.
-"""
+input missing or unusable, an output in the way), 2 the command line is wrong in itself (a bad flag, a config
+error, options that contradict each other). One table row per command and kind of error; each error is one logged
+line, no traceback."""
 
 from __future__ import annotations
 

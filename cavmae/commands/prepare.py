@@ -116,8 +116,8 @@ def shard_pattern(out: str, name: str, num_shards: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 2 for inputs given wrongly or an output folder that holds other shards (--overwrite); exit 1 when an
-    input is missing or unreadable (raised to cavmae.cli) or when no sample could be written."""
+    """Exit 2 for inputs given wrongly; exit 1 when an input is missing or unreadable (raised to cavmae.cli), when
+    the output folder holds other shards (--overwrite) or when no sample could be written."""
     from cavmae.data.prepare import PrepareError, PrepareOptions, failure_summary, prepare_shards
     from cavmae.data.sources import plan_inputs
 
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except PrepareError as e:  # the output folder holds other shards: --overwrite or another --out / --name
         log.error("%s", e)
-        return 2
+        return 1
     manifest_file = f"{args.out}/{args.name}-manifest.json"
     if not manifest["num_samples"]:
         log.error("nothing was written: %s (each input and its reason: %s)", failure_summary(manifest), manifest_file)
