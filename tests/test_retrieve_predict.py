@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -148,16 +149,19 @@ def test_mode_choice():
 # class names by default; clip names that begin with '-'
 
 
-def micro_classifier(out: Path, num_classes: int, **data) -> Path:
+def micro_classifier(out: Path, num_classes: int, out_dir: str = "runs/x", **data) -> Path:
     """A small classifier on micro inputs saved with a run config whose data section is `data`."""
     cfg = cavmae.Config(model=small_cfg(num_classes=num_classes, audio_length=64, num_mel_bins=32, image_size=32))
+    cfg.train.out_dir = out_dir
     for key, value in data.items():
         setattr(cfg.data, key, value)
     torch.manual_seed(0)
     return cavmae.save_pretrained(cavmae.create_model(cfg.model, kind="classifier"), out, cfg)
 
 
-def test_predict_names_classes_from_the_label_index_the_model_trained_with(tiny_shards, tmp_path, capsys, caplog):
+def test_predict_names_classes_from_the_label_index_the_model_trained_with(
+    tiny_shards, tmp_path, capsys, caplog, monkeypatch
+):
     """Trained on shards without data.label_csv: the names are the label index in the shards' manifests."""
     clip = str(next(tiny_shards.synth.videos.iterdir()))
     names = [r["display_name"] for r in tiny_shards.manifest["label_index"]]
@@ -165,6 +169,16 @@ def test_predict_names_classes_from_the_label_index_the_model_trained_with(tiny_
     assert main(["predict", clip, "--model", str(model), "--top-k", "4", "--json"]) == 0
     top = json.loads(capsys.readouterr().out)["top"]
     assert sorted(t["name"] for t in top) == sorted(names) and all(t["name"] == names[t["class"]] for t in top)
+
+    # the run's relative paths are read from the folder it ran in (<there>/runs/ft/model), wherever predict runs
+    work = tmp_path / "work"
+    (work / "shards").mkdir(parents=True)
+    shutil.copy(tiny_shards.dir / "tiny-manifest.json", work / "shards")
+    pattern = Path(tiny_shards.pattern).name
+    model = micro_classifier(work / "runs/ft/model", len(names), "runs/ft", train_shards=[f"shards/{pattern}"])
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", clip, "--model", str(Path("work/runs/ft")), "--top-k", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top"] == top
 
     # no label index anywhere (not 527 / 309 classes, no shards, no data.label_csv): indices, said once
     bare = micro_classifier(tmp_path / "bare", 3)
