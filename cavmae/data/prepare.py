@@ -338,8 +338,8 @@ def _manifest(
 
 
 def failure_summary(manifest: dict) -> str:
-    """Why inputs are not in the shards, counted: 'no input could be used: 3 failed (2 undecodable (not media,
-    or truncated), 1 no audio stream); 2 metadata rows have no file; 1 file is not audio/video (notes.txt)'.
+    """Why inputs are not in the shards, counted, on one line: '3 input(s) failed (2 empty file (0 bytes), 1 no
+    audio stream); 2 metadata row(s) name no file found; 1 file(s) are not audio/video (notes.txt)'.
 
     Failures are counted by the head of their reason (the text before its first ': ', which holds per-file
     detail)."""

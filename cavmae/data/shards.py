@@ -41,6 +41,7 @@ the same inputs give byte-identical shards.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -345,8 +346,6 @@ def missing_shards_message(pattern: str, expanded: list[str], missing: list[str]
     message = f"shard pattern {pattern!r} names {len(expanded)} shard(s), {len(missing)} of which do not exist: {shown}"
     manifest = manifest_path(missing[0])
     if manifest is not None and manifest.is_file():
-        import json
-
         try:
             listed = [s["file"] for s in json.loads(manifest.read_text()).get("shards", [])]
         except (OSError, ValueError, KeyError, TypeError):
