@@ -149,6 +149,27 @@ def parse_args(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Names
     return parser, args
 
 
+def warn_repeated_overrides(overrides: list[str], log: logging.Logger) -> None:
+    """A key set by several overrides: the last wins, as it should for a script that appends its own; but an
+    unquoted brace pattern (``data.train_shards=[a-{000000..000099}.tar]``) reaches us expanded by the shell into
+    one override per shard, and training would read only the last shard. Say so."""
+    values: dict[str, list[str]] = {}
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep:
+            values.setdefault(key.strip(), []).append(value)
+    for key, given in values.items():
+        if len(given) > 1:
+            log.warning(
+                "%s is set %d times; the last wins (%s). If a brace pattern was meant, the shell expanded it: "
+                "quote the override, '%s=[...{000000..000099}.tar]'",
+                key,
+                len(given),
+                given[-1],
+                key,
+            )
+
+
 def exit_code(error: BaseException) -> int | None:
     """The exit code of an error that escaped a command: 2 for a config error, 1 for bad input (a file missing,
     damaged or unusable: ``ValueError``, ``KeyError``, ``OSError``, ``ImportError``); None for anything else (a
@@ -174,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     log = logging.getLogger(args._module)  # errors under the command's name, as the command's own are
+    warn_repeated_overrides(getattr(args, "overrides", None) or [], log)
     try:
         return int(importlib.import_module(args._module).run(args) or EXIT_OK)
     except Exception as error:

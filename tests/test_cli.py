@@ -1,4 +1,5 @@
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -144,3 +145,21 @@ def test_one_option_name_for_the_label_index_in_every_command():
         if "--label-csv" in options:
             takes_index.add(command)
     assert takes_index == {"prepare", "evaluate", "predict"}
+
+
+def test_an_override_repeated_by_the_shells_brace_expansion_is_warned_about(caplog):
+    """bash turns data.train_shards=[s-{000000..000002}.tar] into three overrides; the last would win silently."""
+    expanded = subprocess.run(
+        ["bash", "-c", "printf '%s\\n' data.train_shards=[s-{000000..000002}.tar] train.epochs=2 data.synthetic=false"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert len(expanded) == 5
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(["info", "--config", str(REPO / "configs" / "tiny.yaml"), *expanded]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "data.train_shards is set 3 times; the last wins ([s-000002.tar]). If a brace pattern was meant, the shell "
+        "expanded it: quote the override"
+    )
