@@ -1,7 +1,9 @@
 """cavmae prepare: inputs -> shards + manifest; failures recorded, determinism, restart after a kill."""
 
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,6 +22,7 @@ from cavmae.data.prepare import PrepareError, PrepareOptions, prepare_shards
 from cavmae.data.sources import plan_inputs
 
 REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
 
 
 def members(shard_dir, pattern="*.tar"):
@@ -240,3 +243,77 @@ def test_a_crashing_decoder_is_recorded_not_fatal(tmp_path, monkeypatch):
     manifest = prepare_shards(plan, tmp_path / "out", samples_per_shard=2, workers=2)
     assert manifest["failed"] == [{"input": plan.inputs[1].rel, "reason": prepare_module.CRASHED}]
     assert set(members(tmp_path / "out")) == {c.key for c in plan.inputs} - {_DIES_ON}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the command: what a user sees (exit code, one line) when nothing can be written, and which shards to train on
+
+
+def prepare_cli(caplog, *argv) -> tuple[int, list]:
+    """``cavmae prepare ARGV`` in this process: (exit code, the log records at WARNING and above)."""
+    from cavmae.cli import main
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        code = main(["prepare", *(str(a) for a in argv), "--workers", "0"])
+    return code, [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_prepare_that_writes_nothing_exits_1_saying_why(tmp_path, caplog):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a.mp4").write_bytes(b"not a video at all")
+    (videos / "b.mp4").write_bytes(b"")
+    (videos / "c.mkv").write_bytes(b"")
+    (videos / "notes.txt").write_text("not a video")
+    (videos / "cover.png").write_bytes(b"\x89PNG")
+    code, records = prepare_cli(caplog, "--videos", videos, "--out", tmp_path / "out")
+    errors = [r.getMessage() for r in records if r.levelno == logging.ERROR]
+    assert code == 1 and len(errors) == 1, errors
+    assert errors[0].startswith("nothing was written: 3 input(s) failed (2 empty file (0 bytes), 1 undecodable")
+    assert "2 file(s) are not audio/video (cover.png, notes.txt)" in errors[0]
+    assert str(tmp_path / "out" / "data-manifest.json") in errors[0]
+    # the same command again: the finished (empty) job is not redone, and still fails
+    assert prepare_cli(caplog, "--videos", videos, "--out", tmp_path / "out")[0] == 1
+
+
+def test_prepare_names_the_files_it_skips_as_not_media(tmp_path, caplog):
+    ds = make_synthetic_dataset(tmp_path / "syn", num_clips=2, num_classes=2, duration=1.0, size=32, seed=0)
+    (ds.videos / "notes.txt").write_text("not a video")
+    (ds.videos / "sub").mkdir()
+    (ds.videos / "sub" / "cover.png").write_bytes(b"\x89PNG")
+    code, records = prepare_cli(caplog, "--videos", ds.videos, "--out", tmp_path / "out")
+    assert code == 0
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert any(
+        w.startswith("skipped 2 file(s) in ") and "that are not audio/video: notes.txt, sub/cover.png" in w
+        for w in warnings
+    ), warnings
+
+
+def test_prepare_says_which_shards_to_train_on_and_a_wrong_pattern_names_the_missing_ones(tmp_path, caplog):
+    """The README's data example: synth -> prepare writes one shard; the line prepare logs is the override to use,
+    and a pattern naming four shards says which three do not exist (not that the manifest is missing)."""
+    from cavmae.config import ConfigError, load_config
+    from cavmae.data.verify import verify_shards
+    from cavmae.train.batches import batches_per_epoch
+
+    ds = make_synthetic_dataset(tmp_path / "synth", num_clips=4, num_classes=2, duration=1.0, size=32, seed=0)
+    out = tmp_path / "shards"
+    argv = ["--videos", ds.videos, "--csv", ds.csv, "--label-csv", ds.label_csv, "--out", out, "--name", "synth"]
+    assert prepare_cli(caplog, *argv)[0] == 0
+    said = re.search(r"'(data\.train_shards=\[.*\])'", caplog.text)
+    assert said and said[1] == f"data.train_shards=[{out}/synth-000000.tar]"
+    overrides = ["data.synthetic=false", "data.batch_size=2"]
+    assert batches_per_epoch(load_config(TINY, [*overrides, said[1]]), 1) == 2  # 4 clips, batches of 2
+
+    wrong = f"{out}/synth-{{000000..000003}}.tar"
+    cfg = load_config(TINY, [*overrides, f"data.train_shards=[{wrong}]"])
+    with pytest.raises(ConfigError) as e:
+        batches_per_epoch(cfg, 1)
+    assert str(e.value) == (
+        f"data.train_shards: shard pattern '{wrong}' names 4 shard(s), 3 of which do not exist: synth-000001.tar, "
+        f"synth-000002.tar, synth-000003.tar ({out}/synth-manifest.json lists 1 shard(s): synth-000000.tar)"
+    )
+    report = verify_shards(wrong)  # verify-shards names each missing shard as missing, not as unlisted
+    assert report.checked == 1 and [p.reason.split(" (")[0] for p in report.problems] == ["missing or unreadable"] * 3

@@ -185,7 +185,7 @@ def test_evaluate_public_finetuned_pth_gives_the_hand_computed_map(tiny_shards, 
     spec["module.mlp_head.1.weight"] *= 50  # spread the scores
     torch.save(spec, pth)
     out = tmp_path / "eval.json"
-    args = ["evaluate", "--model", str(pth), "--shards", tiny_shards.pattern, "--labels", "multi"]
+    args = ["evaluate", "--model", str(pth), "--shards", tiny_shards.pattern, "--label-kind", "multi"]
     assert main([*args, "--num-workers", "0", "--batch-size", "3", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert "mAP" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -106,7 +107,7 @@ def test_predict_on_shared_media(media_dir, tmp_path, capsys):
     cavmae.save_pretrained(cavmae.create_model(small_cfg(num_classes=527), kind="classifier"), clf_dir)
     files = [str(media_dir / f) for f in MEDIA]
     labels = str(REPO / "data" / "class_labels_indices_as.csv")
-    assert main(["predict", *files, "--model", str(clf_dir), "--labels", labels, "--top-k", "3", "--json"]) == 0
+    assert main(["predict", *files, "--model", str(clf_dir), "--label-csv", labels, "--top-k", "3", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["file"] for r in rows] == files
     assert [r["mode"] for r in rows] == ["audiovisual", "audiovisual", "missing_video"]
@@ -120,9 +121,9 @@ def test_predict_on_shared_media(media_dir, tmp_path, capsys):
     public = tmp_path / "clf.pth"
     assert main(["convert", str(clf_dir), str(public), "--to", "official"]) == 0
     capsys.readouterr()
-    assert main(["predict", files[1], "--model", str(public), "--labels", labels, "--top-k", "3", "--json"]) == 0
+    assert main(["predict", files[1], "--model", str(public), "--label-csv", labels, "--top-k", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["top"] == rows[1]["top"]
-    # a 527-class model names its classes from the bundled AudioSet index when --labels is not given
+    # a 527-class model names its classes from the bundled AudioSet index when --label-csv is not given
     assert main(["predict", files[1], "--model", str(clf_dir), "--top-k", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["top"] == rows[1]["top"]
 
@@ -142,3 +143,65 @@ def test_mode_choice():
     assert choose_mode("audio", True, False) == "audio"
     with pytest.raises(ValueError, match="no video"):
         choose_mode("video", True, False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# class names by default; clip names that begin with '-'
+
+
+def micro_classifier(out: Path, num_classes: int, out_dir: str = "runs/x", **data) -> Path:
+    """A small classifier on micro inputs saved with a run config whose data section is `data`."""
+    cfg = cavmae.Config(model=small_cfg(num_classes=num_classes, audio_length=64, num_mel_bins=32, image_size=32))
+    cfg.train.out_dir = out_dir
+    for key, value in data.items():
+        setattr(cfg.data, key, value)
+    torch.manual_seed(0)
+    return cavmae.save_pretrained(cavmae.create_model(cfg.model, kind="classifier"), out, cfg)
+
+
+def test_predict_names_classes_from_the_label_index_the_model_trained_with(
+    tiny_shards, tmp_path, capsys, caplog, monkeypatch
+):
+    """Trained on shards without data.label_csv: the names are the label index in the shards' manifests."""
+    clip = str(next(tiny_shards.synth.videos.iterdir()))
+    names = [r["display_name"] for r in tiny_shards.manifest["label_index"]]
+    model = micro_classifier(tmp_path / "clf", len(names), train_shards=[tiny_shards.pattern])
+    assert main(["predict", clip, "--model", str(model), "--top-k", "4", "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)["top"]
+    assert sorted(t["name"] for t in top) == sorted(names) and all(t["name"] == names[t["class"]] for t in top)
+
+    # the run's relative paths are read from the folder it ran in (<there>/runs/ft/model), wherever predict runs
+    work = tmp_path / "work"
+    (work / "shards").mkdir(parents=True)
+    shutil.copy(tiny_shards.dir / "tiny-manifest.json", work / "shards")
+    pattern = Path(tiny_shards.pattern).name
+    model = micro_classifier(work / "runs/ft/model", len(names), "runs/ft", train_shards=[f"shards/{pattern}"])
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", clip, "--model", str(Path("work/runs/ft")), "--top-k", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top"] == top
+
+    # no label index anywhere (not 527 / 309 classes, no shards, no data.label_csv): indices, said once
+    bare = micro_classifier(tmp_path / "bare", 3)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert main(["predict", clip, "--model", str(bare), "--top-k", "3", "--json"]) == 0
+    assert sorted(t["name"] for t in json.loads(capsys.readouterr().out)["top"]) == ["0", "1", "2"]
+    notes = [r.getMessage() for r in caplog.records if "class names unknown" in r.getMessage()]
+    assert notes == [
+        "class names unknown (the model records no label index): printing class indices; --label-csv FILE names them"
+    ]
+
+
+def test_clip_names_that_begin_with_a_dash(tiny_shards, tmp_path, capsys, monkeypatch):
+    """YouTube ids such as -0DLPzsiXXE_30000: files after '--', keys joined to --query-key with '='."""
+    key = "-0DLPzsiXXE_30000"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / f"{key}.mp4").write_bytes(next(tiny_shards.synth.videos.iterdir()).read_bytes())
+    model = micro_classifier(tmp_path / "clf", 4)
+    assert main(["predict", "--model", str(model), "--top-k", "1", "--json", "--", f"{key}.mp4"]) == 0
+    assert json.loads(capsys.readouterr().out)["file"] == f"{key}.mp4"
+
+    emb = EmbeddingSet([key, "--x", "b"], torch.eye(3), torch.eye(3)).save(tmp_path / "emb.safetensors")
+    assert main(["retrieve", "--embeddings", str(emb), f"--query-key={key}", "--query-key=--x", "--top-k", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"key {key}: top 1 videos\n   1. {key}  1.0000" in out and "key --x: top 1 videos\n   1. --x  1.0000" in out

@@ -37,27 +37,27 @@ def output_layout(to: str, output: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cavmae.config import Config, ConfigError, load_config
-    from cavmae.models.weights import CheckpointError, init_from_mae, load_model, save_official, save_pretrained
+    """Errors escape to cavmae.cli: a config error is exit 2, an unreadable checkpoint exit 1."""
+    from cavmae.config import Config, load_config
+    from cavmae.models.weights import init_from_mae, load_model, save_official, save_pretrained
 
     to = output_layout(args.to, args.output)
-    try:
-        if args.source == "mae":
-            from cavmae.models.cavmae import CAVMAE
+    if args.source != "mae" and (args.config or args.overrides):
+        log.error("--config and overrides choose the architecture of --from mae; a checkpoint brings its own")
+        return 2
+    if args.source == "mae":
+        from cavmae.models.cavmae import CAVMAE
 
-            cfg = load_config(args.config, args.overrides)
-            model = CAVMAE(cfg.model)
-            kept = init_from_mae(model, args.input)
-            log.info("kept their own init: %s", ", ".join(kept))
-        else:
-            model = load_model(args.input)
-            cfg = Config(model=model.cfg)
-        if to == "cavmae":
-            save_pretrained(model, args.output, cfg)
-        else:
-            save_official(model, Path(args.output))
-    except (CheckpointError, ConfigError) as e:
-        log.error("%s", e)
-        return 1
+        cfg = load_config(args.config, args.overrides)
+        model = CAVMAE(cfg.model)
+        kept = init_from_mae(model, args.input)
+        log.info("kept their own init: %s", ", ".join(kept))
+    else:
+        model = load_model(args.input)
+        cfg = Config(model=model.cfg)
+    if to == "cavmae":
+        save_pretrained(model, args.output, cfg)
+    else:
+        save_official(model, Path(args.output))
     log.info("wrote %s (%s layout)", args.output, to)
     return 0

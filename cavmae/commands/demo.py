@@ -26,16 +26,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cavmae.config import ConfigError
-    from cavmae.demo.pipeline import DemoError, run_demo
+    from cavmae.demo.pipeline import DemoError, check_backbone, run_demo
+    from cavmae.train import TrainingStopped
 
+    if args.seeds is not None and args.seeds < 1:
+        log.error("--seeds must be at least 1, got %d", args.seeds)
+        return 2
+    try:
+        check_backbone(args.backbone)
+    except DemoError as e:  # an unknown backbone
+        log.error("%s", e)
+        return 2
     try:
         result = run_demo(
             args.out, backbone=args.backbone, quick=args.quick, seed=args.seed, seeds=args.seeds, jobs=args.jobs
         )
-    except (DemoError, ConfigError) as e:
+    except (DemoError, TrainingStopped) as e:  # --out in the way (not an earlier demo), or a run diverged
         log.error("%s", e)
-        return 2
+        return 1
     m = result.metrics
     pre, rnd = m["retrieval"]["pretrained"], m["retrieval"]["random_init"]
     pre_sd, rnd_sd = m["retrieval_sd"]["pretrained"], m["retrieval_sd"]["random_init"]

@@ -24,30 +24,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Errors escape to cavmae.cli: a missing or unreadable model or shard is exit 1."""
     from accelerate import Accelerator
 
     from cavmae.config import Config
     from cavmae.eval.embed import embed_to_shards
-    from cavmae.models.weights import CheckpointError, load_model
+    from cavmae.models.weights import load_model
 
-    try:
-        model = load_model(args.model)
-        cfg = Config(model=model.cfg)
-        cfg.data.num_workers, cfg.eval.batch_size = args.num_workers, args.batch_size
-        accelerator = Accelerator(cpu=args.cpu)
-        manifest = embed_to_shards(
-            model,
-            args.shards,
-            args.out,
-            cfg,
-            dtype=args.dtype,
-            model_name=str(args.model),
-            overwrite=args.overwrite,
-            accelerator=accelerator,
-        )
-    except (CheckpointError, ValueError) as e:
-        log.error("%s", e)
-        return 2
+    model = load_model(args.model)
+    cfg = Config(model=model.cfg)
+    cfg.data.num_workers, cfg.eval.batch_size = args.num_workers, args.batch_size
+    accelerator = Accelerator(cpu=args.cpu)
+    manifest = embed_to_shards(
+        model,
+        args.shards,
+        args.out,
+        cfg,
+        dtype=args.dtype,
+        model_name=str(args.model),
+        overwrite=args.overwrite,
+        accelerator=accelerator,
+    )
     if manifest is not None:
         log.info("%d clips embedded in %d shard(s): %s", manifest["num_clips"], len(manifest["shards"]), args.out)
     return 0

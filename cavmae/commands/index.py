@@ -30,24 +30,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Errors escape to cavmae.cli: missing embeddings or FAISS not installed is exit 1."""
     from cavmae.eval.embed import load_embeddings
     from cavmae.eval.index import build_index
 
-    try:
-        emb = load_embeddings(args.embeddings)
-        info = build_index(
-            emb,
-            args.out,
-            args.kind,
-            seed=args.seed,
-            source=str(args.embeddings),
-            nlist=args.nlist,
-            nprobe=args.nprobe,
-            pq_m=args.pq_m,
-            train_size=args.train_size,
-        )
-    except (ImportError, ValueError) as e:
-        log.error("%s", e)
+    approximate = {"--nlist": args.nlist, "--nprobe": args.nprobe, "--pq-m": args.pq_m, "--train-size": args.train_size}
+    given = [name for name, value in approximate.items() if value is not None]
+    if args.kind == "flat" and given:
+        log.error("%s set the approximate kinds (--kind ivf / ivfpq / auto); a flat index takes none", ", ".join(given))
         return 2
+    if args.pq_m is not None and args.kind == "ivf":
+        log.error("--pq-m applies to --kind ivfpq only")
+        return 2
+    emb = load_embeddings(args.embeddings)
+    info = build_index(
+        emb,
+        args.out,
+        args.kind,
+        seed=args.seed,
+        source=str(args.embeddings),
+        nlist=args.nlist,
+        nprobe=args.nprobe,
+        pq_m=args.pq_m,
+        train_size=args.train_size,
+    )
     print(json.dumps(info, indent=2))
     return 0

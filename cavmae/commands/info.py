@@ -29,23 +29,20 @@ def model_kind_for(kind: str, task: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Errors escape to cavmae.cli: a config error is exit 2, an unreadable model exit 1."""
     import yaml
 
-    from cavmae.config import ConfigError, load_config
-    from cavmae.models.weights import CheckpointError, build_model, describe, load_model
+    from cavmae.config import load_config
+    from cavmae.models.weights import build_model, describe, load_model
 
-    try:
-        if args.model:
-            if args.config or args.overrides:
-                log.error("give either --model (a saved model) or --config / overrides (a recipe), not both")
-                return 2
-            print(json.dumps(describe(load_model(args.model)), indent=2))
-            return 0
-        cfg = load_config(args.config, args.overrides)
-        model = build_model(model_kind_for(args.kind, cfg.train.task), cfg.model)
-    except (ConfigError, CheckpointError) as e:
-        log.error("%s", e)
-        return 2
+    if args.model:
+        if args.config or args.overrides:
+            log.error("give either --model (a saved model) or --config / overrides (a recipe), not both")
+            return 2
+        print(json.dumps(describe(load_model(args.model)), indent=2))
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    model = build_model(model_kind_for(args.kind, cfg.train.task), cfg.model)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     print(json.dumps(describe(model), indent=2))
     return 0

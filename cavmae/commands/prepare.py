@@ -99,45 +99,70 @@ def default_label_csv(args: argparse.Namespace) -> str | None:
     return path
 
 
+def usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the combination of inputs (exit 2 before any work), or None."""
+    if args.datafile and (args.videos or args.csv):
+        return "give either --datafile or --videos (with or without --csv), not both"
+    if not args.datafile and not args.videos:
+        return "nothing to prepare: give a video folder (--videos, with or without --csv) or a datafile (--datafile)"
+    return None
+
+
+def shard_pattern(out: str, name: str, num_shards: int) -> str:
+    """The shards prepare wrote, as one path (one shard) or a brace pattern."""
+    if num_shards == 1:
+        return f"{out}/{name}-000000.tar"
+    return f"{out}/{name}-{{000000..{num_shards - 1:06d}}}.tar"
+
+
 def run(args: argparse.Namespace) -> int:
-    from cavmae.data.labels import MetadataError
-    from cavmae.data.prepare import PrepareError, PrepareOptions, prepare_shards
+    """Exit 2 for inputs given wrongly; exit 1 when an input is missing or unreadable (raised to cavmae.cli), when
+    the output folder holds other shards (--overwrite) or when no sample could be written."""
+    from cavmae.data.prepare import PrepareError, PrepareOptions, failure_summary, prepare_shards
     from cavmae.data.sources import plan_inputs
 
-    try:
-        label_csv = default_label_csv(args)
-        plan = plan_inputs(
-            videos=args.videos,
-            csv=args.csv,
-            datafile=args.datafile,
-            label_csv=label_csv,
-            layout=args.layout,
-            split=args.split,
-            clip_seconds=args.clip_seconds,
+    problem = usage_problem(args)
+    if problem:
+        log.error("%s", problem)
+        return 2
+    label_csv = default_label_csv(args)
+    plan = plan_inputs(
+        videos=args.videos,
+        csv=args.csv,
+        datafile=args.datafile,
+        label_csv=label_csv,
+        layout=args.layout,
+        split=args.split,
+        clip_seconds=args.clip_seconds,
+    )
+    if label_csv != args.label_csv and plan.failed and not plan.inputs:
+        log.error(
+            "none of the rows of %s could be used with the bundled label index %s (first problem: %s); pass "
+            "--label-csv FILE, or --label-csv build",
+            args.csv or args.datafile,
+            label_csv,
+            plan.failed[0]["reason"],
         )
-        if label_csv != args.label_csv and plan.failed and not plan.inputs:
-            raise ValueError(
-                f"none of the rows of {args.csv or args.datafile} could be used with the bundled label index "
-                f"{label_csv} (first problem: {plan.failed[0]['reason']}); pass --label-csv FILE, or --label-csv build"
-            )
-        options = PrepareOptions(
-            frame_size=args.frame_size,
-            jpeg_quality=args.jpeg_quality,
-            store=args.store,
-            audio_format=args.audio_format,
-            audio_channel=args.audio_channel,
-            clip_seconds=args.clip_seconds,
-        )
-        engine = None
-        if args.engine == "ray":
-            from cavmae.data.engines import RayEngine
+        return 1
+    options = PrepareOptions(
+        frame_size=args.frame_size,
+        jpeg_quality=args.jpeg_quality,
+        store=args.store,
+        audio_format=args.audio_format,
+        audio_channel=args.audio_channel,
+        clip_seconds=args.clip_seconds,
+    )
+    engine = None
+    if args.engine == "ray":
+        from cavmae.data.engines import RayEngine
 
-            engine = RayEngine(
-                address=args.ray_address,
-                num_cpus=args.ray_num_cpus,
-                block_size=args.samples_per_shard,
-                max_retries=args.ray_retries,
-            )
+        engine = RayEngine(
+            address=args.ray_address,
+            num_cpus=args.ray_num_cpus,
+            block_size=args.samples_per_shard,
+            max_retries=args.ray_retries,
+        )
+    try:
         manifest = prepare_shards(
             plan,
             args.out,
@@ -149,9 +174,13 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             engine=engine,
         )
-    except (MetadataError, PrepareError, ImportError, ValueError) as e:
+    except PrepareError as e:  # the output folder holds other shards: --overwrite or another --out / --name
         log.error("%s", e)
-        return 2
+        return 1
+    manifest_file = f"{args.out}/{args.name}-manifest.json"
+    if not manifest["num_samples"]:
+        log.error("nothing was written: %s (each input and its reason: %s)", failure_summary(manifest), manifest_file)
+        return 1
     unmatched = manifest.get("unmatched") or []
     if unmatched:  # files that no metadata row names are not in the shards: say so, not only in the manifest
         log.warning(
@@ -161,9 +190,7 @@ def run(args: argparse.Namespace) -> int:
             ", ".join(unmatched[:5]),
             " ..." if len(unmatched) > 5 else "",
         )
-    n = len(manifest["shards"])
-    pattern = f"{args.out}/{args.name}-{{000000..{n - 1:06d}}}.tar" if n else "(no shards)"
-    log.info(
-        "shards: %s (%d samples); manifest: %s/%s-manifest.json", pattern, manifest["num_samples"], args.out, args.name
-    )
+    pattern = shard_pattern(args.out, args.name, len(manifest["shards"]))
+    log.info("shards: %s (%d samples); manifest: %s", pattern, manifest["num_samples"], manifest_file)
+    log.info("train on them with the override 'data.train_shards=[%s]'", pattern)
     return 0

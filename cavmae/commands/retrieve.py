@@ -3,6 +3,7 @@
 cavmae retrieve --model runs/base/model --shards 'eval-{000000..000009}.tar' --out eval_emb.safetensors
 cavmae retrieve --model runs/base/model --embeddings eval_emb.safetensors --query clip.mp4 --top-k 5
 cavmae retrieve --embeddings eval_emb.safetensors --query-key 00W1lcxW-WU_40000 --direction a2v
+cavmae retrieve --embeddings eval_emb.safetensors --query-key=-0DLPzsiXXE_30000     # a key that begins with '-'
 cavmae retrieve --index index/eval                       # R@k from an exact (flat) index, see cavmae index
 cavmae retrieve --index index/as2m --embeddings emb/as2m --query-key KEY --top-k 10
 cavmae retrieve --embeddings eval_emb.safetensors --shards 'eval-{000000..000009}.tar' --html gallery/
@@ -32,8 +33,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embeddings", help="embeddings saved by an earlier run or an embed folder (the gallery)")
     p.add_argument("--index", help="an index folder from cavmae index: queries answered by FAISS")
     p.add_argument("--nprobe", type=int, help="approximate index: cells scanned per query (default: recorded)")
-    p.add_argument("--query", nargs="+", default=[], help="audio or video files to look up in the gallery")
-    p.add_argument("--query-key", nargs="+", default=[], help="keys of clips in the gallery to use as queries")
+    p.add_argument(
+        "--query",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="audio or video files to look up in the gallery (one that begins with '-': --query=-x.mp4)",
+    )
+    p.add_argument(
+        "--query-key",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="keys of clips in the gallery to use as queries (one that begins with '-': --query-key=-0DLPzsiXXE_30000)",
+    )
     p.add_argument(
         "--direction",
         choices=["auto", "a2v", "v2a"],
@@ -58,7 +71,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     html.add_argument("--seed", type=int, default=0, help="seed of the random query sample")
 
 
+def usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the combination of options (exit 2 before any work), or None."""
+    if not (args.shards or args.embeddings or args.index):
+        return "give --shards (with --model) to embed a set, or --embeddings / --index to query a saved one"
+    if args.shards and not (args.model or args.embeddings or args.index):
+        return "--shards needs --model (or --embeddings / --index, then --shards is the gallery's media)"
+    if args.out and (args.embeddings or args.index or not args.shards):
+        return "--out saves embeddings made from --shards (with --model, without --embeddings / --index)"
+    if args.query and not args.model:
+        return "file queries (--query) need --model to embed them"
+    if args.html and not args.shards:
+        return "--html needs --shards: the gallery shows the clips' frames and sounds from them"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    """Errors escape to cavmae.cli: a missing model, embedding set or index, or an unknown key, is exit 1."""
     import torch
 
     from cavmae.config import Config
@@ -66,81 +95,67 @@ def run(args: argparse.Namespace) -> int:
     from cavmae.eval.embed import load_embeddings
     from cavmae.eval.retrieval import embed_shards
     from cavmae.eval.search import SearchSpace
-    from cavmae.models.weights import CheckpointError, load_model
+    from cavmae.models.weights import load_model
 
+    problem = usage_problem(args)
+    if problem:
+        log.error("%s", problem)
+        return 2
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        model = load_model(args.model) if args.model else None
-        embeddings = index = metrics = None
-        if args.index:
-            from cavmae.eval.index import RetrievalIndex
+    model = load_model(args.model) if args.model else None
+    embeddings = index = metrics = None
+    if args.index:
+        from cavmae.eval.index import RetrievalIndex
 
-            index = RetrievalIndex.load(args.index, args.nprobe)
-        if args.embeddings:
-            embeddings = load_embeddings(args.embeddings)
-        elif args.shards and index is None:
-            if model is None:
-                log.error("--shards needs --model (or --embeddings / --index, then --shards is the gallery's media)")
-                return 2
-            cfg = Config(model=model.cfg)
-            cfg.data.num_workers, cfg.eval.batch_size = args.num_workers, args.batch_size
-            cfg.data.audio_channel = args.audio_channel  # for shards that hold raw .mp4 members
-            embeddings = embed_shards(model, args.shards, cfg, args.device)
-        if embeddings is None and index is None:
-            log.error("give --shards (with --model) to embed a set, or --embeddings / --index to query a saved one")
-            return 2
-        space = SearchSpace(embeddings, index)
-        embedded_here = embeddings is not None and not args.embeddings
-        if embedded_here or (index is not None and index.exact):
-            metrics = space.metrics(args.chunk)
-            metrics["clips"] = len(space)
-            print(json.dumps(metrics, indent=2))
-        elif index is not None:
-            log.info("approximate %s index: answering queries only (R@k needs an exact flat index)", index.info["kind"])
-        if args.out:
-            if not embedded_here:
-                log.error("--out saves embeddings made from --shards; nothing was embedded")
-                return 2
-            path = embeddings.save(args.out)
-            Path(path).with_suffix(".json").write_text(json.dumps(metrics, indent=2))
-            log.info("saved %d embeddings to %s and metrics beside it", len(embeddings), path)
-        direction = args.direction
-        for key in args.query_key:
-            a2v = direction != "v2a"
-            _print_matches(f"key {key}", space.vector(key, "audio" if a2v else "video"), space, a2v, args.top_k)
-        for file in args.query:
-            if model is None:
-                log.error("file queries need --model to embed them")
-                return 2
+        index = RetrievalIndex.load(args.index, args.nprobe)
+    if args.embeddings:
+        embeddings = load_embeddings(args.embeddings)
+    elif args.shards and index is None:
+        cfg = Config(model=model.cfg)
+        cfg.data.num_workers, cfg.eval.batch_size = args.num_workers, args.batch_size
+        cfg.data.audio_channel = args.audio_channel  # for shards that hold raw .mp4 members
+        embeddings = embed_shards(model, args.shards, cfg, args.device)
+    space = SearchSpace(embeddings, index)
+    embedded_here = embeddings is not None and not args.embeddings
+    if embedded_here or (index is not None and index.exact):
+        metrics = space.metrics(args.chunk)
+        metrics["clips"] = len(space)
+        print(json.dumps(metrics, indent=2))
+    elif index is not None:
+        log.info("approximate %s index: answering queries only (R@k needs an exact flat index)", index.info["kind"])
+    if args.out:
+        path = embeddings.save(args.out)
+        Path(path).with_suffix(".json").write_text(json.dumps(metrics, indent=2))
+        log.info("saved %d embeddings to %s and metrics beside it", len(embeddings), path)
+    direction = args.direction
+    for key in args.query_key:
+        a2v = direction != "v2a"
+        _print_matches(f"key {key}", space.vector(key, "audio" if a2v else "video"), space, a2v, args.top_k)
+    for file in args.query:
+        try:
             _query_file(model, Path(file), space, args)
-        if args.html:
-            if not args.shards:
-                log.error("--html needs --shards: the gallery shows the clips' frames and sounds from them")
-                return 2
-            from cavmae.eval.gallery import write_gallery
+        except MediaError as e:
+            log.error("%s", e)
+            return 1
+    if args.html:
+        from cavmae.eval.gallery import write_gallery
 
-            page = write_gallery(
-                args.html,
-                space,
-                args.shards,
-                query_keys=args.query_key,
-                num_queries=args.html_queries,
-                directions=("v2a", "a2v") if direction == "auto" else (direction,),
-                k=args.top_k,
-                seed=args.seed,
-                audio_seconds=args.html_seconds,
-                metrics={k: v for k, v in metrics.items() if k != "clips"} if metrics else None,
-                title=f"Retrieval: {args.model or args.embeddings or args.index}",
-                chunk=args.chunk,
-            )
-            log.info("gallery: %s", page)
-    except KeyError as e:  # str(KeyError) quotes its message: log the message itself
-        log.error("%s", e.args[0] if e.args else e)
-        return 1
-    except (CheckpointError, MediaError, ImportError, ValueError) as e:
-        log.error("%s", e)
-        return 1
+        page = write_gallery(
+            args.html,
+            space,
+            args.shards,
+            query_keys=args.query_key,
+            num_queries=args.html_queries,
+            directions=("v2a", "a2v") if direction == "auto" else (direction,),
+            k=args.top_k,
+            seed=args.seed,
+            audio_seconds=args.html_seconds,
+            metrics={k: v for k, v in metrics.items() if k != "clips"} if metrics else None,
+            title=f"Retrieval: {args.model or args.embeddings or args.index}",
+            chunk=args.chunk,
+        )
+        log.info("gallery: %s", page)
     return 0
 
 

@@ -29,30 +29,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit 2 for sizes out of range; 1 when --out cannot be written or holds an earlier dataset (--overwrite)."""
     from cavmae.data.clips import make_synthetic_dataset
 
     if len(args.size) not in (1, 2):
         log.error("--size takes one value (square) or two (width height), got %s", args.size)
         return 2
-    size = args.size[0] if len(args.size) == 1 else (args.size[0], args.size[1])
-    try:
-        ds = make_synthetic_dataset(
-            args.out,
-            num_clips=args.clips,
-            num_classes=args.classes,
-            duration=args.duration,
-            size=size,
-            fps=args.fps,
-            seed=args.seed,
-            layout=args.layout,
-            sample_rate=args.sample_rate,
-            channels=args.channels,
-            multi_label=args.multi_label,
-            workers=args.workers,
-            overwrite=args.overwrite,
-        )
-    except ValueError as e:
-        log.error("%s", e)
+    if args.clips < 1 or args.classes < 1:
+        log.error("--clips and --classes must be at least 1")
         return 2
+    size = args.size[0] if len(args.size) == 1 else (args.size[0], args.size[1])
+    ds = make_synthetic_dataset(
+        args.out,
+        num_clips=args.clips,
+        num_classes=args.classes,
+        duration=args.duration,
+        size=size,
+        fps=args.fps,
+        seed=args.seed,
+        layout=args.layout,
+        sample_rate=args.sample_rate,
+        channels=args.channels,
+        multi_label=args.multi_label,
+        workers=args.workers,
+        overwrite=args.overwrite,
+    )
     log.info("next: cavmae prepare --videos %s --csv %s --label-csv %s --out <shards>", ds.videos, ds.csv, ds.label_csv)
     return 0

@@ -53,6 +53,7 @@ __all__ = [
     "PrepareError",
     "PrepareOptions",
     "clipped_samples",
+    "failure_summary",
     "prepare_shards",
     "process_clip",
 ]
@@ -334,3 +335,25 @@ def _manifest(
         "unmatched": plan.unmatched,
         "ignored": plan.ignored,
     }
+
+
+def failure_summary(manifest: dict) -> str:
+    """Why inputs are not in the shards, counted, on one line: '3 input(s) failed (2 empty file (0 bytes), 1 no
+    audio stream); 2 metadata row(s) name no file found; 1 file(s) are not audio/video (notes.txt)'.
+
+    Failures are counted by the head of their reason (the text before its first ': ', which holds per-file
+    detail)."""
+    parts = []
+    failed = manifest.get("failed") or []
+    if failed:
+        heads = collections.Counter(f["reason"].split(": ", 1)[0] for f in failed)
+        parts.append(f"{len(failed)} input(s) failed ({', '.join(f'{n} {head}' for head, n in heads.most_common())})")
+    if manifest.get("missing"):
+        parts.append(f"{len(manifest['missing'])} metadata row(s) name no file found")
+    if manifest.get("unmatched"):
+        parts.append(f"{len(manifest['unmatched'])} media file(s) are named by no metadata row")
+    ignored = manifest.get("ignored") or []
+    if ignored:
+        shown = ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else "")
+        parts.append(f"{len(ignored)} file(s) are not audio/video ({shown})")
+    return "; ".join(parts) if parts else "no input found"

@@ -41,6 +41,7 @@ the same inputs give byte-identical shards.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -306,11 +307,13 @@ def iter_shard(url: str, on_error: Callable[[str, str], None]) -> Iterator[dict]
         yield current
 
 
-def expand_shards(shards: str | Sequence[str]) -> list[str]:
+def expand_shards(shards: str | Sequence[str], *, missing_ok: bool = False) -> list[str]:
     """Shard URLs from brace patterns; several sources as a list or joined by '::' (``a-{000..009}.tar::b.tar``).
 
     Local paths may also be glob patterns (``/data/as-*.tar``; matches sorted). A local pattern, brace or glob,
-    that matches no existing file is a ValueError naming it (remote and ``pipe:`` URLs are taken as they are)."""
+    that matches no existing file is a ValueError naming it, and so is a brace pattern or path naming shards that
+    do not exist (they are listed), unless `missing_ok` (``verify-shards`` reports them itself). Remote and
+    ``pipe:`` URLs are taken as they are."""
     import glob
 
     import braceexpand
@@ -327,10 +330,30 @@ def expand_shards(shards: str | Sequence[str]) -> list[str]:
             if "://" not in part and not part.startswith("pipe:"):
                 if glob.has_magic(part):
                     expanded = [match for e in expanded for match in sorted(glob.glob(e))]
-                if not any(os.path.exists(u) for u in expanded):
+                missing = [u for u in expanded if not os.path.exists(u)]
+                if len(missing) == len(expanded):
                     raise ValueError(f"shard pattern {part!r} matches no file")
+                if missing and not missing_ok:
+                    raise ValueError(missing_shards_message(part, expanded, missing))
             urls.extend(expanded)
     return urls
+
+
+def missing_shards_message(pattern: str, expanded: list[str], missing: list[str]) -> str:
+    """One line: which shards of `pattern` do not exist, and what the manifest beside them lists."""
+    names = [os.path.basename(u) for u in missing]
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    message = f"shard pattern {pattern!r} names {len(expanded)} shard(s), {len(missing)} of which do not exist: {shown}"
+    manifest = manifest_path(missing[0])
+    if manifest is not None and manifest.is_file():
+        try:
+            listed = [s["file"] for s in json.loads(manifest.read_text()).get("shards", [])]
+        except (OSError, ValueError, KeyError, TypeError):
+            return message
+        if listed:
+            span = listed[0] if len(listed) == 1 else f"{listed[0]} .. {listed[-1]}"
+            message += f" ({manifest} lists {len(listed)} shard(s): {span})"
+    return message
 
 
 _SHARD_RE = re.compile(r"^(?P<prefix>.*)-(?P<num>\d{6})\.tar$")

@@ -87,7 +87,17 @@ def _scan(folder: Path) -> tuple[list[Path], list[str]]:
         if not p.is_file() or any(part.startswith(".") for part in p.relative_to(folder).parts):
             continue
         (media if p.suffix.lower() in MEDIA_EXTS else ignored).append(p)
-    return media, [_rel(p, folder) for p in ignored]
+    names = [_rel(p, folder) for p in ignored]
+    if names:
+        log.warning(
+            "skipped %d file(s) in %s that are not audio/video: %s%s (audio/video: %s)",
+            len(names),
+            folder,
+            ", ".join(names[:10]),
+            " ..." if len(names) > 10 else "",
+            " ".join(sorted(MEDIA_EXTS)),
+        )
+    return media, names
 
 
 def _dedupe(inputs: list[ClipInput], failed: list[dict]) -> list[ClipInput]:

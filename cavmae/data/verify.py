@@ -65,12 +65,14 @@ def _entries(urls: list[str]) -> dict[str, dict]:
 
 def _check(url: str, entry: dict | None, hash_it: bool) -> ShardProblem | None:
     path = Path(url)
-    if entry is None:
-        return ShardProblem(url, "no manifest entry (<name>-manifest.json beside it does not list it)")
+    if "://" in url or url.startswith("pipe:"):
+        return ShardProblem(url, "remote shard: cannot be checked here")
     try:
         size = path.stat().st_size
     except OSError as e:
         return ShardProblem(url, f"missing or unreadable ({e.strerror or e})")
+    if entry is None:
+        return ShardProblem(url, "no manifest entry (<name>-manifest.json beside it does not list it)")
     if size == 0:
         return ShardProblem(url, "empty file (0 bytes)")
     if size != entry.get("bytes", size):
@@ -90,7 +92,7 @@ def verify_shards(shards: str | Sequence[str], *, hash_it: bool = True, threads:
 
     Remote shards (``pipe:``, ``http(s)://``) cannot be checked here and are reported as problems.
     """
-    urls = expand_shards(shards)
+    urls = expand_shards(shards, missing_ok=True)  # a missing shard is one of the problems reported
     entries = _entries(urls)
     report = VerifyReport()
     with ThreadPoolExecutor(max(1, threads)) as pool:  # hashlib releases the GIL on large buffers

@@ -52,6 +52,7 @@ from cavmae.demo.heldout import (
     evaluate_retrieval,
     load_heldout,
 )
+from cavmae.demo.progress import forward_logs, listen, phase
 from cavmae.demo.settings import FULL, QUICK, DemoSettings  # noqa: F401  (FULL / QUICK: the demo's sizes)
 from cavmae.demo.summary import mean_sd, summarise  # noqa: F401  (mean_sd: also used by callers of the demo)
 
@@ -313,10 +314,13 @@ def run_seed(out: Path, s: DemoSettings, data: DemoData, backbone: str, seed: in
         cfg.train.progress_bar = progress
         return cfg
 
-    with _timed(timings, "pretrain"):
+    with (
+        _timed(timings, "pretrain"),
+        phase(f"seed {seed}: pre-training", runs / "pretrain" / "metrics.jsonl", s.pretrain_steps),
+    ):
         pre_cfg = config("pretrain", "pretrain")
         pre_run = train(pre_cfg)
-    with _timed(timings, "retrieval"):
+    with _timed(timings, "retrieval"), phase(f"seed {seed}: embedding the held-out clips for retrieval"):
         held = load_heldout(pre_cfg, data.heldout_shards)
         pretrained = load_model(pre_run / "model")
         # the pre-training run's own starting point: train() seeds with train.seed, then builds the model
@@ -328,7 +332,14 @@ def run_seed(out: Path, s: DemoSettings, data: DemoData, backbone: str, seed: in
         }
     classification = {}
     for name, init in (("pretrained", str(pre_run / "model")), ("scratch", "")):
-        with _timed(timings, f"finetune_{name}"):
+        with (
+            _timed(timings, f"finetune_{name}"),
+            phase(
+                f"seed {seed}: fine-tuning {'the pre-trained model' if init else 'from scratch'}",
+                runs / f"finetune_{name}" / "metrics.jsonl",
+                s.finetune_steps,
+            ),
+        ):
             classification[name] = evaluate_classifier(train(config("finetune", f"finetune_{name}", init)), held)
     timings["cpu"] = round(time.process_time() - cpu_start, 1)
     return SeedResult(seed, runs, retrieval, classification, timings)
@@ -340,13 +351,21 @@ def _run_seeds(out: Path, s: DemoSettings, data: DemoData, backbone: str, seeds:
     # one process per replica (spawned: no forked OpenMP state), each on one thread; progress bars would interleave
     log.info("demo: %d training replicas (seeds %s), %d at a time", len(seeds), seeds, jobs)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = [pool.submit(run_seed, out, s, data, backbone, seed, False) for seed in seeds]
-        results = []
-        for future in futures:
-            results.append(future.result())
-            log.info("demo: seed %d done (%s)", results[-1].seed, results[-1].timings)
-        return results
+    records = context.Queue()  # the replicas' log lines (progress included), logged here
+    listener = listen(records)
+    level = logging.getLogger().getEffectiveLevel()
+    try:
+        with ProcessPoolExecutor(
+            max_workers=jobs, mp_context=context, initializer=forward_logs, initargs=(records, level)
+        ) as pool:
+            futures = [pool.submit(run_seed, out, s, data, backbone, seed, False) for seed in seeds]
+            results = []
+            for future in futures:
+                results.append(future.result())
+                log.info("demo: seed %d done (%s)", results[-1].seed, results[-1].timings)
+            return results
+    finally:
+        listener.stop()
 
 
 def _run(out: Path, s: DemoSettings, backbone: str, quick: bool, seeds: list[int], jobs: int) -> DemoResult:
