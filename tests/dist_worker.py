@@ -26,7 +26,7 @@ def one_step(cfg: Config, skip: int = 0) -> dict:
     seed_everything(cfg.train.seed)
     task = PretrainTask()
     model = task.build_model(cfg).to(accelerator.device)
-    freeze_unused(model, task, cfg, accelerator.device)
+    freeze_unused(model, task, cfg)
     model = accelerator.prepare(model)
     rank, world = accelerator.process_index, accelerator.num_processes
     batch = to_device(next(iter(make_batches(cfg, "train", 0, rank, world, skip=skip))), accelerator.device)

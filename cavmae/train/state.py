@@ -98,6 +98,14 @@ def capture_rng() -> dict:
     return state
 
 
+def rng_devices(device: torch.device) -> list[int]:
+    """The CUDA devices whose generators :func:`torch.random.fork_rng` must fork so that a forward on ``device``
+    leaves the training RNG streams alone ([] off CUDA: the CPU generator is always forked)."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
 def restore_rng(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
