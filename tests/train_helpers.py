@@ -43,12 +43,14 @@ def micro_config(out_dir: str | Path, *extra: str) -> Config:
 
 
 def run_pretrain(
-    args: list[str], env: dict[str, str] | None = None, timeout: float = 180
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 180, fault: tuple[str, int] | None = None
 ) -> subprocess.CompletedProcess:
-    """``python -m cavmae.cli pretrain ARGS`` from the repository root (this checkout's code)."""
+    """``python -m cavmae.cli pretrain ARGS`` from the repository root (this checkout's code); with ``fault``
+    (name, step) through tests/fault_run.py, which injects that fault."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", **(env or {})}
+    entry = ["-m", "cavmae.cli"] if fault is None else [str(REPO / "tests" / "fault_run.py"), fault[0], str(fault[1])]
     return subprocess.run(
-        [sys.executable, "-m", "cavmae.cli", "pretrain", *args],
+        [sys.executable, *entry, "pretrain", *args],
         cwd=REPO,
         env=full_env,
         capture_output=True,

@@ -49,7 +49,6 @@ from cavmae.train.setup import (
 )
 from cavmae.train.state import (
     TrainState,
-    fault_point,
     list_checkpoints,
     list_incomplete,
     load_newest_readable,
@@ -331,7 +330,6 @@ def end_of_step(run: Run) -> bool:
         probe(run)
     if last or (t.ckpt_every and state.step % t.ckpt_every == 0):
         checkpoint(run)
-    fault_point("kill_after_step", state.step)
     if t.max_bad_steps and state.bad_in_row >= t.max_bad_steps:
         # Skipped steps never touched the weights: they are the last good ones. Save them, then stop.
         path = checkpoint(run)
