@@ -231,3 +231,18 @@ def test_a_parameter_without_gradient_on_one_batch_by_chance_is_not_frozen(tmp_p
     assert not torch.equal(final["norm_a.weight"], initial["norm_a.weight"]), "norm_a was frozen"
     assert not torch.equal(final["blocks_u.0.norm1_v.weight"], initial["blocks_u.0.norm1_v.weight"])
     assert torch.equal(final["blocks_a.0.norm1_a.weight"], initial["blocks_a.0.norm1_a.weight"])  # really unused
+
+
+def test_throughput_is_samples_and_data_wait_per_second_since_the_last_read(monkeypatch):
+    import cavmae.train.logs as logs
+
+    now = [100.0]
+    monkeypatch.setattr(logs.time, "perf_counter", lambda: now[0])
+    meter = logs.Throughput()
+    meter.add(16, 0.5)
+    meter.add(8, 0.25)
+    now[0] += 4.0
+    assert meter.read() == (6.0, 0.1875)  # 24 clips and 0.75 s of waiting in 4 s
+    now[0] += 2.0
+    meter.add(4, 0.0)
+    assert meter.read() == (2.0, 0.0)  # counted from the last read
