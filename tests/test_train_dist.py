@@ -1,5 +1,11 @@
 """Two CPU processes (torchrun + gloo) against one process with the concatenated batch: the contrastive loss with
-negatives gathered from every rank, its gradients, and the training loop end to end."""
+negatives gathered from every rank, its gradients, and the training loop end to end.
+
+Both processes run the real masking. Each draws its masks from its own stream, seeded train.seed + rank (the
+loop's build_run), so a one-process run, which draws the masks of all 8 clips from one stream, cannot draw the same
+ones: the tests check that each process drew what its stream gives, then replay those masks in the one-process
+run and compare losses and gradients.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,8 @@ import sys
 import pytest
 import torch
 from dist_worker import one_step
-from train_helpers import REPO, content_masking, micro_config, read_jsonl
+from train_helpers import REPO, MaskingTask, first_masks, micro_config, read_jsonl, replaying_masking
 
-import cavmae.models.cavmae as cavmae_model
 from cavmae.train import train
 
 
@@ -29,15 +34,32 @@ def two_processes(tmp_path_factory):
     return out
 
 
-@pytest.fixture
-def one_process(monkeypatch, tmp_path):
-    monkeypatch.setattr(cavmae_model, "random_masking", content_masking)
+def ranks(out, name: str) -> list[dict]:
+    """Both processes' results of one step."""
+    return [torch.load(out / f"step-{name}-{rank}.pt", weights_only=True) for rank in (0, 1)]
 
-    def run(batch_size: int, global_contrast: bool = True, skip: int = 0, group: int = 0) -> dict:
+
+def assert_each_process_drew_its_own_masks(results: list[list[torch.Tensor]], tmp_path) -> None:
+    """results[rank]: the masks [4, L] (audio, video) a process drew first: those of stream train.seed + rank."""
+    cfg = micro_config(tmp_path)
+    for rank, masks in enumerate(results):
+        want = first_masks(cfg, cfg.train.seed + rank, 4)
+        assert all(torch.equal(got, w) for got, w in zip(masks, want, strict=True)), f"process {rank}"
+    assert not torch.equal(results[0][0], results[1][0]), "both processes drew the same audio masks"
+
+
+def whole_batch(results: list[dict]) -> list[torch.Tensor]:
+    """The masks of the 8-clip batch: process 0's 4 clips, then process 1's (audio, then video)."""
+    return [torch.cat([a, b]) for a, b in zip(results[0]["masks"], results[1]["masks"], strict=True)]
+
+
+@pytest.fixture
+def one_process(tmp_path):
+    def run(batch_size: int, masks: list[torch.Tensor], global_contrast: bool = True, skip: int = 0, group: int = 0):
         cfg = micro_config(tmp_path / "run", f"data.batch_size={batch_size}", "train.max_steps=3")
         cfg.train.global_contrast = global_contrast
         cfg.train.contrast_group = group
-        return one_step(cfg, skip)
+        return one_step(cfg, skip, masking=replaying_masking(masks))
 
     return run
 
@@ -48,49 +70,54 @@ def assert_grads_close(got: dict, want: dict) -> None:
         torch.testing.assert_close(got[name], g, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
 
 
-def test_two_processes_match_one_process_with_the_whole_batch(two_processes, one_process):
-    dist = torch.load(two_processes / "step-global.pt", weights_only=True)
-    ref = one_process(8)  # the two processes hold 4 clips each of the same 8-clip global batch
-    assert dist["keys"] == ref["keys"][:4]  # rank 0's share is the first half
+def test_two_processes_match_one_process_with_the_whole_batch(two_processes, one_process, tmp_path):
+    dist = ranks(two_processes, "global")
+    assert_each_process_drew_its_own_masks([r["masks"] for r in dist], tmp_path)
+    ref = one_process(8, whole_batch(dist))  # the two processes hold 4 clips each of the same 8-clip global batch
+    assert dist[0]["keys"] == ref["keys"][:4] and dist[1]["keys"] == ref["keys"][4:]
     for k in ("loss", "loss_rec", "loss_rec_a", "loss_rec_v", "loss_c", "acc_c"):
-        assert abs(dist["metrics"][k] - ref["metrics"][k]) < 1e-5, (k, dist["metrics"][k], ref["metrics"][k])
-    assert_grads_close(dist["grads"], ref["grads"])
+        assert abs(dist[0]["metrics"][k] - ref["metrics"][k]) < 1e-5, (k, dist[0]["metrics"][k], ref["metrics"][k])
+    assert_grads_close(dist[0]["grads"], ref["grads"])
+    assert_grads_close(dist[1]["grads"], ref["grads"])
 
 
 def test_per_device_negatives_reproduce_the_paper(two_processes, one_process):
     """global_contrast=false: each process takes its negatives among its own 4 clips, so loss and gradients are
     the mean over the two halves of the global batch, each on its own (and differ from the 8-clip batch's)."""
-    dist = torch.load(two_processes / "step-local.pt", weights_only=True)
-    halves = [one_process(4, skip=i) for i in (0, 1)]  # batch 4: global batches 0 and 1 = the two shares
+    dist = ranks(two_processes, "local")
+    halves = [one_process(4, dist[i]["masks"], skip=i) for i in (0, 1)]  # batch 4: global batches 0, 1 = the shares
     for k in ("loss", "loss_c", "loss_rec"):
         want = 0.5 * (halves[0]["metrics"][k] + halves[1]["metrics"][k])
-        assert abs(dist["metrics"][k] - want) < 1e-5, (k, dist["metrics"][k], want)
-    assert_grads_close(dist["grads"], {n: 0.5 * (g + halves[1]["grads"][n]) for n, g in halves[0]["grads"].items()})
-    whole = one_process(8)["metrics"]["loss_c"]
-    assert abs(dist["metrics"]["loss_c"] - whole) > 1e-3, "per-device negatives must differ from the global batch"
+        assert abs(dist[0]["metrics"][k] - want) < 1e-5, (k, dist[0]["metrics"][k], want)
+    assert_grads_close(dist[0]["grads"], {n: 0.5 * (g + halves[1]["grads"][n]) for n, g in halves[0]["grads"].items()})
+    whole = one_process(8, whole_batch(dist))["metrics"]["loss_c"]
+    assert abs(dist[0]["metrics"]["loss_c"] - whole) > 1e-3, "per-device negatives must differ from the global batch"
 
 
 @pytest.mark.parametrize("group", [2, 8])
 def test_contrast_groups_give_the_one_process_objective_on_two_processes(two_processes, one_process, group):
     """train.contrast_group: the same objective (sum over the groups of the global batch) and gradients on two
     processes as on one, whether the groups lie inside a process (2) or span both (8: gathered)."""
-    dist = torch.load(two_processes / f"step-group{group}.pt", weights_only=True)
-    ref = one_process(8, group=group)
+    dist = ranks(two_processes, f"group{group}")
+    ref = one_process(8, whole_batch(dist), group=group)
     for k in ("loss", "loss_rec", "loss_c", "acc_c"):
-        assert abs(dist["metrics"][k] - ref["metrics"][k]) < 1e-5, (k, dist["metrics"][k], ref["metrics"][k])
-    assert_grads_close(dist["grads"], ref["grads"])
+        assert abs(dist[0]["metrics"][k] - ref["metrics"][k]) < 1e-5, (k, dist[0]["metrics"][k], ref["metrics"][k])
+    assert_grads_close(dist[0]["grads"], ref["grads"])
     if group == 2:
-        assert abs(ref["metrics"]["loss_c"] - one_process(8)["metrics"]["loss_c"]) > 1e-3
+        ungrouped = one_process(8, whole_batch(dist))["metrics"]["loss_c"]
+        assert abs(ref["metrics"]["loss_c"] - ungrouped) > 1e-3
 
 
-def test_training_loop_on_two_processes_logs_the_one_process_losses(two_processes, monkeypatch, tmp_path):
-    monkeypatch.setattr(cavmae_model, "random_masking", content_masking)
+def test_training_loop_on_two_processes_logs_the_one_process_losses(two_processes, tmp_path):
+    drawn = [torch.load(two_processes / f"train-masks-{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert [len(masks) for masks in drawn] == [6, 6]  # audio and video masks of 3 steps on each process
+    assert_each_process_drew_its_own_masks([masks[:2] for masks in drawn], tmp_path)
     cfg = micro_config(tmp_path / "single", "data.batch_size=8", "train.max_steps=3")
-    train(cfg)
+    train(cfg, task=MaskingTask(replaying_masking([torch.cat(pair) for pair in zip(*drawn, strict=True)])))
     single = read_jsonl(tmp_path / "single" / "metrics.jsonl")
     double = read_jsonl(two_processes / "run" / "metrics.jsonl")
     assert [r["step"] for r in double] == [1, 2, 3]
-    for a, b in zip(single, double):
+    for a, b in zip(single, double, strict=True):
         for k in ("loss", "loss_rec", "loss_c"):
             assert abs(a[k] - b[k]) < 1e-4, (a["step"], k, a[k], b[k])
     ckpt = two_processes / "run" / "checkpoints" / "ckpt-00000003"

@@ -38,7 +38,7 @@ def assert_same_run(out, reference: dict) -> None:
 def test_resume_after_sigkill_logs_the_uninterrupted_losses(tmp_path, reference):
     out = tmp_path / "run"
     args = micro_overrides(out, f"train.max_steps={STEPS}")
-    killed = run_pretrain(["--config", "configs/tiny.yaml", *args], env={"CAVMAE_FAULT": "kill_after_step:10"})
+    killed = run_pretrain(["--config", "configs/tiny.yaml", *args], fault=("kill_after_step", 10))
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")][-1] == 10
     assert [p.name for p in list_checkpoints(out)] == ["ckpt-00000004", "ckpt-00000008"]
@@ -52,7 +52,7 @@ def test_crash_while_saving_resumes_from_the_previous_checkpoint(tmp_path, refer
     out = tmp_path / "run"
     killed = run_pretrain(
         ["--config", "configs/tiny.yaml", *micro_overrides(out, f"train.max_steps={STEPS}")],
-        env={"CAVMAE_FAULT": "kill_in_save:8"},
+        fault=("kill_in_save", 8),
     )
     assert killed.returncode == -9, killed.stderr[-3000:]
     partial = out / "checkpoints" / ".tmp-ckpt-00000008"
@@ -96,7 +96,7 @@ def test_damaged_checkpoint_and_existing_run_give_clear_errors(tmp_path):
 
 
 class NanAfter(PretrainTask):
-    """Pre-training whose loss turns NaN from the `good`-th training step on (call 0 is the unused-parameter probe)."""
+    """Pre-training whose loss turns NaN after the first `good` training steps."""
 
     def __init__(self, good: int):
         self.calls, self.good = 0, good
@@ -104,7 +104,7 @@ class NanAfter(PretrainTask):
     def step(self, model, batch, cfg):
         out = super().step(model, batch, cfg)
         self.calls += 1
-        if self.calls > self.good + 1:
+        if self.calls > self.good:
             out["loss"] = out["loss"] * float("nan")
         return out
 

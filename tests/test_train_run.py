@@ -40,7 +40,7 @@ def test_pretrain_command_prints_the_run_directory_and_saves_the_model(tiny_offl
     assert f"run directory: {run.resolve()}" in proc.stdout
     rows = read_jsonl(run / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[0].keys() >= METRIC_KEYS
-    assert all(math.isfinite(r["loss"]) and r["samples_per_s"] > 0 and 0 <= r["data_wait"] < 1 for r in rows)
+    assert all(math.isfinite(r["loss"]) and 0 <= r["data_wait"] < 1 for r in rows)  # samples_per_s: test_train_units
     assert rows[0]["lr"] == pytest.approx(1e-3 / 10)  # warmup: step 1 of 10
     model = cavmae.load_model(run / "model")
     assert model.cfg == load_config(TINY).model

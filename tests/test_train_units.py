@@ -1,4 +1,5 @@
-"""Pieces of the training machinery: weight-decay groups, schedules, sampler, synthetic data, RNG states, init."""
+"""Pieces of the training machinery: weight-decay groups, schedules, sampler, synthetic data, RNG states, init,
+figures that leave the RNG alone, freezing what a task never uses."""
 
 from __future__ import annotations
 
@@ -7,18 +8,19 @@ import random
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from test_checkpoint import fake_mae
 from torch import nn
-from train_helpers import micro_config
+from train_helpers import MaskingTask, micro_config, read_jsonl, recording_masking
 
 from cavmae.config import ConfigError, OptimConfig, load_config
 from cavmae.data.random_batches import synthetic_dataset
 from cavmae.data.sampler import ShardedBatchSampler
 from cavmae.models.weights import save_official, save_pretrained
-from cavmae.train import initialise, make_batches
+from cavmae.train import freeze_unused, initialise, make_batches, seed_everything, train
 from cavmae.train.optim import build_optimizer, lr_multiplier, param_groups
-from cavmae.train.state import capture_rng, restore_rng
-from cavmae.train.tasks import PretrainTask
+from cavmae.train.state import capture_rng, restore_rng, rng_devices
+from cavmae.train.tasks import PretrainTask, get_task
 
 
 def test_weight_decay_skips_norms_biases_embeddings_tokens_and_marked_parameters(tmp_path):
@@ -129,3 +131,124 @@ def test_init_from_a_cavmae_checkpoint_by_config(tmp_path):
     assert torch.equal(model.patch_embed_a.proj.weight, w.sum(1, keepdim=True))
     with pytest.raises(ConfigError, match="train.init"):
         initialise(model, micro_config(tmp_path, f"train.init={tmp_path / 'missing.pth'}"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reconstruction figures leave the training RNG streams alone
+
+
+def test_rng_devices_are_the_cuda_device_a_model_runs_on():
+    assert rng_devices(torch.device("cuda", 3)) == [3]
+    assert rng_devices(torch.device("cpu")) == []
+
+
+def test_reconstruction_figure_forks_the_rng_of_the_models_device(tmp_path, monkeypatch):
+    """On a GPU the masks are drawn from the device's generator: the figure must fork that one, as validation does
+    (checked here on the CPU through the helper that names the devices to fork)."""
+    import cavmae.train.figures as figures
+
+    asked, forked = [], []
+    real_fork = torch.random.fork_rng
+
+    def fake_rng_devices(device):
+        asked.append(device)
+        return ["the model's device"]
+
+    def recording_fork(devices=None, **kwargs):
+        forked.append(devices)
+        return real_fork(devices=[], **kwargs)
+
+    monkeypatch.setattr(figures, "rng_devices", fake_rng_devices, raising=False)
+    monkeypatch.setattr(torch.random, "fork_rng", recording_fork)
+    cfg = micro_config(tmp_path)
+    model = PretrainTask().build_model(cfg)
+    batch = PretrainTask().example_batch(cfg, 1, torch.device("cpu"))
+    figures.reconstruction_figure(model, batch["audio"], batch["frames"], tmp_path / "fig.png")
+    assert asked == [torch.device("cpu")] and forked == [["the model's device"]]
+
+
+def test_figures_do_not_change_the_training_masks_or_losses(tmp_path):
+    """On a CUDA machine the run is on the GPU, where a figure that forked the wrong generator changed the masks."""
+    masks, losses = {}, {}
+    for every in (0, 1):
+        out = tmp_path / f"image_every_{every}"
+        masks[every] = []
+        train(
+            micro_config(out, "train.max_steps=3", f"train.image_every={every}"),
+            MaskingTask(recording_masking(masks[every])),
+        )
+        losses[every] = [r["loss"] for r in read_jsonl(out / "metrics.jsonl")]
+    assert len(list((tmp_path / "image_every_1" / "images").glob("*.png"))) == 3
+    assert len(masks[0]) == len(masks[1]) == 6 and all(torch.equal(a, b) for a, b in zip(masks[0], masks[1]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# freezing what a task never uses
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        (),
+        ("model.contrast_weight=0",),
+        ("model.rec_weight=0",),
+        ("model.backbone=mamba",),
+        ("train.task=finetune",),
+        ("train.task=finetune", "train.ft_mode=audio"),
+        ("train.task=finetune", "train.ft_mode=video"),
+    ],
+)
+def test_freezing_leaves_every_trainable_parameter_a_gradient(tmp_path, extra):
+    """What DDP without an unused-parameter search needs: after freezing, a step reaches every trainable
+    parameter; and only parameters that a step does not reach are frozen."""
+    cfg = micro_config(tmp_path, *extra)
+    task = get_task(cfg.train.task)
+    model = task.build_model(cfg)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    frozen = set(freeze_unused(model, task, cfg))
+    task.step(model, task.example_batch(cfg, 2, torch.device("cpu")), cfg)["loss"].backward()
+    reached = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert frozen and frozen <= trainable
+    assert reached == trainable - frozen
+
+
+class ContrastEveryOtherStep(PretrainTask):
+    """Pre-training whose contrastive term is left out of every other step (first included), as a schedule or a
+    data-dependent weight may do: on such a step the audio / video stream norms get no gradient by chance."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def step(self, model, batch, cfg):
+        out = super().step(model, batch, cfg)
+        self.calls += 1
+        if self.calls % 2:
+            out["loss"] = cfg.model.rec_weight * out["loss_rec"]
+        return out
+
+
+def test_a_parameter_without_gradient_on_one_batch_by_chance_is_not_frozen(tmp_path):
+    cfg = micro_config(tmp_path / "run", "train.max_steps=2")
+    train(cfg, task=ContrastEveryOtherStep())
+    seed_everything(cfg.train.seed)
+    initial = PretrainTask().build_model(cfg).state_dict()  # the run's initial weights (same seed)
+    final = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    assert not torch.equal(final["norm_a.weight"], initial["norm_a.weight"]), "norm_a was frozen"
+    assert not torch.equal(final["blocks_u.0.norm1_v.weight"], initial["blocks_u.0.norm1_v.weight"])
+    assert torch.equal(final["blocks_a.0.norm1_a.weight"], initial["blocks_a.0.norm1_a.weight"])  # really unused
+
+
+def test_throughput_is_samples_and_data_wait_per_second_since_the_last_read(monkeypatch):
+    import cavmae.train.logs as logs
+
+    now = [100.0]
+    monkeypatch.setattr(logs.time, "perf_counter", lambda: now[0])
+    meter = logs.Throughput()
+    meter.add(16, 0.5)
+    meter.add(8, 0.25)
+    now[0] += 4.0
+    assert meter.read() == (6.0, 0.1875)  # 24 clips and 0.75 s of waiting in 4 s
+    now[0] += 2.0
+    meter.add(4, 0.0)
+    assert meter.read() == (2.0, 0.0)  # counted from the last read

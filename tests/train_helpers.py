@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
+import torch
+
+import cavmae.models.cavmae as cavmae_model
 from cavmae.config import Config, load_config
-from cavmae.models.masking import Masked, mask_from_noise
+from cavmae.models.masking import Masked, mask_from_noise, random_masking
+from cavmae.train.tasks import PretrainTask
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -43,12 +49,14 @@ def micro_config(out_dir: str | Path, *extra: str) -> Config:
 
 
 def run_pretrain(
-    args: list[str], env: dict[str, str] | None = None, timeout: float = 180
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 180, fault: tuple[str, int] | None = None
 ) -> subprocess.CompletedProcess:
-    """``python -m cavmae.cli pretrain ARGS`` from the repository root (this checkout's code)."""
+    """``python -m cavmae.cli pretrain ARGS`` from the repository root (this checkout's code); with ``fault``
+    (name, step) through tests/fault_run.py, which injects that fault."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", **(env or {})}
+    entry = ["-m", "cavmae.cli"] if fault is None else [str(REPO / "tests" / "fault_run.py"), fault[0], str(fault[1])]
     return subprocess.run(
-        [sys.executable, "-m", "cavmae.cli", "pretrain", *args],
+        [sys.executable, *entry, "pretrain", *args],
         cwd=REPO,
         env=full_env,
         capture_output=True,
@@ -61,10 +69,52 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-def content_masking(x, mask_ratio, mode="unstructured", grid=None, generator=None) -> Masked:
-    """Masks that depend on each clip alone (its tokens' first channel) instead of the process's RNG stream, so
-    one process with the whole batch and N processes with a share each mask every clip alike."""
-    return mask_from_noise(x, x.detach()[..., 0].float(), mask_ratio)
+def recording_masking(log: list[torch.Tensor]):
+    """A ``random_masking`` that draws as the real one does and appends each mask [B, L] (1 = masked) to ``log``."""
+
+    def masking(x, mask_ratio, mode="unstructured", grid=None, generator=None) -> Masked:
+        out = random_masking(x, mask_ratio, mode, grid, generator)
+        log.append(out.mask.detach().cpu().clone())
+        return out
+
+    return masking
+
+
+def replaying_masking(masks: list[torch.Tensor]):
+    """A ``random_masking`` that hands out ``masks`` ([B, L] each, 1 = masked) in order, one per call."""
+    queue = list(masks)
+
+    def masking(x, mask_ratio, mode="unstructured", grid=None, generator=None) -> Masked:
+        mask = queue.pop(0).to(x.device)
+        assert mask.shape == x.shape[:2], (mask.shape, x.shape)
+        return mask_from_noise(x, mask.float(), mask_ratio)  # keeps the tokens the mask keeps
+
+    return masking
+
+
+class MaskingTask(PretrainTask):
+    """Pre-training whose training steps mask with ``masking`` (a :func:`recording_masking` or
+    :func:`replaying_masking`); every other forward (validation) masks as usual."""
+
+    def __init__(self, masking):
+        self.masking = masking
+
+    def step(self, model, batch, cfg):
+        with mock.patch.object(cavmae_model, "random_masking", self.masking):
+            return super().step(model, batch, cfg)
+
+
+def first_masks(cfg: Config, seed: int, batch_size: int) -> list[torch.Tensor]:
+    """The audio and video masks [B, L] a forward draws first from the global RNG seeded with ``seed``."""
+    from cavmae.train import seed_everything
+
+    m = cfg.model
+    seed_everything(seed)
+    audio = random_masking(
+        torch.zeros(batch_size, math.prod(m.audio_grid), 1), m.mask_ratio_a, m.mask_mode, m.audio_grid
+    )
+    video = random_masking(torch.zeros(batch_size, math.prod(m.video_grid), 1), m.mask_ratio_v)
+    return [audio.mask, video.mask]
 
 
 def wandb_records(run_file: str | Path) -> list:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import multiprocessing
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -49,6 +48,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cavmae.config import DataConfig
 from cavmae.data.labels import LabelIndex
+from cavmae.data.sampler import batches_per_rank
 from cavmae.data.samples import Decoded, LoaderSettings, SampleError, collate, decode, prune, stable_seed
 from cavmae.data.shards import expand_shards, iter_shard, manifest_path
 
@@ -141,6 +141,25 @@ def prune_samples(s: LoaderSettings, epoch: int, errors: LoadErrors) -> Callable
     return stage
 
 
+class SkipPastEnd(RuntimeError):
+    """A worker's stream ended before the batches it was asked to skip (the pass holds fewer batches than the
+    resume position)."""
+
+
+def skip_items(count: int) -> Callable[[Iterable], Iterator]:
+    """WebDataset stage: drops the first ``count`` pruned items, undecoded (resuming inside an epoch); raises
+    :class:`SkipPastEnd` when the stream ends first."""
+
+    def stage(items: Iterable) -> Iterator:
+        it = iter(items)
+        for dropped in range(count):
+            if next(it, None) is None:
+                raise SkipPastEnd(f"the stream ended after {dropped} of the {count} samples to skip")
+        yield from it
+
+    return stage
+
+
 def decode_samples(s: LoaderSettings, epoch: int, errors: LoadErrors) -> Callable[[Iterable], Iterator[Decoded]]:
     """WebDataset stage: pruned items -> decoded samples (waveform, frames); bad ones are counted and skipped."""
 
@@ -158,11 +177,20 @@ class ShardDataset(IterableDataset):
     """Iterable over batches (dicts) of one rank's share of the shards: a ``wds.DataPipeline`` per worker.
 
     Stages (see :meth:`pipeline`): ``wds.SimpleShardList`` (shuffled with (seed, epoch) in training) then
-    ``wds.slice(rank, None, world)`` and ``wds.split_by_worker``, or ``wds.ResampledShards`` seeded by (seed, epoch,
-    rank, worker); :func:`tar_samples`; :func:`prune_samples`; ``wds.shuffle`` seeded by (seed, epoch, rank,
-    worker) (training); :func:`decode_samples`; ``wds.batched`` with :func:`collate`; in resampled mode
-    ``wds.slice`` to this worker's share of the epoch's batches. The rank is resolved in the main process
-    (``wds.split_by_node`` would look it up in the worker, which may not see the process group) and passed in.
+    ``wds.slice(rank, None, world)`` and ``wds.slice(worker, None, workers)``, or ``wds.ResampledShards`` seeded by
+    (seed, epoch, rank, worker); :func:`tar_samples`; :func:`prune_samples`; ``wds.shuffle`` seeded by (seed,
+    epoch, rank, worker) (training); :func:`skip_items` (resuming); :func:`decode_samples`; ``wds.batched`` with
+    :func:`collate`; in resampled mode ``wds.slice`` to this worker's share of the epoch's batches. The rank is
+    resolved in the main process (``wds.split_by_node`` would look it up in the worker, which may not see the
+    process group) and passed in.
+
+    Skipping (``skip`` batches, exact resume): the DataLoader takes batches from its workers in turn, batch j from
+    worker j % W, so worker w made skip // W + (w < skip % W) of the first ``skip`` batches; each drops that many
+    batches' samples before decoding them, and DataLoader worker i plays worker (i + skip) % W, so the first batch
+    comes from the worker whose turn it was. The batches after the skip are those an unskipped pass yields after
+    its first ``skip``, provided no skipped sample fails to decode (a failure there shifts that worker's batches
+    by one sample) and every worker has its share of the skipped batches (otherwise the first round raises
+    :class:`SkipPastEnd`).
     """
 
     def __init__(
@@ -174,6 +202,7 @@ class ShardDataset(IterableDataset):
         self.errors = errors
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self.skip = 0  # batches of this rank's epoch to skip (resume)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -198,11 +227,14 @@ class ShardDataset(IterableDataset):
             stages: list = [wds.ResampledShards(self.urls, worker_seed=lambda: seed, deterministic=True)]
         else:
             stages = [wds.SimpleShardList(self.urls, seed=self._shard_seed()), wds.slice(rank, None, world)]
-            stages.append(wds.split_by_worker)
+            stages.append(wds.slice(worker, None, workers))  # wds.split_by_worker, for the worker given
         stages += [tar_samples(self.errors), prune_samples(s, epoch, self.errors)]
         if s.train and s.shuffle_buffer > 1:
             rng = random.Random(stable_seed(s.seed, epoch, rank, worker, "buf"))
             stages.append(wds.shuffle(s.shuffle_buffer, initial=s.shuffle_buffer, rng=rng))
+        skipped = self.skip // workers + (worker < self.skip % workers)  # this worker's share of the skip
+        if skipped:
+            stages.append(skip_items(skipped * s.batch_size))
         stages.append(decode_samples(s, epoch, self.errors))
         stages.append(
             wds.batched(
@@ -210,14 +242,16 @@ class ShardDataset(IterableDataset):
             )
         )
         if s.resampled:  # this worker's share of the rank's batches
-            stages.append(wds.slice(s.batches_per_rank // workers + (worker < s.batches_per_rank % workers)))
+            share = s.batches_per_rank // workers + (worker < s.batches_per_rank % workers)
+            stages.append(wds.slice(max(share - skipped, 0)))
         return wds.DataPipeline(*stages)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        loader_worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rank, world = _rank_world(self.rank, self.world_size)
-        return iter(self.pipeline(rank, world, worker, workers))
+        # DataLoader worker i plays worker (i + skip) % W: the batch after the skip comes first (see above)
+        return iter(self.pipeline(rank, world, (loader_worker + self.skip) % workers, workers))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -289,8 +323,9 @@ class ShardLoader:
     """Iterable over batches; wraps a torch DataLoader over a :class:`ShardDataset`.
 
     ``errors``: the :class:`LoadErrors` counters; ``set_epoch(e)`` reshuffles for the next ``iter()``;
-    ``len()`` is the number of batches this rank yields per epoch (exact in resampled mode; from the manifests'
-    counts otherwise, before skipped samples and class-balance copies); ``num_samples`` the samples of all shards.
+    ``len()`` is the number of batches this rank yields per epoch, skipped ones included (exact in resampled mode;
+    from the manifests' counts otherwise, before skipped samples and class-balance copies); ``num_samples`` the
+    samples of all shards.
     """
 
     def __init__(self, dataset: ShardDataset, num_workers: int, counts: dict[str, int] | None):
@@ -325,7 +360,7 @@ class ShardLoader:
         total = 0
         for w in range(workers):
             n = sum(self._counts[u] for u in self.dataset.shards_for(rank, world, w, workers))
-            total += n // s.batch_size if (s.train and s.drop_last) else math.ceil(n / s.batch_size)
+            total += batches_per_rank(n, s.batch_size, 1, drop_last=s.train and s.drop_last)
         return total
 
 
@@ -346,6 +381,7 @@ def build_loader(
     rank: int | None = None,
     world_size: int | None = None,
     errors: LoadErrors | None = None,
+    skip: int = 0,
 ) -> ShardLoader:
     """A loader of batches (see the module docstring) over `shards` (brace patterns / lists / '::'-joined sources).
 
@@ -354,7 +390,8 @@ def build_loader(
     when training and "middle" otherwise ("all" stays "all"). batch_size / num_workers default to `data_cfg`.
     rank / world_size default to torch.distributed's when it is initialised, else 0 / 1. errors: the
     :class:`LoadErrors` to count skips in (several loaders may share one, e.g. the passes of one epoch); a new one
-    by default.
+    by default. skip: batches of the epoch to leave out, dropped before their samples are decoded (resuming; see
+    :class:`ShardDataset`).
     """
     bs = batch_size or data_cfg.batch_size
     if frame_mode is None:
@@ -378,12 +415,12 @@ def build_loader(
                 )
     counts = shard_counts(urls)
     r, world = _rank_world(rank, world_size)
-    batches_per_rank = 0
+    batches = 0
     if data_cfg.resampled:
         total = data_cfg.samples_per_epoch or (sum(counts.values()) if counts else 0)
         if not total:
             raise ValueError("resampled shards need data.samples_per_epoch (no manifests to count the samples)")
-        batches_per_rank = math.ceil(total / (world * bs))
+        batches = batches_per_rank(total, bs, world, drop_last=train and data_cfg.drop_last)
     elif len(urls) < world * max(1, workers):
         log.warning(
             "%d shard(s) for %d rank(s) x %d worker(s): some workers get no shard (split shards finer)",
@@ -403,7 +440,7 @@ def build_loader(
         drop_last=data_cfg.drop_last,
         shuffle_buffer=data_cfg.shuffle_buffer,
         resampled=data_cfg.resampled,
-        batches_per_rank=batches_per_rank,
+        batches_per_rank=batches,
         noise=data_cfg.noise,
         time_roll=data_cfg.time_roll,
         freqm=data_cfg.freqm,
@@ -420,6 +457,7 @@ def build_loader(
     )
     dataset = ShardDataset(urls, settings, errors or LoadErrors(), r, world)  # resolved here: workers may not see dist
     dataset.set_epoch(epoch)
+    dataset.skip = skip
     return ShardLoader(dataset, workers, counts)
 
 
@@ -433,6 +471,7 @@ def loader_for(
     world_size: int | None = None,
     frame_mode: str | None = None,
     errors: LoadErrors | None = None,
+    skip: int = 0,
 ) -> ShardLoader:
     """:func:`build_loader` with the input sizes of ``cfg.model`` and the batch size of the job: ``data.batch_size``
     for training, ``eval.batch_size`` otherwise. ``cfg`` is a :class:`cavmae.config.Config`."""
@@ -452,4 +491,5 @@ def loader_for(
         rank=rank,
         world_size=world_size,
         errors=errors,
+        skip=skip,
     )

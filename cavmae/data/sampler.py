@@ -13,6 +13,14 @@ import torch
 from torch.utils.data import Sampler
 
 
+def batches_per_rank(num_samples: int, batch_size: int, world_size: int, drop_last: bool) -> int:
+    """Batches each of ``world_size`` ranks yields from an epoch of ``num_samples`` clips in batches of
+    ``batch_size``: the last incomplete global batch is dropped (``drop_last``) or kept. The one count of an epoch's
+    batches: the sampler, the shard loader (resampled mode) and the training loop all use it."""
+    per_step = batch_size * world_size
+    return num_samples // per_step if drop_last else -(-num_samples // per_step)
+
+
 class ShardedBatchSampler(Sampler[list[int]]):
     """Per-rank index batches. ``drop_last`` drops the last incomplete GLOBAL batch (training: every step has
     W*b clips, so the contrastive batch never changes size); without it the tail is split over the ranks as far
@@ -39,10 +47,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     def num_batches(self) -> int:
         """Batches in a whole epoch on every rank (with drop_last) or on rank 0 (without)."""
-        per_step = self.batch_size * self.world_size
-        if self.drop_last:
-            return self.num_samples // per_step
-        return -(-self.num_samples // per_step)
+        return batches_per_rank(self.num_samples, self.batch_size, self.world_size, self.drop_last)
 
     def __len__(self) -> int:
         return max(self.num_batches() - self.start, 0)

@@ -1,6 +1,7 @@
 """Training: the generic loop (``loop``) over a task (``tasks``: pre-training; ``finetune``: classification),
-its data source (``batches``), set-up (``setup``), optimizer and schedule (``optim``), the checkpoints of a run
-(``state``), its logs (``logs``) and reconstruction figures (``figures``).
+its data source (``batches``), set-up (``setup``; ``unused``: the parameters a task never uses), optimizer and
+schedule (``optim``), the checkpoints of a run (``state``), its logs (``logs``) and reconstruction figures
+(``figures``).
 
 Importing the package registers the built-in tasks once; the task registry imports none of them.
 """

@@ -4,6 +4,7 @@ of (train.seed, epoch), so a resumed run lands on the same batch."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterable, Iterator
 
@@ -11,9 +12,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from cavmae.config import Config, ConfigError
-from cavmae.data.loader import LoadErrors, loader_for
+from cavmae.data.loader import LoadErrors, SkipPastEnd, loader_for
 from cavmae.data.random_batches import TenFrames, collate, synthetic_dataset
-from cavmae.data.sampler import ShardedBatchSampler
+from cavmae.data.sampler import ShardedBatchSampler, batches_per_rank
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ def make_batches(
             world_size=world_size,
             frame_mode=frame_mode,
             errors=errors,
+            skip=skip if train else 0,
         )
     except ConfigError:
         raise
@@ -85,24 +87,40 @@ def make_batches(
 
 
 def _exact_epoch(cfg: Config, shards, loader, epoch: int, rank: int, world: int, skip: int) -> Iterator[dict]:
-    """Exactly ``batches_per_epoch`` training batches on every process (collectives need lockstep).
+    """Exactly ``batches_per_epoch`` training batches on every process (collectives need lockstep), after the
+    first ``skip``.
 
     A process whose shards run out first (shards of unequal size, corrupt samples skipped) tops up from another
     pass over its shards, seeded by (epoch, pass), and says so; the order stays a function of (seed, epoch), so
-    skipping ``skip`` batches on resume lands on the same batch.
+    skipping ``skip`` batches on resume lands on the same batch. ``loader`` already leaves out the first ``skip``
+    batches, undecoded (cavmae/data/loader.py); when this process's first pass holds fewer than ``skip`` batches
+    the skipped batches are read and dropped instead, pass by pass.
     """
     want = batches_per_epoch(cfg, world)
+    batches = _after_skip(loader, cfg.data.num_workers) if skip else iter(loader)
+    if batches is None:
+        log.warning(
+            "process %d: its first pass of epoch %d holds fewer than the %d batches to skip; reading them to find "
+            "the resume position",
+            rank,
+            epoch,
+            skip,
+        )
+        loader = loader_for(cfg, shards, train=True, epoch=epoch, rank=rank, world_size=world, errors=loader.errors)
+        batches, produced = iter(loader), 0
+    else:
+        produced = skip  # left out by the loader, undecoded
+    pass_batches = produced  # batches of the current pass, skipped ones included
     passes = 0
-    produced = 0
     while produced < want:
-        before = produced
-        for batch in loader:
+        for batch in batches:
             if produced >= skip:
                 yield batch
             produced += 1
+            pass_batches += 1
             if produced >= want:
                 return
-        if produced == before:  # a whole pass gave nothing: no later pass will, say why now
+        if pass_batches == 0:  # a whole pass gave nothing: no later pass will, say why now
             skipped = {cause: n for cause, n in loader.errors.counts().items() if n} or "none"
             raise ConfigError(
                 f"data.train_shards: process {rank} read no batch of data.batch_size={cfg.data.batch_size} clips "
@@ -123,12 +141,31 @@ def _exact_epoch(cfg: Config, shards, loader, epoch: int, rank: int, world: int,
         loader = loader_for(
             cfg, shards, train=True, epoch=seed_epoch, rank=rank, world_size=world, errors=loader.errors
         )
+        batches, pass_batches = iter(loader), 0
+
+
+def _after_skip(loader, workers: int) -> Iterator[dict] | None:
+    """The batches of ``loader`` (built with a skip), or None when one of its workers holds fewer samples than its
+    share of the skip. Every worker makes one of the first ``workers`` batches (or ends), so whether one ran out
+    while skipping is known once they have arrived, before any batch is handed on."""
+    it = iter(loader)
+    head = []
+    try:
+        for _ in range(max(1, workers)):
+            batch = next(it, None)
+            if batch is None:
+                break
+            head.append(batch)
+    except SkipPastEnd:
+        return None
+    return itertools.chain(head, it)
 
 
 def batches_per_epoch(cfg: Config, world_size: int) -> int:
-    """Training batches per process and epoch (the same on every process)."""
+    """Training batches per process and epoch (the same on every process): :func:`batches_per_rank` of the epoch's
+    clips (synthetic training data always drops its last incomplete global batch)."""
     if cfg.data.synthetic:
-        return ShardedBatchSampler(cfg.data.synthetic_size, cfg.data.batch_size, 0, world_size).num_batches()
+        return batches_per_rank(cfg.data.synthetic_size, cfg.data.batch_size, world_size, drop_last=True)
     if not cfg.data.train_shards:
         raise ConfigError("data.train_shards is empty and data.synthetic is false: no training data")
     samples = cfg.data.samples_per_epoch
@@ -143,7 +180,7 @@ def batches_per_epoch(cfg: Config, world_size: int) -> int:
         if not counts:
             raise ConfigError("data.samples_per_epoch must be set (> 0): the training shards have no manifest")
         samples = sum(counts.values())
-    return samples // (cfg.data.batch_size * world_size)
+    return batches_per_rank(samples, cfg.data.batch_size, world_size, cfg.data.drop_last)
 
 
 def has_split(cfg: Config, split: str) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from cavmae.models.embed import audio_to_image, patchify, unpatchify
+from cavmae.train.state import rng_devices
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -35,7 +36,8 @@ def _reconstruct(target: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, n
 def reconstruction_figure(model, audio: torch.Tensor, frames: torch.Tensor, path: str | Path) -> Path:
     """Run ``model`` (an unwrapped CAVMAE) on one clip (audio [1, T, F], frames [1, 3, H, W]) and save a 2 x 4 PNG:
     spectrogram and frame; each original, visible input, prediction on the masked patches only, and its absolute
-    error there, with colorbars. RNG state is left untouched."""
+    error there, with colorbars. The RNG states of the CPU and of the model's device are left untouched (the
+    training masks do not depend on how often figures are drawn)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -43,7 +45,8 @@ def reconstruction_figure(model, audio: torch.Tensor, frames: torch.Tensor, path
     p = cfg.patch_size
     was_training = model.training
     model.eval()
-    with torch.random.fork_rng(devices=[]):
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=rng_devices(device)):
         out = model(audio.float(), frames.float(), return_outputs=True)
     model.train(was_training)
 

@@ -33,8 +33,12 @@ from cavmae.eval.classify import AUDIO_ONLY_MODES, classify
 from cavmae.eval.evaluate import Predictions, classification_report, middle_frame, predict
 from cavmae.eval.metrics import main_metric
 from cavmae.train.tasks import Task, register_task, sum_over_processes
+from cavmae.train.unused import unused_parameters
 
 log = logging.getLogger(__name__)
+
+# the encoder stream (cavmae/train/unused.py) that each train.ft_mode classifies with
+FT_MODE_STREAMS = {"audiovisual": "joint", "audio": "audio", "video": "video"}
 
 
 def layer_id(name: str, modality_depth: int, shared_depth: int) -> int:
@@ -84,6 +88,11 @@ class FinetuneTask(Task):
             for name, p in model.named_parameters():
                 p.requires_grad_(name.startswith("mlp_head."))
         return model
+
+    def unused_parameters(self, model: nn.Module, cfg: Config) -> list[str]:
+        """The stream train.ft_mode classifies with is used (cavmae/models/classifier.py); the others, and the
+        input branch of a modality the mode does not look at, are not."""
+        return unused_parameters(model, {FT_MODE_STREAMS[cfg.train.ft_mode]}, decoder=False)
 
     def lr_scale(self, name: str, cfg: Config) -> float:
         if name.startswith("mlp_head."):

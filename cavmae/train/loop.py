@@ -44,17 +44,16 @@ from cavmae.train.setup import (
     freeze_unused,
     initialise,
     release_accelerator,
-    rng_devices,
     seed_everything,
     setup_accelerator,
 )
 from cavmae.train.state import (
     TrainState,
-    fault_point,
     list_checkpoints,
     list_incomplete,
     load_newest_readable,
     resume_candidates,
+    rng_devices,
     save_checkpoint,
 )
 from cavmae.train.tasks import Task, get_task
@@ -181,7 +180,7 @@ def build_run(cfg: Config, task: Task, accelerator, candidates: list[Path]) -> R
     model = task.build_model(cfg)
     initialise(model, cfg)
     model.to(device)
-    freeze_unused(model, task, cfg, device)
+    freeze_unused(model, task, cfg)
     if t.activation_checkpointing:
         if not hasattr(model, "set_activation_checkpointing"):
             raise ConfigError(f"train.activation_checkpointing: the {task.name} model does not support it")
@@ -331,7 +330,6 @@ def end_of_step(run: Run) -> bool:
         probe(run)
     if last or (t.ckpt_every and state.step % t.ckpt_every == 0):
         checkpoint(run)
-    fault_point("kill_after_step", state.step)
     if t.max_bad_steps and state.bad_in_row >= t.max_bad_steps:
         # Skipped steps never touched the weights: they are the last good ones. Save them, then stop.
         path = checkpoint(run)
@@ -362,7 +360,7 @@ def validate(run: Run) -> None:
         return
     batches = val_batches(run, "middle")
     run.model.eval()
-    with torch.random.fork_rng(devices=rng_devices()):
+    with torch.random.fork_rng(devices=rng_devices(run.accelerator.device)):
         torch.manual_seed(cfg.train.seed)  # the same masks at every validation: curves compare like with like
         metrics = run.task.evaluate(run.module, batches, run.accelerator, cfg)
     run.model.train()
@@ -397,7 +395,7 @@ def probe(run: Run) -> None:
     if run.main:
         if run.probe_set is None:
             run.probe_set = probe_batches(run.cfg)
-        with torch.random.fork_rng(devices=rng_devices()), local_contrast(run.module):
+        with torch.random.fork_rng(devices=rng_devices(run.accelerator.device)), local_contrast(run.module):
             metrics = probe_metrics(run.module, run.probe_set, run.cfg.eval.knn_k)
         run.logger.probe(run.state.step, run.state.epoch, metrics)
     run.accelerator.wait_for_everyone()

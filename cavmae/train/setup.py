@@ -19,7 +19,7 @@ from cavmae.models.weights import (
     read_torch_file,
     strip_prefix,
 )
-from cavmae.train.tasks import Task, local_contrast
+from cavmae.train.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -91,23 +91,13 @@ def initialise(model: nn.Module, cfg: Config) -> None:
         raise CheckpointError(f"train.init: {e}") from e
 
 
-def rng_devices() -> list[int]:
-    return [torch.cuda.current_device()] if torch.cuda.is_available() else []
-
-
-def freeze_unused(model: nn.Module, task: Task, cfg: Config, device: torch.device) -> list[str]:
-    """Freeze parameters that get no gradient from a task step (in CAV-MAE the audio / video norm pairs of the
-    modality-specific and decoder blocks), so DDP needs no unused-parameter search. Returns their names."""
-    with torch.random.fork_rng(devices=rng_devices()), local_contrast(model):
-        out = task.step(model, task.example_batch(cfg, 2, device), cfg)
-        out["loss"].backward()
-    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    for n, p in model.named_parameters():
-        if n in unused:
-            p.requires_grad_(False)
-    model.zero_grad(set_to_none=True)
+def freeze_unused(model: nn.Module, task: Task, cfg: Config) -> list[str]:
+    """Freeze the parameters that no step of ``task`` uses under ``cfg`` (:meth:`Task.unused_parameters`, derived
+    from the model's structure and the config, e.g. the audio / video norm pairs of the modality-specific and
+    decoder blocks), so DDP needs no unused-parameter search. Returns the names frozen."""
+    unused = [n for n in task.unused_parameters(model, cfg) if model.get_parameter(n).requires_grad]
+    for n in unused:
+        model.get_parameter(n).requires_grad_(False)
     if unused:
-        log.info(
-            "%d parameter tensors get no gradient in %s and are frozen (e.g. %s)", len(unused), task.name, unused[0]
-        )
+        log.info("%d parameter tensors are unused by %s and are frozen (e.g. %s)", len(unused), task.name, unused[0])
     return unused

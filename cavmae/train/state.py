@@ -13,9 +13,6 @@ Every process writes into ``.tmp-ckpt-<step>`` and the main process renames it t
 finished: a crash mid-write leaves only a temporary directory, which is ignored (and removed by the next save), so
 ``resume=auto`` always finds the previous complete checkpoint. This assumes ``out_dir`` is on a file system that
 every process sees (as does Accelerate's save_state).
-
-Fault injection for tests: ``CAVMAE_FAULT=kill_in_save:<step>`` SIGKILLs the process after it wrote the model file
-of that step's checkpoint; ``CAVMAE_FAULT=kill_after_step:<step>`` (see cavmae/train/loop.py) after that step.
 """
 
 from __future__ import annotations
@@ -27,7 +24,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,15 +63,6 @@ class TrainState:
         return dataclasses.asdict(self)
 
 
-def fault_point(name: str, step: int) -> None:
-    """Test hook: SIGKILL this process at the named point if ``CAVMAE_FAULT=<name>:<step>`` says so."""
-    spec = os.environ.get("CAVMAE_FAULT", "")
-    if spec and spec == f"{name}:{step}":
-        log.warning("CAVMAE_FAULT=%s: killing this process", spec)
-        logging.shutdown()
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # RNG states as tensors / lists (loadable with weights_only=True; numpy's state is a tuple holding an ndarray)
 
@@ -96,6 +83,14 @@ def capture_rng() -> dict:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def rng_devices(device: torch.device) -> list[int]:
+    """The CUDA devices whose generators :func:`torch.random.fork_rng` must fork so that a forward on ``device``
+    leaves the training RNG streams alone ([] off CUDA: the CPU generator is always forked)."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
 def restore_rng(state: dict) -> None:
@@ -223,7 +218,6 @@ def save_checkpoint(
     if main:
         weights = {k: v.detach().cpu().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
         save_file(weights, str(tmp / "model.safetensors"), metadata={"step": str(state.step)})
-        fault_point("kill_in_save", state.step)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
         trainer = {"state": state.to_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler}

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from cavmae.config import Config, ConfigError
+from cavmae.train.unused import unused_parameters
 
 _TASKS: dict[str, type[Task]] = {}
 
@@ -64,8 +65,14 @@ class Task:
         gets the same dict)."""
         raise NotImplementedError
 
+    def unused_parameters(self, model: nn.Module, cfg: Config) -> list[str]:
+        """Names of the parameters of ``model`` that no :meth:`step` under ``cfg`` uses, derived from the model's
+        structure and the config (never from one batch's gradients); the loop freezes them, so DDP needs no
+        unused-parameter search. A task that leaves parameters unused must name them here."""
+        return []
+
     def example_batch(self, cfg: Config, batch_size: int, device: torch.device) -> dict:
-        """A batch of the right shapes (finding unused parameters, benchmarks)."""
+        """A batch of the right shapes (benchmarks)."""
         m = cfg.model
         return {
             "audio": torch.randn(batch_size, m.audio_length, m.num_mel_bins, device=device),
@@ -134,6 +141,14 @@ class PretrainTask(Task):
         model.gather_contrast = cfg.train.global_contrast or cfg.train.contrast_group > 0
         model.contrast_group = cfg.train.contrast_group
         return model
+
+    def unused_parameters(self, model: nn.Module, cfg: Config) -> list[str]:
+        """The joint stream feeds the decoder (reconstruction), the audio and video streams the contrastive loss;
+        a term weighted 0 is not computed, so its streams are unused."""
+        streams = ({"joint"} if cfg.model.rec_weight != 0 else set()) | (
+            {"audio", "video"} if cfg.model.contrast_weight != 0 else set()
+        )
+        return unused_parameters(model, streams, decoder=cfg.model.rec_weight != 0)
 
     def step(self, model: nn.Module, batch: dict, cfg: Config) -> dict[str, torch.Tensor]:
         out = model(batch["audio"], batch["frames"])
