@@ -15,6 +15,7 @@ from scan_helpers import (
     Case,
     flipped,
     make_inputs,
+    nan_filled_outputs,
     relative_error,
     run,
     triton_scan,
@@ -24,7 +25,6 @@ from cavmae.kernels import (
     selective_scan_bidirectional,
     selective_scan_reference,
 )
-from cavmae.kernels._common import nan_filled_outputs
 
 
 @pytest.mark.parametrize("impl", ["reference", "torch", "triton"])
