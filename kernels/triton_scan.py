@@ -136,13 +136,15 @@ class SelectiveScanBidirectionalTriton(torch.autograd.Function):
                 ]
             )
         pair = list(zip(first, second))
-        saved = (chunks, y_ungated)
-        (du0, ddt0, dA0, dB0, dC0, dD0, dbias0, dz), (du1, ddt1, dA1, dB1, dC1, dD1, dbias1) = (
-            scan_backward_bidirectional(
-                *pair[:6], z, pair[6], delta_softplus, *saved, dout, dlast, out_scale=out_scale, config=config
-            )
+        forward_grads, backward_grads = scan_backward_bidirectional(
+            *pair[:6], z, pair[6], delta_softplus, chunks, y_ungated, dout, dlast, out_scale=out_scale, config=config
         )
-        grads = (du0, ddt0, dA0, dB0, dC0, dD0, dbias0, du1, ddt1, dA1, dB1, dC1, dD1, dbias1, dz)
+        # In the order of forward()'s inputs: each direction's (u, delta, A, B, C, D, delta_bias), then z.
+        per_direction = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+        grads = (
+            *(getattr(g, name) for g in (forward_grads, backward_grads) for name in per_direction),
+            forward_grads.z,
+        )
         needs = ctx.needs_input_grad
         return (*(grad if need else None for grad, need in zip(grads, needs[:15])), None, None, None)
 

@@ -50,6 +50,7 @@ from ._triton_common import (
     DEFAULT_CONFIG,
     Inputs,
     ScanConfig,
+    ScanGrads,
     _check_pair,
     _direction,
     _exp2_ftz,
@@ -320,9 +321,9 @@ def _backward(
     dlast: Tensor | None,
     out_scale: float,
     config: ScanConfig,
-) -> list[tuple[Tensor | None, ...]]:
-    """Launch the backward kernel. Returns, per direction, (du, ddelta, dA, dB, dC, dD, ddelta_bias) in the inputs'
-    dtypes, and dz as the last entry of the first direction's tuple. ``y_ungated``: the forward's y_fwd + y_bwd of a
+) -> list[ScanGrads]:
+    """Launch the backward kernel. Returns the gradients of each direction in the inputs' dtypes; dz (z is shared) in
+    the first direction's. ``y_ungated``: the forward's y_fwd + y_bwd of a
     bidirectional call with z (dz needs both directions' y; each program runs one direction)."""
     shape = _check_pair(first, second, z) if second is not None else check_inputs(*first[:6], z, first[6])
     n_dirs = 2 if second is not None else 1
@@ -412,17 +413,17 @@ def _backward(
         dB = sums[..., :n].transpose(2, 3)
         dC = sums[..., block_n : block_n + n].transpose(2, 3)
         results.append(
-            (
-                du[i],
-                ddelta[i],
-                dA_part[i].sum(0).to(A.dtype),
-                dB.reshape(B.shape).to(B.dtype),
-                dC.reshape(C.shape).to(C.dtype),
-                dD_part[i].sum(0).to(D.dtype) if D is not None else None,
-                dbias_part[i].sum(0).to(bias.dtype) if bias is not None else None,
+            ScanGrads(
+                u=du[i],
+                delta=ddelta[i],
+                A=dA_part[i].sum(0).to(A.dtype),
+                B=dB.reshape(B.shape).to(B.dtype),
+                C=dC.reshape(C.shape).to(C.dtype),
+                D=dD_part[i].sum(0).to(D.dtype) if D is not None else None,
+                z=dz if i == 0 else None,
+                delta_bias=dbias_part[i].sum(0).to(bias.dtype) if bias is not None else None,
             )
         )
-    results[0] = (*results[0], dz)
     return results
 
 
@@ -441,13 +442,13 @@ def scan_backward(
     dout: Tensor,
     dlast: Tensor | None,
     config: ScanConfig = DEFAULT_CONFIG,
-) -> tuple[Tensor | None, ...]:
-    """One direction: du, ddelta, dA, dB, dC, dD, dz, ddelta_bias in the inputs' dtypes."""
+) -> ScanGrads:
+    """One direction: the gradients of u, delta, A, B, C, D, z, delta_bias in the inputs' dtypes."""
     dlast4 = dlast.unsqueeze(0) if dlast is not None else None
-    ((du, ddelta, dA, dB, dC, dD, dbias, dz),) = _backward(
+    (grads,) = _backward(
         (u, delta, A, B, C, D, delta_bias), None, z, delta_softplus, reverse, chunks, None, dout, dlast4, 1.0, config
     )
-    return du, ddelta, dA, dB, dC, dD, dz, dbias
+    return grads
 
 
 def scan_backward_bidirectional(
@@ -466,10 +467,14 @@ def scan_backward_bidirectional(
     dlast: Tensor | None,
     out_scale: float = 1.0,
     config: ScanConfig = DEFAULT_CONFIG,
-) -> list[tuple[Tensor | None, ...]]:
-    """Gradients of both directions: [(du, ddelta, dA, dB, dC, dD, dbias, dz), (du, ddelta, dA, dB, dC, dD, dbias)].
+) -> tuple[ScanGrads, ScanGrads]:
+    """Gradients of both directions, (forward, backward); dz (z is shared) in the forward direction's, None in the
+    other.
 
     ``chunks`` and ``y_ungated`` are what :func:`scan_forward_bidirectional` saved (y_ungated: None without z)."""
     first = (u[0], delta[0], A[0], B[0], C[0], D[0], delta_bias[0])
     second = (u[1], delta[1], A[1], B[1], C[1], D[1], delta_bias[1])
-    return _backward(first, second, z, delta_softplus, False, chunks, y_ungated, dout, dlast, out_scale, config)
+    forward_grads, backward_grads = _backward(
+        first, second, z, delta_softplus, False, chunks, y_ungated, dout, dlast, out_scale, config
+    )
+    return forward_grads, backward_grads
