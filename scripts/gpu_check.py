@@ -7,8 +7,8 @@ scripts/results/ and exits non-zero when a check fails.
     scripts/gpu_check.sh --dry-run   # the same script on CPU at tiny shapes, kernels under Triton's interpreter
 
 It imports torch, triton, timm, torchvision (through timm) and accelerate's dependencies at most, plus the standard
-library: the cavmae package's own __init__ (which pulls data and logging libraries) is bypassed, and the check
-fails if decord, webdataset, wandb or av were imported.
+library (cavmae/__init__.py imports nothing itself and, in a plain checkout, maps cavmae.kernels to kernels/), and
+the check fails if decord, webdataset, wandb or av were imported.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import platform
 import sys
 import time
 import traceback
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,11 +53,7 @@ class _Absent:
 
 
 def import_project():
-    """cavmae.kernels (and later cavmae.models) without running cavmae/__init__.py."""
-    if "cavmae" not in sys.modules:
-        package = types.ModuleType("cavmae")
-        package.__path__ = [str(REPO / "cavmae")]
-        sys.modules["cavmae"] = package
+    """cavmae.kernels and its Triton module, from this checkout (gpu_check.sh puts it first on PYTHONPATH)."""
     import cavmae.kernels as kernels
     from cavmae.kernels import triton_scan
 
