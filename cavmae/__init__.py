@@ -90,11 +90,9 @@ def _map_checkout_kernels() -> None:
     from ``<repo>/kernels``. First on the meta path, so that no other install of cavmae answers for this checkout."""
     package = os.path.dirname(os.path.abspath(__file__))
     checkout_kernels = os.path.join(os.path.dirname(package), "kernels")
-    if os.path.isdir(os.path.join(package, "kernels")) or not os.path.isfile(
-        os.path.join(checkout_kernels, "__init__.py")
-    ):
-        return
-    if not any(isinstance(finder, _CheckoutKernels) for finder in sys.meta_path):
+    installed = os.path.isdir(os.path.join(package, "kernels"))
+    in_checkout = os.path.isfile(os.path.join(checkout_kernels, "__init__.py"))
+    if not installed and in_checkout and not any(isinstance(f, _CheckoutKernels) for f in sys.meta_path):
         sys.meta_path.insert(0, _CheckoutKernels(checkout_kernels))
 
 

@@ -207,6 +207,11 @@ def kernel_agrees(spec: Specialisation, kernel: Scan, reference: Scan, shape: tu
     return verdict
 
 
+def rejected() -> list[Specialisation]:
+    """The specialisations of this process whose kernel disagreed with the torch path (they run on the torch path)."""
+    return [spec for spec, agreed in _verdicts.items() if not agreed]
+
+
 def _identity(x: Tensor) -> Tensor:
     return x
 

@@ -406,6 +406,10 @@ def main() -> int:
         timings(torch, kernels, triton_scan, args, args.dry_run, device, config)))  # fmt: skip
     if not args.skip_models:
         guarded("models", lambda: report["models"].extend(model_steps(torch, args, args.dry_run, device)))
+    # the model steps ran the kernels through selective_scan, whose first use of each specialisation checks itself
+    rejected = kernels.self_check.rejected()
+    if rejected:
+        report["errors"].append(f"kernels replaced by the torch path after disagreeing with it: {rejected}")
     loaded = sorted(name for name in FORBIDDEN if name in sys.modules)
     if loaded:
         report["errors"].append(f"imported modules the GPU image does not have: {loaded}")

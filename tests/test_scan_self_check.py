@@ -152,3 +152,19 @@ def test_the_fused_bidirectional_kernel_is_checked_too(
     assert len(calls) == 1 and len(caplog.records) == 1
     message = caplog.records[0].getMessage()
     assert "bidirectional" in message and "last_state_fwd" in message and "last_state_bwd" in message
+
+
+def test_rejected_lists_the_specialisations_on_the_torch_path() -> None:
+    # what scripts/gpu_check.py reports as an error after its model steps
+    agreeing, disagreeing = (spec_of(Case(21, batch=1, dim=4, d_state=2), training=t) for t in (True, False))
+
+    def doubled_out(*args: object) -> tuple:
+        out, last = selective_scan_torch(*args)
+        return out * 2, last
+
+    reference = self_check.one_direction(selective_scan_torch, agreeing)
+    assert self_check.kernel_agrees(agreeing, reference, reference, TINY)
+    assert not self_check.kernel_agrees(
+        disagreeing, self_check.one_direction(doubled_out, disagreeing), reference, TINY
+    )
+    assert self_check.rejected() == [disagreeing]
