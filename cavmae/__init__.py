@@ -25,11 +25,19 @@ The package is layered; each folder imports only from the ones above it in this 
 
 ``models`` and ``data`` never import each other. Names are imported lazily, so ``import cavmae`` (and
 ``cavmae --help``) does not load torch.
+
+``cavmae.kernels`` lives in the repository's top-level ``kernels/`` folder: an install (wheel or editable) puts it at
+``cavmae/kernels`` through the build's package mapping; in a plain checkout on ``PYTHONPATH`` (no install, as
+scripts/gpu_check.sh runs) :class:`_CheckoutKernels` below maps the name to that folder.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
@@ -60,6 +68,35 @@ if TYPE_CHECKING:
     from cavmae.models.cavmae import CAVMAE
     from cavmae.models.classifier import CAVMAEClassifier
     from cavmae.models.weights import CheckpointError, from_pretrained, load_model, save_pretrained
+
+
+class _CheckoutKernels(importlib.abc.MetaPathFinder):
+    """Finds ``cavmae.kernels`` in the checkout's ``kernels/`` folder (its submodules then follow its ``__path__``)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def find_spec(
+        self, fullname: str, path: object = None, target: object = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "cavmae.kernels":
+            return None
+        init = os.path.join(self.folder, "__init__.py")
+        return importlib.util.spec_from_file_location(fullname, init, submodule_search_locations=[self.folder])
+
+
+def _map_checkout_kernels() -> None:
+    """In a plain checkout (this package has no ``kernels`` folder, the repository has one), import ``cavmae.kernels``
+    from ``<repo>/kernels``. First on the meta path, so that no other install of cavmae answers for this checkout."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    checkout_kernels = os.path.join(os.path.dirname(package), "kernels")
+    installed = os.path.isdir(os.path.join(package, "kernels"))
+    in_checkout = os.path.isfile(os.path.join(checkout_kernels, "__init__.py"))
+    if not installed and in_checkout and not any(isinstance(f, _CheckoutKernels) for f in sys.meta_path):
+        sys.meta_path.insert(0, _CheckoutKernels(checkout_kernels))
+
+
+_map_checkout_kernels()
 
 
 def __getattr__(name: str) -> Any:

@@ -9,6 +9,9 @@ forward + backward scan pair of a bidirectional Mamba block. Implementations:
     "torch"      kernels/torch_scan.py: vectorised PyTorch with a hand-written backward (fast on CPU)
     "reference"  kernels/reference.py: the sequential specification
     "auto"       "triton" for CUDA tensors when Triton is installed, "torch" otherwise
+
+On CUDA the first call of each compiled Triton specialisation checks itself against the torch path on a small input
+(kernels/self_check.py): a kernel that disagrees is reported once and replaced by the torch path for the process.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Literal
 
 from torch import Tensor
 
+from . import self_check
 from ._common import check_inputs
 from .reference import selective_scan_reference
 from .torch_scan import selective_scan_torch
@@ -59,6 +63,15 @@ def _resolve(impl: str, u: Tensor) -> Callable[..., Tensor | tuple[Tensor, Tenso
     return selective_scan_triton
 
 
+def _runs_compiled(u: Tensor) -> bool:
+    """Whether the Triton kernels run compiled for these tensors (the self-check's condition): CUDA tensors."""
+    return u.is_cuda
+
+
+def _is_triton(fn: Callable[..., object]) -> bool:
+    return fn is not selective_scan_torch and fn is not selective_scan_reference
+
+
 def selective_scan(
     u: Tensor,
     delta: Tensor,
@@ -91,6 +104,13 @@ def selective_scan(
     """
     check_inputs(u, delta, A, B, C, D, z, delta_bias)
     fn = _resolve(impl, u)
+    if _is_triton(fn) and _runs_compiled(u):
+        spec = self_check.specialisation(
+            u, delta, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse, False, (A,)
+        )
+        kernel, torch_path = (self_check.one_direction(f, spec) for f in (fn, selective_scan_torch))
+        if not self_check.kernel_agrees(spec, kernel, torch_path):
+            fn = selective_scan_torch
     return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse)
 
 
@@ -100,6 +120,32 @@ def _pair(name: str, x: TensorOrPair | None) -> tuple[Tensor | None, Tensor | No
             raise ValueError(f"selective_scan_bidirectional: {name} must be a tensor or a (forward, backward) pair")
         return x[0], x[1]
     return x, x
+
+
+def _torch_pair(
+    forward: tuple, backward: tuple, z: Tensor | None, delta_softplus: bool, out_scale: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The torch path of the fused bidirectional kernel: (out, last_state_fwd, last_state_bwd)."""
+    (u, delta, A, B, C, D, bias), back = forward, backward
+    out_f, last_f = selective_scan_torch(u, delta, A, B, C, D, z, bias, delta_softplus, True)
+    out_b, last_b = selective_scan_torch(*back[:6], z, back[6], delta_softplus, True, reverse=True)
+    return (out_f + out_b) * out_scale, last_f, last_b
+
+
+def _fused_agrees(
+    forward: list, backward: list, z: Tensor | None, delta_softplus: bool, out_scale: float, return_last_state: bool
+) -> bool:
+    """Whether the fused bidirectional kernel may run: not compiled (the interpreter), or its specialisation agreed
+    with the torch path (self_check)."""
+    u, delta, A, B, C, D, bias = forward
+    if not _runs_compiled(u):
+        return True
+    from .triton_scan import selective_scan_bidirectional_triton
+
+    params = (A, *(t for t in backward if t is not None))
+    spec = self_check.specialisation(u, delta, B, C, D, z, bias, delta_softplus, return_last_state, False, True, params)
+    kernel = self_check.pair(selective_scan_bidirectional_triton, spec, out_scale)
+    return self_check.kernel_agrees(spec, kernel, self_check.pair(_torch_pair, spec, out_scale))
 
 
 def selective_scan_bidirectional(
@@ -137,7 +183,10 @@ def selective_scan_bidirectional(
     pairs = [_pair(name, x) for name, x in zip(names, (u, delta, A, B, C, D, delta_bias))]
     forward_args, backward_args = ([p[i] for p in pairs] for i in (0, 1))
     scale = 0.5 if combine == "mean" else 1.0
-    if _resolve(impl, forward_args[0]).__name__ == "selective_scan_triton":
+    fused = _is_triton(_resolve(impl, forward_args[0]))
+    if fused and not _fused_agrees(forward_args, backward_args, z, delta_softplus, scale, return_last_state):
+        fused, impl = False, "torch"  # the fused kernel disagreed with the torch path (reported once)
+    if fused:
         # One launch for both directions, the gate and the combination (no second pass over out, z read once).
         from .triton_scan import selective_scan_bidirectional_triton
 

@@ -11,16 +11,10 @@ Shapes follow mamba_ssm's ``selective_scan_fn``:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-
-# Set inside ``nan_filled_outputs()``: every buffer an implementation allocates for its results starts as NaN, so
-# an element a kernel forgets to write fails the comparison against the reference instead of passing by luck.
-_FILL_NAN = False
 
 _PARAM_DTYPES = (torch.float32, torch.float64)
 
@@ -112,18 +106,8 @@ def compute_dtype(*tensors: Tensor | None) -> torch.dtype:
 
 
 def new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Allocate a result buffer that the implementation must write completely (NaN-filled under test)."""
-    if _FILL_NAN:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    """Allocate a result buffer that the implementation must write completely (uninitialised memory).
+
+    Every implementation allocates its results here, so a test can replace it (in each module that imports it) with
+    one that fills NaN and see any element left unwritten."""
     return torch.empty(shape, dtype=dtype, device=device)
-
-
-@contextlib.contextmanager
-def nan_filled_outputs() -> Iterator[None]:
-    """Within this block, result buffers start as NaN, so any element an implementation leaves unwritten shows."""
-    global _FILL_NAN
-    previous, _FILL_NAN = _FILL_NAN, True
-    try:
-        yield
-    finally:
-        _FILL_NAN = previous

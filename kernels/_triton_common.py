@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import triton
@@ -128,6 +129,22 @@ def _store_rows(row0, row_stride, tile, mask_d, states, N_STATE: tl.constexpr):
 
 
 Inputs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]  # u, delta, A, B, C, D, bias
+
+
+class ScanGrads(NamedTuple):
+    """The backward's gradients of one direction, named (and ordered) as the arguments of ``selective_scan``.
+
+    None where an input is absent (D, z, delta_bias). The gate z is shared by a bidirectional pair: its gradient is in
+    the forward direction's ScanGrads, and the backward direction's ``z`` is None."""
+
+    u: Tensor
+    delta: Tensor
+    A: Tensor
+    B: Tensor
+    C: Tensor
+    D: Tensor | None
+    z: Tensor | None
+    delta_bias: Tensor | None
 
 
 def _grid(shape: ScanShape, block_d: int) -> tuple[int, int]:

@@ -19,17 +19,16 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from triton.runtime.interpreter import InterpretedFunction
 
 from . import _triton_bwd_steps, _triton_common, triton_scan_bwd, triton_scan_fwd
-from ._triton_common import DEFAULT_CONFIG, Inputs, ScanConfig
+from ._triton_common import DEFAULT_CONFIG, Inputs, ScanConfig, ScanGrads
 from .triton_scan_bwd import scan_backward, scan_backward_bidirectional
 from .triton_scan_fwd import scan_forward, scan_forward_bidirectional
 
 __all__ = [
-    "BRANCHES",
     "DEFAULT_CONFIG",
     "INTERPRETED",
     "KERNEL_MODULES",
-    "LOOP_TRIPS",
     "ScanConfig",
+    "ScanGrads",
     "scan_backward",
     "scan_backward_bidirectional",
     "scan_forward",
@@ -38,15 +37,9 @@ __all__ = [
     "selective_scan_triton",
 ]
 
-# The modules whose ``*_kernel`` JIT functions the launchers call, in import order (the compile gate replaces them
-# there by name; a test re-imports them in this order to switch between interpreter and compiler).
+# The modules that define the JIT functions, in import order (re-imported in this order to switch between interpreter
+# and compiler; the launchers call the ``*_kernel`` functions through their module, where tools can swap them).
 KERNEL_MODULES = (_triton_common, _triton_bwd_steps, triton_scan_fwd, triton_scan_bwd)
-# Loop trip counts of each kernel by nesting depth, (launch kwargs, sequence length) -> trips: the static cost
-# report (scripts/bench_scan.py --static) weights the compiled loops with them.
-LOOP_TRIPS = {"_scan_fwd_kernel": triton_scan_fwd.loop_trips, "_scan_bwd_kernel": triton_scan_bwd.loop_trips}
-# Disjoint code branches of which each program runs one, (launch kwargs) -> count: the bidirectional backward's
-# compiled code holds both directions and each program runs one (the report divides per-thread counts by it).
-BRANCHES = {"_scan_bwd_kernel": triton_scan_bwd.direction_branches}
 # True when TRITON_INTERPRET=1 was set as the kernels were imported: they then run on the CPU interpreter.
 INTERPRETED = isinstance(triton_scan_fwd._scan_fwd_kernel, InterpretedFunction)
 
@@ -136,13 +129,15 @@ class SelectiveScanBidirectionalTriton(torch.autograd.Function):
                 ]
             )
         pair = list(zip(first, second))
-        saved = (chunks, y_ungated)
-        (du0, ddt0, dA0, dB0, dC0, dD0, dbias0, dz), (du1, ddt1, dA1, dB1, dC1, dD1, dbias1) = (
-            scan_backward_bidirectional(
-                *pair[:6], z, pair[6], delta_softplus, *saved, dout, dlast, out_scale=out_scale, config=config
-            )
+        forward_grads, backward_grads = scan_backward_bidirectional(
+            *pair[:6], z, pair[6], delta_softplus, chunks, y_ungated, dout, dlast, out_scale=out_scale, config=config
         )
-        grads = (du0, ddt0, dA0, dB0, dC0, dD0, dbias0, du1, ddt1, dA1, dB1, dC1, dD1, dbias1, dz)
+        # In the order of forward()'s inputs: each direction's (u, delta, A, B, C, D, delta_bias), then z.
+        per_direction = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+        grads = (
+            *(getattr(g, name) for g in (forward_grads, backward_grads) for name in per_direction),
+            forward_grads.z,
+        )
         needs = ctx.needs_input_grad
         return (*(grad if need else None for grad, need in zip(grads, needs[:15])), None, None, None)
 

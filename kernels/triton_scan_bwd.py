@@ -16,7 +16,8 @@ The reverse walk needs h_t, which the forward never stored. Per chunk, a first w
 saved chunk-start state and keeps the state every SUB (2) positions in a small per-program scratch buffer (L1/L2
 resident, each thread reading back only what it wrote); then, sub-chunk by sub-chunk from the last, the SUB states are
 recomputed into registers and walked in reverse. Each decay is evaluated three times (two recomputes, the reverse
-step): recomputing is cheaper than holding more states (SUB = 4 needs more than the 255 registers and spills).
+step): recomputing is cheaper than holding more states (four states per thread need more than 255 registers and
+spill).
 
 dB and dC: the 2N per-channel values of a position are summed over the 32 channels of a warp by recursive halving
 (each of 5 butterfly steps sends half of the remaining values to the partner lane and adds the other half: 31 lane
@@ -50,6 +51,7 @@ from ._triton_common import (
     DEFAULT_CONFIG,
     Inputs,
     ScanConfig,
+    ScanGrads,
     _check_pair,
     _direction,
     _exp2_ftz,
@@ -60,7 +62,8 @@ from ._triton_common import (
     _store_rows,
 )
 
-SUB = 2  # positions whose states a thread holds in registers during the reverse walk (2 or 4)
+# Positions whose states a thread holds in registers during the reverse walk (the walk below is written out for 2).
+SUB = tl.constexpr(2)
 WARP = 32
 
 
@@ -76,7 +79,7 @@ def _bwd_direction(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     REVERSE: tl.constexpr, HAS_DLAST: tl.constexpr, DZ: tl.constexpr, LANE_REDUCE: tl.constexpr,
     N_STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    LOG2_N: tl.constexpr, SUB: tl.constexpr,
+    LOG2_N: tl.constexpr,
 ):  # fmt: skip
     states = tl.arange(0, BLOCK_N)
     mask_n = states < N_STATE
@@ -144,62 +147,24 @@ def _bwd_direction(
             s = BLOCK_L // SUB - 1 - sj
             p = c * BLOCK_L + s * SUB
             h = _load_rows(scratch + s * BLOCK_N * BLOCK_D, BLOCK_D, mask_d, states, N_STATE, BLOCK_N)
-            if SUB == 4:
-                t0, ok0, m0, u0, r0, d0, B0 = _load_step(p, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l,
-                                                    s_B_l, bias, mask_n, HAS_BIAS, SOFTPLUS, REVERSE)  # fmt: skip
-                h0 = _exp2_ftz(d0[None, :] * A2) * h + (d0 * u0)[None, :] * B0[:, None]
-                t1, ok1, m1, u1, r1, d1, B1 = _load_step(p + 1, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l,
-                                                    s_B_l, bias, mask_n, HAS_BIAS, SOFTPLUS, REVERSE)  # fmt: skip
-                h1 = _exp2_ftz(d1[None, :] * A2) * h0 + (d1 * u1)[None, :] * B1[:, None]
-                t2, ok2, m2, u2, r2, d2, B2 = _load_step(p + 2, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l,
-                                                    s_B_l, bias, mask_n, HAS_BIAS, SOFTPLUS, REVERSE)  # fmt: skip
-                h2 = _exp2_ftz(d2[None, :] * A2) * h1 + (d2 * u2)[None, :] * B2[:, None]
-                t3, ok3, m3, u3, r3, d3, B3 = _load_step(p + 3, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l,
-                                                    s_B_l, bias, mask_n, HAS_BIAS, SOFTPLUS, REVERSE)  # fmt: skip
-                h3 = _exp2_ftz(d3[None, :] * A2) * h2 + (d3 * u3)[None, :] * B3[:, None]
-                v, dA, dD_acc, dbias_acc = _grad_step(
-                    h3, v, t3, ok3, m3, u3, r3, d3, A2, Dv, lane, dA, dD_acc, dbias_acc,
-                    B_base, s_B_l, C_base, z_base, do_base, y_base, du_base, ddt_base, dz_base, part_row, part_lane,
-                    part_mask, offs_n2, s_C_l, s_z_l, s_do_l, s_y_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
-                    HAS_D, HAS_Z, SOFTPLUS, DZ, LANE_REDUCE, BLOCK_N,
-                )  # fmt: skip
-                v, dA, dD_acc, dbias_acc = _grad_step(
-                    h2, v, t2, ok2, m2, u2, r2, d2, A2, Dv, lane, dA, dD_acc, dbias_acc,
-                    B_base, s_B_l, C_base, z_base, do_base, y_base, du_base, ddt_base, dz_base, part_row, part_lane,
-                    part_mask, offs_n2, s_C_l, s_z_l, s_do_l, s_y_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
-                    HAS_D, HAS_Z, SOFTPLUS, DZ, LANE_REDUCE, BLOCK_N,
-                )  # fmt: skip
-                v, dA, dD_acc, dbias_acc = _grad_step(
-                    h1, v, t1, ok1, m1, u1, r1, d1, A2, Dv, lane, dA, dD_acc, dbias_acc,
-                    B_base, s_B_l, C_base, z_base, do_base, y_base, du_base, ddt_base, dz_base, part_row, part_lane,
-                    part_mask, offs_n2, s_C_l, s_z_l, s_do_l, s_y_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
-                    HAS_D, HAS_Z, SOFTPLUS, DZ, LANE_REDUCE, BLOCK_N,
-                )  # fmt: skip
-                v, dA, dD_acc, dbias_acc = _grad_step(
-                    h0, v, t0, ok0, m0, u0, r0, d0, A2, Dv, lane, dA, dD_acc, dbias_acc,
-                    B_base, s_B_l, C_base, z_base, do_base, y_base, du_base, ddt_base, dz_base, part_row, part_lane,
-                    part_mask, offs_n2, s_C_l, s_z_l, s_do_l, s_y_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
-                    HAS_D, HAS_Z, SOFTPLUS, DZ, LANE_REDUCE, BLOCK_N,
-                )  # fmt: skip
-            else:  # SUB == 2
-                t0, ok0, m0, u0, r0, d0, B0 = _load_step(p, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l,
-                                                    s_B_l, bias, mask_n, HAS_BIAS, SOFTPLUS, REVERSE)  # fmt: skip
-                h0 = _exp2_ftz(d0[None, :] * A2) * h + (d0 * u0)[None, :] * B0[:, None]
-                t1, ok1, m1, u1, r1, d1, B1 = _load_step(p + 1, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l,
-                                                    s_B_l, bias, mask_n, HAS_BIAS, SOFTPLUS, REVERSE)  # fmt: skip
-                h1 = _exp2_ftz(d1[None, :] * A2) * h0 + (d1 * u1)[None, :] * B1[:, None]
-                v, dA, dD_acc, dbias_acc = _grad_step(
-                    h1, v, t1, ok1, m1, u1, r1, d1, A2, Dv, lane, dA, dD_acc, dbias_acc,
-                    B_base, s_B_l, C_base, z_base, do_base, y_base, du_base, ddt_base, dz_base, part_row, part_lane,
-                    part_mask, offs_n2, s_C_l, s_z_l, s_do_l, s_y_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
-                    HAS_D, HAS_Z, SOFTPLUS, DZ, LANE_REDUCE, BLOCK_N,
-                )  # fmt: skip
-                v, dA, dD_acc, dbias_acc = _grad_step(
-                    h0, v, t0, ok0, m0, u0, r0, d0, A2, Dv, lane, dA, dD_acc, dbias_acc,
-                    B_base, s_B_l, C_base, z_base, do_base, y_base, du_base, ddt_base, dz_base, part_row, part_lane,
-                    part_mask, offs_n2, s_C_l, s_z_l, s_do_l, s_y_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
-                    HAS_D, HAS_Z, SOFTPLUS, DZ, LANE_REDUCE, BLOCK_N,
-                )  # fmt: skip
+            t0, ok0, m0, u0, r0, d0, B0 = _load_step(p, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l,
+                                                     s_B_l, bias, mask_n, HAS_BIAS, SOFTPLUS, REVERSE)  # fmt: skip
+            h0 = _exp2_ftz(d0[None, :] * A2) * h + (d0 * u0)[None, :] * B0[:, None]
+            t1, ok1, m1, u1, r1, d1, B1 = _load_step(p + 1, length, mask_d, u_base, dt_base, B_base, s_u_l, s_dt_l,
+                                                     s_B_l, bias, mask_n, HAS_BIAS, SOFTPLUS, REVERSE)  # fmt: skip
+            h1 = _exp2_ftz(d1[None, :] * A2) * h0 + (d1 * u1)[None, :] * B1[:, None]
+            v, dA, dD_acc, dbias_acc = _grad_step(
+                h1, v, t1, ok1, m1, u1, r1, d1, A2, Dv, lane, dA, dD_acc, dbias_acc,
+                B_base, s_B_l, C_base, z_base, do_base, y_base, du_base, ddt_base, dz_base, part_row, part_lane,
+                part_mask, offs_n2, s_C_l, s_z_l, s_do_l, s_y_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
+                HAS_D, HAS_Z, SOFTPLUS, DZ, LANE_REDUCE, BLOCK_N,
+            )  # fmt: skip
+            v, dA, dD_acc, dbias_acc = _grad_step(
+                h0, v, t0, ok0, m0, u0, r0, d0, A2, Dv, lane, dA, dD_acc, dbias_acc,
+                B_base, s_B_l, C_base, z_base, do_base, y_base, du_base, ddt_base, dz_base, part_row, part_lane,
+                part_mask, offs_n2, s_C_l, s_z_l, s_do_l, s_y_l, s_du_l, s_ddt_l, s_dz_l, out_scale, mask_n,
+                HAS_D, HAS_Z, SOFTPLUS, DZ, LANE_REDUCE, BLOCK_N,
+            )  # fmt: skip
 
     # Offsets recomputed here (a runtime-1 factor keeps the compiler from reusing, and so holding through the
     # loops, those of the prologue).
@@ -232,7 +197,7 @@ def _scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     REVERSE: tl.constexpr, BIDIRECTIONAL: tl.constexpr, HAS_DLAST: tl.constexpr, LANE_REDUCE: tl.constexpr,
     N_STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    LOG2_N: tl.constexpr, SUB: tl.constexpr,
+    LOG2_N: tl.constexpr,
 ):  # fmt: skip
     # Grid (batch * G, channel blocks, directions): a bidirectional call runs each direction in its own programs
     # (program_id(2) 0: the forward scan, 1: the backward scan), so a program holds one direction's values only.
@@ -258,7 +223,7 @@ def _scan_bwd_kernel(
             s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l, s_y_b, s_y_d, s_y_l,
             s0_du_b, s0_du_d, s0_du_l, s0_ddt_b, s0_ddt_d, s0_ddt_l, s_dz_b, s_dz_d, s_dz_l,
             HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, HAS_DLAST, 1, LANE_REDUCE,
-            N_STATE, BLOCK_L, BLOCK_D, BLOCK_N, LOG2_N, SUB,
+            N_STATE, BLOCK_L, BLOCK_D, BLOCK_N, LOG2_N,
         )  # fmt: skip
     elif pid_dir == 0:
         # dz from the ungated y of both directions (saved by the forward), in these programs only.
@@ -272,7 +237,7 @@ def _scan_bwd_kernel(
             s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l, s_y_b, s_y_d, s_y_l,
             s0_du_b, s0_du_d, s0_du_l, s0_ddt_b, s0_ddt_d, s0_ddt_l, s_dz_b, s_dz_d, s_dz_l,
             HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, False, HAS_DLAST, 2, LANE_REDUCE,
-            N_STATE, BLOCK_L, BLOCK_D, BLOCK_N, LOG2_N, SUB,
+            N_STATE, BLOCK_L, BLOCK_D, BLOCK_N, LOG2_N,
         )  # fmt: skip
     else:
         n_saved = tl.maximum(n_chunks - 1, 1)
@@ -287,20 +252,8 @@ def _scan_bwd_kernel(
             s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l, s_y_b, s_y_d, s_y_l,
             s1_du_b, s1_du_d, s1_du_l, s1_ddt_b, s1_ddt_d, s1_ddt_l, s_dz_b, s_dz_d, s_dz_l,
             HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, HAS_DLAST, 0, LANE_REDUCE,
-            N_STATE, BLOCK_L, BLOCK_D, BLOCK_N, LOG2_N, SUB,
+            N_STATE, BLOCK_L, BLOCK_D, BLOCK_N, LOG2_N,
         )  # fmt: skip
-
-
-def loop_trips(kwargs: dict, length: int) -> tuple[int, ...]:
-    """Trip counts of the backward kernel's loops by nesting depth (the chunk loop, then the two walks inside it),
-    for the static cost report."""
-    return (triton.cdiv(length, kwargs["BLOCK_L"]), kwargs["BLOCK_L"] // kwargs["SUB"])
-
-
-def direction_branches(kwargs: dict) -> int:
-    """Direction branches in the backward kernel's code of which each program runs one (the grid's last axis), for
-    the static cost report: 2 for a bidirectional call, else 1."""
-    return 2 if kwargs["BIDIRECTIONAL"] else 1
 
 
 def _lane_reduce(block_d: int, num_warps: int, block_n: int) -> bool:
@@ -320,9 +273,9 @@ def _backward(
     dlast: Tensor | None,
     out_scale: float,
     config: ScanConfig,
-) -> list[tuple[Tensor | None, ...]]:
-    """Launch the backward kernel. Returns, per direction, (du, ddelta, dA, dB, dC, dD, ddelta_bias) in the inputs'
-    dtypes, and dz as the last entry of the first direction's tuple. ``y_ungated``: the forward's y_fwd + y_bwd of a
+) -> list[ScanGrads]:
+    """Launch the backward kernel. Returns the gradients of each direction in the inputs' dtypes; dz (z is shared) in
+    the first direction's. ``y_ungated``: the forward's y_fwd + y_bwd of a
     bidirectional call with z (dz needs both directions' y; each program runs one direction)."""
     shape = _check_pair(first, second, z) if second is not None else check_inputs(*first[:6], z, first[6])
     n_dirs = 2 if second is not None else 1
@@ -344,7 +297,7 @@ def _backward(
     # Deterministic reductions: per-warp (or per-program) partials of dB / dC, per-batch partials of dA / dD / dbias.
     part = new_output((n_dirs, n_dblocks, shape.batch, shape.groups, shape.length, 2 * block_n), torch.float32,
                       u.device)  # fmt: skip
-    scratch = torch.empty(math.prod(grid) * config.block_l * block_n * config.block_d // SUB, device=u.device)
+    scratch = torch.empty(math.prod(grid) * config.block_l * block_n * config.block_d // SUB.value, device=u.device)
     dA_part = new_output((n_dirs, shape.batch, shape.dim, shape.d_state), torch.float32, u.device)
     dD_part = new_output((n_dirs, shape.batch, shape.dim), torch.float32, u.device)
     dbias_part = new_output((n_dirs, shape.batch, shape.dim), torch.float32, u.device)
@@ -399,7 +352,6 @@ def _backward(
         BLOCK_D=config.block_d,
         BLOCK_N=block_n,
         LOG2_N=block_n.bit_length() - 1,
-        SUB=SUB,
         num_warps=config.num_warps_bwd,
         maxnreg=255,  # an explicit bound keeps ptxas from spilling for occupancy (see triton_scan_fwd)
     )
@@ -412,17 +364,17 @@ def _backward(
         dB = sums[..., :n].transpose(2, 3)
         dC = sums[..., block_n : block_n + n].transpose(2, 3)
         results.append(
-            (
-                du[i],
-                ddelta[i],
-                dA_part[i].sum(0).to(A.dtype),
-                dB.reshape(B.shape).to(B.dtype),
-                dC.reshape(C.shape).to(C.dtype),
-                dD_part[i].sum(0).to(D.dtype) if D is not None else None,
-                dbias_part[i].sum(0).to(bias.dtype) if bias is not None else None,
+            ScanGrads(
+                u=du[i],
+                delta=ddelta[i],
+                A=dA_part[i].sum(0).to(A.dtype),
+                B=dB.reshape(B.shape).to(B.dtype),
+                C=dC.reshape(C.shape).to(C.dtype),
+                D=dD_part[i].sum(0).to(D.dtype) if D is not None else None,
+                z=dz if i == 0 else None,
+                delta_bias=dbias_part[i].sum(0).to(bias.dtype) if bias is not None else None,
             )
         )
-    results[0] = (*results[0], dz)
     return results
 
 
@@ -441,13 +393,13 @@ def scan_backward(
     dout: Tensor,
     dlast: Tensor | None,
     config: ScanConfig = DEFAULT_CONFIG,
-) -> tuple[Tensor | None, ...]:
-    """One direction: du, ddelta, dA, dB, dC, dD, dz, ddelta_bias in the inputs' dtypes."""
+) -> ScanGrads:
+    """One direction: the gradients of u, delta, A, B, C, D, z, delta_bias in the inputs' dtypes."""
     dlast4 = dlast.unsqueeze(0) if dlast is not None else None
-    ((du, ddelta, dA, dB, dC, dD, dbias, dz),) = _backward(
+    (grads,) = _backward(
         (u, delta, A, B, C, D, delta_bias), None, z, delta_softplus, reverse, chunks, None, dout, dlast4, 1.0, config
     )
-    return du, ddelta, dA, dB, dC, dD, dz, dbias
+    return grads
 
 
 def scan_backward_bidirectional(
@@ -466,10 +418,14 @@ def scan_backward_bidirectional(
     dlast: Tensor | None,
     out_scale: float = 1.0,
     config: ScanConfig = DEFAULT_CONFIG,
-) -> list[tuple[Tensor | None, ...]]:
-    """Gradients of both directions: [(du, ddelta, dA, dB, dC, dD, dbias, dz), (du, ddelta, dA, dB, dC, dD, dbias)].
+) -> tuple[ScanGrads, ScanGrads]:
+    """Gradients of both directions, (forward, backward); dz (z is shared) in the forward direction's, None in the
+    other.
 
     ``chunks`` and ``y_ungated`` are what :func:`scan_forward_bidirectional` saved (y_ungated: None without z)."""
     first = (u[0], delta[0], A[0], B[0], C[0], D[0], delta_bias[0])
     second = (u[1], delta[1], A[1], B[1], C[1], D[1], delta_bias[1])
-    return _backward(first, second, z, delta_softplus, False, chunks, y_ungated, dout, dlast, out_scale, config)
+    forward_grads, backward_grads = _backward(
+        first, second, z, delta_softplus, False, chunks, y_ungated, dout, dlast, out_scale, config
+    )
+    return forward_grads, backward_grads

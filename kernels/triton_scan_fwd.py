@@ -191,12 +191,6 @@ def _scan_fwd_kernel(
 FWD_MAX_REGISTERS = 168  # three programs of 4 warps per SM (the compile gate's forward budget)
 
 
-def loop_trips(kwargs: dict, length: int) -> tuple[int, ...]:
-    """Trip counts of the forward kernel's loops by nesting depth (the chunk loop, then the loop of UNROLL-position
-    steps inside it), for the static cost report."""
-    return (triton.cdiv(length, kwargs["BLOCK_L"]), kwargs["BLOCK_L"] // kwargs["UNROLL"])
-
-
 def _forward(
     first: Inputs,
     second: Inputs | None,

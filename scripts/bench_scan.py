@@ -229,10 +229,31 @@ def bench_gpu(args: argparse.Namespace) -> None:
     print("achieved = max(bytes floor, exp floor) / measured median")
 
 
+def loop_trips(kernel: str, kwargs: dict, length: int) -> tuple[int, ...]:
+    """Trip counts of this checkout's kernels' loops by nesting depth at ``length``, read off their code: the chunk
+    loop, then inside it the forward's loop over steps of UNROLL positions and the backward's two walks over
+    sub-chunks of triton_scan_bwd.SUB positions. Any other kernel (an older version given with --module) is counted
+    by its chunk loop only."""
+    chunks = math.ceil(length / kwargs["BLOCK_L"])
+    if kernel == "_scan_fwd_kernel":
+        return (chunks, kwargs["BLOCK_L"] // kwargs["UNROLL"])
+    if kernel == "_scan_bwd_kernel":
+        from cavmae.kernels.triton_scan_bwd import SUB
+
+        return (chunks, kwargs["BLOCK_L"] // SUB.value)
+    return (chunks,)
+
+
+def disjoint_branches(kernel: str, kwargs: dict) -> int:
+    """Code branches of which each program runs one: this checkout's bidirectional backward holds both directions
+    and runs one per program (the grid's last axis), so its per-thread counts are divided by 2."""
+    return 2 if kernel == "_scan_bwd_kernel" and kwargs.get("BIDIRECTIONAL") else 1
+
+
 def static_report(args: argparse.Namespace) -> None:
     import json
 
-    from cavmae.kernels import compile_gate
+    import compile_gate  # scripts/compile_gate.py, beside this script
 
     for key, value in GPU_SHAPE.items():
         if getattr(args, key) is None:
@@ -241,8 +262,6 @@ def static_report(args: argparse.Namespace) -> None:
     rows = []
     for label, path in modules:
         module = compile_gate.load_module(path)
-        trips_of = getattr(module, "LOOP_TRIPS", {})
-        branches_of = getattr(module, "BRANCHES", {})
         specs = [compile_gate.Spec("one direction", batch=2, d_state=args.d_state, dtype=DTYPES[args.dtype])]
         if hasattr(module, "scan_forward_bidirectional"):
             specs.append(
@@ -260,14 +279,10 @@ def static_report(args: argparse.Namespace) -> None:
             fwd = next(x for x in launches if "fwd" in x.kernel.__name__ and x.kwargs.get("SAVE_CHUNKS"))
             bwd = next(x for x in launches if "bwd" in x.kernel.__name__)
             for role, launch in (("forward (saving chunk states)", fwd), ("backward", bwd)):
-                name = launch.kernel.__name__
-                trips = (
-                    trips_of[name](launch.kwargs, args.length)
-                    if name in trips_of
-                    else (math.ceil(args.length / launch.kwargs["BLOCK_L"]),)  # a kernel with only a chunk loop
-                )
-                result = compile_gate.compile_launch(launch, 90, spec.name, with_sass=True, trips=tuple(trips))
-                branches = branches_of[name](launch.kwargs) if name in branches_of else 1
+                name = launch.kernel.__name__ if path is None else "(other version)"
+                trips = loop_trips(name, launch.kwargs, args.length)
+                result = compile_gate.compile_launch(launch, 90, spec.name, with_sass=True, trips=trips)
+                branches = disjoint_branches(name, launch.kwargs)
                 rows.append(static_row(args, label, spec, role, launch, result, branches))
                 log_row(rows[-1])
     n_chunks = math.ceil(args.length / 64)
@@ -286,7 +301,7 @@ def static_report(args: argparse.Namespace) -> None:
                 }
     report = {"shape": GPU_SHAPE | {"d_state": args.d_state, "dtype": args.dtype}, "sms": args.sms,
               "clock_hz": args.clock, "exp_rate": args.exp_rate, "bandwidth": args.bandwidth, "floor_ms": floor_s * 1e3,
-              "modules": {label: path or "cavmae/kernels (this checkout)" for label, path in modules},
+              "modules": {label: path or "kernels/ (this checkout)" for label, path in modules},
               "kernels": rows, "summary": summary}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_scan_static.json").write_text(json.dumps(report, indent=1, default=str))
@@ -298,7 +313,7 @@ def static_row(args, label, spec, role, launch, result, branches: int = 1) -> di
     """Per-element counts of a compiled kernel and its estimated time at the GPU shape.
 
     The SASS counts are dynamic per thread: each instruction weighted by the trip counts of the loops around it at
-    the GPU shape (compile_tools.sass_counts), divided by ``branches`` where the code holds that many disjoint
+    the GPU shape (kernel_sass.sass_counts), divided by ``branches`` where the code holds that many disjoint
     branches of which each program runs one (the bidirectional backward: one direction per program; the few
     instructions before the branch are divided too). Scaled to the GPU shape's grid (the launch was recorded at the
     spec's batch) they give the thread-instructions of the whole launch; per element = that / (batch x dim x L x N

@@ -23,6 +23,8 @@ from scan_helpers import (
     check_against_reference,
     flipped,
     make_inputs,
+    nan_filled_outputs,
+    output_allocators,
     relative_error,
     run,
     small_tiles,
@@ -35,7 +37,6 @@ from cavmae.kernels import (
     selective_scan_reference,
     selective_scan_torch,
 )
-from cavmae.kernels._common import nan_filled_outputs, new_output
 
 # Sizes: odd channel counts and state sizes, lengths 1 / 7 / 63 / 64 / 300 / 1029, every optional input on and off.
 TORCH_CASES = [
@@ -188,10 +189,26 @@ def test_gradcheck_float64(fn: Callable[..., object], reverse: bool) -> None:
     assert torch.autograd.gradcheck(scan, tuple(x[k] for k in NAMES))
 
 
-def test_nan_filled_outputs_fills_new_buffers() -> None:
+def test_nan_filled_outputs_reaches_every_implementation_and_shows_an_unwritten_element() -> None:
+    from cavmae.kernels import torch_scan as torch_module
+
+    triton_scan()
+    patched = {module.__name__ for module in output_allocators()}
+    implementations = ("torch_scan", "_triton_common", "triton_scan_fwd", "triton_scan_bwd")
+    assert patched >= {f"cavmae.kernels.{name}" for name in implementations}, patched
     with nan_filled_outputs():
-        assert new_output((3, 4), torch.float32, torch.device("cpu")).isnan().all()
-        assert new_output((2,), torch.bfloat16, torch.device("cpu")).isnan().all()
+        for module in output_allocators():
+            assert module.new_output((3, 4), torch.float32, torch.device("cpu")).isnan().all(), module.__name__
+
+    def leaves_one_element_unwritten(**kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+        out, last = selective_scan_torch(**kwargs)
+        result = torch_module.new_output(tuple(out.shape), out.dtype, out.device)
+        result.view(-1)[1:] = out.reshape(-1)[1:]
+        return result, last
+
+    check_against_reference(selective_scan_torch, Case(5, batch=1, dim=2))
+    with pytest.raises(AssertionError, match="relative error above"):
+        check_against_reference(leaves_one_element_unwritten, Case(5, batch=1, dim=2))
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from scan_helpers import (
     Case,
     flipped,
     make_inputs,
+    nan_filled_outputs,
     relative_error,
     run,
     triton_scan,
@@ -24,7 +25,6 @@ from cavmae.kernels import (
     selective_scan_bidirectional,
     selective_scan_reference,
 )
-from cavmae.kernels._common import nan_filled_outputs
 
 
 @pytest.mark.parametrize("impl", ["reference", "torch", "triton"])
@@ -164,3 +164,46 @@ def test_fused_backward_with_gate_needs_the_saved_ungated_y() -> None:
     torch.testing.assert_close(y_ungated * torch.nn.functional.silu(z), out)  # out = (y_fwd + y_bwd) * silu(z)
     with pytest.raises(ValueError, match="y_ungated"):
         module.scan_backward_bidirectional(*pair, z, bias, True, chunks, None, torch.ones_like(out), None)
+
+
+def test_both_backward_launchers_return_each_gradient_under_its_arguments_name() -> None:
+    # One order for the backward's gradients, the arguments' (u, delta, A, B, C, D, z, delta_bias), named, in the
+    # one-direction and the bidirectional launcher alike: each gradient (all distinct, D and delta_bias or u and z of
+    # the same shape too) is checked by name against the reference's gradient of that argument.
+    module = triton_scan()
+    config = module.ScanConfig(block_l=16, block_d=4, block_d_fwd=4)
+    case = Case(21, batch=1, dim=4, d_state=2)
+    fwd, bwd = make_inputs(case, seed=20), make_inputs(case, seed=21)
+    z = fwd["z"]
+    dout = torch.randn(z.shape, generator=torch.Generator().manual_seed(22))
+    x = {k: v.detach() for k, v in fwd.items()}
+
+    def reference_grads(out: torch.Tensor, leaves: dict) -> dict:
+        return dict(zip(leaves, torch.autograd.grad(out, tuple(leaves.values()), dout.double())))
+
+    as64 = [{k: v.detach().double().requires_grad_() for k, v in inputs.items()} for inputs in (fwd, bwd)]
+    z64 = as64[0]["z"]
+    one = reference_grads(selective_scan_reference(**as64[0], delta_softplus=True), as64[0])
+    _, _, chunks = module.scan_forward(*(x[k] for k in NAMES), True, False, True, config=config)
+    grads = module.scan_backward(*(x[k] for k in NAMES), True, False, chunks, dout, None, config=config)
+    assert grads._fields == NAMES
+    for name in NAMES:
+        assert relative_error(getattr(grads, name).double(), one[name]) <= 1e-4, f"one direction: d{name}"
+
+    both_out = selective_scan_reference(**as64[0], delta_softplus=True) + selective_scan_reference(
+        **{**as64[1], "z": z64}, delta_softplus=True, reverse=True
+    )
+    keys = [k for k in NAMES if k != "z"]
+    leaves = {**{("f", k): as64[0][k] for k in keys}, **{("b", k): as64[1][k] for k in keys}, ("f", "z"): z64}
+    both = reference_grads(both_out, leaves)
+    pair = [(x[k], bwd[k].detach()) for k in ("u", "delta", "A", "B", "C", "D")]
+    bias = (x["delta_bias"], bwd["delta_bias"].detach())
+    out, _, chunks, y_ungated = module.scan_forward_bidirectional(*pair, z.detach(), bias, True, True, config=config)
+    forward_grads, backward_grads = module.scan_backward_bidirectional(
+        *pair, z.detach(), bias, True, chunks, y_ungated, dout, None, config=config
+    )
+    assert forward_grads._fields == backward_grads._fields == NAMES and backward_grads.z is None
+    for direction, found in (("f", forward_grads), ("b", backward_grads)):
+        for name in keys + (["z"] if direction == "f" else []):
+            error = relative_error(getattr(found, name).double(), both[direction, name])
+            assert error <= 1e-4, f"bidirectional, {direction} direction: d{name}"

@@ -2,9 +2,10 @@
 a machine without a GPU, within the register budget and without spills (no stack frame), under our Triton and under
 Triton 3.6 (the version of the GPU image we target). The interpreter tests cannot see a kernel that does not compile.
 
-Triton 3.6 lives in its own folder (``pip install --target <dir> --no-deps triton==3.6.0``; .ci/run installs it):
-CAVMAE_TRITON36_DIR names it (default ~/.cache/cavmae/triton-3.6). Without it the 3.6 test is skipped with a reason,
-unless CAVMAE_REQUIRE_TRITON36=1 (set by CI), where its absence is a failure.
+The gate is tooling outside the installed package: scripts/compile_gate.py (and scripts/kernel_sass.py, which compiles
+one launch), run here as a script. Triton 3.6 lives in its own folder (``pip install --target <dir> --no-deps
+triton==3.6.0``; .ci/run installs it): CAVMAE_TRITON36_DIR names it (default ~/.cache/cavmae/triton-3.6). Without it
+the 3.6 test is skipped with a reason, unless CAVMAE_REQUIRE_TRITON36=1 (set by CI), where its absence is a failure.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
 TRITON36_DIR = Path(os.environ.get("CAVMAE_TRITON36_DIR", Path.home() / ".cache" / "cavmae" / "triton-3.6"))
 REQUIRE_TRITON36 = os.environ.get("CAVMAE_REQUIRE_TRITON36") == "1"
 GATE_TIMEOUT_S = 1800  # both gates run at once: 4-9 min each on a cold Triton cache, 25 min seen on a loaded machine
@@ -38,7 +40,7 @@ def start_gate(tmp: Path, name: str, extra_path: Path | None = None) -> tuple[su
     out = tmp / f"{name}.json"
     log = (tmp / f"{name}.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cavmae.kernels.compile_gate", "--json", str(out)],
+        [sys.executable, str(SCRIPTS / "compile_gate.py"), "--json", str(out)],
         cwd=REPO,
         env=compiler_env(extra_path),
         stdout=log,
@@ -143,7 +145,8 @@ def test_the_gate_reports_a_kernel_that_only_the_interpreter_accepts(tmp_path: P
     script = textwrap.dedent(
         f"""
         import importlib.util, sys, torch
-        from cavmae.kernels import compile_gate
+        sys.path.insert(0, {str(SCRIPTS)!r})
+        import compile_gate
         spec = importlib.util.spec_from_file_location("broken_kernel", {str(kernel_file)!r})
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -157,3 +160,11 @@ def test_the_gate_reports_a_kernel_that_only_the_interpreter_accepts(tmp_path: P
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("FAILED") and "constexpr" in proc.stdout, proc.stdout
+
+
+def test_the_package_holds_no_compile_or_sass_tooling() -> None:
+    # The gate and the SASS tools are scripts; the kernels export nothing that only the static report reads.
+    assert not list((REPO / "kernels").glob("compile*.py"))
+    from cavmae.kernels import triton_scan
+
+    assert not {"LOOP_TRIPS", "BRANCHES"} & set(vars(triton_scan))

@@ -22,8 +22,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Label indices shipped with the package (files in the repository's data/, reached through the symlink
-# cavmae/data/label_files -> ../../data and installed as package data; sources and licences in data/README.md).
+# Label indices shipped with the package: the repository's data/*.csv (sources and licences in data/README.md),
+# installed as package data in cavmae/data/label_files (pyproject.toml's package mapping).
 BUNDLED_LABEL_CSVS = {
     "audioset": "class_labels_indices_as.csv",  # AudioSet: 527 classes, index,mid,display_name
     "vggsound": "class_labels_indices_vgg.csv",  # VGGSound: 309 classes, CAV-MAE's order, mids vgg_0..vgg_308
@@ -31,11 +31,20 @@ BUNDLED_LABEL_CSVS = {
 BUNDLED_NUM_CLASSES = {"audioset": 527, "vggsound": 309}
 
 
+def label_files_dir() -> Path:
+    """Where the bundled label indices are: cavmae/data/label_files in an install (wheel or editable), else the
+    checkout's data/ (a plain checkout on PYTHONPATH)."""
+    installed = Path(__file__).parent / "label_files"
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parents[2] / "data"
+
+
 def bundled_label_csv(dataset: str) -> Path:
     """Path of the label index shipped for `dataset` ('audioset' or 'vggsound')."""
     if dataset not in BUNDLED_LABEL_CSVS:
         raise ValueError(f"no bundled label index for {dataset!r}; expected one of {sorted(BUNDLED_LABEL_CSVS)}")
-    return Path(__file__).resolve().parent / "label_files" / BUNDLED_LABEL_CSVS[dataset]
+    return label_files_dir() / BUNDLED_LABEL_CSVS[dataset]
 
 
 def bundled_label_csv_for(num_classes: int) -> Path | None:

@@ -1,14 +1,15 @@
 """Compile every selective-scan kernel specialisation for real GPU targets, on a machine without a GPU.
 
 Triton's interpreter (TRITON_INTERPRET=1) runs a kernel as Python and accepts code that the compiler rejects, so the
-interpreter tests cannot see a kernel that fails to compile. This module holds what is gated (the calls the GPU
+interpreter tests cannot see a kernel that fails to compile. This script holds what is gated (the calls the GPU
 path and the GPU tests make, :func:`default_specs`, the register budgets and the no-spill rule) and drives the
 launchers of ``cavmae.kernels.triton_scan`` on CPU tensors with every kernel replaced by a recorder (nothing is
-launched); ``compile_tools.py`` turns each recorded launch into the specialisation the JIT would build and compiles
-it with the real compiler for sm_90 / sm_80, reading registers and spills from the cubin.
+launched); ``kernel_sass.py`` beside it turns each recorded launch into the specialisation the JIT would build and
+compiles it with the real compiler for sm_90 / sm_80, reading registers and spills from the cubin. Tooling, not part
+of the installed package: run it from a checkout (tests/test_scan_compile.py runs it in CI).
 
-    python -m cavmae.kernels.compile_gate                   # sm_90 and sm_80, every specialisation; exit 1 on failure
-    python -m cavmae.kernels.compile_gate --json out.json   # also write the per-kernel figures
+    python scripts/compile_gate.py                   # sm_90 and sm_80, every specialisation; exit 1 on failure
+    python scripts/compile_gate.py --json out.json   # also write the per-kernel figures
 
 Run it with TRITON_INTERPRET unset (the kernels must be JIT functions, not interpreted ones).
 """
@@ -29,7 +30,9 @@ from types import ModuleType
 
 import torch
 
-from .compile_tools import Compiled, Launch, compile_launch, key_of
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's cavmae, installed or not
+
+from kernel_sass import Compiled, Launch, compile_launch, key_of  # noqa: E402
 
 __all__ = ["Compiled", "Launch", "Spec", "compile_launch", "default_specs", "record_launches", "run_gate"]
 
@@ -245,7 +248,7 @@ def run_gate(module: ModuleType, archs: tuple[int, ...], specs: list[Spec], with
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, action="append", help="compute capability, e.g. 90 (default: 90 and 80)")
-    parser.add_argument("--module", help="kernel file to check instead of cavmae/kernels/triton_scan.py")
+    parser.add_argument("--module", help="kernel file to check instead of kernels/triton_scan.py")
     parser.add_argument("--only", action="append", help="only the specs with these names")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)

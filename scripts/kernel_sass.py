@@ -5,7 +5,8 @@ would build (pointer dtypes, integers equal to 1 as constants, 16-divisibility h
 lowered with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` to PTX and cubin.
 ``cuobjdump -res-usage`` (shipped in the Triton wheel) reads the cubin's registers and stack frame (spills);
 ``nvdisasm`` gives the SASS whose instructions :func:`sass_counts` counts. Used by the compile gate
-(``compile_gate.py``) and the static cost report (``scripts/bench_scan.py --static``).
+(``compile_gate.py`` beside it) and the static cost report (``bench_scan.py --static``); tooling, not part of the
+installed package.
 """
 
 from __future__ import annotations
