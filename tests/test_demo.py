@@ -104,7 +104,7 @@ def test_backbone_reaches_every_training_config(tmp_path):
     data = DemoData(tmp_path, "train-{000000..000001}.tar", "heldout-000000.tar", 100, 20, ["a", "b"])
     for task in ("pretrain", "finetune"):
         cfg = demo_config(FULL, data, tmp_path / task, seed=3, backbone="mamba", task=task)
-        assert cfg.model.backbone == "mamba" and cfg.train.task == task and cfg.train.seed == 3
+        assert cfg.model.backbone == "mamba" and cfg.task == task and cfg.train.seed == 3
         # the Mamba recipe: width-matched blocks, contrastive embeddings from the unmasked streams
         assert cfg.model.mamba.expand == 1 and cfg.model.contrast_input == "unmasked"
         bare = demo_config(FULL, data, tmp_path / task, seed=3, backbone="mamba", task=task, recipe=False)
@@ -113,7 +113,7 @@ def test_backbone_reaches_every_training_config(tmp_path):
     assert pre.model.contrast_input == "masked" and pre.model.encoder_masking == "drop"  # the ViT: CAV-MAE's recipe
     ft = demo_config(FULL, data, tmp_path, seed=0, backbone="vit", task="finetune", init="x")
     assert pre.data.val_shards == [] and ft.data.val_shards == ["heldout-000000.tar"] and ft.train.init == "x"
-    assert ft.train.max_steps == FULL.finetune_steps and ft.train.avg_weights_from == 0
+    assert ft.train.max_steps == FULL.finetune_steps and ft.finetune.average_epochs is None
 
 
 def test_unknown_backbone_fails_before_any_work(tmp_path, caplog):

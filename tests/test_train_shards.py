@@ -55,11 +55,7 @@ def test_pretrain_and_finetune_from_shards(tiny_shards, tmp_path):
     assert lines[-1]["step"] == 3
     val = json.loads((pre / "val_metrics.jsonl").read_text().splitlines()[-1])
     assert 0.0 <= val["val/r1_v2a"] <= 1.0
-    ft = train(
-        shard_cfg(
-            tiny_shards, tmp_path / "ft", "train.task=finetune", f"train.init={pre / 'model'}", "train.ft_loss=bce"
-        )
-    )
+    ft = train(shard_cfg(tiny_shards, tmp_path / "ft", f"train.init={pre / 'model'}", "finetune.loss=bce"))
     val = json.loads((ft / "val_metrics.jsonl").read_text().splitlines()[-1])
     assert 0.0 <= val["val/mAP"] <= 1.0 and val["val/classes_scored"] == 4
 

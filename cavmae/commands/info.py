@@ -16,22 +16,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--kind",
         choices=["auto", "pretrain", "classifier"],
         default="auto",
-        help="model to build from the recipe; auto: classifier when train.task is finetune, else pretrain",
+        help="model to build from the recipe; auto: the classifier for a fine-tuning recipe (one with a finetune "
+        "section), else the pre-training model",
     )
     p.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. model.backbone=vit")
 
 
 def model_kind_for(kind: str, task: str) -> str:
-    """``--kind auto`` follows the recipe's ``train.task``: fine-tuning builds the classifier."""
+    """``--kind auto`` follows the recipe's task: fine-tuning builds the classifier."""
     if kind != "auto":
         return kind
     return "classifier" if task == "finetune" else "pretrain"
 
 
 def run(args: argparse.Namespace) -> int:
+    from cavmae.config import ConfigError, load_config
+
+    cfg = None
+    if not args.model:  # the recipe is checked before torch loads: a typo answers at once
+        try:
+            cfg = load_config(args.config, args.overrides)
+        except ConfigError as e:
+            log.error("%s", e)
+            return 2
+
     import yaml
 
-    from cavmae.config import ConfigError, load_config
     from cavmae.models.weights import CheckpointError, build_model, describe, load_model
 
     try:
@@ -41,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             print(json.dumps(describe(load_model(args.model)), indent=2))
             return 0
-        cfg = load_config(args.config, args.overrides)
-        model = build_model(model_kind_for(args.kind, cfg.train.task), cfg.model)
+        model = build_model(model_kind_for(args.kind, cfg.task), cfg.model)
     except (ConfigError, CheckpointError) as e:
         log.error("%s", e)
         return 2

@@ -50,7 +50,7 @@ def choose_mode(trained_mode: str, has_audio: bool, has_video: bool) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from cavmae.config import Config
+    from cavmae.config import Config, FinetuneConfig
     from cavmae.data.labels import LabelIndex, bundled_label_csv_for
     from cavmae.data.media import MediaError
     from cavmae.eval.classify import classify
@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         path = Path(args.model)
         cfg = from_pretrained(path)[1] if path.is_dir() else Config()
+        finetune = cfg.finetune or FinetuneConfig()  # a public .pth: audio-visual, multi-label
         model = load_model(path)
         if not isinstance(model, CAVMAEClassifier):
             log.error("%s is a pre-training model; predict needs a fine-tuned classifier", args.model)
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     for file in args.files:
         try:
             x = load_file(file, model.cfg, all_frames=args.ten_frames, audio_channel=args.audio_channel)
-            mode = choose_mode(cfg.train.ft_mode, x.audio is not None, x.frames is not None)
+            mode = choose_mode(finetune.inputs, x.audio is not None, x.frames is not None)
             batch = {"audio": x.audio, "frames": x.frames}
             batch = {k: v.to(args.device) if v is not None else None for k, v in batch.items()}
             with torch.no_grad():
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             log.error("%s", e)
             failed += 1
             continue
-        probs = logits.float().sigmoid() if cfg.train.ft_loss == "bce" else logits.float().softmax(-1)
+        probs = logits.float().sigmoid() if finetune.loss == "bce" else logits.float().softmax(-1)
         scores, idx = probs.topk(min(args.top_k, probs.numel()))
         top = [
             {"class": int(i), "name": names[i] if names and i < len(names) else str(int(i)), "score": float(s)}

@@ -179,10 +179,8 @@ def demo_config(
             "schedule": "cosine",
             "warmup_steps": 10 if pretrain else 5,
             "weight_decay": 0.01,
-            "head_lr_mult": 1.0 if pretrain else 10.0,
         },
         "train": {
-            "task": task,
             "init": init,
             "seed": seed,
             "max_steps": s.pretrain_steps if pretrain else s.finetune_steps,
@@ -195,10 +193,10 @@ def demo_config(
             "val_every": 0 if pretrain else s.finetune_eval_every,
             "val_at_start": not pretrain,  # both fine-tuning curves start from their initial accuracy
             "wandb_mode": "disabled",
-            "ft_loss": "ce",
-            "avg_weights_from": 0,  # same number of steps, no weight averaging: a like-for-like comparison
         },
     }
+    if not pretrain:  # same number of steps, no weight averaging: a like-for-like comparison
+        updates["finetune"] = {"loss": "ce", "head_lr_mult": 10.0, "average_epochs": None}
     if recipe:
         merge_nested(updates["model"], BACKBONE_RECIPES.get(backbone, {}))
     cfg = Config()
