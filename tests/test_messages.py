@@ -115,6 +115,24 @@ def test_a_config_error_answers_before_torch_is_imported(argv):
     assert "train.epoch'; did you mean 'train.epochs'?" in last or "fine-tuning settings" in last, last
 
 
+def test_a_missing_demo_recipe_answers_before_torch_is_imported(tmp_path):
+    """An installed copy without its recipes: the demo says which one is missing before writing anything."""
+    script = CHECK_BEFORE_TORCH.replace(
+        "from cavmae.cli import main",
+        "from cavmae.config import loading\nloading.__file__ = sys.argv.pop(1)\nfrom cavmae.cli import main",
+    )
+    fake = tmp_path / "site" / "cavmae" / "config" / "loading.py"
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(fake), "demo", "--out", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"code": 2, "torch": False}, out.stderr
+    assert "no shipped recipe 'tiny'" in out.stderr and not (tmp_path / "demo").exists()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # --resume
 

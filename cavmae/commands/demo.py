@@ -27,6 +27,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cavmae.config import ConfigError
+    from cavmae.demo.settings import check_recipes
+
+    try:  # the recipes the runs start from, before torch loads
+        check_recipes(args.backbone)
+    except ConfigError as e:
+        log.error("%s", e)
+        return 2
+
     from cavmae.demo.pipeline import DemoError, run_demo
 
     try:
