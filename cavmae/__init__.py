@@ -43,6 +43,7 @@ _EXPORTS = {
     "Config": "cavmae.config",
     "ConfigError": "cavmae.config",
     "DataConfig": "cavmae.config",
+    "FinetuneConfig": "cavmae.config",
     "ModelConfig": "cavmae.config",
     "OptimConfig": "cavmae.config",
     "TrainConfig": "cavmae.config",
@@ -55,7 +56,16 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from cavmae.config import Config, ConfigError, DataConfig, ModelConfig, OptimConfig, TrainConfig, load_config
+    from cavmae.config import (
+        Config,
+        ConfigError,
+        DataConfig,
+        FinetuneConfig,
+        ModelConfig,
+        OptimConfig,
+        TrainConfig,
+        load_config,
+    )
     from cavmae.models.blocks import create_block, list_blocks, register_block
     from cavmae.models.cavmae import CAVMAE
     from cavmae.models.classifier import CAVMAEClassifier
@@ -89,6 +99,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "FinetuneConfig",
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",
