@@ -51,6 +51,7 @@ _EXPORTS = {
     "Config": "cavmae.config",
     "ConfigError": "cavmae.config",
     "DataConfig": "cavmae.config",
+    "FinetuneConfig": "cavmae.config",
     "ModelConfig": "cavmae.config",
     "OptimConfig": "cavmae.config",
     "TrainConfig": "cavmae.config",
@@ -63,7 +64,16 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from cavmae.config import Config, ConfigError, DataConfig, ModelConfig, OptimConfig, TrainConfig, load_config
+    from cavmae.config import (
+        Config,
+        ConfigError,
+        DataConfig,
+        FinetuneConfig,
+        ModelConfig,
+        OptimConfig,
+        TrainConfig,
+        load_config,
+    )
     from cavmae.models.blocks import create_block, list_blocks, register_block
     from cavmae.models.cavmae import CAVMAE
     from cavmae.models.classifier import CAVMAEClassifier
@@ -126,6 +136,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "FinetuneConfig",
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",

@@ -97,3 +97,62 @@ def test_duplicate_label_index_rows_are_errors_naming_the_file(tmp_path):
     dup_index = write_index(tmp_path / "dup_index.csv", ["0,/m/a,A", "1,/m/b,B", "1,/m/c,C"])
     with pytest.raises(MetadataError, match=r"dup_index.csv:4: duplicate index 1"):
         LabelIndex.from_csv(dup_index)
+
+
+@pytest.mark.parametrize(
+    "overrides, named, why",
+    [
+        (["data.balance_mode=weights"], "data.balance_mode='weights'", "data.class_balanced is false"),
+        (["data.mixup_alpha=2"], "data.mixup_alpha=2.0", "data.mixup is 0"),
+        (["data.label_smoothing=0.1"], "data.label_smoothing=0.1", "pre-training reads no labels"),
+        (["train.wandb_mode=disabled", "train.wandb_name=x"], "train.wandb_name='x'", "wandb_mode is 'disabled'"),
+        (["train.wandb_mode=disabled", "train.wandb_project=p"], "train.wandb_project='p'", "'disabled'"),
+        (["eval.knn_k=5"], "eval.knn_k=5", "train.probe_every is 0"),
+        (["eval.probe_clips=64"], "eval.probe_clips=64", "train.probe_every is 0"),
+        (["data.probe_shards=[/d/p.tar]"], "data.probe_shards=['/d/p.tar']", "train.probe_every is 0"),
+        (["train.contrast_group=4", "train.global_contrast=false"], "train.global_contrast=False", "contrast_group"),
+        (["optim.schedule=cosine", "optim.lr_decay_every=2"], "optim.lr_decay_every=2", "not 'step'"),
+        (["optim.schedule=constant", "optim.min_lr=1e-6"], "optim.min_lr=1e-06", "'constant'"),
+        (["finetune.freeze_base=true", "finetune.layer_decay=0.5"], "finetune.layer_decay=0.5", "head alone"),
+    ],
+)
+def test_a_setting_that_would_do_nothing_names_itself_and_why(overrides, named, why):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    msg = str(e.value)
+    assert msg.startswith(f"{named} would do nothing: ") and why in msg, msg
+
+
+def test_the_same_settings_where_they_act_are_accepted():
+    load_config(None, ["data.class_balanced=true", "data.balance_mode=resample"])
+    load_config(None, ["data.class_balanced=true", "data.balance_mode=weights"], task="finetune")
+    load_config(None, ["data.mixup=0.5", "data.mixup_alpha=2", "data.label_smoothing=0.1"], task="finetune")
+    load_config(None, ["train.wandb_mode=offline", "train.wandb_name=x", "train.wandb_project=p"])
+    load_config(TINY, ["train.probe_every=1", "eval.knn_k=5", "eval.probe_clips=64"])
+    load_config(None, ["train.contrast_group=4", "train.global_contrast=true"])
+    load_config(None, ["optim.schedule=step", "optim.lr_decay_every=2", "optim.min_lr=1e-6"])
+    load_config(None, ["finetune.freeze_base=false", "finetune.layer_decay=0.5"])
+
+
+@pytest.mark.parametrize("averaged", ["[0,3]", "[3,2]", "[3,26]"])
+def test_averaged_epochs_must_be_epochs_of_the_run(averaged):
+    with pytest.raises(ConfigError, match=r"^finetune.average_epochs=\[.*must be \[FIRST, LAST\] with 1 <= FIRST"):
+        load_config(None, [f"finetune.average_epochs={averaged}"])
+    assert load_config(None, ["finetune.average_epochs=[3,25]"]).finetune.average_epochs == (3, 25)
+
+
+def test_the_training_frame_is_random_or_middle_everywhere(tiny_shards):
+    """The type, the config loader and the shard loader agree: one training frame, random or middle; the ten
+    frames are an evaluation's, asked of the loader directly."""
+    import typing
+
+    from cavmae.config import DataConfig
+    from cavmae.data.loader import build_loader
+
+    assert typing.get_args(typing.get_type_hints(DataConfig)["frame_mode"]) == ("random", "middle")
+    with pytest.raises(ValueError, match="^data.frame_mode must be 'random' or 'middle'"):
+        build_loader(DataConfig(frame_mode="all"), tiny_shards.pattern, num_classes=4, train=True)
+    ten = build_loader(
+        DataConfig(batch_size=2, num_workers=0), tiny_shards.pattern, num_classes=4, train=False, frame_mode="all"
+    )
+    assert next(iter(ten))["frames"].shape[1] == 10

@@ -70,7 +70,7 @@ def test_groups_must_divide_the_batch():
         # a gathered batch that groups of 4 cannot cut: simulated by gather=True on one process with b % N != 0
         grouped_info_nce_strict(a)
     with pytest.raises(ConfigError, match="contrast_group"):
-        load_config(None, ["train.task=finetune", "train.contrast_group=4"])
+        load_config(None, ["train.contrast_group=4"], task="finetune")
 
 
 def grouped_info_nce_strict(a):

@@ -183,7 +183,7 @@ def labels_by_key(shards) -> dict[str, list[int]]:
 
 def test_labels_frames_and_soft_labels(tiny_shards):
     index = labels_by_key(tiny_shards)
-    loader = build_loader(cfg(frame_mode="all"), tiny_shards.pattern, num_classes=4, train=False, image_size=48)
+    loader = build_loader(cfg(), tiny_shards.pattern, num_classes=4, train=False, frame_mode="all", image_size=48)
     for b in loader:
         assert b["frames"].shape == (len(b["keys"]), 10, 3, 48, 48)
         for row, key in zip(b["labels"], b["keys"]):

@@ -3,6 +3,7 @@ retrieval), the output-folder rules and the backbone plumbing."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 
 from cavmae.cli import main
+from cavmae.config import load_config, recipe_path
 from cavmae.data.clips import colour_name, make_classes
 from cavmae.demo.figures import block_similarity, class_pair_similarity, confusable_class_pairs
 from cavmae.demo.pipeline import FULL, MARKER, DemoData, DemoError, demo_config, mean_sd, prepare_out_dir, run_demo
@@ -100,20 +102,50 @@ def test_demo_replaces_an_earlier_demo_but_no_other_folder(quick_demo, tmp_path)
     assert sorted(p.name for p in earlier.iterdir()) == [MARKER]
 
 
-def test_backbone_reaches_every_training_config(tmp_path):
+DEMO_MODEL = ("audio_length", "num_mel_bins", "image_size", "contrast_weight", "num_classes")  # the demo's own
+
+
+def test_every_demo_run_is_a_shipped_recipe_with_the_demos_settings(tmp_path):
     data = DemoData(tmp_path, "train-{000000..000001}.tar", "heldout-000000.tar", 100, 20, ["a", "b"])
+    mamba, finetune = load_config(recipe_path("tiny_mamba")), load_config(recipe_path("tiny_finetune"))
     for task in ("pretrain", "finetune"):
         cfg = demo_config(FULL, data, tmp_path / task, seed=3, backbone="mamba", task=task)
-        assert cfg.model.backbone == "mamba" and cfg.train.task == task and cfg.train.seed == 3
-        # the Mamba recipe: width-matched blocks, contrastive embeddings from the unmasked streams
-        assert cfg.model.mamba.expand == 1 and cfg.model.contrast_input == "unmasked"
+        assert cfg.task == task and cfg.train.seed == 3 and cfg.model.backbone == "mamba"
+        own = {k: getattr(cfg.model, k) for k in DEMO_MODEL}
+        assert cfg.model == dataclasses.replace(mamba.model, **own), task  # the Mamba recipe's model, both tasks
+        assert cfg.optim == (mamba if task == "pretrain" else finetune).optim, task
         bare = demo_config(FULL, data, tmp_path / task, seed=3, backbone="mamba", task=task, recipe=False)
-        assert bare.model.mamba.expand == 2 and bare.model.contrast_input == "masked"
+        assert bare.model == dataclasses.replace(load_config(recipe_path("tiny")).model, backbone="mamba", **own)
     pre = demo_config(FULL, data, tmp_path, seed=0, backbone="vit", task="pretrain")
-    assert pre.model.contrast_input == "masked" and pre.model.encoder_masking == "drop"  # the ViT: CAV-MAE's recipe
+    assert pre.model.contrast_input == "masked" and pre.finetune is None  # the ViT: CAV-MAE's recipe
     ft = demo_config(FULL, data, tmp_path, seed=0, backbone="vit", task="finetune", init="x")
     assert pre.data.val_shards == [] and ft.data.val_shards == ["heldout-000000.tar"] and ft.train.init == "x"
-    assert ft.train.max_steps == FULL.finetune_steps and ft.train.avg_weights_from == 0
+    assert ft.train.max_steps == FULL.finetune_steps and ft.finetune.average_epochs is None
+    assert ft.finetune == dataclasses.replace(finetune.finetune, average_epochs=None)
+
+
+def test_an_edited_recipe_reaches_the_demo(tmp_path, monkeypatch):
+    """The demo writes no recipe again: what configs/tiny*.yaml say is what it runs."""
+    import shutil
+
+    from cavmae.demo import settings
+
+    edited = tmp_path / "configs"
+    edited.mkdir()
+    for name in ("tiny", "tiny_mamba", "tiny_finetune"):
+        shutil.copy(recipe_path(name), edited / f"{name}.yaml")
+    with (edited / "tiny.yaml").open("a") as f:
+        f.write("model:\n  decoder_depth: 1\n")
+    (edited / "tiny_mamba.yaml").write_text((edited / "tiny_mamba.yaml").read_text().replace("expand: 1", "expand: 3"))
+    (edited / "tiny_finetune.yaml").write_text(
+        (edited / "tiny_finetune.yaml").read_text().replace("head_lr_mult: 10.0", "head_lr_mult: 4.0")
+    )
+    monkeypatch.setattr(settings, "recipe_path", lambda name: edited / f"{name}.yaml")
+    data = DemoData(tmp_path, "train.tar", "heldout.tar", 10, 2, ["a", "b"])
+    pre = demo_config(FULL, data, tmp_path, seed=0, backbone="mamba", task="pretrain")
+    ft = demo_config(FULL, data, tmp_path, seed=0, backbone="mamba", task="finetune")
+    assert pre.model.decoder_depth == ft.model.decoder_depth == 1
+    assert pre.model.mamba.expand == ft.model.mamba.expand == 3 and ft.finetune.head_lr_mult == 4.0
 
 
 def test_unknown_backbone_fails_before_any_work(tmp_path, caplog):

@@ -92,7 +92,7 @@ def test_finetune_writes_the_three_numbers_of_the_averaged_ten_frame_model(tmp_p
             "data.synthetic_size=32",
             "data.synthetic_val_size=24",
             "train.epochs=3",
-            "train.avg_weights_from=2",
+            "finetune.average_epochs=[2,3]",
             "train.progress_bar=false",
         ],
     )
@@ -139,7 +139,8 @@ def test_linear_probe_trains_only_the_head(tmp_path):
             "data.synthetic_size=32",
             "data.synthetic_val_size=0",
             "train.epochs=1",
-            "train.freeze_base=true",
+            "finetune.freeze_base=true",
+            "finetune.average_epochs=null",
             "train.progress_bar=false",
         ],
     )
@@ -151,8 +152,8 @@ def test_linear_probe_trains_only_the_head(tmp_path):
     after = load_file(str(run / "model" / "model.safetensors"))
     changed = {k for k in after if not torch.equal(after[k], before[k])}
     assert changed and all(k.startswith("mlp_head.") for k in changed), sorted(changed)[:5]
-    with pytest.raises(ConfigError, match="freeze_base"):
-        load_config(None, ["train.freeze_base=true"])
+    with pytest.raises(ConfigError, match="pre-training was given fine-tuning settings: finetune.freeze_base=True"):
+        load_config(None, ["finetune.freeze_base=true"], task="pretrain")
 
 
 def test_bad_frame_and_balance_settings_are_config_errors():

@@ -27,7 +27,7 @@ def ft_config(out: Path, *extra: str):
             "data.synthetic_size=64",  # few labelled clips and 12 steps: where pre-training should show
             "data.synthetic_noise=1.0",
             "train.epochs=3",
-            "train.avg_weights_from=0",
+            "finetune.average_epochs=null",
             "train.progress_bar=false",
             *extra,
         ],
@@ -63,7 +63,7 @@ def test_weight_average_and_epoch_snapshots(tmp_path):
     a = {"w": torch.tensor([1.0, 2.0])}
     b = {"w": torch.tensor([3.0, 6.0])}
     assert torch.equal(weight_average([a, b])["w"], torch.tensor([2.0, 4.0]))
-    run = train(ft_config(tmp_path / "avg", "train.avg_weights_from=2", "data.synthetic_size=32"))
+    run = train(ft_config(tmp_path / "avg", "finetune.average_epochs=[2,3]", "data.synthetic_size=32"))
     snaps = sorted(p.name for p in (run / "epoch_weights").iterdir())
     assert snaps == ["epoch_002.safetensors", "epoch_003.safetensors"]
     from safetensors.torch import load_file
@@ -74,7 +74,7 @@ def test_weight_average_and_epoch_snapshots(tmp_path):
 
 
 def test_head_multiplier_and_layer_decay():
-    cfg = load_config(FT, ["optim.head_lr_mult=50", "optim.layer_decay=0.5"])
+    cfg = load_config(FT, ["finetune.head_lr_mult=50", "finetune.layer_decay=0.5"])
     task = FinetuneTask()
     assert task.lr_scale("mlp_head.1.weight", cfg) == 50
     d, s = cfg.model.modality_depth, cfg.model.shared_depth

@@ -6,6 +6,7 @@ traceback a user sees, so a test passing means the command returned an exit code
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -79,6 +80,91 @@ def test_info_error_in_a_fresh_process_prints_no_traceback():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# the config is checked before torch loads
+
+
+CHECK_BEFORE_TORCH = """
+import json, sys
+from cavmae.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "torch": "torch" in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["pretrain", "--config", TINY, "train.epoch=3"],
+        ["finetune", "--config", TINY_FT, "train.epoch=3"],
+        ["pretrain", "--config", TINY_FT],  # fine-tuning settings given to pre-training
+        ["info", "--config", TINY, "train.epoch=3"],
+    ],
+    ids=["pretrain", "finetune", "pretrain-given-finetune", "info"],
+)
+def test_a_config_error_answers_before_torch_is_imported(argv):
+    """A typo answers in a fraction of a second with exit code 2: torch (seconds to import) is not loaded yet."""
+    out = subprocess.run(
+        [sys.executable, "-c", CHECK_BEFORE_TORCH, *map(str, argv)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"code": 2, "torch": False}, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert "train.epoch'; did you mean 'train.epochs'?" in last or "fine-tuning settings" in last, last
+
+
+def test_a_missing_demo_recipe_answers_before_torch_is_imported(tmp_path):
+    """An installed copy without its recipes: the demo says which one is missing before writing anything."""
+    script = CHECK_BEFORE_TORCH.replace(
+        "from cavmae.cli import main",
+        "from cavmae.config import loading\nloading.__file__ = sys.argv.pop(1)\nfrom cavmae.cli import main",
+    )
+    fake = tmp_path / "site" / "cavmae" / "config" / "loading.py"
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(fake), "demo", "--out", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"code": 2, "torch": False}, out.stderr
+    assert "no shipped recipe 'tiny'" in out.stderr and not (tmp_path / "demo").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --resume
+
+
+def test_resume_auto_into_a_new_folder_warns_and_starts_at_step_zero(caplog, tmp_path):
+    """Preemptible jobs pass --resume auto from their first start: a fresh start, but never a quiet one."""
+    out = tmp_path / "new_run"
+    code, errors = cli(
+        caplog, "pretrain", "--config", TINY, "--resume", "auto", *micro_overrides(out, "train.max_steps=1")
+    )
+    assert code == 0, errors
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        "no checkpoint found" in w and str(out.resolve()) in w and "training starts at step 0" in w for w in warnings
+    ), warnings
+    assert (out / "model" / "model.safetensors").is_file()
+
+
+def test_resume_from_a_path_that_is_not_a_checkpoint_says_what_it_is(caplog, micro_run, tmp_path):
+    run = ["pretrain", "--config", TINY, *micro_overrides(tmp_path / "run", "train.max_steps=4")]
+    missing = tmp_path / "ckpt-typo"
+    assert one_error(caplog, *run, "--resume", missing) == f"--resume {missing}: {missing} does not exist"
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    msg = one_error(caplog, *run, "--resume", folder)
+    assert msg.startswith(f"--resume {folder}: {folder} is not a checkpoint (no meta.json); expected a checkpoint")
+    msg = one_error(caplog, *run, "--resume", micro_run)
+    assert f"{micro_run} is a run directory; pass --resume auto with train.out_dir={micro_run}" in msg
+    assert str(micro_run / "checkpoints" / "ckpt-00000002") in msg
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # train.init
 
 
@@ -93,7 +179,8 @@ def micro_run(tmp_path_factory) -> Path:
 
 
 def finetune_args(out: Path, *extra: str) -> list[str]:
-    return ["finetune", "--config", TINY_FT, *micro_overrides(out, "train.max_steps=1", *extra)]
+    overrides = micro_overrides(out, "train.max_steps=1", "finetune.average_epochs=null", *extra)
+    return ["finetune", "--config", TINY_FT, *overrides]
 
 
 def test_init_from_a_run_directory_uses_its_model(caplog, micro_run, tmp_path):

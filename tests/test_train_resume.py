@@ -59,7 +59,7 @@ def test_crash_while_saving_resumes_from_the_previous_checkpoint(tmp_path, refer
     assert (partial / "model.safetensors").is_file() and not (partial / "meta.json").exists()
     assert not (out / "checkpoints" / "ckpt-00000008").exists()
     assert [p.name for p in list_checkpoints(out)] == ["ckpt-00000004"]
-    train(micro_config(out, f"train.max_steps={STEPS}", "train.resume=auto"))  # in-process this time
+    train(micro_config(out, f"train.max_steps={STEPS}"), resume="auto")  # in-process this time
     assert_same_run(out, reference)
     assert not partial.exists(), "the torn temporary checkpoint is cleaned up by the next save"
     assert [p.name for p in list_checkpoints(out)] == ["ckpt-00000004", "ckpt-00000008", "ckpt-00000012"]
@@ -90,9 +90,9 @@ def test_damaged_checkpoint_and_existing_run_give_clear_errors(tmp_path):
         train(micro_config(out, "train.max_steps=4"))
     (list_checkpoints(out)[-1] / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="model.safetensors"):
-        train(micro_config(out, "train.max_steps=8", "train.resume=auto"))
-    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
-        train(micro_config(out, "train.max_steps=8", f"train.resume={tmp_path / 'nowhere'}"))
+        train(micro_config(out, "train.max_steps=8"), resume="auto")
+    with pytest.raises(CheckpointError, match="nowhere does not exist"):
+        train(micro_config(out, "train.max_steps=8"), resume=str(tmp_path / "nowhere"))
 
 
 class NanAfter(PretrainTask):

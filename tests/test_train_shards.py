@@ -63,11 +63,7 @@ def test_pretrain_and_finetune_from_shards(tiny_shards, tmp_path):
     val = json.loads((pre / "val_metrics.jsonl").read_text().splitlines()[-1])
     for key in ("val/r1_v2a", "val/r1_a2v"):  # top-1 hits over the 8 validation clips, each counted once
         assert (val[key] * 8).is_integer(), (key, val[key])
-    ft = train(
-        shard_cfg(
-            tiny_shards, tmp_path / "ft", "train.task=finetune", f"train.init={pre / 'model'}", "train.ft_loss=bce"
-        )
-    )
+    ft = train(shard_cfg(tiny_shards, tmp_path / "ft", f"train.init={pre / 'model'}", "finetune.loss=bce"))
     val = json.loads((ft / "val_metrics.jsonl").read_text().splitlines()[-1])
     assert val["val/classes_scored"] == 4
     final = json.loads((ft / "final_metrics.json").read_text())

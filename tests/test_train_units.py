@@ -194,16 +194,16 @@ def test_figures_do_not_change_the_training_masks_or_losses(tmp_path):
         ("model.contrast_weight=0",),
         ("model.rec_weight=0",),
         ("model.backbone=mamba",),
-        ("train.task=finetune",),
-        ("train.task=finetune", "train.ft_mode=audio"),
-        ("train.task=finetune", "train.ft_mode=video"),
+        ("finetune.inputs=audiovisual",),
+        ("finetune.inputs=audio",),
+        ("finetune.inputs=video",),
     ],
 )
 def test_freezing_leaves_every_trainable_parameter_a_gradient(tmp_path, extra):
     """What DDP without an unused-parameter search needs: after freezing, a step reaches every trainable
     parameter; and only parameters that a step does not reach are frozen."""
     cfg = micro_config(tmp_path, *extra)
-    task = get_task(cfg.train.task)
+    task = get_task(cfg.task)
     model = task.build_model(cfg)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     frozen = set(freeze_unused(model, task, cfg))

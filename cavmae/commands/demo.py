@@ -26,6 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cavmae.demo.settings import check_recipes
+
+    check_recipes(args.backbone)  # the recipes the runs start from, before torch loads (a ConfigError is exit 2)
+
     from cavmae.demo.pipeline import DemoError, check_backbone, run_demo
     from cavmae.train import TrainingStopped
 

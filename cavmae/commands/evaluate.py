@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--mode",
         choices=MODES,
         default="auto",
-        help="classifier inputs; auto: the run's train.ft_mode (audiovisual for a public .pth). missing_video / "
+        help="classifier inputs; auto: the run's finetune.inputs (audiovisual for a public .pth). missing_video / "
         "missing_audio: an audio-visual model tested with one modality",
     )
     p.add_argument(
@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=["auto", "multi", "single"],
         default="auto",
         help="multi: mAP / mAUC / d-prime (AudioSet); single: top-1 / top-5 (VGGSound); auto: the run's "
-        "train.ft_loss, or for a public .pth multi when any clip has several labels",
+        "finetune.loss, or for a public .pth multi when any clip has several labels",
     )
     p.add_argument("--label-csv", help="label index CSV (index,mid,display_name) mapping the shards' labels")
     p.add_argument("--out", help="write the result as JSON here")
@@ -53,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_with_config(path: str):
-    """(model, Config): a run's model directory brings its config (data settings, ft_mode, ft_loss)."""
+    """(model, Config): a run's model directory brings its config (data settings, finetune.inputs / loss)."""
     from cavmae.config import Config
     from cavmae.models.weights import CONFIG, WEIGHTS, from_pretrained, load_model
 
@@ -82,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if mode is None and not from_run:
         mode = "audiovisual"
     multilabel = {"multi": True, "single": False}.get(args.label_kind)
-    if multilabel is None and from_run:
-        multilabel = cfg.train.ft_loss == "bce"
+    if multilabel is None and from_run and cfg.finetune is not None:
+        multilabel = cfg.finetune.loss == "bce"
     try:
         result = evaluate_shards(
             model,

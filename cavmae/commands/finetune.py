@@ -1,6 +1,7 @@
 """``cavmae finetune --config RECIPE [--resume auto|DIR] [key=value ...]``: fine-tune a classifier.
 
-Start from a pre-trained model with ``train.init=runs/pretrain/model`` (ours) or a public CAV-MAE ``.pth``.
+Start from a pre-trained model with ``train.init=runs/pretrain/model`` (ours) or a public CAV-MAE ``.pth``. The
+recipe's ``finetune`` section holds what only fine-tuning reads (the defaults if it has none).
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     files that cannot be read are named and the others still answered, then exit 1."""
     import torch
 
-    from cavmae.config import Config
+    from cavmae.config import Config, FinetuneConfig
     from cavmae.data.media import MediaError
     from cavmae.eval.classify import classify
     from cavmae.eval.inputs import load_file
@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         model_dir = model_directory(path)
     else:
         model, cfg, model_dir = load_model(path), Config(), None
+    finetune = cfg.finetune or FinetuneConfig()  # a public .pth: audio-visual, multi-label
     if not isinstance(model, CAVMAEClassifier):
         log.error("%s is a pre-training model; predict needs a fine-tuned classifier", args.model)
         return 2
@@ -163,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     for file in args.files:
         try:
             x = load_file(file, model.cfg, all_frames=args.ten_frames, audio_channel=args.audio_channel)
-            mode = choose_mode(cfg.train.ft_mode, x.audio is not None, x.frames is not None)
+            mode = choose_mode(finetune.inputs, x.audio is not None, x.frames is not None)
             batch = {"audio": x.audio, "frames": x.frames}
             batch = {k: v.to(args.device) if v is not None else None for k, v in batch.items()}
             with torch.no_grad():
@@ -175,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
             log.error("%s", e)
             failed += 1
             continue
-        probs = logits.float().sigmoid() if cfg.train.ft_loss == "bce" else logits.float().softmax(-1)
+        probs = logits.float().sigmoid() if finetune.loss == "bce" else logits.float().softmax(-1)
         scores, idx = probs.topk(min(args.top_k, probs.numel()))
         top = [
             {"class": int(i), "name": names[i] if names and i < len(names) else str(int(i)), "score": float(s)}

@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="recipe YAML (default: the built-in CAV-MAE base recipe)")
     p.add_argument(
         "--resume",
-        help="'auto' (the newest complete, readable checkpoint of train.out_dir) or a checkpoint directory",
+        help="'auto' (the newest complete, readable checkpoint of train.out_dir; none yet: a fresh start, with a "
+        "warning) or a checkpoint directory",
     )
     p.add_argument(
         "overrides", nargs="*", default=[], help="dotted config overrides, anywhere after the command: train.epochs=5"
@@ -27,19 +28,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, task: str = "pretrain", logger: logging.Logger = log) -> int:
     """Train ``task``; errors are logged under ``logger`` (the calling command's)."""
     from cavmae.config import ConfigError, load_config
-    from cavmae.data.verify import ShardVerifyError
-    from cavmae.models.weights import CheckpointError
-    from cavmae.train import TrainingStopped, train
 
     main_process = int(os.environ.get("RANK", "0")) == 0
     if not main_process:  # one copy of the log is enough; warnings and errors still come from every process
         logging.getLogger().setLevel(logging.WARNING)
-    overrides = [f"train.task={task}", *args.overrides]
-    if args.resume:
-        overrides.append(f"train.resume={args.resume}")
+    # The config first, before torch loads (seconds): a typo in a key or value answers at once.
     try:
-        cfg = load_config(args.config, overrides)
-        out_dir = train(cfg)
+        cfg = load_config(args.config, args.overrides, task=task)
+    except ConfigError as e:
+        logger.error("%s", e)
+        return 2
+
+    from cavmae.data.verify import ShardVerifyError
+    from cavmae.models.weights import CheckpointError
+    from cavmae.train import TrainingStopped, train
+
+    try:
+        out_dir = train(cfg, task, resume=args.resume or "")
     except (ConfigError, CheckpointError, ShardVerifyError) as e:
         logger.error("%s", e)
         return 2

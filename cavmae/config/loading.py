@@ -1,12 +1,16 @@
 """Loading the config tree: defaults <- YAML file(s) <- dotted command-line overrides (``model.backbone=vit``).
 
-A recipe may start from another one (``base: other.yaml``). Unknown keys and values of the wrong type raise
-:class:`ConfigError` naming the key and listing the valid ones; :func:`validate` adds the cross-field checks.
+A recipe may start from another one (``base: other.yaml``); :func:`recipe_path` finds the shipped ones. A misspelt
+key or a value outside its choices raises :class:`ConfigError` naming the nearest valid ones; :func:`validate`
+adds the cross-field checks, among them settings that would do nothing. Nothing here imports torch: a command
+checks its config before loading the heavy modules.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -14,11 +18,41 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from cavmae.config.tree import Config
+from cavmae.config.tree import Config, DataConfig, EvalConfig, FinetuneConfig, OptimConfig, TrainConfig
 
 
 class ConfigError(ValueError):
     """A config key or value that does not fit the schema."""
+
+
+Task = Literal["pretrain", "finetune"]
+
+# Keys of earlier versions: a recipe or override that names one is told where it went.
+MOVED = {
+    "train.ft_mode": "finetune.inputs",
+    "train.ft_loss": "finetune.loss",
+    "train.freeze_base": "finetune.freeze_base",
+    "optim.head_lr_mult": "finetune.head_lr_mult",
+    "optim.layer_decay": "finetune.layer_decay",
+    "eval.ten_frame": "finetune.ten_frame",
+}
+GONE = {
+    "train.task": "the command says it (cavmae pretrain / cavmae finetune)",
+    "train.resume": "resume with the --resume flag (auto or a checkpoint directory)",
+    "train.avg_weights_from": "set finetune.average_epochs=[FIRST,LAST]",
+    "train.avg_weights_to": "set finetune.average_epochs=[FIRST,LAST]",
+    "eval.retrieval_chunk": "it was never read",
+}
+# Options removed since, with the value whose behaviour is the one left: a saved config (model directory,
+# checkpoint) of an earlier version holding that value still loads; another value stays an error.
+REMOVED_DEFAULTS: dict[str, Any] = {
+    "model.audio_token_order": "freq_major",
+    "model.encoder_masking": "drop",
+    "model.mamba.bidirectional_combine": "add",
+    "model.mamba.gap_aware_dt": False,
+    "model.mamba.gap_fill": "zero",
+    "model.mamba.gap_aware_conv": False,
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -55,7 +89,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(c) for c in choices)}")
+            near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(c) for c in choices)}{hint}")
         return value
     if origin in (Union, types.UnionType):
         errors = []
@@ -68,7 +104,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"{key}: {value!r} does not fit {tp}")
+        or_null = " (or null)" if type(None) in get_args(tp) else ""
+        raise ConfigError("; ".join(errors) + or_null)
     if origin in (list, tuple):
         if isinstance(value, str):
             value = _parse_list(value)
@@ -123,12 +160,45 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _valid_keys(cls: type, prefix: str) -> str:
-    return ", ".join(f"{prefix}{f.name}" for f in dataclasses.fields(cls))
+def _section_type(tp: Any) -> type | None:
+    """The dataclass a field holds (``X`` or ``X | None``), or None for a plain value."""
+    for arg in (tp, *get_args(tp)):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of the config tree, sections that may be null included."""
+    keys = []
+    for name, tp in _hints(cls).items():
+        section = _section_type(tp)
+        keys += all_keys(section, f"{prefix}{name}.") if section else [f"{prefix}{name}"]
+    return keys
+
+
+def _unknown_key(full: str, cls: type, prefix: str) -> str:
+    """The message for a key the schema lacks: where it went, or the nearest valid names."""
+    if full in MOVED:
+        return f"config key {full!r} is now {MOVED[full]!r}"
+    if full in GONE:
+        return f"config key {full!r} was removed: {GONE[full]}"
+    names = [f.name for f in dataclasses.fields(cls)]
+    leaf = full.rsplit(".", 1)[-1]
+    if not prefix:
+        near = difflib.get_close_matches(leaf, names, n=2, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+        return f"unknown config section {full!r} (sections: {', '.join(names)}){hint}"
+    near = [prefix + n for n in difflib.get_close_matches(leaf, names, n=3, cutoff=0.75)]
+    near += [k for k in all_keys() if k.rsplit(".", 1)[-1] == leaf and k not in near]  # the name in another section
+    if near:
+        return f"unknown config key {full!r}; did you mean {' or '.join(repr(n) for n in near[:3])}?"
+    return f"unknown config key {full!r}; {prefix.rstrip('.')} has: {', '.join(names)}"
 
 
 def merge(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
-    """Apply a nested dict of updates to the dataclass tree `obj` in place, checking keys and types."""
+    """Apply a nested dict of updates to the dataclass tree `obj` in place, checking keys and types. A section
+    that may be null (``finetune``) is created by the first key given for it and removed by ``null``."""
     if not isinstance(updates, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {updates!r}")
     hints = _hints(type(obj))
@@ -136,12 +206,16 @@ def merge(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
     for key, value in updates.items():
         full = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"unknown config key {full!r}; valid keys: {_valid_keys(type(obj), prefix)}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            merge(current, value, f"{full}.")
-        else:
+            raise ConfigError(_unknown_key(full, type(obj), prefix))
+        section = _section_type(hints[key])
+        if section is None:
             setattr(obj, key, _coerce(value, hints[key], full))
+        elif value is None and type(None) in get_args(hints[key]):
+            setattr(obj, key, None)
+        else:
+            if getattr(obj, key) is None:
+                setattr(obj, key, section())
+            merge(getattr(obj, key), value, f"{full}.")
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> None:
@@ -166,15 +240,51 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> None:
         merge(cfg, nested)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file at `path` (which may name a ``base:`` file to start from), then overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, task: Task | None = None) -> Config:
+    """Defaults, then the YAML file at `path` (which may name a ``base:`` file to start from), then overrides.
+
+    ``task`` is the command's (``cavmae pretrain`` / ``cavmae finetune``): fine-tuning gets a finetune section
+    (the defaults if the recipe has none); pre-training refuses one. None: the config says it (its finetune
+    section or none)."""
     cfg = Config()
     if path is not None:
         for layer in _yaml_chain(Path(path)):
             merge(cfg, layer)
     apply_overrides(cfg, overrides or [])
+    if task == "finetune" and cfg.finetune is None:
+        cfg.finetune = FinetuneConfig()
+    if task is not None:
+        check_task(cfg, task, f" ({path})" if path is not None else "")
     validate(cfg)
     return cfg
+
+
+def check_task(cfg: Config, task: str, source: str = "") -> None:
+    """The config describes ``task`` (pretrain: no finetune section; finetune: one); other task names pass."""
+    if task == "pretrain" and cfg.finetune is not None:
+        given = _given(cfg.finetune, FinetuneConfig(), "finetune.")
+        what = ", ".join(given) if given else "a finetune section"
+        raise ConfigError(
+            f"pre-training was given fine-tuning settings{source}: {what}; only cavmae finetune reads the "
+            "finetune section (run cavmae finetune, or start from a pre-training recipe)"
+        )
+    if task == "finetune" and cfg.finetune is None:
+        raise ConfigError("fine-tuning needs a finetune section (cfg.finetune = FinetuneConfig() for the defaults)")
+
+
+def recipe_path(name: str) -> Path:
+    """The shipped recipe ``NAME.yaml`` (``tiny``, ``pretrain_base``, ...): the package's own ``configs/`` (an
+    installed wheel), else the ``configs/`` of the checkout the package sits in."""
+    package = Path(__file__).resolve().parents[1]
+    folders = (package / "configs", package.parent / "configs")
+    for folder in folders:
+        if (folder / f"{name}.yaml").is_file():
+            return folder / f"{name}.yaml"
+    shipped = sorted({p.stem for folder in folders if folder.is_dir() for p in folder.glob("*.yaml")})
+    raise ConfigError(
+        f"no shipped recipe {name!r}: {name}.yaml is in neither {folders[0]} nor {folders[1]}"
+        + (f" (recipes there: {', '.join(shipped)})" if shipped else "")
+    )
 
 
 def _yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
@@ -197,11 +307,44 @@ def _yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]
 
 
 def from_dict(data: dict[str, Any]) -> Config:
-    """A Config from its saved dict form (checkpoints, run directories); strict like YAML loading."""
+    """A Config from its saved dict form (checkpoints, run directories); strict like YAML loading. The saved form
+    of earlier versions (``train.task``, ``train.ft_*``, removed options at their remaining value) is upgraded."""
     cfg = Config()
-    merge(cfg, data)
+    merge(cfg, upgrade_saved(data))
     validate(cfg)
     return cfg
+
+
+def upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config of an earlier version in today's layout: ``train.task`` says whether the fine-tuning fields
+    (then in train / optim / eval) form the finetune section; ``train.resume`` and options removed at the value
+    that remains are dropped. Today's form comes back unchanged."""
+    if not isinstance(data, dict):
+        return data
+    data = copy.deepcopy(data)
+    train = data.get("train")
+    if isinstance(train, dict) and "task" in train:
+        task = train.pop("task")
+        train.pop("resume", None)
+        finetune: dict[str, Any] = {}
+        for old, new in MOVED.items():
+            section, key = old.split(".")
+            if isinstance(data.get(section), dict) and key in data[section]:
+                finetune[new.split(".")[1]] = data[section].pop(key)
+        first, last = train.pop("avg_weights_from", 0), train.pop("avg_weights_to", 0)
+        if first:
+            finetune["average_epochs"] = [first, last or train.get("epochs", TrainConfig.epochs)]
+        data["finetune"] = finetune if task == "finetune" else None
+    if isinstance(data.get("eval"), dict):
+        data["eval"].pop("retrieval_chunk", None)
+    for dotted, value in REMOVED_DEFAULTS.items():
+        *path, key = dotted.split(".")
+        node: Any = data
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key in node and node[key] == value and dotted not in all_keys():
+            del node[key]
+    return data
 
 
 def validate(cfg: Config) -> None:
@@ -257,26 +400,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"train.{name} must be >= 0, got {getattr(t, name)}")
     if t.contrast_group < 0 or t.probe_every < 0:
         raise ConfigError("train.contrast_group and train.probe_every must be >= 0")
-    if t.contrast_group and t.task != "pretrain":
-        raise ConfigError("train.contrast_group applies to pre-training (train.task=pretrain) only")
-    if t.freeze_base and t.task != "finetune":
-        raise ConfigError("train.freeze_base (linear probe) applies to fine-tuning (train.task=finetune) only")
-    if t.probe_every and t.task != "pretrain":
-        raise ConfigError("train.probe_every applies to pre-training (train.task=pretrain) only")
     if t.probe_every and not (d.probe_shards or (d.synthetic and d.synthetic_val_size > 0)):
         raise ConfigError("train.probe_every needs held-out clips: set data.probe_shards")
     if cfg.eval.probe_clips < 2 or cfg.eval.knn_k < 1:
         raise ConfigError("eval.probe_clips must be at least 2 and eval.knn_k at least 1")
-    if d.frame_mode == "all":
-        raise ConfigError(
-            "data.frame_mode='all' is not a training mode: training uses one frame per clip ('random', as the "
-            "paper, or 'middle'); the ten-frame ensemble is part of the final evaluation (eval.ten_frame=true)"
-        )
-    if d.class_balanced and d.balance_mode == "weights" and t.task != "finetune":
-        raise ConfigError(
-            "data.balance_mode='weights' weights the fine-tuning loss per clip; pre-training has no per-clip loss "
-            "to weight: use data.balance_mode='resample' or data.class_balanced=false"
-        )
     o = cfg.optim
     if o.lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {o.lr}")
@@ -284,3 +411,75 @@ def validate(cfg: Config) -> None:
         raise ConfigError("optim.warmup_steps and optim.lr_decay_start must be >= 0, optim.lr_decay_every >= 1")
     if o.grad_clip < 0 or o.weight_decay < 0:
         raise ConfigError("optim.grad_clip and optim.weight_decay must be >= 0")
+    if cfg.finetune is None:
+        if d.class_balanced and d.balance_mode == "weights":
+            raise ConfigError(
+                "data.balance_mode='weights' weights the fine-tuning loss per clip; pre-training has no per-clip "
+                "loss to weight: use data.balance_mode='resample' or data.class_balanced=false"
+            )
+    else:
+        _validate_finetune(cfg)
+    _refuse_settings_without_effect(cfg)
+
+
+def _validate_finetune(cfg: Config) -> None:
+    f, t = cfg.finetune, cfg.train
+    pretraining_only = _given(t, TrainConfig(), "train.", "contrast_group", "probe_every", "global_contrast")
+    if pretraining_only:
+        raise ConfigError(
+            f"{', '.join(pretraining_only)}: pre-training settings, which fine-tuning does not read; remove them"
+        )
+    if f.head_lr_mult <= 0 or not 0 < f.layer_decay <= 1:
+        raise ConfigError("finetune.head_lr_mult must be > 0 and finetune.layer_decay in (0, 1]")
+    if f.average_epochs is not None:
+        first, last = f.average_epochs
+        if not 1 <= first <= last <= t.epochs:
+            raise ConfigError(
+                f"finetune.average_epochs={list(f.average_epochs)} must be [FIRST, LAST] with 1 <= FIRST <= LAST <= "
+                f"train.epochs={t.epochs} (epochs count from 1); null averages nothing"
+            )
+
+
+def _refuse_settings_without_effect(cfg: Config) -> None:
+    """A setting whose switch is off would do nothing: an error naming both (the first such setting), so that a
+    recipe is never trusted to do what it cannot."""
+    d, t, o, f = cfg.data, cfg.train, cfg.optim, cfg.finetune
+    dd, td, od = DataConfig(), TrainConfig(), OptimConfig()
+    idle = [  # (the settings given, why they would do nothing: empty where they do something)
+        (_given(d, dd, "data.", "balance_mode"), "data.class_balanced is false" if not d.class_balanced else ""),
+        (_given(d, dd, "data.", "mixup_alpha"), "data.mixup is 0 (no clip is mixed)" if not d.mixup else ""),
+        (_given(d, dd, "data.", "label_smoothing"), "pre-training reads no labels" if f is None else ""),
+        (
+            _given(t, td, "train.", "wandb_project", "wandb_name"),
+            "train.wandb_mode is 'disabled'" if t.wandb_mode == "disabled" else "",
+        ),
+        (
+            _given(cfg.eval, EvalConfig(), "eval.", "probe_clips", "knn_k") + _given(d, dd, "data.", "probe_shards"),
+            "train.probe_every is 0 (no probes)" if not t.probe_every else "",
+        ),
+        (
+            _given(t, td, "train.", "global_contrast"),
+            "with train.contrast_group the groups choose the negatives" if t.contrast_group else "",
+        ),
+        (
+            _given(o, od, "optim.", "lr_decay_start", "lr_decay_every", "lr_decay_factor"),
+            f"optim.schedule is {o.schedule!r}, not 'step'" if o.schedule != "step" else "",
+        ),
+        (_given(o, od, "optim.", "min_lr"), "optim.schedule is 'constant'" if o.schedule == "constant" else ""),
+    ]
+    if f is not None:
+        idle.append(
+            (
+                _given(f, FinetuneConfig(), "finetune.", "layer_decay"),
+                "finetune.freeze_base trains the head alone" if f.freeze_base else "",
+            )
+        )
+    for settings, why in idle:
+        if settings and why:
+            raise ConfigError(f"{', '.join(settings)} would do nothing: {why}; remove it or turn on what it needs")
+
+
+def _given(obj: Any, default: Any, prefix: str, *names: str) -> list[str]:
+    """``prefix.name=value`` of the fields `names` (default: all) of `obj` that differ from `default`'s."""
+    names = names or tuple(f.name for f in dataclasses.fields(obj))
+    return [f"{prefix}{n}={getattr(obj, n)!r}" for n in names if getattr(obj, n) != getattr(default, n)]

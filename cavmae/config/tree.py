@@ -118,9 +118,9 @@ class DataConfig:
     shuffle_buffer: int = 1000  # samples per worker held for shuffling (training only; ~350 KB each: 10 s WAV + 1 JPEG)
     resampled: bool = False  # resampled shards (multi-node) instead of split_by_node / split_by_worker
     samples_per_epoch: int = 0  # needed when resampled; 0 = one pass over the shards (counted from the manifests)
-    # the training frame: "random" (the paper) or "middle"; "all" is refused (training uses one frame per clip; the
-    # ten-frame ensemble is an evaluation: eval.ten_frame). Per-epoch validation uses the middle frame.
-    frame_mode: Literal["random", "middle", "all"] = "random"
+    # the training frame: "random" (the paper) or "middle". Training uses one frame per clip; per-epoch validation
+    # uses the middle one, and the ten-frame ensemble is part of fine-tuning's final evaluation (finetune.ten_frame).
+    frame_mode: Literal["random", "middle"] = "random"
     # augmentation (pre-training)
     noise: bool = False  # uniform noise (scale U(0, 0.1)) on the normalised fbank
     # circular time shift of the fbank by U[-T, T) frames; the public scripts' noise=True means noise AND this roll
@@ -129,14 +129,14 @@ class DataConfig:
     freqm: int = 0  # SpecAugment frequency mask width (48 in the recipes)
     timem: int = 0  # SpecAugment time mask width (192 in the recipes)
     mixup: float = 0.0  # probability that a training sample is mixed with another of its batch (0.5 in the recipes)
-    mixup_alpha: float = 10.0  # lambda ~ Beta(alpha, alpha)
-    label_smoothing: float = 0.0  # labels * (1 - ls) + ls / num_classes (0.1 in the recipes)
+    mixup_alpha: float = 10.0  # lambda ~ Beta(alpha, alpha) (with data.mixup > 0)
+    label_smoothing: float = 0.0  # labels * (1 - ls) + ls / num_classes (0.1 in the recipes; fine-tuning only)
     # class-balanced sampling (AudioSet-2M / VGGSound fine-tuning): sample weight = sum over its labels of
     # 1 / label count (from the shard manifests), mean 1. "resample": each sample is repeated floor(w) or
     # floor(w) + 1 times in the stream (expected frequencies of CAV-MAE's weighted sampler); "weights": the stream is
     # left alone and batches carry "weights" [B]: fine-tuning weights each clip's loss by it (pre-training refuses it).
     class_balanced: bool = False
-    balance_mode: Literal["resample", "weights"] = "resample"
+    balance_mode: Literal["resample", "weights"] = "resample"  # with data.class_balanced
     label_csv: str = ""  # label index CSV (index,mid,display_name) mapping sample labels by mid; empty = the shards'
     fbank_mean: float = -5.081  # fbank normalisation (AudioSet statistics, also used for VGGSound)
     fbank_std: float = 4.4849
@@ -151,46 +151,49 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    """Optimizer and learning-rate schedule (cavmae/train/optim.py); Adam (0.95, 0.999) as CAV-MAE by default."""
+
     name: Literal["adam", "adamw"] = "adam"
     lr: float = 5e-5
     betas: tuple[float, float] = (0.95, 0.999)
     weight_decay: float = 5e-7
     schedule: Literal["step", "cosine", "constant"] = "step"
     warmup_steps: int = 0
-    # CAV-MAE step schedule: halve every `lr_decay_every` epochs starting at epoch `lr_decay_start`
+    # CAV-MAE step schedule (schedule=step): multiply by `lr_decay_factor` every `lr_decay_every` epochs starting at
+    # epoch `lr_decay_start`
     lr_decay_start: int = 10
     lr_decay_every: int = 5
     lr_decay_factor: float = 0.5
-    min_lr: float = 0.0
-    grad_clip: float = 0.0  # 0 = off
-    head_lr_mult: float = 1.0  # fine-tuning: learning-rate multiplier of the classification head
-    layer_decay: float = 1.0  # fine-tuning: layer-wise lr decay (1 = off)
+    min_lr: float = 0.0  # floor of the step and cosine schedules
+    grad_clip: float = 0.0  # max global gradient norm (0 = off)
 
 
 @dataclass
 class TrainConfig:
-    task: Literal["pretrain", "finetune"] = "pretrain"
+    """The training run, pre-training and fine-tuning alike: length, precision, checkpoints, logging, validation.
+    The task comes from the command (``cavmae pretrain`` / ``cavmae finetune``), resuming from ``--resume``."""
+
     epochs: int = 25
     max_steps: int = 0  # 0 = run all epochs
-    grad_accum: int = 1
+    grad_accum: int = 1  # micro-batches per optimizer step (the contrastive batch stays one micro-batch)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    compile: bool = False
-    activation_checkpointing: bool = False
-    seed: int = 0
-    out_dir: str = "runs/cavmae"
+    compile: bool = False  # torch.compile the model
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward (less memory)
+    seed: int = 0  # initial weights, masks, data order; process r draws its masks from seed + r
+    out_dir: str = "runs/cavmae"  # the run directory: config, logs, checkpoints, final model
     init: str = ""  # MAE ImageNet checkpoint, CAV-MAE checkpoint or our model directory
-    init_format: Literal["auto", "mae", "cavmae"] = "auto"
-    resume: str = ""  # "", "auto" or a checkpoint directory
+    init_format: Literal["auto", "mae", "cavmae"] = "auto"  # what train.init holds; auto: read off its keys
     ckpt_every: int = 1000  # steps between checkpoints (0 = only the final one)
     keep_last: int = 3  # complete checkpoints kept (0 = all)
-    log_every: int = 10
-    image_every: int = 500  # reconstruction figure every M steps (0 = off)
+    log_every: int = 10  # steps between logged training metrics
+    image_every: int = 500  # pre-training: reconstruction figure every M steps (0 = off)
     max_bad_steps: int = 20  # non-finite losses in a row before the run stops (0 = never stop, only skip)
-    global_contrast: bool = True  # gather negatives across ranks; False = per-device negatives
-    # InfoNCE within groups of N consecutive clips of the global batch (0 = one group: the whole contrastive batch),
-    # the group losses summed as the paper's DataParallel did (with 4 GPUs, N = 12 / 30 / 64 for base / scale+ /
-    # scale++); the same objective on any number of devices. With groups the whole pre-training loss is the sum
-    # over groups (rec + k * InfoNCE of each group), i.e. (global batch / N) times the per-group mean.
+    # pre-training: gather negatives across ranks; False = per-device negatives (without contrast groups)
+    global_contrast: bool = True
+    # pre-training: InfoNCE within groups of N consecutive clips of the global batch (0 = one group: the whole
+    # contrastive batch), the group losses summed as the paper's DataParallel did (with 4 GPUs, N = 12 / 30 / 64 for
+    # base / scale+ / scale++); the same objective on any number of devices. With groups the whole pre-training loss
+    # is the sum over groups (rec + k * InfoNCE of each group), i.e. (global batch / N) times the per-group mean.
     contrast_group: int = 0
     # pre-training probes every N epochs (0 = off): retrieval R@1/5/10 both ways and k-NN accuracy of the frozen
     # embeddings of eval.probe_clips held-out clips (data.probe_shards)
@@ -198,28 +201,36 @@ class TrainConfig:
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     wandb_project: str = "cavmae"
     wandb_name: str = ""  # run name shown in W&B; empty = the out_dir's name
-    deterministic: bool = False
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower; bitwise-repeatable GPU runs)
     val_every: int = 0  # steps between validations besides the one at every epoch end (0 = epoch ends only)
     val_at_start: bool = False  # validate the initial model too (a baseline for the curves)
     val_batches: int = 0  # validation batches per process (0 = the whole validation split)
     progress_bar: bool = True  # tqdm bar on the main process
-    # fine-tuning
-    ft_mode: Literal["audiovisual", "audio", "video"] = "audiovisual"  # which inputs the classifier sees
-    ft_loss: Literal["bce", "ce"] = "bce"  # bce: multi-label (AudioSet, mAP); ce: single-label (VGGSound, top-1)
+
+
+@dataclass
+class FinetuneConfig:
+    """What only fine-tuning reads (``cavmae finetune``; cavmae/train/finetune.py). A config holds this section
+    exactly when it describes fine-tuning: pre-training configs have ``finetune: null``."""
+
+    inputs: Literal["audiovisual", "audio", "video"] = "audiovisual"  # what the classifier sees
+    loss: Literal["bce", "ce"] = "bce"  # bce: multi-label (AudioSet, mAP); ce: single-label (VGGSound, top-1)
     freeze_base: bool = False  # linear probe: only the head (mlp_head) trains, as the public --freeze_base
-    # fine-tuning: the final model is the average of the weights after epochs [from, to] (1-based, inclusive);
-    # avg_weights_from = 0 turns averaging off, avg_weights_to = 0 means the last epoch
-    avg_weights_from: int = 0
-    avg_weights_to: int = 0
+    head_lr_mult: float = 1.0  # learning-rate multiplier of the classification head
+    layer_decay: float = 1.0  # layer-wise lr decay: each layer at layer_decay x the lr of the one above (1 = off)
+    # the final model is the average of the weights after epochs [first, last] (1-based, inclusive); null = the
+    # last weights
+    average_epochs: tuple[int, int] | None = None
+    # the final evaluation also scores the ten-frame ensemble (per-frame probabilities averaged); training and
+    # per-epoch validation use one frame either way
+    ten_frame: bool = True
 
 
 @dataclass
 class EvalConfig:
+    """Evaluation during training: validation batches and the pre-training probes (train.probe_every)."""
+
     batch_size: int = 32
-    retrieval_chunk: int = 4096
-    # the final evaluation of fine-tuning also scores the ten-frame ensemble (per-frame probabilities averaged);
-    # training and per-epoch validation use one frame either way
-    ten_frame: bool = True
     probe_clips: int = 256  # clips of the pre-training probe set (the first ones of data.probe_shards)
     knn_k: int = 10  # neighbours of the probe's k-NN classifier (leave-one-out within the probe set)
 
@@ -231,6 +242,12 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig | None = None  # present exactly in fine-tuning configs
+
+    @property
+    def task(self) -> Literal["pretrain", "finetune"]:
+        """The training task this config describes: ``finetune`` when it holds a finetune section."""
+        return "pretrain" if self.finetune is None else "finetune"
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -386,16 +386,20 @@ def build_loader(
     """A loader of batches (see the module docstring) over `shards` (brace patterns / lists / '::'-joined sources).
 
     train: shuffling and the augmentations of `data_cfg` (noise, time_roll, freqm, timem, mixup, label_smoothing,
-    class balance) are on only when True. frame_mode: "random" | "middle" | "all"; default ``data_cfg.frame_mode``
-    when training and "middle" otherwise ("all" stays "all"). batch_size / num_workers default to `data_cfg`.
-    rank / world_size default to torch.distributed's when it is initialised, else 0 / 1. errors: the
-    :class:`LoadErrors` to count skips in (several loaders may share one, e.g. the passes of one epoch); a new one
-    by default. skip: batches of the epoch to leave out, dropped before their samples are decoded (resuming; see
-    :class:`ShardDataset`).
+    class balance) are on only when True. frame_mode: "random" | "middle" | "all" (the ten frames, evaluation);
+    default ``data_cfg.frame_mode`` ("random" | "middle") when training and "middle" otherwise. batch_size /
+    num_workers default to `data_cfg`. rank / world_size default to torch.distributed's when it is initialised,
+    else 0 / 1. errors: the :class:`LoadErrors` to count skips in (several loaders may share one, e.g. the passes
+    of one epoch); a new one by default. skip: batches of the epoch to leave out, dropped before their samples are
+    decoded (resuming; see :class:`ShardDataset`).
     """
     bs = batch_size or data_cfg.batch_size
+    if data_cfg.frame_mode not in ("random", "middle"):
+        raise ValueError(
+            f"data.frame_mode must be 'random' or 'middle' (one training frame per clip), got {data_cfg.frame_mode!r}"
+        )
     if frame_mode is None:
-        frame_mode = data_cfg.frame_mode if (train or data_cfg.frame_mode == "all") else "middle"
+        frame_mode = data_cfg.frame_mode if train else "middle"
     if frame_mode not in ("random", "middle", "all"):
         raise ValueError(f"frame_mode must be 'random', 'middle' or 'all', got {frame_mode!r}")
     urls = expand_shards(shards)

@@ -5,7 +5,9 @@ Every stage is the library call a user would make on real data:
 1. data: synthetic clips written as real H.264 + AAC files (:mod:`cavmae.data.clips`, VGGSound layout whose CSV
    has a train / test split column), prepared into WebDataset shards (:mod:`cavmae.data.prepare`): ``train`` and
    ``heldout``;
-2. pre-training: a tiny CAV-MAE (:func:`cavmae.train.train`) on the train shards, without labels;
+2. pre-training: a tiny CAV-MAE (:func:`cavmae.train.train`) on the train shards, without labels; every run is a
+   shipped recipe (configs/tiny.yaml, tiny_mamba.yaml, tiny_finetune.yaml) with the demo's own settings
+   (:func:`cavmae.demo.settings.demo_config`);
 3. retrieval on the held-out clips: the pre-trained model vs the same network at its random initialisation;
 4. classification: fine-tuning from the pre-trained model vs training from scratch, for the same number of steps,
    scored on the held-out clips;
@@ -44,7 +46,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from cavmae.config import Config, merge, validate
+from cavmae.config import Config
 from cavmae.demo.heldout import (
     DemoData,
     SeedResult,
@@ -53,7 +55,13 @@ from cavmae.demo.heldout import (
     load_heldout,
 )
 from cavmae.demo.progress import forward_logs, listen, phase
-from cavmae.demo.settings import FULL, QUICK, DemoSettings  # noqa: F401  (FULL / QUICK: the demo's sizes)
+from cavmae.demo.settings import (  # noqa: F401  (FULL / QUICK: the demo's sizes)
+    FULL,
+    QUICK,
+    DemoSettings,
+    check_recipes,
+    demo_config,
+)
 from cavmae.demo.summary import mean_sd, summarise  # noqa: F401  (mean_sd: also used by callers of the demo)
 
 log = logging.getLogger(__name__)
@@ -121,100 +129,6 @@ def make_data(out: Path, s: DemoSettings, seed: int) -> DemoData:
         counts["heldout"],
         [c.name for c in synth.classes],
     )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# configs: the tiny recipe (configs/tiny.yaml) on smaller inputs, kept here so the demo needs no recipe file
-
-
-# What a backbone's recipe changes in the tiny config (as configs/tiny_mamba.yaml does for Mamba): width-matched
-# Mamba blocks (expand 1: the ViT's parameter count within 5 %) pre-trained with contrastive embeddings from the
-# unmasked streams (scripts/results/ablate_backbones.md: the one change that brings Mamba to the ViT's retrieval).
-BACKBONE_RECIPES: dict[str, dict[str, Any]] = {
-    "mamba": {"mamba": {"expand": 1}, "contrast_input": "unmasked"},
-}
-
-
-def demo_config(
-    s: DemoSettings,
-    data: DemoData,
-    run_dir: Path,
-    *,
-    seed: int,
-    backbone: str,
-    task: str,
-    init: str = "",
-    recipe: bool = True,
-) -> Config:
-    """The config of one training run of the demo (``task`` = pretrain or finetune). ``recipe``: apply the
-    backbone's entry of :data:`BACKBONE_RECIPES` (False: the bare tiny CAV-MAE config, as the ablation starts)."""
-    pretrain = task == "pretrain"
-    updates: dict[str, Any] = {
-        "model": {
-            "backbone": backbone,
-            "embed_dim": 64,
-            "num_heads": 4,
-            "modality_depth": 2,
-            "shared_depth": 1,
-            "decoder_embed_dim": 32,
-            "decoder_depth": 2,
-            "decoder_num_heads": 4,
-            "audio_length": s.audio_length,
-            "num_mel_bins": s.num_mel_bins,
-            "image_size": s.frame_size,
-            "contrast_weight": s.contrast_weight,
-            "num_classes": s.num_classes,
-        },
-        "data": {
-            "train_shards": [data.train_shards],
-            # pre-training is judged by the retrieval evaluation afterwards; fine-tuning validates on held-out clips
-            "val_shards": [] if pretrain else [data.heldout_shards],
-            "batch_size": s.pretrain_batch if pretrain else s.finetune_batch,
-            "num_workers": 0,  # one process: deterministic, and no worker start-up on a 2-core machine
-            "shuffle_buffer": 256,
-        },
-        "eval": {"batch_size": 64},
-        "optim": {
-            "name": "adamw",
-            "lr": s.pretrain_lr if pretrain else s.finetune_lr,
-            "schedule": "cosine",
-            "warmup_steps": 10 if pretrain else 5,
-            "weight_decay": 0.01,
-            "head_lr_mult": 1.0 if pretrain else 10.0,
-        },
-        "train": {
-            "task": task,
-            "init": init,
-            "seed": seed,
-            "max_steps": s.pretrain_steps if pretrain else s.finetune_steps,
-            "epochs": 1000,  # max_steps ends the run
-            "out_dir": str(run_dir),
-            "ckpt_every": 0,
-            "keep_last": 1,
-            "log_every": 1,  # every step: the report smooths the curves itself
-            "image_every": 0,  # the report draws its own reconstruction of a held-out clip
-            "val_every": 0 if pretrain else s.finetune_eval_every,
-            "val_at_start": not pretrain,  # both fine-tuning curves start from their initial accuracy
-            "wandb_mode": "disabled",
-            "ft_loss": "ce",
-            "avg_weights_from": 0,  # same number of steps, no weight averaging: a like-for-like comparison
-        },
-    }
-    if recipe:
-        merge_nested(updates["model"], BACKBONE_RECIPES.get(backbone, {}))
-    cfg = Config()
-    merge(cfg, updates)
-    validate(cfg)
-    return cfg
-
-
-def merge_nested(into: dict[str, Any], extra: dict[str, Any]) -> None:
-    """Merge the nested dict ``extra`` into ``into`` in place (sub-dicts merged, values replaced)."""
-    for key, value in extra.items():
-        if isinstance(value, dict):
-            merge_nested(into.setdefault(key, {}), value)
-        else:
-            into[key] = value
 
 
 def check_backbone(backbone: str) -> None:
@@ -291,6 +205,7 @@ def run_demo(
     if n_seeds < 1:
         raise DemoError(f"--seeds must be at least 1, got {n_seeds}")
     n_jobs = jobs if jobs is not None else min(n_seeds, os.cpu_count() or 1)
+    check_recipes(backbone)
     check_backbone(backbone)
     out = Path(out_dir)
     prepare_out_dir(out)

@@ -1,9 +1,18 @@
-"""The demo's sizes: :data:`FULL` is ``cavmae demo``, :data:`QUICK` is ``cavmae demo --quick``."""
+"""The demo's sizes (:data:`FULL` is ``cavmae demo``, :data:`QUICK` is ``cavmae demo --quick``) and the config of
+each of its training runs: a shipped tiny recipe with the demo's own settings (:func:`demo_config`). Nothing here
+imports torch: the command checks the configs before loading it."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cavmae.config import Config, ConfigError, load_config, merge, recipe_path, validate
+
+if TYPE_CHECKING:
+    from cavmae.demo.heldout import DemoData
 
 
 @dataclass(frozen=True)
@@ -19,11 +28,9 @@ class DemoSettings:
     num_mel_bins: int
     pretrain_steps: int
     pretrain_batch: int
-    pretrain_lr: float
-    contrast_weight: float
+    contrast_weight: float  # configs/tiny.yaml's 0.1 is too weak to align the modalities in ~1000 steps
     finetune_steps: int
     finetune_batch: int
-    finetune_lr: float
     finetune_eval_every: int  # held-out accuracy every N fine-tuning steps (the curves)
     samples_per_shard: int = 64
     workers: int = 2  # processes that render the clips and decode them into shards
@@ -43,12 +50,92 @@ FULL = DemoSettings(
     num_mel_bins=64,
     pretrain_steps=1200,
     pretrain_batch=32,
-    pretrain_lr=1e-3,
     contrast_weight=1.0,
     finetune_steps=60,
     finetune_batch=16,
-    finetune_lr=1e-3,
     finetune_eval_every=10,
 )
 
 QUICK = dataclasses.replace(FULL, num_clips=300, num_classes=8, pretrain_steps=250, finetune_steps=30)
+
+
+def model_recipe(backbone: str, recipe: bool = True) -> tuple[Path, list[str]]:
+    """The shipped recipe that pre-trains ``backbone`` at the tiny size, with the override that names the block:
+    ``tiny_<backbone>.yaml`` where one is shipped (tiny_mamba: the Mamba recipe), else tiny.yaml (the ViT's, and
+    the starting point of a block of one's own; ``recipe=False`` always, as the backbone ablation starts)."""
+    if recipe and backbone != "vit":
+        try:
+            return recipe_path(f"tiny_{backbone}"), []
+        except ConfigError:
+            pass
+    return recipe_path("tiny"), [f"model.backbone={backbone}"]
+
+
+def check_recipes(backbone: str) -> None:
+    """Load the shipped recipes the demo's runs start from (a missing or broken one is a ConfigError naming it),
+    before any clip is written."""
+    path, backbone_override = model_recipe(backbone)
+    load_config(path, backbone_override, task="pretrain")
+    load_config(recipe_path("tiny_finetune"), task="finetune")
+
+
+def demo_config(
+    s: DemoSettings,
+    data: DemoData,
+    run_dir: Path,
+    *,
+    seed: int,
+    backbone: str,
+    task: str,
+    init: str = "",
+    recipe: bool = True,
+) -> Config:
+    """The config of one training run of the demo (``task`` = pretrain or finetune): the shipped recipes, then
+    the demo's own settings (its clips, input sizes, batch, steps, seed and logging).
+
+    Pre-training runs the backbone's tiny recipe (:func:`model_recipe`); fine-tuning runs configs/tiny_finetune.yaml
+    on the model of that same recipe (the network pre-training built, with its own head)."""
+    pretrain = task == "pretrain"
+    path, backbone_override = model_recipe(backbone, recipe)
+    cfg = load_config(path, backbone_override, task="pretrain")
+    if not pretrain:
+        model = cfg.model
+        cfg = load_config(recipe_path("tiny_finetune"), task="finetune")
+        cfg.model = model
+    updates: dict[str, Any] = {
+        "model": {
+            "audio_length": s.audio_length,
+            "num_mel_bins": s.num_mel_bins,
+            "image_size": s.frame_size,
+            "contrast_weight": s.contrast_weight,
+            "num_classes": s.num_classes,
+        },
+        "data": {
+            "synthetic": False,
+            "train_shards": [data.train_shards],
+            # pre-training is judged by the retrieval evaluation afterwards; fine-tuning validates on held-out clips
+            "val_shards": [] if pretrain else [data.heldout_shards],
+            "batch_size": s.pretrain_batch if pretrain else s.finetune_batch,
+            "num_workers": 0,  # one process: deterministic, and no worker start-up on a 2-core machine
+            "shuffle_buffer": 256,
+        },
+        "eval": {"batch_size": 64},
+        "train": {
+            "init": init,
+            "seed": seed,
+            "max_steps": s.pretrain_steps if pretrain else s.finetune_steps,  # ends the run, whatever train.epochs
+            "out_dir": str(run_dir),
+            "ckpt_every": 0,
+            "keep_last": 1,
+            "log_every": 1,  # every step: the report smooths the curves itself
+            "image_every": 0,  # the report draws its own reconstruction of a held-out clip
+            "val_every": 0 if pretrain else s.finetune_eval_every,
+            "val_at_start": not pretrain,  # both fine-tuning curves start from their initial accuracy
+            "wandb_mode": "disabled",
+        },
+    }
+    if not pretrain:
+        updates["finetune"] = {"average_epochs": None}  # same number of steps, no averaging: like for like
+    merge(cfg, updates)
+    validate(cfg)
+    return cfg

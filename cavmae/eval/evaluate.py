@@ -150,9 +150,9 @@ def evaluate_shards(
     chunk: int = 1024,
     progress: bool = True,
 ) -> dict:
-    """Evaluate `model` on `shards`: classification for a fine-tuned model (``mode`` defaults to the model's
-    ``train.ft_mode``; ``ten_frame`` adds the ten-frame ensemble; ``multilabel`` defaults to ``train.ft_loss`` when
-    ``cfg`` comes from a run, else it is read off the labels), retrieval for a pre-trained one. ``cfg`` supplies the
+    """Evaluate `model` on `shards`: classification for a fine-tuned model (``mode`` defaults to the run's
+    ``finetune.inputs``, audiovisual without one; ``ten_frame`` adds the ten-frame ensemble; ``multilabel`` when
+    None is read off the labels), retrieval for a pre-trained one. ``cfg`` supplies the
     data settings (fbank statistics, label CSV, eval.batch_size, data.num_workers)."""
     from dataclasses import replace
 
@@ -163,7 +163,7 @@ def evaluate_shards(
     cfg = replace(cfg, model=model.cfg)  # input sizes of the model being evaluated
     if model_kind(model) == "pretrain":
         return {"kind": "retrieval", **evaluate_retrieval(model, shards, cfg, device, chunk)}
-    mode = mode or cfg.train.ft_mode
+    mode = mode or (cfg.finetune.inputs if cfg.finetune is not None else "audiovisual")
     frames = "all" if ten_frame and mode not in AUDIO_ONLY_MODES else "middle"
     loader = loader_for(cfg, shards, train=False, frame_mode=frames, rank=0, world_size=1)
     model.to(device)

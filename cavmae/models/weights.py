@@ -125,7 +125,7 @@ def from_pretrained(directory: str | Path) -> tuple[nn.Module, Config]:
         raise CheckpointError(f"{cfg_path}: {e}") from e
     state = read_safetensors(weights)
     # Training checkpoints do not record the kind in their metadata: their config's task says it.
-    kind = _read_kind(weights) or ("classifier" if cfg.train.task == "finetune" else "pretrain")
+    kind = _read_kind(weights) or ("classifier" if cfg.task == "finetune" else "pretrain")
     model = build_model(kind, cfg.model)
     _load_strict(model, state, str(weights))
     return model.eval(), cfg

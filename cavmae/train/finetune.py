@@ -2,18 +2,18 @@
 
 - model: :class:`~cavmae.models.classifier.CAVMAEClassifier`, initialised from ``train.init`` (our pre-trained or
   fine-tuned models, or the public CAV-MAE checkpoints; the decoder is dropped and a head of another size keeps
-  its fresh init); ``train.freeze_base`` trains the head alone (linear probe, the public ``--freeze_base``);
-- inputs: ``train.ft_mode`` = audiovisual | audio | video; one frame per clip (random in training);
-- loss: ``train.ft_loss`` = bce (multi-label, AudioSet; metrics mAP / mAUC / d-prime) or ce (single-label,
+  its fresh init); ``finetune.freeze_base`` trains the head alone (linear probe, the public ``--freeze_base``);
+- inputs: ``finetune.inputs`` = audiovisual | audio | video; one frame per clip (random in training);
+- loss: ``finetune.loss`` = bce (multi-label, AudioSet; metrics mAP / mAUC / d-prime) or ce (single-label,
   VGGSound; top-1 / top-5); labels may be soft (mixup, label smoothing are applied by the data pipeline); with
   ``data.balance_mode=weights`` each clip's loss is weighted by its class-balance weight;
-- learning rates: the head (``mlp_head``) at ``optim.head_lr_mult`` x lr; optional layer-wise decay
-  ``optim.layer_decay`` (block i of a modality stack and shared block j are layers i+1 and depth+1+j);
+- learning rates: the head (``mlp_head``) at ``finetune.head_lr_mult`` x lr; optional layer-wise decay
+  ``finetune.layer_decay`` (block i of a modality stack and shared block j are layers i+1 and depth+1+j);
 - per-epoch validation: the middle frame, predictions gathered from every process;
-- weight averaging: the weights after each epoch in [train.avg_weights_from, train.avg_weights_to] are kept in
+- weight averaging: the weights after each epoch of ``finetune.average_epochs`` [first, last] are kept in
   ``<out_dir>/epoch_weights/`` and averaged into the final model, as the paper does;
 - the end (:meth:`FinetuneTask.final_evaluation`): the final (averaged) model is evaluated at the middle frame and,
-  with ``eval.ten_frame``, with the ten-frame ensemble (per-frame probabilities averaged); three numbers are
+  with ``finetune.ten_frame``, with the ten-frame ensemble (per-frame probabilities averaged); three numbers are
   reported: last epoch, averaged, averaged + ten frames (cavmae/eval/evaluate.py).
 """
 
@@ -37,7 +37,7 @@ from cavmae.train.unused import unused_parameters
 
 log = logging.getLogger(__name__)
 
-# the encoder stream (cavmae/train/unused.py) that each train.ft_mode classifies with
+# the encoder stream (cavmae/train/unused.py) that each finetune.inputs classifies with
 FT_MODE_STREAMS = {"audiovisual": "joint", "audio": "audio", "video": "video"}
 
 
@@ -84,42 +84,42 @@ class FinetuneTask(Task):
         from cavmae.models.classifier import CAVMAEClassifier
 
         model = CAVMAEClassifier(cfg.model)
-        if cfg.train.freeze_base:  # linear probe: requires_grad survives train.init (load_state_dict keeps it)
+        if cfg.finetune.freeze_base:  # linear probe: requires_grad survives train.init (load_state_dict keeps it)
             for name, p in model.named_parameters():
                 p.requires_grad_(name.startswith("mlp_head."))
         return model
 
     def unused_parameters(self, model: nn.Module, cfg: Config) -> list[str]:
-        """The stream train.ft_mode classifies with is used (cavmae/models/classifier.py); the others, and the
+        """The stream finetune.inputs classifies with is used (cavmae/models/classifier.py); the others, and the
         input branch of a modality the mode does not look at, are not."""
-        return unused_parameters(model, {FT_MODE_STREAMS[cfg.train.ft_mode]}, decoder=False)
+        return unused_parameters(model, {FT_MODE_STREAMS[cfg.finetune.inputs]}, decoder=False)
 
     def lr_scale(self, name: str, cfg: Config) -> float:
         if name.startswith("mlp_head."):
-            return cfg.optim.head_lr_mult
-        if cfg.optim.layer_decay == 1.0:
+            return cfg.finetune.head_lr_mult
+        if cfg.finetune.layer_decay == 1.0:
             return 1.0
         m = cfg.model
         top = m.modality_depth + m.shared_depth + 1
-        return cfg.optim.layer_decay ** (top - layer_id(name, m.modality_depth, m.shared_depth))
+        return cfg.finetune.layer_decay ** (top - layer_id(name, m.modality_depth, m.shared_depth))
 
     def step(self, model: nn.Module, batch: dict, cfg: Config) -> dict[str, torch.Tensor]:
-        logits = classify(model, batch, cfg.train.ft_mode)
-        loss = classification_loss(logits, batch["labels"], cfg.train.ft_loss, batch.get("weights"))
+        logits = classify(model, batch, cfg.finetune.inputs)
+        loss = classification_loss(logits, batch["labels"], cfg.finetune.loss, batch.get("weights"))
         acc = (logits.argmax(1) == batch["labels"].argmax(1)).float().mean()
         return {"loss": loss, "acc": acc.detach()}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[dict], accelerator, cfg: Config) -> dict[str, float]:
         """Loss and metrics of the middle frame over the whole split (every process gets the same dict)."""
-        pred = predict(model, batches, cfg.train.ft_mode)
+        pred = predict(model, batches, cfg.finetune.inputs)
         loss_sum = 0.0
         if len(pred):
             logits = pred.logits[:, middle_frame(pred.logits.shape[1])]
-            loss_sum = float(classification_loss(logits, pred.labels, cfg.train.ft_loss)) * len(pred)
+            loss_sum = float(classification_loss(logits, pred.labels, cfg.finetune.loss)) * len(pred)
         everything = gather_predictions(accelerator, pred)
         loss = sum_over_processes(accelerator, {"loss": loss_sum})["loss"] / max(len(everything), 1)
-        report = classification_report(everything, multilabel=cfg.train.ft_loss == "bce")
+        report = classification_report(everything, multilabel=cfg.finetune.loss == "bce")
         return {"loss": loss, **report["single_frame"]}
 
     @torch.no_grad()
@@ -133,16 +133,15 @@ class FinetuneTask(Task):
         averaged_epochs: list[int],
     ) -> tuple[dict[str, float], dict]:
         """The paper's three numbers: the last epoch's validation (middle frame), the final model (averaged when
-        train.avg_weights_* is on) at the middle frame, and the same with the ten-frame ensemble.
+        finetune.average_epochs is set) at the middle frame, and the same with the ten-frame ensemble.
 
         Returns (summary: flat ``final/...`` numbers for the W&B summary, details: everything, for JSON).
         """
-        multilabel = cfg.train.ft_loss == "bce"
+        f = cfg.finetune
+        multilabel = f.loss == "bce"
         metric = main_metric(multilabel)
-        ten = cfg.eval.ten_frame and cfg.train.ft_mode not in AUDIO_ONLY_MODES
-        pred = gather_predictions(
-            accelerator, predict(model, val_batches("all" if ten else "middle"), cfg.train.ft_mode)
-        )
+        ten = f.ten_frame and f.inputs not in AUDIO_ONLY_MODES
+        pred = gather_predictions(accelerator, predict(model, val_batches("all" if ten else "middle"), f.inputs))
         report = classification_report(pred, multilabel)
         label = "averaged" if averaged_epochs else "last_epoch"
         details: dict = {
@@ -158,16 +157,16 @@ class FinetuneTask(Task):
         if "ten_frame" in report:
             details[f"{label}_ten_frame"] = report["ten_frame"]
             summary[f"final/{label}_ten_frame_{metric}"] = report["ten_frame"][metric]
-        elif cfg.eval.ten_frame:
-            details["note"] = f"ft_mode={cfg.train.ft_mode} does not look at the frames: no ten-frame ensemble"
+        elif f.ten_frame:
+            details["note"] = f"finetune.inputs={f.inputs} does not look at the frames: no ten-frame ensemble"
         return summary, details
 
     # weight averaging over epochs ------------------------------------------------------------------------------
     def _averaged_epochs(self, cfg: Config) -> range:
-        t = cfg.train
-        if t.avg_weights_from <= 0:
+        if cfg.finetune.average_epochs is None:
             return range(0)
-        return range(t.avg_weights_from, (t.avg_weights_to or t.epochs) + 1)
+        first, last = cfg.finetune.average_epochs
+        return range(first, last + 1)
 
     def end_of_epoch(self, model: nn.Module, epoch: int, out_dir: Path, cfg: Config) -> None:
         if epoch + 1 in self._averaged_epochs(cfg):
@@ -184,7 +183,7 @@ class FinetuneTask(Task):
         files = [f for f in files if f.is_file()]
         if not files:
             if epochs:
-                log.warning("no epoch weights in %s to average (train.avg_weights_*): keeping the last", out_dir)
+                log.warning("no epoch weights in %s to average (finetune.average_epochs): keeping the last", out_dir)
             return []
         missing = len(epochs) - len(files)
         if missing:

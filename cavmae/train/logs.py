@@ -67,7 +67,7 @@ class RunLogger:
         if cfg.train.progress_bar:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total_steps, initial=start_step, desc=cfg.train.task, dynamic_ncols=True)
+            self.bar = tqdm(total=total_steps, initial=start_step, desc=cfg.task, dynamic_ncols=True)
 
     def _init_wandb(self, cfg: Config, start_step: int) -> None:
         # One W&B run id per run directory, kept across resumes.

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cavmae.config import Config, ConfigError
+from cavmae.config import Config, ConfigError, check_task
 from cavmae.data.loader import ERROR_KINDS, LoadErrors
 from cavmae.data.verify import require_valid_shards
 from cavmae.models.weights import save_pretrained
@@ -103,11 +103,18 @@ class Run:
         return self.accelerator.unwrap_model(self.model)
 
 
-def train(cfg: Config, task: Task | None = None) -> Path:
-    """Train (or resume) according to ``cfg``; returns the run directory. The final model is saved with
-    save_pretrained in ``<out_dir>/model``. Raises :class:`TrainingStopped` after ``train.max_bad_steps``
-    non-finite steps in a row (after writing a checkpoint of the last good weights)."""
-    task = task or get_task(cfg.train.task)
+def train(cfg: Config, task: str | Task | None = None, resume: str = "") -> Path:
+    """Train according to ``cfg``; returns the run directory. The final model is saved with save_pretrained in
+    ``<out_dir>/model``. Raises :class:`TrainingStopped` after ``train.max_bad_steps`` non-finite steps in a row
+    (after writing a checkpoint of the last good weights).
+
+    ``task``: ``"pretrain"`` / ``"finetune"`` (which ``cfg`` must describe: a finetune section exactly for
+    fine-tuning), a :class:`Task` of one's own, or None for the task ``cfg`` describes. ``resume``: ``""`` (a fresh
+    run), ``"auto"`` (the newest readable checkpoint of train.out_dir, or a fresh run if it holds none) or a
+    checkpoint directory."""
+    if task is None or isinstance(task, str):
+        check_task(cfg, task or cfg.task)
+        task = get_task(task or cfg.task)
     out_dir = Path(cfg.train.out_dir)
     fresh = not out_dir.exists()
     accelerator = setup_accelerator(cfg)
@@ -120,7 +127,7 @@ def train(cfg: Config, task: Task | None = None) -> Path:
                 for split in ("train", "val"):
                     if getattr(cfg.data, f"{split}_shards"):
                         require_valid_shards(getattr(cfg.data, f"{split}_shards"), f"data.{split}_shards")
-            candidates = check_resume(cfg)
+            candidates = check_resume(cfg, resume)
             run = build_run(cfg, task, accelerator, candidates)
             run.model.train()
             if cfg.train.val_at_start and run.state.step == 0:
@@ -157,15 +164,15 @@ def remove_unstarted_run(out_dir: Path) -> None:
         log.info("removed %s: the run stopped before its first step", out_dir)
 
 
-def check_resume(cfg: Config) -> list[Path]:
-    """The checkpoints to resume from (``train.resume``), newest first (empty for a fresh start); refuses a fresh
-    start over an earlier run."""
+def check_resume(cfg: Config, resume: str = "") -> list[Path]:
+    """The checkpoints to resume from (``resume``: "", "auto" or a checkpoint directory), newest first (empty for
+    a fresh start); refuses a fresh start over an earlier run."""
     out_dir = Path(cfg.train.out_dir)
-    candidates = resume_candidates(cfg.train.resume, out_dir)
+    candidates = resume_candidates(resume, out_dir)
     if not candidates and (list_checkpoints(out_dir) or list_incomplete(out_dir)):
         raise ConfigError(
             f"train.out_dir={str(out_dir)!r} already holds checkpoints; continue that run with --resume auto "
-            "(train.resume=auto) or choose another train.out_dir"
+            "or choose another train.out_dir"
         )
     return candidates
 

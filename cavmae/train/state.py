@@ -11,7 +11,7 @@ Layout of ``<out_dir>/checkpoints/ckpt-00001000/``::
 
 Every process writes into ``.tmp-ckpt-<step>`` and the main process renames it to ``ckpt-<step>`` once all have
 finished: a crash mid-write leaves only a temporary directory, which is ignored (and removed by the next save), so
-``resume=auto`` always finds the previous complete checkpoint. This assumes ``out_dir`` is on a file system that
+``--resume auto`` always finds the previous complete checkpoint. This assumes ``out_dir`` is on a file system that
 every process sees (as does Accelerate's save_state).
 """
 
@@ -34,6 +34,7 @@ import yaml
 from safetensors.torch import save_file
 
 from cavmae.config import Config
+from cavmae.config.loading import upgrade_saved
 from cavmae.models.weights import (
     CheckpointError,
     DamagedCheckpointError,
@@ -139,8 +140,8 @@ def list_incomplete(out_dir: str | Path) -> list[Path]:
 
 def resume_candidates(resume: str, out_dir: str | Path) -> list[Path]:
     """The checkpoints to try, newest first: ``""`` -> none; ``auto`` -> the complete checkpoints of out_dir
-    (none if there are none yet; :func:`load_newest_readable` falls back through them); otherwise the one
-    checkpoint directory named, which must exist and be complete.
+    (none if there are none yet, said in a warning that names the folder: :func:`load_newest_readable` falls back
+    through them); otherwise the one checkpoint directory named, which must exist and be complete.
 
     A ``ckpt-*`` directory without meta.json is reported, never skipped silently: newer than the one resumed, it
     is named in a warning; with no complete checkpoint beside it, resuming stops instead of starting afresh."""
@@ -153,25 +154,41 @@ def resume_candidates(resume: str, out_dir: str | Path) -> list[Path]:
         skipped = [str(p) for p in incomplete if _step_of(p) > newest]
         if skipped and not found:
             raise DamagedCheckpointError(
-                f"resume=auto: {', '.join(skipped)} has no meta.json (lost, or the directory was partly copied) "
+                f"--resume auto: {', '.join(skipped)} has no meta.json (lost, or the directory was partly copied) "
                 f"and {checkpoint_root(out_dir)} holds no complete checkpoint; restore the checkpoint, or remove "
                 "it to start from scratch"
             )
         if skipped:
             log.warning(
-                "resume=auto: skipping %s: no meta.json (lost, or the directory was partly copied)",
+                "--resume auto: skipping %s: no meta.json (lost, or the directory was partly copied)",
                 ", ".join(skipped),
             )
         if not found:
-            log.info("resume=auto: no complete checkpoint in %s, starting from scratch", checkpoint_root(out_dir))
+            # A preemptible job passes auto from its first start on, so this is no error; but a mistyped
+            # train.out_dir lands here too, and must not pass for a resume.
+            where = Path(out_dir).resolve()
+            state = "holds no checkpoint" if where.exists() else "does not exist yet"
+            log.warning("--resume auto: no checkpoint found: %s %s; training starts at step 0", where, state)
         return found[::-1]
     path = Path(resume)
+    if not path.exists():
+        raise CheckpointError(f"--resume {resume}: {path} does not exist")
     if not (path / "meta.json").is_file():
-        raise CheckpointError(
-            f"train.resume={resume!r}: not a complete checkpoint directory (no meta.json); use 'auto' or a "
-            f"{checkpoint_root(out_dir)}/ckpt-* directory"
-        )
+        raise CheckpointError(f"--resume {resume}: {_not_a_checkpoint(path)}")
     return [path]
+
+
+def _not_a_checkpoint(path: Path) -> str:
+    """What ``path`` is instead of a checkpoint, and what to pass."""
+    expected = "expected a checkpoint directory RUN/checkpoints/ckpt-NNNNNNNN holding meta.json, or 'auto'"
+    if path.is_file():
+        return f"{path} is a file; {expected}"
+    if CKPT_RE.match(path.name):
+        return f"{path} has no meta.json: an incomplete checkpoint (lost, or partly copied); {expected}"
+    newest = list_checkpoints(path)
+    if newest:
+        return f"{path} is a run directory; pass --resume auto with train.out_dir={path}, or {newest[-1]}"
+    return f"{path} is not a checkpoint (no meta.json); {expected}"
 
 
 def resolve_resume(resume: str, out_dir: str | Path) -> Path | None:
@@ -182,6 +199,17 @@ def resolve_resume(resume: str, out_dir: str | Path) -> Path | None:
 
 # ---------------------------------------------------------------------------------------------------------------
 # saving
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """``{"a.b": value}`` of a nested dict; a section saved as null (finetune) is one entry."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _fsync(path: Path) -> None:
@@ -336,13 +364,12 @@ def load_checkpoint(
 
 def _warn_config_changes(path: Path, cfg: Config) -> None:
     """Log the settings that differ from the checkpoint's (some changes are intended, e.g. more epochs)."""
-    saved = yaml.safe_load((path / "config.yaml").read_text()) or {}
-    now = cfg.to_dict()
-    changed = []
-    for section, values in now.items():
-        for key, value in values.items():
-            old = saved.get(section, {}).get(key)
-            if old != value and f"{section}.{key}" not in ("train.resume", "train.out_dir"):
-                changed.append(f"{section}.{key}: {old!r} -> {value!r}")
+    saved = _flat(upgrade_saved(yaml.safe_load((path / "config.yaml").read_text()) or {}))
+    now = _flat(cfg.to_dict())
+    changed = [
+        f"{key}: {saved.get(key)!r} -> {value!r}"
+        for key, value in now.items()
+        if saved.get(key) != value and key != "train.out_dir"
+    ]
     if changed:
         log.warning("config differs from checkpoint %s: %s", path, "; ".join(changed))

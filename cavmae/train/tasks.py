@@ -6,7 +6,7 @@ A task builds the model, turns a batch into named losses, evaluates, and draws a
     @register_task("finetune")
     class FinetuneTask(Task):
         def build_model(self, cfg): ...            # CAVMAEClassifier, initialised from cfg.train.init
-        def lr_scale(self, name, cfg): ...         # e.g. cfg.optim.head_lr_mult for "mlp_head.*"
+        def lr_scale(self, name, cfg): ...         # e.g. cfg.finetune.head_lr_mult for "mlp_head.*"
         def step(self, model, batch, cfg): ...     # {"loss": bce, "acc": ...}
         def evaluate(self, model, batches, accelerator, cfg): ...   # gather predictions, mAP
 """
@@ -37,7 +37,7 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
 
 def get_task(name: str) -> Task:
     if name not in _TASKS:
-        raise ConfigError(f"train.task={name!r} has no training task yet; available: {', '.join(sorted(_TASKS))}")
+        raise ConfigError(f"no training task {name!r}; registered: {', '.join(sorted(_TASKS))}")
     return _TASKS[name]()
 
 
