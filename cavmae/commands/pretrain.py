@@ -26,28 +26,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, task: str = "pretrain", logger: logging.Logger = log) -> int:
-    """Train ``task``; errors are logged under ``logger`` (the calling command's)."""
-    from cavmae.config import ConfigError, load_config
+    """Train ``task``. A config error is exit 2 and a missing or unusable input (init checkpoint, shards) exit 1,
+    both raised to cavmae.cli; a run that stopped (diverged) is exit 1."""
+    from cavmae.config import load_config
 
     main_process = int(os.environ.get("RANK", "0")) == 0
     if not main_process:  # one copy of the log is enough; warnings and errors still come from every process
         logging.getLogger().setLevel(logging.WARNING)
     # The config first, before torch loads (seconds): a typo in a key or value answers at once.
-    try:
-        cfg = load_config(args.config, args.overrides, task=task)
-    except ConfigError as e:
-        logger.error("%s", e)
-        return 2
+    cfg = load_config(args.config, args.overrides, task=task)
 
-    from cavmae.data.verify import ShardVerifyError
-    from cavmae.models.weights import CheckpointError
     from cavmae.train import TrainingStopped, train
 
     try:
         out_dir = train(cfg, task, resume=args.resume or "")
-    except (ConfigError, CheckpointError, ShardVerifyError) as e:
-        logger.error("%s", e)
-        return 2
     except TrainingStopped as e:
         logger.error("%s", e)
         return 1

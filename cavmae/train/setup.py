@@ -73,7 +73,7 @@ def initialise(model: nn.Module, cfg: Config) -> None:
     if not path:
         return
     if not Path(path).exists():
-        raise ConfigError(f"train.init={path!r} does not exist")
+        raise CheckpointError(f"train.init={path!r} does not exist")
     try:
         if fmt == "auto":
             if Path(path).is_dir() or Path(path).suffix == ".safetensors":
