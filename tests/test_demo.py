@@ -34,21 +34,23 @@ FIGURES = (
 
 
 @pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory) -> tuple[Path, str]:
-    """The quick demo through the command line: (output folder, what it printed)."""
+def quick_demo(tmp_path_factory) -> tuple[Path, str, float]:
+    """The quick demo through the command line: (output folder, what it printed, its wall seconds)."""
     import contextlib
     import io
+    import time
 
     out = tmp_path_factory.mktemp("demo") / "out"
     printed = io.StringIO()
+    start = time.perf_counter()
     with contextlib.redirect_stdout(printed):
         assert main(["demo", "--quick", "--out", str(out), "--seed", "0"]) == 0
-    return out, printed.getvalue()
+    return out, printed.getvalue(), time.perf_counter() - start
 
 
 @pytest.mark.slow
 def test_quick_demo_writes_the_report_and_pretraining_beats_random_init(quick_demo):
-    out, printed = quick_demo
+    out, printed, wall_s = quick_demo
     report = (out / "report.md").read_text()
     for name in FIGURES:
         png = out / "figures" / f"{name}.png"
@@ -78,7 +80,15 @@ def test_quick_demo_writes_the_report_and_pretraining_beats_random_init(quick_de
         c = m["classification"][name]
         assert c["curve"][0][0] == 0 and c["curve"][-1][0] == c["steps"]
         assert len(c["per_class_top1"]) == len(m["data"]["classes"])
-    assert m["timings_s"]["total"] > 0
+    # the timings add up (each is rounded to 0.1 s): the phases make the total, and with one seed (trained in this
+    # process) the training phase is that replica's four phases
+    t, seed_t = m["timings_s"], m["per_seed"][0]["timings_s"]
+    assert set(t) == {"data", "training", "total_before_report", "gallery", "report", "total"}
+    replica = seed_t["pretrain"] + seed_t["retrieval"] + seed_t["finetune_pretrained"] + seed_t["finetune_scratch"]
+    assert t["training"] == pytest.approx(replica, abs=0.5), t
+    assert t["total_before_report"] == pytest.approx(t["data"] + t["training"], abs=0.2), t
+    assert t["total"] == pytest.approx(t["total_before_report"] + t["gallery"] + t["report"], abs=1.0), t
+    assert t["total"] <= wall_s + 0.1
 
     assert f"report: {(out / 'report.md').resolve()}" in printed
     assert "R@5: pre-trained" in printed and "fine-tuned" in printed
@@ -86,7 +96,7 @@ def test_quick_demo_writes_the_report_and_pretraining_beats_random_init(quick_de
 
 @pytest.mark.slow
 def test_demo_replaces_an_earlier_demo_but_no_other_folder(quick_demo, tmp_path):
-    out, _ = quick_demo
+    out, _, _ = quick_demo
     assert (out / MARKER).is_file()
     other = tmp_path / "mine"
     other.mkdir()

@@ -22,8 +22,23 @@ from cavmae.eval.retrieval import EmbeddingSet
 def paired_embeddings(keys: list[str], seed: int = 0) -> EmbeddingSet:
     g = torch.Generator().manual_seed(seed)
     audio = torch.randn(len(keys), 16, generator=g)
-    video = audio + 0.8 * torch.randn(len(keys), 16, generator=g)
+    # noisy enough that brute force ranks some true pairs second or third and misses one (checked by the tests)
+    video = audio + 4.0 * torch.randn(len(keys), 16, generator=g)
     return EmbeddingSet(keys, F.normalize(audio, dim=-1), F.normalize(video, dim=-1))
+
+
+def true_pair_positions(page: str, emb: EmbeddingSet, k: int) -> list[int | None]:
+    """For each query row of the page (both directions, in page order), where brute force's top `k` puts the
+    query's own clip (0-based), or None when it is not among them: the green tile each row must show, found from
+    the embeddings instead of the page."""
+    positions = []
+    for d, (q, g) in {"v2a": (emb.video, emb.audio), "a2v": (emb.audio, emb.video)}.items():
+        section = page[page.index(f'id="{d}"') :].split("</section>")[0]
+        for key in re.findall(r'class="clip query".*?class="key">([^<]+)<', section):
+            _, rows = top_k(q[emb.index(key)][None], g, k)
+            ranked = rows[0].tolist()
+            positions.append(ranked.index(emb.index(key)) if emb.index(key) in ranked else None)
+    return positions
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +74,13 @@ def test_gallery_page_and_media(gallery):
     assert Image.open(jpgs[0]).size == (64, 64)  # the shards' middle frame (64 px synthetic clips)
     audio, rate = sf.read(io.BytesIO(wavs[0].read_bytes()))
     assert rate == 16000 and len(audio) == 24000  # the first 1.5 s
-    assert page.count("\u2713 true pair") == page.count('class="clip tile hit"') > 0
+    # the green tiles: in each row, the tile of the query's own clip, wherever brute force ranks it
+    expected = true_pair_positions(page, emb, 3)
+    assert None in expected and len(set(expected)) > 2  # the fixture: a miss and true pairs at several ranks
+    rows = page.split('<div class="row">')[1:]
+    shown = [next((i for i, t in enumerate(re.findall(r'class="clip tile( hit)?"', r)) if t), None) for r in rows]
+    assert shown == expected
+    assert page.count("\u2713 true pair") == page.count('class="clip tile hit"') == sum(p is not None for p in expected)
 
 
 def test_gallery_opens_in_headless_chromium(gallery, tmp_path):
@@ -67,7 +88,7 @@ def test_gallery_opens_in_headless_chromium(gallery, tmp_path):
         if require_browser():
             pytest.fail("CAVMAE_REQUIRE_BROWSER=1 but chromium is not installed (apt-get install -y chromium)")
         pytest.skip("chromium is not installed (apt-get install -y chromium); CI installs it and runs this test")
-    html_dir, _ = gallery
+    html_dir, emb = gallery
     report = load_page(
         html_dir / "index.html",
         {
@@ -84,7 +105,8 @@ def test_gallery_opens_in_headless_chromium(gallery, tmp_path):
     assert report.values["tiles"] == 24 and report.values["visible_tiles"] == 24
     assert report.values["images_ok"] and report.values["images"] == 32  # 8 query + 24 result frames
     assert len(report.audio_durations) == 32 and all(abs(d - 1.5) < 0.01 for d in report.audio_durations)
-    assert report.values["hits"] > 0
+    expected = true_pair_positions((html_dir / "index.html").read_text(), emb, 3)
+    assert report.values["hits"] == sum(p is not None for p in expected)
     assert any(u.endswith(".wav") for u in report.requests) and any(u.endswith(".jpg") for u in report.requests)
     shot = Image.open(io.BytesIO(report.screenshot))
     assert shot.size == (1400, 1000)

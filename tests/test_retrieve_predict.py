@@ -8,15 +8,30 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import cavmae
 from cavmae.cli import main
 from cavmae.commands.predict import choose_mode
+from cavmae.eval.inputs import load_file
 from cavmae.eval.retrieval import EmbeddingSet
 
 REPO = Path(__file__).resolve().parents[1]
 
 MEDIA = ["00W1lcxW-WU_40.000.mp4", "chaplin.mp4", "FwVYUHKoLtQ_000034.wav"]
+
+
+def parse_matches(out: str) -> dict[str, list[tuple[str, float]]]:
+    """retrieve's query output -> {heading: [(key, score), ...]} in printed order."""
+    blocks: dict[str, list[tuple[str, float]]] = {}
+    matches: list[tuple[str, float]] = []
+    for line in out.strip().splitlines():
+        if line.startswith("  "):  # "   1. <key>  <score>"
+            _, key, score = line.split()
+            matches.append((key, float(score)))
+        else:
+            matches = blocks[line] = []
+    return blocks
 
 
 def small_cfg(**kw) -> cavmae.ModelConfig:
@@ -90,14 +105,26 @@ def test_retrieve_embeds_shards_and_answers_queries(pretrained_dir, media_shards
     assert "key chaplin: top 2 videos" in out
     assert f"{files[0]}: top 2 audios" in out  # a video file queries the audios
     assert f"{files[2]}: top 2 videos" in out  # an audio file queries the videos
-    blocks = out.strip().split("\n")
-    scores = [float(line.split()[-1]) for line in blocks if line.startswith("   ")]
-    assert len(scores) == 8 and all(-1.0 <= s <= 1.0 for s in scores)
-    # the key query equals a query with the stored embedding: its own clip's video scores as the gallery says
-    i = gallery.index("chaplin")
-    expected = (gallery.audio[i] @ gallery.video.t()).max().item()
-    key_line = blocks[blocks.index("key chaplin: top 2 videos") + 1]
-    assert abs(float(key_line.split()[-1]) - expected) < 1e-4
+    printed = parse_matches(out)
+    # every match is the cosine of the query's embedding, computed here from the model and the files, with the
+    # gallery's other modality, in descending order: a key queries with its stored audio, a video file with its
+    # frames, an audio file with its sound
+    model = cavmae.load_model(pretrained_dir).eval()
+    with torch.no_grad():
+        video_q = [model.embed_video(load_file(f, model.cfg).frames)[0] for f in files[:2]]
+        audio_q = model.embed_audio(load_file(files[2], model.cfg).audio)[0]
+    queries = {
+        "key chaplin: top 2 videos": (gallery.audio[gallery.index("chaplin")], gallery.video),
+        f"{files[0]}: top 2 audios": (video_q[0], gallery.audio),
+        f"{files[1]}: top 2 audios": (video_q[1], gallery.audio),
+        f"{files[2]}: top 2 videos": (audio_q, gallery.video),
+    }
+    assert list(printed) == list(queries)
+    for name, (query, candidates) in queries.items():
+        cosine = F.normalize(query.float(), dim=-1) @ candidates.t()
+        order = cosine.argsort(descending=True).tolist()
+        assert [key for key, _ in printed[name]] == [gallery.keys[r] for r in order], name
+        assert [score for _, score in printed[name]] == pytest.approx(cosine[order].tolist(), abs=1e-4), name
     assert main(["retrieve", "--embeddings", str(emb), "--query-key", "nope"]) == 1
 
 

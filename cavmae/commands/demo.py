@@ -14,7 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--out", default="runs/demo", help="output folder (default: runs/demo; an earlier demo there is replaced)"
     )
     p.add_argument("--backbone", default="vit", help="encoder block: vit or mamba (model.backbone)")
-    p.add_argument("--quick", action="store_true", help="a shorter demo (about a minute; what CI runs)")
+    p.add_argument(
+        "--quick", action="store_true", help="a shorter demo: fewer clips, classes and steps, one seed (what CI runs)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds the clips, the initialisations and the data order")
     p.add_argument(
         "--seeds",

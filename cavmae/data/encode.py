@@ -33,8 +33,8 @@ class PrepareOptions:
     num_frames: int = NUM_FRAMES
     jpeg_quality: int = 90
     store: Literal["decoded", "mp4", "both"] = "decoded"  # decoded: audio + jpg; mp4: raw file only; both: all
-    # 16-bit PCM in a WAV or FLAC container. WAV is the default because the loader decodes it in ~0.03 ms per 10 s
-    # clip against ~1.7 ms for FLAC (more than the whole fbank), for ~25 % more bytes per sample.
+    # 16-bit PCM in a WAV or FLAC container. WAV is the default because the loader decodes it almost for free while
+    # FLAC costs more than the whole fbank, for more bytes per sample (measured: scripts/results/README.md).
     audio_format: Literal["wav", "flac"] = "wav"
     clip_seconds: float = 10.0  # window read from a file when the metadata gives no end (folders, VGGSound)
     # Which audio is stored: the first channel at unit gain (CAV-MAE's extraction, what its checkpoints saw) or the

@@ -115,10 +115,9 @@ def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
 def tar_samples(errors: LoadErrors) -> Callable[[Iterable[dict]], Iterator[dict]]:
     """WebDataset stage: shard dicts ``{"url": ...}`` -> samples, by :func:`cavmae.data.shards.iter_shard`.
 
-    Our own stage rather than ``wds.tarfile_to_samples`` because it measures faster (``scripts/bench_data.py
-    --tar``, prepare's shards of 12 members per sample, one core: 8,300-8,500 against 1,900-2,000 samples per
-    CPU-second, 4.1-4.3x, median of 5 interleaved rounds in two runs) and counts and names every fault (empty
-    shards, damaged headers with resynchronisation) in `errors`.
+    Our own stage rather than ``wds.tarfile_to_samples`` because it expands prepare's shards (12 members per
+    sample) in less CPU time (``scripts/bench_data.py --tar``; measured: scripts/results/README.md) and counts and
+    names every fault (empty shards, damaged headers with resynchronisation) in `errors`.
     """
 
     def stage(shards: Iterable[dict]) -> Iterator[dict]:

@@ -7,25 +7,23 @@ This module imports no torch, so prepare's worker processes stay small.
 Which decoder does what, and why:
 
 - **Audio: PyAV** (libavcodec + libswresample through ``av.AudioResampler``), for every file. decord's
-  ``AudioReader`` leaks ~0.7 MiB per reader that is never returned (a prepare worker grew without bound), and with
+  ``AudioReader`` leaks memory with every reader, never returned (a prepare worker grew without bound), and with
   ``mono=True`` it returns (L+R)/sqrt(2): +3 dB on correlated stereo and clipping on loud clips. Here audio is
   resampled to 16 kHz with all its channels, then the FIRST channel is kept at unit gain (CAV-MAE's extraction:
   ``ffmpeg -ar 16000`` then ``sox remix 1``); ``channel="mean"`` gives (L+R)/2 instead. libavcodec applies the
   codec delay the container declares (Opus pre-skip, AAC priming in MP4 edit lists), as the ffmpeg command does.
-  Measured by ``scripts/bench_prepare_worker.py`` (RSS growth per clip of one prepare worker) and by the test over
-  1,000 5 s clips: decord's reader +614 MiB, this one +2 MiB.
-- **Frames: decord where it is right, PyAV where it is not.** decord ignores MP4 edit lists: on a file whose edit
-  list skips the start of the video it stamps frames from a negative time, and its pixels at its own stamp t show
-  ffmpeg's picture at t + skip (measured on an ``ffmpeg -ss 1.5 -c copy`` cut: mean abs pixel error 11-20 against
-  ffmpeg's frame at the same time; the real AudioSet case is 3.34 s). So each file's video packets are demuxed
-  with PyAV first (no decoding, ~1-2 ms for a 10 s clip): the presentation times of the packets libavformat
-  keeps (edit lists applied, discarded lead-in packets dropped) are ffmpeg's frame times. When decord's frame
-  stamps equal them (same count, within 1 ms) decord decodes; otherwise (edit lists, negative or non-monotonic
-  stamps, a different frame count) PyAV decodes, which gives ffmpeg's frames exactly. decord stays the default
-  because it is ~2x faster for 10 frames of a 10 s clip (one thread, 256x144 AudioSet clip: 25-46 ms against
-  65-84 ms; 640x360: 150-180 ms against 360-390 ms; median of 5, two interleaved rounds, 2 shared CPU cores):
-  it seeks to the keyframe before each wanted frame, PyAV's sequential decode converts only the wanted frames
-  but decodes every frame up to the last one.
+  The leak is measured by ``scripts/bench_prepare_worker.py`` (RSS growth per clip of one prepare worker; figures in
+  scripts/results/README.md).
+- **Frames: decord where it is right, PyAV where it is not.** decord ignores MP4 edit lists: on a file whose edit list
+  skips the start of the video it stamps frames from a negative time, and its pixels at its own stamp t show ffmpeg's
+  picture at t + skip (seen on an ``ffmpeg -ss 1.5 -c copy`` cut and on real AudioSet files, whose skip is seconds
+  long). So each file's video packets are demuxed with PyAV first (no decoding, cheap next to decoding the frames):
+  the presentation times of the packets libavformat keeps (edit lists applied, discarded lead-in packets dropped) are
+  ffmpeg's frame times. When decord's frame stamps equal them (same count, within 1 ms) decord decodes; otherwise
+  (edit lists, negative or non-monotonic stamps, a different frame count) PyAV decodes, which gives ffmpeg's frames
+  exactly. decord stays the default because it is faster for 10 frames of a 10 s clip (measured:
+  scripts/results/README.md): it seeks to the keyframe before each wanted frame, PyAV's sequential decode converts
+  only the wanted frames but decodes every frame up to the last one.
 - **Opening: PyAV with** ``metadata_errors="ignore"`` everywhere: its default strict UTF-8 decoding of metadata
   rejects a valid file that carries one Latin-1 tag.
 

@@ -4,7 +4,7 @@ Sample schema (one WebDataset sample = consecutive tar members sharing a key)::
 
     <key>.json      metadata (UTF-8 JSON, below)
     <key>.wav       the clip's audio: 16 kHz, mono, 16-bit PCM WAV (default) ...
-    <key>.flac      ... or the same as FLAC (``--audio-format flac``: ~25 % smaller, ~1.7 ms more CPU per sample)
+    <key>.flac      ... or the same as FLAC (``--audio-format flac``: smaller shards, more CPU per sample)
     <key>.f0.jpg .. <key>.f9.jpg
                     RGB frames at evenly spaced times t_i = clip_start + i * (clip_end - clip_start) / 10 (the
                     frame showing t_i), shorter side resized to the prepare-time frame size (never enlarged)
@@ -177,12 +177,12 @@ def _header_ok(header: bytes) -> bool:
 def iter_tar(stream, on_resync: Callable[[str], None] | None = None) -> Iterator[tuple[str, bytes]]:
     """(name, data) of the regular files of an uncompressed tar stream (ustar, GNU long names, pax paths).
 
-    Written for speed: Python's tarfile spends ~40 us per member on header objects, which at 12 members per sample
-    was a third of the loader's per-sample time. A header with a bad checksum raises TarFormatError, or, with
-    `on_resync`, is skipped: the stream is scanned block by block for the next valid ustar header and reading goes
-    on from there, after ``on_resync(message)`` (one damaged header costs one sample, not the rest of the shard).
-    A member cut short raises TarFormatError; zero bytes raise TarFormatError ("empty file (0 bytes)"); an archive
-    that ends without the two zero blocks ends quietly, as with tar(1).
+    Written for speed: Python's tarfile builds header objects for every member, which at 12 members per sample was a
+    large part of the loader's per-sample time (measured: scripts/results/README.md). A header with a bad checksum
+    raises TarFormatError, or, with `on_resync`, is skipped: the stream is scanned block by block for the next valid
+    ustar header and reading goes on from there, after ``on_resync(message)`` (one damaged header costs one sample, not
+    the rest of the shard). A member cut short raises TarFormatError; zero bytes raise TarFormatError ("empty file (0
+    bytes)"); an archive that ends without the two zero blocks ends quietly, as with tar(1).
     """
     long_name: str | None = None
     offset = 0  # bytes read so far

@@ -3,8 +3,8 @@
 ``cavmae prepare`` records each shard's ``bytes`` and ``sha256`` in ``<name>-manifest.json``. :func:`verify_shards`
 checks the shards of a shard list against them (``cavmae verify-shards`` and ``data.verify=true`` before training)
 and names every shard that is missing, empty, of the wrong size, of the wrong digest, or has no manifest entry.
-Hashing reads every byte (about 1 s per GB on one core); sizes are checked first, so a truncated shard is named
-without hashing it.
+Hashing reads every byte, so it takes time in proportion to the shards' size; sizes are checked first, so a
+truncated shard is named without hashing it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``cavmae demo``: the whole pipeline on a CPU in minutes, ending in a report that shows that it learns.
+"""``cavmae demo``: the whole pipeline on a CPU, ending in a report that shows that it learns.
 
 Every stage is the library call a user would make on real data:
 
@@ -23,9 +23,8 @@ short (60 steps of 16 clips) because the classes are easy once seen often enough
 a pre-trained encoder gets there, and the curves in the report show both runs over every step.
 
 Training is repeated with three seeds on the same clips (``--seeds``; quick: one), each replica single-threaded in
-its own process, as many at a time as there are cores; the report gives mean ± sd. One full replica was measured at
-about 2.5 minutes of one idle core (a single-seed run), so three on 2 cores take about 6 minutes; the quick demo
-(one seed) about a minute.
+its own process, as many at a time as there are cores; the report gives mean ± sd, and ``metrics.json`` the
+seconds of each phase (``timings_s``; what the demo took on our machine: scripts/results/README.md).
 """
 
 from __future__ import annotations

@@ -35,8 +35,8 @@ class DemoSettings:
     samples_per_shard: int = 64
     workers: int = 2  # processes that render the clips and decode them into shards
     # torch threads while the demo runs. One: on a machine whose cores are busy with other work, two OpenMP threads
-    # per op made a tiny-model step up to 60x slower (measured: 0.05 s -> 3.6 s on 2 shared cores), while one
-    # thread costs at most ~1.4x on an idle machine; a fixed count also keeps results identical across machines.
+    # per op made a tiny-model step many times slower, while one thread costs little on an idle machine (measured:
+    # scripts/results/README.md); a fixed count also keeps results identical across machines.
     threads: int = 1
 
 

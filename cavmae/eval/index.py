@@ -11,8 +11,8 @@ Kinds:
 - ``ivf``: inverted file with exact vectors (``IVF<nlist>,Flat``): a query scans ``nprobe`` of ``nlist`` cells.
 - ``ivfpq``: inverted file with product-quantised vectors (``IVF<nlist>,PQ<m>x8``): ``m`` bytes per vector,
   for corpora beyond memory.
-- ``auto``: ``flat`` below 100,000 clips (brute force is milliseconds per query there), ``ivf`` up to 2 million,
-  ``ivfpq`` beyond; ``nlist`` ~ 4 sqrt(N) (a power of two), ``nprobe`` = nlist / 16, ``m`` = D / 16.
+- ``auto``: ``flat`` below 100,000 clips (exact search is fast enough there; scripts/bench_index.py), ``ivf`` up
+  to 2 million, ``ivfpq`` beyond; ``nlist`` ~ 4 sqrt(N) (a power of two), ``nprobe`` = nlist / 16, ``m`` = D / 16.
 
 The coarse quantiser of an approximate index is trained on audio AND video vectors (half each): a quantiser
 trained on one modality places the other modality's queries in cells that hold no neighbours (the known failure
