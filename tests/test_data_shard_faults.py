@@ -226,6 +226,7 @@ def test_verify_stops_training_on_a_changed_shard(shards, tmp_path, caplog):
     cfg_args = [f"data.train_shards=[{','.join(urls)}]", "data.verify=true", f"train.out_dir={tmp_path / 'run'}"]
     tiny = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
     with caplog.at_level(logging.ERROR):
-        assert main(["pretrain", "--config", tiny, "data.synthetic=false", "model.num_classes=4", *cfg_args]) == 2
+        # a damaged input: the command ran and failed (exit 1), not a usage error
+        assert main(["pretrain", "--config", tiny, "data.synthetic=false", "model.num_classes=4", *cfg_args]) == 1
     assert any(urls[2] in r.message and "sha256" in r.message for r in caplog.records)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
