@@ -107,7 +107,12 @@ class CAVMAE(CAVMAEEncoder):
         mask_ratio_v: float | None = None,
         mask_mode: str | None = None,
         return_outputs: bool = False,
+        return_embeddings: bool = False,
     ) -> dict[str, torch.Tensor]:
+        """The named losses (see the class). ``return_outputs``: also ``pred_a``, ``pred_v`` and the masks
+        ``mask_a``, ``mask_v``. ``return_embeddings``: also ``emb_a``, ``emb_v`` [B, D], the retrieval embeddings
+        of the unmasked input (what :meth:`embed` returns), from the pass the contrastive loss already ran when
+        ``contrast_input="unmasked"``. Each stream runs only when a loss (or a requested output) needs it."""
         cfg = self.cfg
         a, v, masked_a, masked_v = self.forward_encoder(
             audio,
@@ -116,30 +121,34 @@ class CAVMAE(CAVMAEEncoder):
             cfg.mask_ratio_v if mask_ratio_v is None else mask_ratio_v,
             mask_mode or cfg.mask_mode,
         )
-        latent, latent_a, latent_v = self.joint_stream(a, v), self.audio_stream(a), self.video_stream(v)
         out: dict[str, torch.Tensor] = {}
         zero = audio.new_zeros(())
-        if cfg.rec_weight != 0:
-            pred_a, pred_v = self.forward_decoder(latent, masked_a, masked_v)
+        rec_a = rec_v = loss_c = acc_c = zero
+        if cfg.rec_weight != 0:  # reconstruction: the joint stream of the kept tokens
+            pred_a, pred_v = self.forward_decoder(self.joint_stream(a, v), masked_a, masked_v)
             rec_a, rec_v = self.forward_loss(audio, frames, pred_a, pred_v, masked_a.mask, masked_v.mask)
             if return_outputs:
                 out.update(pred_a=pred_a, pred_v=pred_v, mask_a=masked_a.mask, mask_v=masked_v.mask)
-        else:
-            rec_a = rec_v = zero
-        if cfg.contrast_input == "unmasked":  # the streams retrieval embeds, from every token (a pass of its own)
-            emb_a = self.audio_stream(self.encode_audio(audio)).mean(dim=1)
-            emb_v = self.video_stream(self.encode_video(frames)).mean(dim=1)
-        else:  # mean over the kept tokens
-            emb_a, emb_v = latent_a.mean(dim=1), latent_v.mean(dim=1)
+        unmasked = None  # (emb_a, emb_v) [B, D] each: the unmasked modality streams, mean-pooled
+        if return_embeddings or (cfg.contrast_weight != 0 and cfg.contrast_input == "unmasked"):
+            unmasked = (
+                self.audio_stream(self.encode_audio(audio)).mean(dim=1),
+                self.video_stream(self.encode_video(frames)).mean(dim=1),
+            )  # a pass of their own over every token
+            if return_embeddings:
+                out.update(emb_a=unmasked[0], emb_v=unmasked[1])
         loss_rec = rec_a + rec_v
-        if self.contrast_group and self.training and cfg.contrast_weight != 0:
-            loss, loss_c, acc_c = self._grouped_loss(loss_rec, emb_a, emb_v)
-        else:
-            if cfg.contrast_weight != 0:
-                loss_c, acc_c = info_nce(emb_a, emb_v, cfg.temperature, cfg.symmetric_contrast, self.gather_contrast)
+        loss = cfg.rec_weight * loss_rec
+        if cfg.contrast_weight != 0:
+            if cfg.contrast_input == "unmasked":
+                emb_a, emb_v = unmasked
+            else:  # the masked modality streams, mean over the kept tokens
+                emb_a, emb_v = self.audio_stream(a).mean(dim=1), self.video_stream(v).mean(dim=1)
+            if self.contrast_group and self.training:
+                loss, loss_c, acc_c = self._grouped_loss(loss_rec, emb_a, emb_v)
             else:
-                loss_c, acc_c = zero, zero
-            loss = cfg.rec_weight * loss_rec + cfg.contrast_weight * loss_c
+                loss_c, acc_c = info_nce(emb_a, emb_v, cfg.temperature, cfg.symmetric_contrast, self.gather_contrast)
+                loss = loss + cfg.contrast_weight * loss_c
         out.update(
             loss=loss,
             loss_rec=loss_rec,
