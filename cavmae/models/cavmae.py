@@ -9,7 +9,7 @@ from cavmae.config import ModelConfig
 from cavmae.models.blocks import create_block
 from cavmae.models.embed import audio_to_image, init_linear_and_norm, patchify, sincos_2d
 from cavmae.models.encoder import CAVMAEEncoder, reset_backbones
-from cavmae.models.losses import grouped_info_nce, info_nce, reconstruction_loss, world_size
+from cavmae.models.losses import grouped_info_nce, info_nce, reconstruction_loss
 from cavmae.models.masking import Masked, random_masking
 
 
@@ -19,6 +19,10 @@ class CAVMAE(CAVMAEEncoder):
     ``forward(audio [B, T, F], frames [B, 3, H, W])`` returns a dict of named losses and metrics:
     ``loss`` (= rec_weight * loss_rec + contrast_weight * loss_c), ``loss_rec`` (= loss_rec_a + loss_rec_v),
     ``loss_rec_a``, ``loss_rec_v``, ``loss_c`` (unweighted InfoNCE) and ``acc_c`` (in-batch retrieval accuracy).
+    With contrast groups (training only) ``loss_c`` is the mean over the groups of the global batch of each group's
+    InfoNCE (:func:`~cavmae.models.losses.grouped_info_nce`), so ``loss`` has the same form and scale as without
+    groups; the paper's DataParallel sum over its 4 GPUs is 4 times this loss, the same Adam steps up to eps and
+    weight decay (see :mod:`cavmae.models.losses`).
     """
 
     def __init__(self, cfg: ModelConfig | None = None):
@@ -26,8 +30,8 @@ class CAVMAE(CAVMAEEncoder):
         super().__init__(cfg, trainable_pos=False)
         ddim = cfg.decoder_embed_dim
         self.gather_contrast = False  # set by the trainer: negatives from every rank
-        # set by the trainer (train.contrast_group): InfoNCE within groups of N clips of the global batch, the
-        # whole loss summed over groups as the paper's DataParallel did; 0 = off. Training forwards only.
+        # set by the trainer (train.contrast_group): InfoNCE within groups of N clips of the global batch, averaged
+        # over the groups; 0 = off. Training forwards only.
         self.contrast_group = 0
         self.decoder_embed = nn.Linear(cfg.embed_dim, ddim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, ddim))
@@ -145,10 +149,12 @@ class CAVMAE(CAVMAEEncoder):
             else:  # the masked modality streams, mean over the kept tokens
                 emb_a, emb_v = self.audio_stream(a).mean(dim=1), self.video_stream(v).mean(dim=1)
             if self.contrast_group and self.training:
-                loss, loss_c, acc_c = self._grouped_loss(loss_rec, emb_a, emb_v)
+                loss_c, acc_c = grouped_info_nce(
+                    emb_a, emb_v, self.contrast_group, cfg.temperature, cfg.symmetric_contrast, self.gather_contrast
+                )
             else:
                 loss_c, acc_c = info_nce(emb_a, emb_v, cfg.temperature, cfg.symmetric_contrast, self.gather_contrast)
-                loss = loss + cfg.contrast_weight * loss_c
+            loss = loss + cfg.contrast_weight * loss_c
         out.update(
             loss=loss,
             loss_rec=loss_rec,
@@ -158,22 +164,6 @@ class CAVMAE(CAVMAEEncoder):
             acc_c=acc_c,
         )
         return out
-
-    def _grouped_loss(self, loss_rec: torch.Tensor, emb_a: torch.Tensor, emb_v: torch.Tensor):
-        """The DataParallel objective: sum over the G groups of the global batch of (k_rec * rec_g + k_c * c_g).
-
-        With equal clips per group rec_g averages to this batch's rec, so the sum is G * k_rec * rec; the InfoNCE
-        part is this process's share of sum_g c_g. DDP averages gradients over the W processes, so each process
-        returns W times its share. Returns (loss, mean InfoNCE per group for the logs, in-group accuracy).
-        """
-        cfg, b = self.cfg, emb_a.shape[0]
-        share, acc, group = grouped_info_nce(
-            emb_a, emb_v, self.contrast_group, cfg.temperature, cfg.symmetric_contrast, self.gather_contrast
-        )
-        world = world_size() if self.gather_contrast else 1
-        groups = b * world / group  # G, in the global batch
-        loss = groups * cfg.rec_weight * loss_rec + world * cfg.contrast_weight * share
-        return loss, share.detach() * group / b, acc
 
     @torch.no_grad()
     def embed(self, audio: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
