@@ -1,11 +1,11 @@
 """Bytes allocated per Mamba block forward + backward on CPU (torch profiler), today's mixer vs the one before.
 
-    python scripts/bench_mamba_block.py                          # tiny width, unmasked audio length, add + concat
-    python scripts/bench_mamba_block.py --dim 768 --expand 1 --batch 2 --length 708 --combine add
+    python scripts/bench_mamba_block.py                          # tiny width, unmasked audio length
+    python scripts/bench_mamba_block.py --dim 768 --expand 1 --batch 2 --length 708
 
 "Before" is the mixer as it was until the token-major layout (kept here, and only here, as ``LegacyMixer``): a
 padded copy of the input per direction for the conv, each x projection and the out projection on a transposed
-(B, C, L) view (a copy inside the Linear), the concat variant's cat in (B, C, L) and a transposition after it.
+(B, C, L) view (a copy inside the Linear).
 Both run the same parameters on the same input; the script checks that they compute the same output and gradients,
 then profiles one forward + backward of a whole block (norms and MLP included) with ``profile_memory=True``.
 "Allocated" is the sum over ops of the bytes each op allocated itself (an op's own temporaries freed before it
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cavmae.config import ModelConfig  # noqa: E402
-from cavmae.kernels import selective_scan, selective_scan_bidirectional  # noqa: E402
+from cavmae.kernels import selective_scan_bidirectional  # noqa: E402
 from cavmae.models.mamba import BiMambaMixer, MambaBlock  # noqa: E402
 
 COPY_OPS = ("aten::constant_pad_nd", "aten::clone", "aten::contiguous", "aten::cat", "aten::slice_backward")
@@ -51,25 +51,19 @@ class LegacyMixer(BiMambaMixer):
         delta = (dt @ d.dt_proj.weight.t()).transpose(1, 2)
         return u, delta, -torch.exp(d.A_log.float()), b.transpose(1, 2), c.transpose(1, 2), d.D.float()
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         xz = self.in_proj(x).transpose(1, 2)
         xi, z = xz.chunk(2, dim=1)
         f, b = self._inputs(self.fwd, xi, False), self._inputs(self.bwd, xi, True)
         kw = {"z": z, "delta_softplus": True, "impl": self.cfg.scan_impl}
-        if self.cfg.bidirectional_combine == "concat":
-            outs = [
-                selective_scan(*args, delta_bias=d.dt_proj.bias.float(), reverse=reverse, **kw)
-                for args, d, reverse in ((f, self.fwd, False), (b, self.bwd, True))
-            ]
-            return self.out_proj(torch.cat(outs, dim=1).transpose(1, 2))
         bias = (self.fwd.dt_proj.bias.float(), self.bwd.dt_proj.bias.float())
-        y = selective_scan_bidirectional(*zip(f, b), delta_bias=bias, combine=self.cfg.bidirectional_combine, **kw)
+        y = selective_scan_bidirectional(*zip(f, b), delta_bias=bias, **kw)
         return self.out_proj(y.transpose(1, 2))
 
 
-def make_blocks(args: argparse.Namespace, combine: str) -> tuple[MambaBlock, MambaBlock]:
+def make_blocks(args: argparse.Namespace) -> tuple[MambaBlock, MambaBlock]:
     cfg = ModelConfig(backbone="mamba", embed_dim=args.dim)
-    cfg.mamba.expand, cfg.mamba.bidirectional_combine = args.expand, combine
+    cfg.mamba.expand = args.expand
     torch.manual_seed(0)
     new = MambaBlock(args.dim, 1, cfg)
     new.mixer.reset_backbone_parameters()
@@ -143,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--expand", type=int, default=2, help="mixer width / model width (shipped default 2)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--length", type=int, default=256, help="tokens (tiny unmasked audio: 256)")
-    ap.add_argument("--combine", default="add,concat", help="comma-separated: add, mean, concat")
     ap.add_argument("--repeats", type=int, default=5, help="timing rounds")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--top", type=int, default=0, help="also print the N largest allocations by op")
@@ -157,39 +150,37 @@ def main(argv: list[str] | None = None) -> int:
         f" (one B x L x d_inner fp32 activation = {unit / 2**20:.2f} MiB), torch threads {args.threads}"
     )
     print(
-        "| combine | allocated before | allocated after | after/before | copies before | copies after |"
+        "| allocated before | allocated after | after/before | copies before | copies after |"
         " max rel. diff | fwd+bwd before / after (median) | speedup (range) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    results = {}
-    for combine in args.combine.split(","):
-        new, old = make_blocks(args, combine)
-        g = torch.Generator().manual_seed(1)
-        x = torch.randn(args.batch, args.length, args.dim, generator=g, requires_grad=True)
-        dy = torch.randn(args.batch, args.length, args.dim, generator=g)
-        diff = check_same(new, old, x, dy)
-        before, after = profile_bytes(old, x, dy), profile_bytes(new, x, dy)
-        t = timing(new, old, x, dy, args.repeats)
-        mib = 2**20
-        print(
-            f"| {combine} | {before['allocated'] / mib:.1f} MiB | {after['allocated'] / mib:.1f} MiB |"
-            f" {after['allocated'] / before['allocated']:.2f} | {before['copies'] / mib:.1f} MiB |"
-            f" {after['copies'] / mib:.1f} MiB | {diff:.1e} | {t['before_s'] * 1e3:.0f} / {t['after_s'] * 1e3:.0f} ms |"
-            f" {t['speedup']:.2f}x ({t['speedup_range'][0]:.2f}-{t['speedup_range'][1]:.2f}) |"
-        )
-        if args.top:
-            for name, res in (("before", before), ("after", after)):
-                print(f"  {combine} {name}: largest allocations")
-                for op, n in res["by_op"].most_common(args.top):
-                    print(f"    {n / mib:7.2f} MiB  {op}")
-        results[combine] = {
-            "allocated_before": before["allocated"],
-            "allocated_after": after["allocated"],
-            "copies_before": before["copies"],
-            "copies_after": after["copies"],
-            "max_rel_diff": diff,
-            **t,
-        }
+    print("|---|---|---|---|---|---|---|---|")
+    new, old = make_blocks(args)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(args.batch, args.length, args.dim, generator=g, requires_grad=True)
+    dy = torch.randn(args.batch, args.length, args.dim, generator=g)
+    diff = check_same(new, old, x, dy)
+    before, after = profile_bytes(old, x, dy), profile_bytes(new, x, dy)
+    t = timing(new, old, x, dy, args.repeats)
+    mib = 2**20
+    print(
+        f"| {before['allocated'] / mib:.1f} MiB | {after['allocated'] / mib:.1f} MiB |"
+        f" {after['allocated'] / before['allocated']:.2f} | {before['copies'] / mib:.1f} MiB |"
+        f" {after['copies'] / mib:.1f} MiB | {diff:.1e} | {t['before_s'] * 1e3:.0f} / {t['after_s'] * 1e3:.0f} ms |"
+        f" {t['speedup']:.2f}x ({t['speedup_range'][0]:.2f}-{t['speedup_range'][1]:.2f}) |"
+    )
+    if args.top:
+        for name, res in (("before", before), ("after", after)):
+            print(f"  {name}: largest allocations")
+            for op, n in res["by_op"].most_common(args.top):
+                print(f"    {n / mib:7.2f} MiB  {op}")
+    results = {
+        "allocated_before": before["allocated"],
+        "allocated_after": after["allocated"],
+        "copies_before": before["copies"],
+        "copies_after": after["copies"],
+        "max_rel_diff": diff,
+        **t,
+    }
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1) + "\n")
     return 0

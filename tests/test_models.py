@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -88,7 +90,7 @@ def test_sincos_layout_first_half_is_width():
     assert torch.allclose(pe[0], torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]))
 
 
-def test_patchify_roundtrip_and_audio_token_order():
+def test_patchify_roundtrip_and_audio_patch_order():
     img = torch.randn(2, 3, 32, 48)
     assert torch.equal(unpatchify(patchify(img, 16), 16, 3, (2, 3)), img)
     # audio [B, T, F] -> tokens f * (T/p) + t : a bump at time patch 5, freq patch 1 lands in token 1*64+5
@@ -104,6 +106,7 @@ def test_every_block_follows_the_contract(backbone):
     cfg = tiny_cfg(backbone=backbone)
     blk = create_block(backbone, 32, 4, cfg)
     assert isinstance(blk, ModalityBlock)
+    assert list(inspect.signature(blk.forward).parameters) == ["x", "modality"]  # and nothing else
     names = {n for n, _ in blk.named_parameters()}
     for n in ("norm1", "norm1_a", "norm1_v", "norm2", "norm2_a", "norm2_v"):
         assert f"{n}.weight" in names
@@ -116,23 +119,6 @@ def test_every_block_follows_the_contract(backbone):
     assert torch.allclose(blk(x, None), outs[None])
     with pytest.raises(ValueError, match="modality"):
         blk(x, "x")
-
-
-@pytest.mark.parametrize("backbone", list_blocks())
-def test_every_block_takes_token_positions(backbone):
-    """positions (the tokens' indices in the unmasked sequence) are part of the contract: contiguous positions are
-    the whole sequence, so they give the output without positions, forward and backward."""
-    cfg = tiny_cfg(backbone=backbone)
-    torch.manual_seed(0)
-    blk = create_block(backbone, 32, 4, cfg)
-    x = torch.randn(2, 11, 32, requires_grad=True)
-    ref = blk(x, "a")
-    (gx_ref,) = torch.autograd.grad(ref.square().sum(), x)
-    out = blk(x, "a", torch.arange(11).expand(2, -1))
-    (gx,) = torch.autograd.grad(out.square().sum(), x)
-    assert torch.allclose(out, ref, atol=1e-5) and torch.allclose(gx, gx_ref, atol=1e-4)
-    gaps = torch.tensor([[0, 1, 2, 5, 6, 9, 10, 11, 12, 15, 20], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 30]])
-    assert torch.isfinite(blk(x, None, gaps)).all()
 
 
 def test_unknown_backbone_lists_registered():
@@ -247,3 +233,85 @@ def test_other_audio_lengths(audio_length, backbone):
     assert torch.isfinite(out["loss"])
     with pytest.raises(ValueError, match="audio must be"):
         model(torch.randn(2, 1024, 128), batch(cfg, b=2)[1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the passes a forward runs: each stream only where a loss (or a requested output) needs it
+
+
+def _record_passes(model) -> Counter:
+    """Counts (stack, modality, tokens) of every run of the audio / video / shared stack (a pre-hook on the first
+    block of each: run_blocks calls blk(x, modality))."""
+    passes: Counter = Counter()
+    for stack in ("blocks_a", "blocks_v", "blocks_u"):
+
+        def hook(module, args, stack=stack):
+            passes[stack, args[1] if len(args) > 1 else None, args[0].shape[1]] += 1
+
+        getattr(model, stack)[0].register_forward_pre_hook(hook)
+    return passes
+
+
+def _kept_and_whole(cfg: ModelConfig) -> tuple[int, int, int, int]:
+    """Kept and total audio / video tokens of the tiny recipe (256 -> 64, 49 -> 12)."""
+    n_a = cfg.audio_grid[0] * cfg.audio_grid[1]
+    n_v = cfg.video_grid[0] * cfg.video_grid[1]
+    return int(n_a * (1 - cfg.mask_ratio_a)), n_a, int(n_v * (1 - cfg.mask_ratio_v)), n_v
+
+
+@pytest.mark.parametrize("contrast_input", ["masked", "unmasked"])
+def test_a_training_forward_runs_only_the_streams_its_losses_use(contrast_input):
+    cfg = tiny_cfg(contrast_input=contrast_input)
+    torch.manual_seed(0)
+    model = cavmae.create_model(cfg).train()
+    passes = _record_passes(model)
+    model(*batch(cfg))
+    ka, na, kv, nv = _kept_and_whole(cfg)
+    want = Counter({("blocks_a", None, ka): 1, ("blocks_v", None, kv): 1, ("blocks_u", None, ka + kv): 1})  # rec
+    if contrast_input == "masked":  # the modality streams of the kept tokens
+        want.update({("blocks_u", "a", ka): 1, ("blocks_u", "v", kv): 1})
+    else:  # the modality streams of every token; none of the kept ones
+        want.update({("blocks_a", None, na): 1, ("blocks_v", None, nv): 1})
+        want.update({("blocks_u", "a", na): 1, ("blocks_u", "v", nv): 1})
+    assert passes == want
+
+
+@pytest.mark.parametrize("contrast_input", ["masked", "unmasked"])
+def test_returned_embeddings_are_the_retrieval_embeddings(contrast_input):
+    cfg = tiny_cfg(contrast_input=contrast_input)
+    torch.manual_seed(0)
+    model = cavmae.create_model(cfg).eval()
+    audio, frames = batch(cfg)
+    out = model(audio, frames, return_embeddings=True)
+    emb_a, emb_v = model.embed(audio, frames)
+    assert torch.equal(out["emb_a"], emb_a) and torch.equal(out["emb_v"], emb_v)
+    assert "emb_a" not in model(audio, frames)
+
+
+@pytest.mark.parametrize("contrast_input", ["masked", "unmasked"])
+def test_validation_runs_one_forward_per_batch(contrast_input):
+    """PretrainTask.evaluate takes its retrieval embeddings from the forward that gives the losses: the unmasked
+    streams run once per batch (not again in embed), and with contrast_input=unmasked the masked modality streams
+    do not run at all."""
+    from types import SimpleNamespace
+
+    from cavmae.train.tasks import PretrainTask
+
+    cfg = load_config(TINY, [f"model.contrast_input={contrast_input}"])
+    torch.manual_seed(0)
+    model = cavmae.create_model(cfg.model).eval()
+    passes = _record_passes(model)
+    audio, frames = batch(cfg.model, b=4)
+    accelerator = SimpleNamespace(device=torch.device("cpu"), reduce=lambda t, reduction: t)  # one process
+    metrics = PretrainTask().evaluate(model, [{"audio": audio, "frames": frames}], accelerator, cfg)
+    ka, na, kv, nv = _kept_and_whole(cfg.model)
+    want = Counter({("blocks_a", None, ka): 1, ("blocks_v", None, kv): 1, ("blocks_u", None, ka + kv): 1})
+    want.update({("blocks_a", None, na): 1, ("blocks_v", None, nv): 1})  # the unmasked streams, once
+    want.update({("blocks_u", "a", na): 1, ("blocks_u", "v", nv): 1})
+    if contrast_input == "masked":
+        want.update({("blocks_u", "a", ka): 1, ("blocks_u", "v", kv): 1})
+    assert passes == want
+    # and the retrieval top-1 is that of the unmasked embeddings
+    emb_a, emb_v = (torch.nn.functional.normalize(e, dim=-1) for e in model.embed(audio, frames))
+    best = (emb_v @ emb_a.t()).argmax(dim=1)
+    assert metrics["r1_v2a"] == (best == torch.arange(4)).float().mean().item()

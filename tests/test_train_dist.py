@@ -96,7 +96,7 @@ def test_per_device_negatives_reproduce_the_paper(two_processes, one_process):
 
 @pytest.mark.parametrize("group", [2, 8])
 def test_contrast_groups_give_the_one_process_objective_on_two_processes(two_processes, one_process, group):
-    """train.contrast_group: the same objective (sum over the groups of the global batch) and gradients on two
+    """train.contrast_group: the same objective (mean over the groups of the global batch) and gradients on two
     processes as on one, whether the groups lie inside a process (2) or span both (8: gathered)."""
     dist = ranks(two_processes, f"group{group}")
     ref = one_process(8, whole_batch(dist), group=group)

@@ -17,7 +17,8 @@ import yaml
 
 @dataclass
 class MambaConfig:
-    """Bidirectional Mamba block settings (Vision Mamba style); used when a stack's backbone is ``mamba``."""
+    """Bidirectional Mamba block settings (Vision Mamba style: the two directions' gated outputs added); used when a
+    stack's backbone is ``mamba``."""
 
     d_state: int = 16
     d_conv: int = 4
@@ -25,19 +26,6 @@ class MambaConfig:
     dt_rank: int = 0  # 0 -> ceil(dim / 16)
     dt_min: float = 0.001
     dt_max: float = 0.1
-    # How the forward and backward scans are combined: "add" (Vision Mamba), "mean", or "concat" (both gated
-    # outputs side by side into an out projection twice as wide: each direction keeps its own output weights).
-    bidirectional_combine: Literal["add", "mean", "concat"] = "add"
-    # With masking, scale each kept token's step dt by its distance to the previous token in its scan direction
-    # (and its B by the inverse): the state decays over the masked gap. Off: kept tokens are treated as adjacent.
-    gap_aware_dt: bool = False
-    # What the skipped positions of a gap hold (with gap_aware_dt): "zero" (no input: B scaled by 1/gap, so the
-    # token's input enters once) or "hold" (the kept token's input over the whole gap: B unscaled, so the state
-    # carries the same amount of input as the unmasked sequence's, which fine-tuning and retrieval scan).
-    gap_fill: Literal["zero", "hold"] = "zero"
-    # With gap_aware_dt: also run each direction's depthwise conv over the full positions (the masked ones zero or
-    # held, as gap_fill says), so its taps read the neighbours at the distances of the unmasked sequence.
-    gap_aware_conv: bool = False
     scan_impl: Literal["auto", "triton", "torch", "reference"] = "auto"
 
 
@@ -63,21 +51,10 @@ class ModelConfig:
     drop_path: float = 0.0
     norm_eps: float = 1e-5
     attention: Literal["sdpa", "math"] = "sdpa"  # math = explicit softmax(QK^T)V, for benchmarks and checks
-    # Order of the audio tokens through the encoder stacks: "freq_major" is the patch order f*(T/p) + t (a scan runs
-    # along time within a band, then jumps to the next band); "time_major" scans all bands of one time step, then
-    # the next. Only a scan backbone sees the difference (attention and the MLP do not care about order); the
-    # parameters, the masks and the decoder's order are the same either way.
-    audio_token_order: Literal["freq_major", "time_major"] = "freq_major"
     # pre-training objective
     mask_ratio_a: float = 0.75
     mask_ratio_v: float = 0.75
     mask_mode: Literal["unstructured", "time", "freq", "tf"] = "unstructured"
-    # What the encoder sees of a masked input: "drop" (MAE, CAV-MAE: only the kept tokens; the decoder fills in the
-    # masked places) or "mask_token" (SSAST-style: every masked token is replaced by one learned token, so the
-    # encoder sees the whole sequence, as in fine-tuning and retrieval; about 1/(1 - mask ratio) more encoder work).
-    # A scan's recurrence and conv depend on which tokens are neighbours, so "drop" trains a Mamba encoder on other
-    # sequences than it meets unmasked; attention is length-invariant and CAV-MAE's recipe drops.
-    encoder_masking: Literal["drop", "mask_token"] = "drop"
     # What the contrastive embeddings are pooled from: "masked" (CAV-MAE: the modality streams of the masked input,
     # the tokens the encoder already ran) or "unmasked" (the modality streams of the whole input, one more encoder
     # pass over every token: the embeddings retrieval uses, also in training).

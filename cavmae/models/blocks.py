@@ -2,8 +2,7 @@
 
 Every encoder / decoder block is a :class:`ModalityBlock`: a pre-norm residual block that owns three LayerNorm
 pairs (joint ``norm1/norm2``, audio ``norm1_a/norm2_a``, video ``norm1_v/norm2_v``) around ONE shared token
-mixer and channel MLP, and whose ``forward(x, modality=None|'a'|'v', positions=None)`` picks the pair
-(``positions``: the tokens' indices in the unmasked sequence, for a mixer that uses them). The models build blocks
+mixer and channel MLP, and whose ``forward(x, modality=None|'a'|'v')`` picks the pair. The models build blocks
 only through :func:`create_block`, so a new backbone plugs in by registering a factory and the models never
 branch on the backbone (timm-style registry; tests iterate over :func:`list_blocks`). The registry imports none
 of its plug-ins: ``cavmae.models`` imports every built-in backbone (``vit``, ``mamba``) once.
@@ -69,19 +68,15 @@ class ModalityBlock(nn.Module):
         self.norm2_v = nn.LayerNorm(dim, eps=norm_eps)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def mix(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Token mixer (attention, scan, ...): [B, L, dim] -> [B, L, dim]. ``positions`` [B, L]: the tokens' indices
-        in the unmasked sequence, ascending (given with masking; None: x is the whole sequence). Attention ignores
-        them; a scan can use them (the Mamba block's ``gap_aware_dt``)."""
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """Token mixer (attention, scan, ...): [B, L, dim] -> [B, L, dim]."""
         raise NotImplementedError
 
     def ffn(self, x: torch.Tensor) -> torch.Tensor:
         """Per-token channel MLP: [B, L, dim] -> [B, L, dim]."""
         raise NotImplementedError
 
-    def forward(
-        self, x: torch.Tensor, modality: str | None = None, positions: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, modality: str | None = None) -> torch.Tensor:
         if modality is None:
             n1, n2 = self.norm1, self.norm2
         elif modality == "a":
@@ -90,5 +85,5 @@ class ModalityBlock(nn.Module):
             n1, n2 = self.norm1_v, self.norm2_v
         else:
             raise ValueError(f"modality must be None, 'a' or 'v', got {modality!r}")
-        x = x + self.drop_path(self.mix(n1(x), positions))
+        x = x + self.drop_path(self.mix(n1(x)))
         return x + self.drop_path(self.ffn(n2(x)))

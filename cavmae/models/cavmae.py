@@ -9,22 +9,8 @@ from cavmae.config import ModelConfig
 from cavmae.models.blocks import create_block
 from cavmae.models.embed import audio_to_image, init_linear_and_norm, patchify, sincos_2d
 from cavmae.models.encoder import CAVMAEEncoder, reset_backbones
-from cavmae.models.losses import grouped_info_nce, info_nce, reconstruction_loss, world_size
+from cavmae.models.losses import grouped_info_nce, info_nce, reconstruction_loss
 from cavmae.models.masking import Masked, random_masking
-
-
-def _gather_tokens(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """x [B, K, D] reordered along tokens by order [B, K]."""
-    return torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
-def pool_kept(x: torch.Tensor, masked: Masked) -> torch.Tensor:
-    """Contrastive embedding [B, D]: the mean over the kept tokens of stream tokens x [B, K, D] (K kept: every token
-    of x; with mask tokens in the encoder, K = L: the masked positions' outputs are left out, as with "drop")."""
-    if x.shape[1] == masked.ids_keep.shape[1]:
-        return x.mean(dim=1)
-    keep = (1.0 - masked.mask).unsqueeze(-1).to(x.dtype)  # [B, L, 1]
-    return (x * keep).sum(dim=1) / keep.sum(dim=1)
 
 
 class CAVMAE(CAVMAEEncoder):
@@ -33,6 +19,10 @@ class CAVMAE(CAVMAEEncoder):
     ``forward(audio [B, T, F], frames [B, 3, H, W])`` returns a dict of named losses and metrics:
     ``loss`` (= rec_weight * loss_rec + contrast_weight * loss_c), ``loss_rec`` (= loss_rec_a + loss_rec_v),
     ``loss_rec_a``, ``loss_rec_v``, ``loss_c`` (unweighted InfoNCE) and ``acc_c`` (in-batch retrieval accuracy).
+    With contrast groups (training only) ``loss_c`` is the mean over the groups of the global batch of each group's
+    InfoNCE (:func:`~cavmae.models.losses.grouped_info_nce`), so ``loss`` has the same form and scale as without
+    groups; the paper's DataParallel sum over its 4 GPUs is 4 times this loss, the same Adam steps up to eps and
+    weight decay (see :mod:`cavmae.models.losses`).
     """
 
     def __init__(self, cfg: ModelConfig | None = None):
@@ -40,11 +30,9 @@ class CAVMAE(CAVMAEEncoder):
         super().__init__(cfg, trainable_pos=False)
         ddim = cfg.decoder_embed_dim
         self.gather_contrast = False  # set by the trainer: negatives from every rank
-        # set by the trainer (train.contrast_group): InfoNCE within groups of N clips of the global batch, the
-        # whole loss summed over groups as the paper's DataParallel did; 0 = off. Training forwards only.
+        # set by the trainer (train.contrast_group): InfoNCE within groups of N clips of the global batch, averaged
+        # over the groups; 0 = off. Training forwards only.
         self.contrast_group = 0
-        if cfg.encoder_masking == "mask_token":  # only then: the state dict of the CAV-MAE recipe is unchanged
-            self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.decoder_embed = nn.Linear(cfg.embed_dim, ddim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, ddim))
         self.decoder_modality_a = nn.Parameter(torch.zeros(1, 1, ddim))
@@ -67,8 +55,6 @@ class CAVMAE(CAVMAEEncoder):
         self.decoder_pos_embed_v.data.copy_(sincos_2d(cfg.decoder_embed_dim, *cfg.video_grid).unsqueeze(0))
         for p in (self.mask_token, self.decoder_modality_a, self.decoder_modality_v):
             nn.init.normal_(p, std=0.02)
-        if cfg.encoder_masking == "mask_token":
-            nn.init.normal_(self.encoder_mask_token, std=0.02)
         for m in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred_a, self.decoder_pred_v):
             m.apply(init_linear_and_norm)
         reset_backbones(self.decoder_blocks)
@@ -76,64 +62,16 @@ class CAVMAE(CAVMAEEncoder):
     # MAE-style stages ---------------------------------------------------------------------------------------
     def forward_encoder(
         self, audio: torch.Tensor, frames: torch.Tensor, mask_ratio_a: float, mask_ratio_v: float, mask_mode: str
-    ) -> dict[str, torch.Tensor | Masked]:
-        """Mask, encode. Returns joint latent [B, Ka+Kv, D], audio / video stream tokens [B, Ka|Kv, D] and masks
-        (with ``encoder_masking="mask_token"``: every token, Ka = La and Kv = Lv)."""
-        tokens_a, tokens_v = self.tokens_a(audio), self.tokens_v(frames)
-        masked_a = random_masking(tokens_a, mask_ratio_a, mask_mode, self.cfg.audio_grid)
-        masked_v = random_masking(tokens_v, mask_ratio_v)
-        if self.cfg.encoder_masking == "mask_token":
-            return self._encode_with_mask_tokens(tokens_a, tokens_v, masked_a, masked_v)
-        # the stacks see the kept audio tokens in model.audio_token_order; the outputs go back to masked_a's order
-        order = self.audio_scan_order(masked_a.ids_keep)  # [B, Ka] or None
-        a = masked_a.tokens if order is None else _gather_tokens(masked_a.tokens, order)
-        # where the kept tokens sit in the unmasked sequences (in the order the stacks see them), for a scan's steps
-        pos_a = masked_a.ids_keep if order is None else self.audio_scan_rank(masked_a.ids_keep).gather(1, order)
-        return self._encode_streams(a, masked_v.tokens, order, masked_a, masked_v, (pos_a, masked_v.ids_keep))
-
-    def _encode_with_mask_tokens(
-        self, tokens_a: torch.Tensor, tokens_v: torch.Tensor, masked_a: Masked, masked_v: Masked
-    ) -> dict[str, torch.Tensor | Masked]:
-        """The whole sequences [B, La|Lv, D] with each masked token replaced by the learned encoder mask token (plus
-        its position and modality embedding), through the stacks as an unmasked input goes."""
-        fill_a = self.encoder_mask_token + self.pos_embed_a + self.modality_a  # [1, La, D]
-        fill_v = self.encoder_mask_token + self.pos_embed_v + self.modality_v
-        a = torch.where(masked_a.mask.bool().unsqueeze(-1), fill_a.to(tokens_a.dtype), tokens_a)
-        v = torch.where(masked_v.mask.bool().unsqueeze(-1), fill_v.to(tokens_v.dtype), tokens_v)
-        ids = torch.arange(a.shape[1], device=a.device).expand(a.shape[0], -1)
-        order = self.audio_scan_order(ids)  # [B, La] or None
-        if order is not None:
-            a = _gather_tokens(a, order)
-        return self._encode_streams(a, v, order, masked_a, masked_v, None)
-
-    def _encode_streams(
-        self,
-        a: torch.Tensor,
-        v: torch.Tensor,
-        order: torch.Tensor | None,
-        masked_a: Masked,
-        masked_v: Masked,
-        positions: tuple[torch.Tensor, torch.Tensor] | None,
-    ) -> dict[str, torch.Tensor | Masked]:
-        """Audio tokens a [B, Ka, D] (in scan order: ``order`` [B, Ka] took them there, None: patch order) and video
-        tokens v [B, Kv, D] through the stacks; the joint and audio streams come back in patch order. positions: the
-        tokens' indices in the unmasked sequences (None: the whole sequences)."""
-        pos_a, pos_v = positions if positions is not None else (None, None)
-        a = self.run_blocks(self.blocks_a, a, None, pos_a)
-        v = self.run_blocks(self.blocks_v, v, None, pos_v)
-        latent, latent_a = self.joint_stream(a, v, positions), self.audio_stream(a, pos_a)
-        if order is not None:
-            back = torch.argsort(order, dim=1)
-            n_a = a.shape[1]
-            latent = torch.cat([_gather_tokens(latent[:, :n_a], back), latent[:, n_a:]], dim=1)
-            latent_a = _gather_tokens(latent_a, back)
-        return {
-            "latent": latent,
-            "latent_a": latent_a,
-            "latent_v": self.video_stream(v, pos_v),
-            "masked_a": masked_a,
-            "masked_v": masked_v,
-        }
+    ) -> tuple[torch.Tensor, torch.Tensor, Masked, Masked]:
+        """Mask, run the modality stacks over the kept tokens. Returns the audio [B, Ka, D] and video [B, Kv, D]
+        tokens after blocks_a / blocks_v and the two masks; the shared stack runs on them per stream, as each loss
+        needs: :meth:`joint_stream` for the decoder, :meth:`audio_stream` / :meth:`video_stream` for contrastive
+        embeddings of the masked input."""
+        masked_a = random_masking(self.tokens_a(audio), mask_ratio_a, mask_mode, self.cfg.audio_grid)
+        masked_v = random_masking(self.tokens_v(frames), mask_ratio_v)
+        a = self.run_blocks(self.blocks_a, masked_a.tokens)
+        v = self.run_blocks(self.blocks_v, masked_v.tokens)
+        return a, v, masked_a, masked_v
 
     def _unshuffle(self, x: torch.Tensor, masked: Masked) -> torch.Tensor:
         """Visible decoder tokens [B, K, d] -> full sequence [B, L, d] with mask tokens in the masked places."""
@@ -143,14 +81,11 @@ class CAVMAE(CAVMAEEncoder):
         return torch.gather(full, 1, masked.ids_restore.unsqueeze(-1).expand(-1, -1, d))
 
     def forward_decoder(self, latent: torch.Tensor, masked_a: Masked, masked_v: Masked):
-        """Joint latent [B, Ka+Kv, D] -> predicted patches (audio [B, La, p*p], video [B, Lv, p*p*3])."""
+        """Joint latent of the kept tokens [B, Ka+Kv, D] -> predicted patches (audio [B, La, p*p], video
+        [B, Lv, p*p*3])."""
         x = self.decoder_embed(latent)
-        n_a, n_v = masked_a.mask.shape[1], masked_v.mask.shape[1]
-        if x.shape[1] == n_a + n_v:  # encoder_masking="mask_token": the encoder's outputs at every position
-            a, v = x[:, :n_a], x[:, n_a:]
-        else:
-            keep_a = masked_a.tokens.shape[1]
-            a, v = self._unshuffle(x[:, :keep_a], masked_a), self._unshuffle(x[:, keep_a:], masked_v)
+        keep_a, n_a = masked_a.ids_keep.shape[1], masked_a.mask.shape[1]
+        a, v = self._unshuffle(x[:, :keep_a], masked_a), self._unshuffle(x[:, keep_a:], masked_v)
         a = a + self.decoder_pos_embed_a + self.decoder_modality_a
         v = v + self.decoder_pos_embed_v + self.decoder_modality_v
         x = torch.cat([a, v], dim=1)
@@ -176,9 +111,14 @@ class CAVMAE(CAVMAEEncoder):
         mask_ratio_v: float | None = None,
         mask_mode: str | None = None,
         return_outputs: bool = False,
+        return_embeddings: bool = False,
     ) -> dict[str, torch.Tensor]:
+        """The named losses (see the class). ``return_outputs``: also ``pred_a``, ``pred_v`` and the masks
+        ``mask_a``, ``mask_v``. ``return_embeddings``: also ``emb_a``, ``emb_v`` [B, D], the retrieval embeddings
+        of the unmasked input (what :meth:`embed` returns), from the pass the contrastive loss already ran when
+        ``contrast_input="unmasked"``. Each stream runs only when a loss (or a requested output) needs it."""
         cfg = self.cfg
-        enc = self.forward_encoder(
+        a, v, masked_a, masked_v = self.forward_encoder(
             audio,
             frames,
             cfg.mask_ratio_a if mask_ratio_a is None else mask_ratio_a,
@@ -187,28 +127,34 @@ class CAVMAE(CAVMAEEncoder):
         )
         out: dict[str, torch.Tensor] = {}
         zero = audio.new_zeros(())
-        if cfg.rec_weight != 0:
-            pred_a, pred_v = self.forward_decoder(enc["latent"], enc["masked_a"], enc["masked_v"])
-            rec_a, rec_v = self.forward_loss(audio, frames, pred_a, pred_v, enc["masked_a"].mask, enc["masked_v"].mask)
+        rec_a = rec_v = loss_c = acc_c = zero
+        if cfg.rec_weight != 0:  # reconstruction: the joint stream of the kept tokens
+            pred_a, pred_v = self.forward_decoder(self.joint_stream(a, v), masked_a, masked_v)
+            rec_a, rec_v = self.forward_loss(audio, frames, pred_a, pred_v, masked_a.mask, masked_v.mask)
             if return_outputs:
-                out.update(pred_a=pred_a, pred_v=pred_v, mask_a=enc["masked_a"].mask, mask_v=enc["masked_v"].mask)
-        else:
-            rec_a = rec_v = zero
-        if cfg.contrast_input == "unmasked":  # the streams retrieval embeds, from every token (a pass of its own)
-            emb_a = self.audio_stream(self.encode_audio(audio)).mean(dim=1)
-            emb_v = self.video_stream(self.encode_video(frames)).mean(dim=1)
-        else:
-            emb_a = pool_kept(enc["latent_a"], enc["masked_a"])
-            emb_v = pool_kept(enc["latent_v"], enc["masked_v"])
+                out.update(pred_a=pred_a, pred_v=pred_v, mask_a=masked_a.mask, mask_v=masked_v.mask)
+        unmasked = None  # (emb_a, emb_v) [B, D] each: the unmasked modality streams, mean-pooled
+        if return_embeddings or (cfg.contrast_weight != 0 and cfg.contrast_input == "unmasked"):
+            unmasked = (
+                self.audio_stream(self.encode_audio(audio)).mean(dim=1),
+                self.video_stream(self.encode_video(frames)).mean(dim=1),
+            )  # a pass of their own over every token
+            if return_embeddings:
+                out.update(emb_a=unmasked[0], emb_v=unmasked[1])
         loss_rec = rec_a + rec_v
-        if self.contrast_group and self.training and cfg.contrast_weight != 0:
-            loss, loss_c, acc_c = self._grouped_loss(loss_rec, emb_a, emb_v)
-        else:
-            if cfg.contrast_weight != 0:
-                loss_c, acc_c = info_nce(emb_a, emb_v, cfg.temperature, cfg.symmetric_contrast, self.gather_contrast)
+        loss = cfg.rec_weight * loss_rec
+        if cfg.contrast_weight != 0:
+            if cfg.contrast_input == "unmasked":
+                emb_a, emb_v = unmasked
+            else:  # the masked modality streams, mean over the kept tokens
+                emb_a, emb_v = self.audio_stream(a).mean(dim=1), self.video_stream(v).mean(dim=1)
+            if self.contrast_group and self.training:
+                loss_c, acc_c = grouped_info_nce(
+                    emb_a, emb_v, self.contrast_group, cfg.temperature, cfg.symmetric_contrast, self.gather_contrast
+                )
             else:
-                loss_c, acc_c = zero, zero
-            loss = cfg.rec_weight * loss_rec + cfg.contrast_weight * loss_c
+                loss_c, acc_c = info_nce(emb_a, emb_v, cfg.temperature, cfg.symmetric_contrast, self.gather_contrast)
+            loss = loss + cfg.contrast_weight * loss_c
         out.update(
             loss=loss,
             loss_rec=loss_rec,
@@ -218,22 +164,6 @@ class CAVMAE(CAVMAEEncoder):
             acc_c=acc_c,
         )
         return out
-
-    def _grouped_loss(self, loss_rec: torch.Tensor, emb_a: torch.Tensor, emb_v: torch.Tensor):
-        """The DataParallel objective: sum over the G groups of the global batch of (k_rec * rec_g + k_c * c_g).
-
-        With equal clips per group rec_g averages to this batch's rec, so the sum is G * k_rec * rec; the InfoNCE
-        part is this process's share of sum_g c_g. DDP averages gradients over the W processes, so each process
-        returns W times its share. Returns (loss, mean InfoNCE per group for the logs, in-group accuracy).
-        """
-        cfg, b = self.cfg, emb_a.shape[0]
-        share, acc, group = grouped_info_nce(
-            emb_a, emb_v, self.contrast_group, cfg.temperature, cfg.symmetric_contrast, self.gather_contrast
-        )
-        world = world_size() if self.gather_contrast else 1
-        groups = b * world / group  # G, in the global batch
-        loss = groups * cfg.rec_weight * loss_rec + world * cfg.contrast_weight * share
-        return loss, share.detach() * group / b, acc
 
     @torch.no_grad()
     def embed(self, audio: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

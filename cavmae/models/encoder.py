@@ -97,64 +97,31 @@ class CAVMAEEncoder(nn.Module):
         return self.patch_embed_v(frames) + self.pos_embed_v + self.modality_v
 
     # stacks ------------------------------------------------------------------------------------------------
-    def run_blocks(
-        self,
-        blocks: nn.ModuleList,
-        x: torch.Tensor,
-        modality: str | None = None,
-        positions: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """x [B, L, D] through ``blocks``; positions [B, L]: the tokens' indices in the unmasked sequence (None:
-        x is the whole sequence), for blocks whose mixer uses them."""
+    def run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor, modality: str | None = None) -> torch.Tensor:
+        """x [B, L, D] through ``blocks`` with the norm pair of ``modality`` (None: joint, "a", "v")."""
         for blk in blocks:
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(blk, x, modality, positions, use_reentrant=False)
+                x = checkpoint(blk, x, modality, use_reentrant=False)
             else:
-                x = blk(x, modality, positions)
+                x = blk(x, modality)
         return x
 
-    def joint_stream(
-        self, a: torch.Tensor, v: torch.Tensor, positions: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        """Modality-encoded audio [B, La, D] and video [B, Lv, D] -> joint tokens [B, La+Lv, D] (normed).
-        positions: the audio and video tokens' indices in their unmasked sequences (masked inputs only)."""
-        joint_positions = None
-        if positions is not None:  # the unmasked joint sequence is every audio token, then every video token
-            pos_a, pos_v = positions
-            joint_positions = torch.cat([pos_a, pos_v + self.patch_embed_a.num_patches], dim=1)
-        return self.norm(self.run_blocks(self.blocks_u, torch.cat([a, v], dim=1), None, joint_positions))
+    def joint_stream(self, a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Modality-encoded audio [B, La, D] and video [B, Lv, D] -> joint tokens [B, La+Lv, D] (normed)."""
+        return self.norm(self.run_blocks(self.blocks_u, torch.cat([a, v], dim=1)))
 
-    def audio_stream(self, a: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        return self.norm_a(self.run_blocks(self.blocks_u, a, "a", positions))
+    def audio_stream(self, a: torch.Tensor) -> torch.Tensor:
+        return self.norm_a(self.run_blocks(self.blocks_u, a, "a"))
 
-    def video_stream(self, v: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        return self.norm_v(self.run_blocks(self.blocks_u, v, "v", positions))
-
-    def audio_scan_order(self, ids: torch.Tensor) -> torch.Tensor | None:
-        """Audio token indices ids [B, K] (patch order f*(T/p) + t, ascending) -> the permutation [B, K] that puts
-        them in ``model.audio_token_order``, or None when that is the patch order itself."""
-        if self.cfg.audio_token_order == "freq_major":
-            return None
-        return torch.argsort(self.audio_scan_rank(ids), dim=1)
-
-    def audio_scan_rank(self, ids: torch.Tensor) -> torch.Tensor:
-        """Audio token indices (patch order) -> their indices in the sequence of ``model.audio_token_order``."""
-        if self.cfg.audio_token_order == "freq_major":
-            return ids
-        freqs, times = self.cfg.audio_grid
-        return (ids % times) * freqs + ids // times  # token f*T + t -> t*F + f
+    def video_stream(self, v: torch.Tensor) -> torch.Tensor:
+        return self.norm_v(self.run_blocks(self.blocks_u, v, "v"))
 
     def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:
-        """Unmasked audio through blocks_a: [B, La, D], tokens in ``model.audio_token_order`` (the streams that
-        follow keep that order; every consumer of the unmasked streams pools over tokens)."""
-        x = self.tokens_a(audio)
-        ids = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
-        order = self.audio_scan_order(ids)
-        if order is not None:
-            x = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        return self.run_blocks(self.blocks_a, x)
+        """Unmasked audio through blocks_a: [B, La, D]."""
+        return self.run_blocks(self.blocks_a, self.tokens_a(audio))
 
     def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """Unmasked frames through blocks_v: [B, Lv, D]."""
         return self.run_blocks(self.blocks_v, self.tokens_v(frames))
 
     def set_activation_checkpointing(self, enabled: bool = True) -> None:

@@ -5,11 +5,15 @@ The contrastive loss can take its negatives from every rank: embeddings are gath
 by ``rank * local_batch``. N ranks with batch b then see the same loss as one process with batch N*b; the
 all-gather's backward sums gradients over ranks, which DDP's gradient averaging turns back into the mean.
 
-Contrast groups (the paper's objective on any device count): the paper ran DataParallel on 4 GPUs, so each GPU's
-InfoNCE took its negatives from its own quarter of the batch and the four losses were summed.
-:func:`grouped_info_nce` cuts the global batch into groups of N consecutive clips, computes InfoNCE within each
-and returns this process's share of the SUM over groups (gathering from other ranks only when a group spans
-ranks).
+Contrast groups (the paper's negatives on any device count): the paper ran DataParallel on 4 GPUs, so each GPU's
+InfoNCE took its negatives from its own quarter of the batch. :func:`grouped_info_nce` cuts the global batch into
+G groups of N consecutive clips, computes InfoNCE within each and returns this process's part of the MEAN over
+groups (gathering from other ranks only when a group spans ranks), so the grouped loss has the scale of the
+ungrouped one. The paper summed its four GPUs' losses, sum_g (k_rec rec_g + k_c InfoNCE_g): G times
+k_rec rec + k_c mean_g InfoNCE_g, so G times our gradients. Adam's step does not depend on the scale of the loss
+(up to its eps, which weighs G times more against our gradients), so the same lr takes the same steps; but Adam's
+coupled weight decay (wd * param added to the gradient) weighs G times more against our loss than against the
+paper's sum: weight decay wd here steps as G * wd did in the paper.
 """
 
 from __future__ import annotations
@@ -70,12 +74,6 @@ def info_nce(
     return loss, acc.detach()
 
 
-def world_size() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def grouped_info_nce(
     audio_emb: torch.Tensor,
     video_emb: torch.Tensor,
@@ -83,15 +81,15 @@ def grouped_info_nce(
     temperature: float = 0.05,
     symmetric: bool = False,
     gather: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """InfoNCE within groups of ``group`` consecutive clips of the global batch, embeddings [b, D] per process.
 
-    Returns (this process's share of the sum over all groups of each group's mean InfoNCE, in-group retrieval
-    accuracy of the local rows, the group size used). Summed over processes the first is
-    sum_g InfoNCE_g: on one process, a batch of 8 with groups of 4 gives exactly InfoNCE(first 4) +
-    InfoNCE(last 4), loss and gradients. A group that spans processes needs ``gather`` (an autograd all-gather);
-    without it (forwards that not every process runs) the local batch is cut into groups, or is one group when
-    ``group`` does not divide it.
+    Returns (the mean over this process's rows of their in-group InfoNCE, in-group retrieval accuracy of the local
+    rows). Every group holds ``group`` rows and every process b, so the mean of the first over processes (what
+    DDP's gradient averaging optimises) is mean_g InfoNCE_g over the G groups of the global batch: on one process,
+    a batch of 8 with groups of 4 gives exactly (InfoNCE(first 4) + InfoNCE(last 4)) / 2, loss and gradients. A
+    group that spans processes needs ``gather`` (an autograd all-gather); without it (forwards that not every
+    process runs) the local batch is cut into groups, or is one group when ``group`` does not divide it.
     """
     b = audio_emb.shape[0]
     a = F.normalize(audio_emb.float(), dim=-1)
@@ -114,9 +112,9 @@ def grouped_info_nce(
         return x_all[start[:, None] + torch.arange(group, device=a.device)[None, :]]
 
     logits_v2a = torch.einsum("bd,bnd->bn", v, in_group(a_all)) / temperature  # [b, group]
-    loss = F.cross_entropy(logits_v2a, labels, reduction="sum") / group
+    loss = F.cross_entropy(logits_v2a, labels)
     acc = (logits_v2a.argmax(dim=1) == labels).float().mean()
     if symmetric:
         logits_a2v = torch.einsum("bd,bnd->bn", a, in_group(v_all)) / temperature
-        loss = 0.5 * (loss + F.cross_entropy(logits_a2v, labels, reduction="sum") / group)
-    return loss, acc.detach(), group
+        loss = 0.5 * (loss + F.cross_entropy(logits_a2v, labels))
+    return loss, acc.detach()

@@ -44,8 +44,8 @@ class ViTBlock(ModalityBlock):
         self.attn = Attention(dim, num_heads, qkv_bias=cfg.qkv_bias, impl=cfg.attention)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * cfg.mlp_ratio), act_layer=nn.GELU)
 
-    def mix(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        return self.attn(x)  # attention does not care where the kept tokens were: the position embeddings say it
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x)
 
     def ffn(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x)

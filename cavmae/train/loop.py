@@ -221,7 +221,7 @@ def build_run(cfg: Config, task: Task, accelerator, candidates: list[Path]) -> R
                 f"train.contrast_group={t.contrast_group} must divide the global batch ({world} process(es) x "
                 f"data.batch_size={cfg.data.batch_size})"
             )
-        contrast = f"{t.contrast_group} (groups of the global batch, losses summed)"
+        contrast = f"{t.contrast_group} (groups of the global batch, losses averaged)"
     logger.message(
         f"run directory: {out_dir.resolve()} | {task.name}, {n_params / 1e6:.2f}M trainable parameters, "
         f"{world} process(es) on {device}, {total} steps ({steps_per_epoch}/epoch), "

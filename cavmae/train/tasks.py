@@ -165,10 +165,10 @@ class PretrainTask(Task):
         with local_contrast(model):
             for batch in batches:
                 n = batch["audio"].shape[0]
-                out = model(batch["audio"], batch["frames"])
+                out = model(batch["audio"], batch["frames"], return_embeddings=True)  # one forward: losses, embeddings
                 for k in ("loss", "loss_rec", "loss_rec_a", "loss_rec_v", "loss_c", "acc_c"):
                     sums[k] += float(out[k]) * n
-                emb_a, emb_v = model.embed(batch["audio"], batch["frames"])  # [n, D] each
+                emb_a, emb_v = out["emb_a"], out["emb_v"]  # [n, D] each: the unmasked streams, as embed() gives
                 sim = nn.functional.normalize(emb_v, dim=-1) @ nn.functional.normalize(emb_a, dim=-1).t()
                 target = torch.arange(n, device=sim.device)
                 sums["r1_v2a"] += float((sim.argmax(dim=1) == target).sum())
