@@ -168,9 +168,10 @@ class TrainConfig:
     # pre-training: gather negatives across ranks; False = per-device negatives (without contrast groups)
     global_contrast: bool = True
     # pre-training: InfoNCE within groups of N consecutive clips of the global batch (0 = one group: the whole
-    # contrastive batch), the group losses summed as the paper's DataParallel did (with 4 GPUs, N = 12 / 30 / 64 for
-    # base / scale+ / scale++); the same objective on any number of devices. With groups the whole pre-training loss
-    # is the sum over groups (rec + k * InfoNCE of each group), i.e. (global batch / N) times the per-group mean.
+    # contrastive batch), as the paper's 4 DataParallel GPUs each took their negatives (N = 12 / 30 / 64 for base /
+    # scale+ / scale++); the same objective on any number of devices. The group InfoNCEs are averaged, so the loss
+    # has the scale of the ungrouped one (the paper summed its 4 GPUs' losses: the same Adam steps up to eps and the
+    # coupled weight decay; see configs/pretrain_base.yaml).
     contrast_group: int = 0
     # pre-training probes every N epochs (0 = off): retrieval R@1/5/10 both ways and k-NN accuracy of the frozen
     # embeddings of eval.probe_clips held-out clips (data.probe_shards)
