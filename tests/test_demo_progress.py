@@ -10,6 +10,8 @@ import multiprocessing
 import re
 from concurrent.futures import ProcessPoolExecutor
 
+import torch
+
 from cavmae.demo import progress
 from cavmae.demo.pipeline import QUICK, make_data, run_seed
 
@@ -35,8 +37,11 @@ MICRO = dataclasses.replace(
 def test_every_long_phase_of_a_replica_logs_its_progress(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(progress, "PROGRESS_EVERY_S", 0.02)  # the demo's 30 s, scaled to a run of seconds
     data = make_data(tmp_path, MICRO, seed=0)
+    threads = torch.get_num_threads()
     with caplog.at_level(logging.INFO):
         run_seed(tmp_path, MICRO, data, "vit", seed=0, progress=False)
+    # the replica's thread count is its own: the caller's comes back (it changes the caller's float results)
+    assert torch.get_num_threads() == threads
     lines = [r.getMessage() for r in caplog.records if r.name == "cavmae.demo.progress"]
     phases = {
         "seed 0: pre-training": 6,

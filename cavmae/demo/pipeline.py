@@ -213,12 +213,17 @@ def run_demo(
 
 
 def run_seed(out: Path, s: DemoSettings, data: DemoData, backbone: str, seed: int, progress: bool = True) -> SeedResult:
-    """Pre-train, evaluate retrieval and fine-tune twice with one seed (a process of its own when run in parallel)."""
+    """Pre-train, evaluate retrieval and fine-tune twice with one seed (a process of its own when run in parallel),
+    on ``s.threads`` torch threads (the caller's count is restored after)."""
+    with _torch_threads(s.threads):
+        return _run_seed(out, s, data, backbone, seed, progress)
+
+
+def _run_seed(out: Path, s: DemoSettings, data: DemoData, backbone: str, seed: int, progress: bool) -> SeedResult:
     from cavmae import create_model
     from cavmae.models.weights import load_model
     from cavmae.train import seed_everything, train
 
-    torch.set_num_threads(s.threads)
     timings: dict[str, float] = {}
     cpu_start = time.process_time()  # CPU seconds of this replica: its wall time on an idle core (one thread)
     runs = out / "runs" / f"seed{seed}"
