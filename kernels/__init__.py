@@ -133,7 +133,7 @@ def _torch_pair(
 
 
 def _fused_agrees(
-    forward: list, backward: list, z: Tensor | None, delta_softplus: bool, out_scale: float, return_last_state: bool
+    forward: list, backward: list, z: Tensor | None, delta_softplus: bool, return_last_state: bool
 ) -> bool:
     """Whether the fused bidirectional kernel may run: not compiled (the interpreter), or its specialisation agreed
     with the torch path (self_check)."""
@@ -144,8 +144,8 @@ def _fused_agrees(
 
     params = (A, *(t for t in backward if t is not None))
     spec = self_check.specialisation(u, delta, B, C, D, z, bias, delta_softplus, return_last_state, False, True, params)
-    kernel = self_check.pair(selective_scan_bidirectional_triton, spec, out_scale)
-    return self_check.kernel_agrees(spec, kernel, self_check.pair(_torch_pair, spec, out_scale))
+    kernel = self_check.pair(selective_scan_bidirectional_triton, spec, 1.0)
+    return self_check.kernel_agrees(spec, kernel, self_check.pair(_torch_pair, spec, 1.0))
 
 
 def selective_scan_bidirectional(
@@ -160,38 +160,33 @@ def selective_scan_bidirectional(
     delta_softplus: bool = False,
     return_last_state: bool = False,
     impl: ScanImpl = "auto",
-    *,
-    combine: Literal["add", "mean"] = "add",
 ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
     """A forward and a backward scan over the same tokens, outputs combined (Vision Mamba / Audio Mamba style).
 
     Every argument except ``z`` is either one tensor, shared by both directions, or a ``(forward, backward)`` pair
     holding each direction's own parameters or inputs, all in the original token order: the backward scan reads its
     inputs from position L-1 down to 0 and writes each output at its own position, so nothing is flipped or copied.
-    The gate ``z`` is shared, so ``out = (y_fwd + y_bwd) * silu(z)`` for ``combine="add"`` (half that for "mean").
+    The gate ``z`` is shared, so ``out = (y_fwd + y_bwd) * silu(z)``.
     With the Triton implementation both directions, the combination and the gate run in one kernel launch.
 
     Returns:
         out (batch, dim, L), or (out, (last_state_fwd, last_state_bwd)) with ``return_last_state``; the backward
         scan's last state is the state after position 0.
     """
-    if combine not in ("add", "mean"):
-        raise ValueError(f"selective_scan_bidirectional: combine must be 'add' or 'mean', got {combine!r}")
     if isinstance(z, tuple | list):
         raise ValueError("selective_scan_bidirectional: z (the gate) is shared by both directions; pass one tensor")
     names = ("u", "delta", "A", "B", "C", "D", "delta_bias")
     pairs = [_pair(name, x) for name, x in zip(names, (u, delta, A, B, C, D, delta_bias))]
     forward_args, backward_args = ([p[i] for p in pairs] for i in (0, 1))
-    scale = 0.5 if combine == "mean" else 1.0
     fused = _is_triton(_resolve(impl, forward_args[0]))
-    if fused and not _fused_agrees(forward_args, backward_args, z, delta_softplus, scale, return_last_state):
+    if fused and not _fused_agrees(forward_args, backward_args, z, delta_softplus, return_last_state):
         fused, impl = False, "torch"  # the fused kernel disagreed with the torch path (reported once)
     if fused:
         # One launch for both directions, the gate and the combination (no second pass over out, z read once).
         from .triton_scan import selective_scan_bidirectional_triton
 
         out, last_f, last_b = selective_scan_bidirectional_triton(
-            tuple(forward_args), tuple(backward_args), z, delta_softplus, out_scale=scale
+            tuple(forward_args), tuple(backward_args), z, delta_softplus
         )
         return (out, (last_f, last_b)) if return_last_state else out
     results = []
@@ -202,6 +197,4 @@ def selective_scan_bidirectional(
         )
     (out_f, last_f), (out_b, last_b) = results
     out = out_f + out_b
-    if combine == "mean":
-        out = out * 0.5
     return (out, (last_f, last_b)) if return_last_state else out
