@@ -14,11 +14,14 @@ same three attributes (:data:`EVENT_COLOURS`, :data:`EVENT_SHAPES`, :data:`EVENT
 
 The event's position is drawn too; it has no sound. Events start and end on video frame boundaries, so the audio
 of an event starts within 10 ms (its fade-in) of the first frame that shows it. Within a clip events do not
-overlap: they follow each other with gaps of 0.1-0.4 s and last 0.4-1.0 s, so about three quarters of the frames
+overlap: they follow each other with pauses of 0.1-0.4 s and last 0.4-1.0 s, so about three quarters of the frames
 show one; one event is always active at the middle of the clip (``duration / 2``, the time of the frame ``prepare``
-stores as the middle one, which the demo embeds). A frame (video frame i covers [i / fps, (i + 1) / fps)) shows the
-class object(s) where their motion has them at the middle of that interval, and on top the event active during it,
-if any: matching one frame to its clip's audio needs the event, and the whole audio holds every event of the clip.
+stores as the middle one, which the demo embeds).
+
+What a frame shows: video frame i covers [i / fps, (i + 1) / fps); it shows the class object(s) where their motion
+has them at the middle of that interval and, on top and outlined in black, the event active during it, if any. So
+one frame and the whole audio match through the event: its colour, shape and size must be heard among the clip's
+events (pitch, timbre, loudness); several frames, or a frame and the audio around its time, match through when.
 
 The ground truth is written to ``<out>/events.json``: a JSON object whose keys are the clips' sample keys as
 ``prepare`` names them (the file stem without dots, :func:`cavmae.data.shards.make_key`: ``abc_40.000.mp4`` ->
