@@ -332,16 +332,14 @@ def _position(obj: SynthObject, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.full_like(t, 0.3 + 0.4 * (p / (2 * np.pi))), np.full_like(t, y0)
 
 
-def _draw(frame: np.ndarray, shape: str, cx: float, cy: float, r: float, colour: tuple[int, int, int]) -> None:
-    """Paint `shape` of radius r px centred at pixel (cx, cy) into frame [H, W, 3], within its bounding box."""
-    height, width = frame.shape[:2]
+def _footprint(shape: str, cx: float, cy: float, r: float, height: int, width: int) -> tuple[slice, slice, np.ndarray]:
+    """Where `shape` of radius r px centred at pixel (cx, cy) lies in an [height, width] frame: the rows and columns
+    of its bounding box and the bool mask [rows, columns] within it (empty outside the frame)."""
     reach = 1.3 * r + 1  # the widest shape (bar) reaches 1.3 r from its centre
-    x0, x1 = max(0, int(cx - reach)), min(width, int(cx + reach) + 2)
-    y0, y1 = max(0, int(cy - reach)), min(height, int(cy + reach) + 2)
-    if x0 >= x1 or y0 >= y1:
-        return
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-    frame[y0:y1, x0:x1][_shape_mask(shape, xx - cx, yy - cy, r)] = colour
+    x0, x1 = max(0, int(cx - reach)), max(0, min(width, int(cx + reach) + 2))
+    y0, y1 = max(0, int(cy - reach)), max(0, min(height, int(cy + reach) + 2))
+    yy, xx = np.mgrid[y0 : max(y0, y1), x0 : max(x0, x1)].astype(np.float32)
+    return slice(y0, y1), slice(x0, x1), _shape_mask(shape, xx - cx, yy - cy, r)
 
 
 def render_frames(clip: SynthClip, *, duration: float, fps: float, width: int, height: int, seed: int) -> np.ndarray:
@@ -357,14 +355,17 @@ def render_frames(clip: SynthClip, *, duration: float, fps: float, width: int, h
     for obj in clip.objects:
         cx, cy = _position(obj, t)
         for i in range(n):
-            _draw(frames[i], obj.cls.shape, cx[i] * width, cy[i] * height, obj.size * short, obj.cls.colour)
+            rows, cols, mask = _footprint(obj.cls.shape, cx[i] * width, cy[i] * height, obj.size * short, height, width)
+            frames[i, rows, cols][mask] = obj.cls.colour
     for ev in clip.events:
+        shown = np.nonzero((ev.start <= t) & (t < ev.end))[0]  # consecutive frames
+        if not len(shown):
+            continue
         cx, cy, r = ev.x * width, ev.y * height, ev.radius * short
-        for i in range(n):
-            if ev.start <= t[i] < ev.end:
-                # a black outline keeps the event apart from a class object of its colour beneath it
-                _draw(frames[i], ev.shape, cx, cy, r + max(1.0, 0.15 * r), (0, 0, 0))
-                _draw(frames[i], ev.shape, cx, cy, r, ev.rgb)
+        # a black outline keeps the event apart from a class object of its colour beneath it
+        for radius, colour in ((r + max(1.0, 0.15 * r), (0, 0, 0)), (r, ev.rgb)):
+            rows, cols, mask = _footprint(ev.shape, cx, cy, radius, height, width)
+            frames[shown[0] : shown[-1] + 1, rows, cols][:, mask] = colour
     return frames
 
 
