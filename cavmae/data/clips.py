@@ -210,10 +210,10 @@ class SyntheticDataset:
     videos: Path
     csv: Path
     label_csv: Path
-    events: Path  # events.json: each clip's events by sample key (format: the module docstring)
     layout: str
     classes: list[SynthClass]
     clips: list[SynthClip] = field(default_factory=list)
+    events: Path | None = None  # events.json: each clip's events by sample key (format: the module docstring)
 
 
 def make_classes(num_classes: int) -> list[SynthClass]:
@@ -613,4 +613,4 @@ def make_synthetic_dataset(
     schedule = {c.key: [e.to_json() for e in c.events] for c in clips}
     events_json.write_text(json.dumps(schedule, indent=1) + "\n")
     log.info("wrote %d synthetic clips (%d classes, %s layout) to %s", len(clips), num_classes, layout, root)
-    return SyntheticDataset(root, videos, meta_csv, label_csv, events_json, layout, classes, clips)
+    return SyntheticDataset(root, videos, meta_csv, label_csv, layout, classes, clips, events_json)
