@@ -20,7 +20,7 @@ def test_same_seed_same_bytes_other_seed_other_clips(tmp_path):
     a = make_synthetic_dataset(tmp_path / "a", seed=5, **kw)
     b = make_synthetic_dataset(tmp_path / "b", seed=5, workers=2, **kw)
     c = make_synthetic_dataset(tmp_path / "c", seed=6, **kw)
-    assert _digests(a.root) == _digests(b.root)
+    assert _digests(a.root) == _digests(b.root) and "events.json" in _digests(a.root)
     assert {cl.file for cl in a.clips}.isdisjoint({cl.file for cl in c.clips})
 
 
