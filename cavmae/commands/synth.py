@@ -9,7 +9,11 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="output folder (videos/, <layout>.csv, class_labels_indices.csv)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output folder (videos/, <layout>.csv, class_labels_indices.csv, events.json: each clip's events)",
+    )
     parser.add_argument("--clips", type=int, default=64, help="number of clips")
     parser.add_argument("--classes", type=int, default=8, help="number of classes")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per clip")
