@@ -313,9 +313,12 @@ def collate(items: list[Decoded], s: LoaderSettings) -> dict:
     starts = [audio_starts(it, s) for it in items]  # per clip: first fbank frame of each of its windows
     audio = torch.zeros(b, len(starts[0]), t, f)  # [B, windows, T, F]
     for i, (it, w) in enumerate(zip(items, waves)):
+        # one fbank over the span of the clip's windows (they overlap; one window in training): [n <= span, F]
+        first = min(starts[i])
+        fb = window_fbank(w, first, max(starts[i]) + t - first, f)
         for j, start in enumerate(starts[i]):
-            fb = window_fbank(w, start, t, f)  # [n <= T, F]; frames past the clip stay 0 (padding before norm)
-            audio[i, j, : fb.shape[0]] = fb
+            part = fb[start - first : start - first + t]  # [n <= T, F]; frames past the clip stay 0 (padding)
+            audio[i, j, : part.shape[0]] = part
             if s.train and (s.freqm or s.timem):
                 spec_augment(audio[i, j], s.freqm, s.timem, it.gen)
     normalize_fbank(audio, s.fbank_mean, s.fbank_std)
