@@ -291,3 +291,30 @@ def test_shared_media_16_frames_are_ffmpegs_frames(media_dir, tmp_path):
             others = [np.abs(jpeg - _ffmpeg_frame(path, u, w, h)).mean() for u in neighbours]
             assert same < 4.0, (path.name, k, same)
             assert all(same < o for o in others), (path.name, k, same, others)
+
+
+def test_prepare_frames_16_from_a_datafile(tmp_path):
+    """CAV-MAE datafile mode reads frame_0 .. frame_15 when --frames 16 (Sync's extracted-frame layout)."""
+    import soundfile as sf
+    from PIL import Image
+
+    vid = "clip_a"
+    sf.write(tmp_path / f"{vid}.wav", np.zeros(16000 * 2, np.int16), 16000, subtype="PCM_16")
+    for i in range(16):
+        folder = tmp_path / "frames" / f"frame_{i}"
+        folder.mkdir(parents=True)
+        Image.fromarray(np.full((40, 40, 3), 15 * i, np.uint8)).save(folder / f"{vid}.jpg")
+    entry = {"video_id": vid, "wav": f"{vid}.wav", "video_path": "frames", "labels": "/m/a"}
+    (tmp_path / "train.json").write_text(json.dumps({"data": [entry]}))
+    out = tmp_path / "out"
+    args = ["prepare", "--datafile", str(tmp_path / "train.json"), "--label-csv", "build", "--out", str(out)]
+    assert cli_main([*args, "--name", "df", "--workers", "0", "--frames", "16"]) == 0
+    members = _members(sorted(str(p) for p in out.glob("df-*.tar")))[vid]
+    meta = json.loads(members["json"])
+    assert meta["num_frames"] == 16 and meta["missing_frames"] == []
+    assert meta["frame_times"] == [round(i * 2.0 / 16, 6) for i in range(16)]
+    # frame i is the picture of folder frame_i (grey level 15 i)
+    levels = [float(decode_jpeg(members[f"f{i}.jpg"]).float().mean()) for i in range(16)]
+    assert levels == pytest.approx([15 * i for i in range(16)], abs=2)
+    manifest = json.loads((out / "df-manifest.json").read_text())
+    assert manifest["options"]["num_frames"] == 16
