@@ -318,3 +318,19 @@ def test_prepare_frames_16_from_a_datafile(tmp_path):
     assert levels == pytest.approx([15 * i for i in range(16)], abs=2)
     manifest = json.loads((out / "df-manifest.json").read_text())
     assert manifest["options"]["num_frames"] == 16
+
+
+def test_synthetic_evaluation_batches_have_the_sync_layout():
+    from cavmae.config import recipe_path
+    from cavmae.train.batches import make_batches
+
+    small = ["model.num_mel_bins=64", "model.image_size=64", "data.synthetic_val_size=4", "eval.batch_size=4"]
+    cfg = load_config(
+        recipe_path("tiny"), [*small, "model.audio_length=96", "data.audio_window=96", "data.num_frames=16"]
+    )
+    batch = next(iter(make_batches(cfg, "val", frame_mode="all")))
+    assert batch["audio"].shape == (4, 16, 96, 64) and batch["frames"].shape == (4, 16, 3, 64, 64)
+    assert torch.equal(batch["audio"][:, 0], batch["audio"][:, 15])
+    cfg = load_config(recipe_path("tiny"), small)  # CAV-MAE: the whole clip once, ten frames
+    batch = next(iter(make_batches(cfg, "val", frame_mode="all")))
+    assert batch["audio"].dim() == 3 and batch["frames"].shape[1] == 10
