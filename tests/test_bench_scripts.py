@@ -205,3 +205,17 @@ def test_bench_resume(keep_logging, tmp_path, capsys):
     assert s["skip_s"] == summary_of(skip_s) and s["decode_s"] == summary_of(decode_s)
     assert s["decode_over_skip"] == summary_of(per_round(decode_s, skip_s))
     assert "resume at batch 4 of 6" in capsys.readouterr().out
+
+
+def test_bench_window_fbank(benchtools, tmp_path, capsys):
+    out = tmp_path / "window.json"
+    assert load("bench_window_fbank").main(["--rounds", "2", "--calls", "2", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    check_machine(record, "bench_window_fbank")
+    whole, window, span = "whole clip (1024)", "one window (416)", "all 16 windows (span 1024)"
+    ms = {n: [r["cpu_s"] / 2 * 1e3 for r in runs] for n, runs in record["raw"].items()}
+    assert {n: len(v) for n, v in ms.items()} == {whole: 2, window: 2, span: 2}
+    for name, values in ms.items():
+        assert record["summary"][name]["ms_per_clip"] == summary_of(values)
+        assert record["summary"][name]["vs_whole"] == summary_of(per_round(values, ms[whole]))
+    assert f"{benchtools.ratio_spread(ms[window], ms[whole])} the whole clip's" in capsys.readouterr().out

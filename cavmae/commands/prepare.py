@@ -21,6 +21,8 @@ def parse_size(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from cavmae.data.shards import NUM_FRAMES
+
     src = parser.add_argument_group("inputs (a video folder, optionally with a CSV; or a datafile)")
     src.add_argument("--videos", help="folder of video files (searched recursively)")
     src.add_argument("--csv", help="AudioSet segments CSV or VGGSound CSV naming the clips and their labels")
@@ -66,6 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stored audio: the first channel at unit gain (CAV-MAE's preprocessing, default) or (L+R)/2",
     )
     out.add_argument("--clip-seconds", type=float, default=10.0, help="window per file when no end is given")
+    out.add_argument(
+        "--frames",
+        type=int,
+        default=NUM_FRAMES,
+        help=f"frames per clip at evenly spaced times (default {NUM_FRAMES}, CAV-MAE; 16 for CAV-MAE Sync); train "
+        "with data.num_frames set to it",
+    )
     out.add_argument("--overwrite", action="store_true", help="replace shards from other inputs or options")
 
 
@@ -105,6 +114,10 @@ def usage_problem(args: argparse.Namespace) -> str | None:
         return "give either --datafile or --videos (with or without --csv), not both"
     if not args.datafile and not args.videos:
         return "nothing to prepare: give a video folder (--videos, with or without --csv) or a datafile (--datafile)"
+    from cavmae.data.shards import MAX_FRAMES
+
+    if not 1 <= args.frames <= MAX_FRAMES:
+        return f"--frames must be in [1, {MAX_FRAMES}], got {args.frames}"
     return None
 
 
@@ -134,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         layout=args.layout,
         split=args.split,
         clip_seconds=args.clip_seconds,
+        num_frames=args.frames,
     )
     if label_csv != args.label_csv and plan.failed and not plan.inputs:
         log.error(
@@ -151,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         audio_format=args.audio_format,
         audio_channel=args.audio_channel,
         clip_seconds=args.clip_seconds,
+        num_frames=args.frames,
     )
     engine = None
     if args.engine == "ray":

@@ -384,6 +384,13 @@ def validate(cfg: Config) -> None:
     for name in ("mixup", "label_smoothing"):
         if not 0.0 <= getattr(d, name) <= 1.0:
             raise ConfigError(f"data.{name} must be in [0, 1], got {getattr(d, name)}")
+    if d.num_frames < 1:
+        raise ConfigError(f"data.num_frames must be at least 1 (frames per clip in the shards), got {d.num_frames}")
+    if d.audio_window < 0 or (d.audio_window and d.audio_window != m.audio_length):
+        raise ConfigError(
+            f"data.audio_window ({d.audio_window}) must be 0 (the whole clip) or equal model.audio_length "
+            f"({m.audio_length}): the model's audio input is the window"
+        )
     if d.synthetic:
         if d.synthetic_size < 1 or d.synthetic_val_size < 0:
             raise ConfigError("data.synthetic_size must be at least 1 and data.synthetic_val_size at least 0")

@@ -98,6 +98,12 @@ class DataConfig:
     # the training frame: "random" (the paper) or "middle". Training uses one frame per clip; per-epoch validation
     # uses the middle one, and the ten-frame ensemble is part of fine-tuning's final evaluation (finetune.ten_frame).
     frame_mode: Literal["random", "middle"] = "random"
+    # frames per clip the shards hold (cavmae prepare --frames; 16 for CAV-MAE Sync): a shard with another count is
+    # an error naming it
+    num_frames: int = 10
+    # CAV-MAE Sync: L fbank frames of audio centred on the drawn frame (cavmae/data/windows.py; evaluation gives
+    # every frame its own window); must equal model.audio_length. 0 = the whole clip, as CAV-MAE
+    audio_window: int = 0
     # augmentation (pre-training)
     noise: bool = False  # uniform noise (scale U(0, 0.1)) on the normalised fbank
     # circular time shift of the fbank by U[-T, T) frames; the public scripts' noise=True means noise AND this roll

@@ -10,6 +10,7 @@
 - ``loader``: ``build_loader``, the streaming loader for pre-training, fine-tuning and retrieval
 - ``samples``: per-sample decoding and per-batch augmentation / collation inside the loader workers
 - ``fbank``: CAV-MAE's Kaldi fbank and its augmentations
+- ``windows``: CAV-MAE Sync's audio window of each frame (``data.audio_window``)
 - ``labels``: label indices and the metadata file formats
 - ``random_batches``: learnable synthetic clips held in memory (``data.synthetic``); ``sampler``: the seeded batch
   sampler of map-style datasets

@@ -3,8 +3,9 @@
 Used by pre-training, fine-tuning and retrieval through :func:`build_loader`. Each batch is a dict::
 
     "audio"    float32 [B, audio_length, num_mel_bins]  normalised Kaldi fbank (cavmae.data.fbank.wav_to_fbank)
+               float32 [B, N, audio_length, num_mel_bins] with data.audio_window > 0 and frame_mode="all"
     "frames"   float32 [B, 3, image_size, image_size]   ImageNet-normalised RGB frame
-               float32 [B, 10, 3, image_size, image_size] with frame_mode="all"
+               float32 [B, N, 3, image_size, image_size] with frame_mode="all" (N = data.num_frames, in order)
     "labels"   float32 [B, num_classes]  multi-hot (one-hot for single-label data); soft after mixup / smoothing
     "keys"     list[str]  sample keys (of the first clip when mixed)
     "weights"  float32 [B]  only with data.class_balanced and data.balance_mode="weights"
@@ -15,6 +16,13 @@ Pipeline, per (rank, worker): shard list (brace patterns, several sources) -> sh
 member pruning (only the chosen frame's JPEG is kept) and class-balance resampling -> shuffle buffer (training) ->
 decode (WAV/FLAC, or MP4 via cavmae.data.media; JPEG strictly via simplejpeg) -> per-batch: mixup, fbank,
 SpecAugment, normalisation, noise + time roll, label smoothing -> batch.
+
+Audio windows (CAV-MAE Sync, ``data.audio_window`` = L = audio_length > 0): the audio of a clip is the L fbank
+frames centred on its chosen frame k (cavmae.data.windows.frame_audio_window: the clip padded or cut to 1024 frames,
+pos = round(k * 1024 / N)), computed from the waveform samples those frames read only. Training draws k at random
+(or the middle one, data.frame_mode); validation uses the middle frame N // 2; frame_mode="all" (evaluation) gives
+every frame with its own window, frames[:, k] paired with audio[:, k]. Without a window (CAV-MAE) the audio is the
+whole clip and stays [B, audio_length, F] in every mode.
 
 Every random choice of a sample (frame, mixup partner and weight, masks, noise, roll) comes from a generator seeded
 with (seed, epoch, sample key, copy), and the shard order and shuffle buffers from (seed, epoch, rank, worker), so a
@@ -266,6 +274,20 @@ def _manifests(urls: list[str]) -> dict[Path, dict]:
     return found
 
 
+def check_frame_counts(urls: list[str], num_frames: int) -> None:
+    """ValueError naming the first shard whose manifest says it holds another number of frames per clip than
+    `num_frames` (``options.num_frames``; 10 in manifests older than ``--frames``). Shards without a manifest are
+    checked sample by sample (cavmae.data.samples.prune)."""
+    for path, manifest in _manifests(urls).items():
+        held = int((manifest.get("options") or {}).get("num_frames") or 10)
+        if held != num_frames:
+            shard = next(u for u in urls if manifest_path(u) == path)
+            raise ValueError(
+                f"{shard} holds {held} frames per clip ({path}) but data.num_frames is {num_frames}: prepare the "
+                f"shards with --frames {num_frames}, or set data.num_frames={held}"
+            )
+
+
 def shard_counts(urls: list[str]) -> dict[str, int] | None:
     """Samples per shard URL from the manifests beside the shards; None when a shard has no manifest entry."""
     manifests = _manifests(urls)
@@ -385,7 +407,7 @@ def build_loader(
     """A loader of batches (see the module docstring) over `shards` (brace patterns / lists / '::'-joined sources).
 
     train: shuffling and the augmentations of `data_cfg` (noise, time_roll, freqm, timem, mixup, label_smoothing,
-    class balance) are on only when True. frame_mode: "random" | "middle" | "all" (the ten frames, evaluation);
+    class balance) are on only when True. frame_mode: "random" | "middle" | "all" (every frame, evaluation);
     default ``data_cfg.frame_mode`` ("random" | "middle") when training and "middle" otherwise. batch_size /
     num_workers default to `data_cfg`. rank / world_size default to torch.distributed's when it is initialised,
     else 0 / 1. errors: the :class:`LoadErrors` to count skips in (several loaders may share one, e.g. the passes
@@ -401,9 +423,15 @@ def build_loader(
         frame_mode = data_cfg.frame_mode if train else "middle"
     if frame_mode not in ("random", "middle", "all"):
         raise ValueError(f"frame_mode must be 'random', 'middle' or 'all', got {frame_mode!r}")
+    if data_cfg.audio_window and data_cfg.audio_window != audio_length:
+        raise ValueError(
+            f"data.audio_window ({data_cfg.audio_window}) must equal the model's audio length ({audio_length}) "
+            "or be 0 (the whole clip)"
+        )
     urls = expand_shards(shards)
     if not urls:
         raise ValueError("no shards given (data.train_shards / data.val_shards are empty)")
+    check_frame_counts(urls, data_cfg.num_frames)
     workers = data_cfg.num_workers if num_workers is None else num_workers
     label_index = LabelIndex.from_csv(data_cfg.label_csv) if data_cfg.label_csv else None
     if label_index is not None and len(label_index) > num_classes:
@@ -457,6 +485,8 @@ def build_loader(
         class_weights=class_weights(urls, num_classes, label_index) if balance else None,
         label_lookup=label_index.lookup() if label_index is not None else None,
         audio_channel=data_cfg.audio_channel,
+        num_frames=data_cfg.num_frames,
+        audio_window=data_cfg.audio_window,
     )
     dataset = ShardDataset(urls, settings, errors or LoadErrors(), r, world)  # resolved here: workers may not see dist
     dataset.set_epoch(epoch)

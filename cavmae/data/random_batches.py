@@ -99,12 +99,16 @@ NUM_FRAMES = 10
 
 
 class TenFrames(Dataset):
-    """A synthetic split with ten frames per clip (``frames`` [10, 3, H, W]), for ten-frame evaluation: frame 5 is
-    the clip's own frame (what single-frame evaluation sees) and frame k that frame shifted circularly by k - 5
-    pixels to the right, so the ten views differ but show the same clip."""
+    """A synthetic split with N frames per clip (``frames`` [N, 3, H, W], N = 10 by default), for evaluation on
+    every frame: frame N // 2 is the clip's own frame (what single-frame evaluation sees) and frame k that frame
+    shifted circularly by k - N // 2 pixels to the right, so the views differ but show the same clip. With
+    `per_frame_audio` (data.audio_window > 0) ``audio`` is [N, T, F] too, the clip's audio once per frame: the
+    layout the shard loader gives Sync evaluation."""
 
-    def __init__(self, base: SyntheticAV):
+    def __init__(self, base: SyntheticAV, num_frames: int = NUM_FRAMES, per_frame_audio: bool = False):
         self.base = base
+        self.num_frames = num_frames
+        self.per_frame_audio = per_frame_audio
 
     def __len__(self) -> int:
         return len(self.base)
@@ -112,8 +116,10 @@ class TenFrames(Dataset):
     def __getitem__(self, i: int) -> dict:
         sample = self.base[i]
         frame = sample["frames"]
-        mid = NUM_FRAMES // 2
-        sample["frames"] = torch.stack([torch.roll(frame, k - mid, dims=-1) for k in range(NUM_FRAMES)])
+        n = self.num_frames
+        sample["frames"] = torch.stack([torch.roll(frame, k - n // 2, dims=-1) for k in range(n)])
+        if self.per_frame_audio:
+            sample["audio"] = sample["audio"].expand(n, *sample["audio"].shape).clone()
         return sample
 
 

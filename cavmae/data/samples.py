@@ -23,13 +23,13 @@ from torchvision.transforms.v2 import functional as F
 from cavmae.data.fbank import (
     SAMPLE_RATE,
     add_noise,
-    kaldi_fbank,
     normalize_fbank,
     samples_for_frames,
     spec_augment,
     time_roll,
 )
 from cavmae.data.shards import AUDIO_MEMBERS
+from cavmae.data.windows import CLIP_FBANK_FRAMES, frame_audio_window, window_fbank
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -73,6 +73,8 @@ class LoaderSettings:
     class_weights: np.ndarray | None = None  # [num_classes] weight of one label occurrence (mean sample weight 1)
     label_lookup: dict[str, int] | None = None  # label mid / name -> index, when a label CSV overrides the shards'
     audio_channel: str = "first"  # audio of raw .mp4 / multi-channel members: "first" or "mean" (cavmae.data.media)
+    num_frames: int = 10  # frames per clip every sample must hold (data.num_frames)
+    audio_window: int = 0  # data.audio_window: > 0 = audio_length fbank frames around each chosen frame (Sync)
 
 
 def stable_seed(*parts) -> int:
@@ -137,6 +139,11 @@ def prune(sample: dict, s: LoaderSettings, epoch: int) -> list[Item]:
         rng = random.Random(stable_seed(s.seed, epoch, key, "balance"))
         copies = int(weight) + (rng.random() < weight - int(weight))
     num_frames = int(meta.get("num_frames") or 10)
+    if num_frames != s.num_frames:  # a shard prepared for another model: an error, not a skipped sample
+        raise ValueError(
+            f"{sample['__url__']}: sample {key} holds {num_frames} frames per clip but data.num_frames is "
+            f"{s.num_frames} (prepare the shards with --frames {s.num_frames}, or set data.num_frames={num_frames})"
+        )
     out = []
     for c in range(copies):
         if s.frame_mode == "all":
@@ -264,8 +271,9 @@ def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
 @dataclass
 class Decoded:
     key: str
-    wave: torch.Tensor  # float32 [<= samples_for_frames(audio_length)], DC removed over the whole clip
+    wave: torch.Tensor  # float32 [<= samples_for_frames(clip_fbank_frames(s))], DC removed over the whole clip
     frames: torch.Tensor  # uint8 [n, 3, S, S]
+    frame_indices: list[int]  # [n] which of the clip's frames `frames` holds (audio windows are cut around them)
     labels: list[int]
     weight: float
     rng: random.Random
@@ -275,11 +283,17 @@ class Decoded:
 def decode(item: Item, s: LoaderSettings, epoch: int) -> Decoded:
     wave = _decode_audio(item, s)
     wave = wave - wave.mean()  # DC removal over the whole clip, before cutting (as CAV-MAE does)
-    wave = wave[: samples_for_frames(s.audio_length)]
+    wave = wave[: samples_for_frames(clip_fbank_frames(s))]
     frames = _decode_frames(item, s.image_size)
     seed = stable_seed(s.seed, epoch, item.key, item.copy, "augment")
     gen = torch.Generator().manual_seed(seed)
-    return Decoded(item.key, wave, frames, item.labels, item.weight, random.Random(seed), gen)
+    indices = [i for i, _ in item.frames]
+    return Decoded(item.key, wave, frames, indices, item.labels, item.weight, random.Random(seed), gen)
+
+
+def clip_fbank_frames(s: LoaderSettings) -> int:
+    """Fbank frames of a whole clip: the model's input (CAV-MAE) or the padded clip the windows come from (Sync)."""
+    return CLIP_FBANK_FRAMES if s.audio_window else s.audio_length
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -296,19 +310,27 @@ def collate(items: list[Decoded], s: LoaderSettings) -> dict:
     weights = torch.tensor([it.weight for it in items], dtype=torch.float32)
     if s.train and s.mixup > 0 and b > 1:
         waves, frames, labels, weights = _mixup(items, waves, frames, labels, weights, s)
-    audio = torch.zeros(b, t, f)
+    starts = [audio_starts(it, s) for it in items]  # per clip: first fbank frame of each of its windows
+    audio = torch.zeros(b, len(starts[0]), t, f)  # [B, windows, T, F]
     for i, (it, w) in enumerate(zip(items, waves)):
-        fb = kaldi_fbank(w, f, max_frames=t)  # [n <= T, F]; frames past the clip stay 0 (padding before norm)
-        audio[i, : fb.shape[0]] = fb
-        if s.train and (s.freqm or s.timem):
-            spec_augment(audio[i], s.freqm, s.timem, it.gen)
+        # one fbank over the span of the clip's windows (they overlap; one window in training): [n <= span, F]
+        first = min(starts[i])
+        fb = window_fbank(w, first, max(starts[i]) + t - first, f)
+        for j, start in enumerate(starts[i]):
+            part = fb[start - first : start - first + t]  # [n <= T, F]; frames past the clip stay 0 (padding)
+            audio[i, j, : part.shape[0]] = part
+            if s.train and (s.freqm or s.timem):
+                spec_augment(audio[i, j], s.freqm, s.timem, it.gen)
     normalize_fbank(audio, s.fbank_mean, s.fbank_std)
     if s.train and (s.noise or s.time_roll):
         for i, it in enumerate(items):
-            if s.noise:
-                add_noise(audio[i], it.gen)
-            if s.time_roll:
-                audio[i] = time_roll(audio[i], it.gen)
+            for j in range(audio.shape[1]):
+                if s.noise:
+                    add_noise(audio[i, j], it.gen)
+                if s.time_roll:
+                    audio[i, j] = time_roll(audio[i, j], it.gen)
+    if not (s.audio_window and s.frame_mode == "all"):
+        audio = audio[:, 0]  # one window per clip: [B, T, F]
     if s.train and s.label_smoothing > 0:
         labels = labels * (1.0 - s.label_smoothing) + s.label_smoothing / s.num_classes
     batch = {
@@ -320,6 +342,14 @@ def collate(items: list[Decoded], s: LoaderSettings) -> dict:
     if s.balance == "weights":
         batch["weights"] = weights
     return batch
+
+
+def audio_starts(item: Decoded, s: LoaderSettings) -> list[int]:
+    """First fbank frame of each audio window of a clip: [0] (the whole clip, CAV-MAE) or, with an audio window,
+    one per chosen frame (cavmae.data.windows.frame_audio_window)."""
+    if not s.audio_window:
+        return [0]
+    return [frame_audio_window(k, s.num_frames, CLIP_FBANK_FRAMES, s.audio_window) for k in item.frame_indices]
 
 
 def _mixup(items, waves, frames, labels, weights, s: LoaderSettings):

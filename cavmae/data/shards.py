@@ -6,8 +6,9 @@ Sample schema (one WebDataset sample = consecutive tar members sharing a key)::
     <key>.wav       the clip's audio: 16 kHz, mono, 16-bit PCM WAV (default) ...
     <key>.flac      ... or the same as FLAC (``--audio-format flac``: smaller shards, more CPU per sample)
     <key>.f0.jpg .. <key>.f9.jpg
-                    RGB frames at evenly spaced times t_i = clip_start + i * (clip_end - clip_start) / 10 (the
-                    frame showing t_i), shorter side resized to the prepare-time frame size (never enlarged)
+                    RGB frames at evenly spaced times t_i = clip_start + i * (clip_end - clip_start) / N (the
+                    frame showing t_i), shorter side resized to the prepare-time frame size (never enlarged);
+                    N = 10 (default) or ``prepare --frames N`` (16 for CAV-MAE Sync: f0.jpg .. f15.jpg)
     <key>.mp4       optional: the raw source file, not re-encoded, for decoding at load time (``--store mp4|both``);
                     a sample may hold only json + mp4, then the loader decodes it as prepare does (cavmae.data.media)
 
@@ -24,9 +25,9 @@ source file's stem with its dots removed, e.g. ``00W1lcxW-WU_40.000.mp4`` -> ``0
                   the window of the source file the sample holds (s, source timeline)
     duration      seconds of audio in the sample (clips shorter than 10 s are kept; the loader pads)
     fps           average frame rate of the source video (null in datafile mode)
-    frame_times   timestamps (s, source timeline) of the frames f0..f9 (datafile mode: CAV-MAE's nominal times)
+    frame_times   timestamps (s, source timeline) of the frames f0..f{N-1} (datafile mode: CAV-MAE's nominal times)
     frame_size    [height, width] of the stored frames
-    num_frames    number of frames (10)
+    num_frames    number of frames N (10 by default; also the manifest's ``options.num_frames``)
     labels        label mids (VGGSound: display names), in metadata order; [] when unlabelled
     label_indices their indices in the dataset's label index (manifest ``label_index``)
     split         the split column of a VGGSound CSV, else null
@@ -51,8 +52,9 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-NUM_FRAMES = 10
-FRAME_EXTS = tuple(f"f{i}.jpg" for i in range(NUM_FRAMES))
+NUM_FRAMES = 10  # frames per clip by default (CAV-MAE); prepare --frames N stores f0 .. f{N-1}
+MAX_FRAMES = 64  # most frames per clip a sample may hold (CAV-MAE Sync: 16)
+FRAME_EXTS = tuple(f"f{i}.jpg" for i in range(MAX_FRAMES))
 MEMBER_ORDER = ("json", "wav", "flac", *FRAME_EXTS, "mp4")
 AUDIO_MEMBERS = ("wav", "flac")
 _BLOCK = tarfile.BLOCKSIZE  # 512

@@ -219,8 +219,9 @@ def plan_segments(
     )
 
 
-def plan_datafile(datafile: str | Path, label_csv: str | Path | None = None) -> Plan:
-    """Clips of a CAV-MAE datafile JSON: audio from the wav, frames from ``<video_path>/frame_<i>/<id>.jpg``.
+def plan_datafile(datafile: str | Path, label_csv: str | Path | None = None, num_frames: int = NUM_FRAMES) -> Plan:
+    """Clips of a CAV-MAE datafile JSON: audio from the wav, frames from ``<video_path>/frame_<i>/<id>.jpg`` for i
+    in 0..num_frames-1.
 
     Relative paths are taken relative to the datafile's folder.
     """
@@ -246,7 +247,7 @@ def plan_datafile(datafile: str | Path, label_csv: str | Path | None = None) -> 
         except ValueError as err:
             failed.append({"input": e.where, "reason": str(err)})
             continue
-        frames = [str(vpath / f"frame_{i}" / f"{e.video_id}.jpg") for i in range(NUM_FRAMES)]
+        frames = [str(vpath / f"frame_{i}" / f"{e.video_id}.jpg") for i in range(num_frames)]
         inputs.append(
             ClipInput(
                 key=key,
@@ -269,12 +270,13 @@ def plan_inputs(
     layout: Literal["auto", "audioset", "vggsound"] = "auto",
     split: str | None = None,
     clip_seconds: float = 10.0,
+    num_frames: int = NUM_FRAMES,
 ) -> Plan:
     """The plan for one of the three input kinds: `datafile`, or `videos` with `csv`, or `videos` alone."""
     if datafile is not None:
         if videos is not None or csv is not None:
             raise MetadataError("give either a datafile or a video folder (with or without a CSV), not both")
-        return plan_datafile(datafile, label_csv)
+        return plan_datafile(datafile, label_csv, num_frames)
     if videos is None:
         raise MetadataError("nothing to prepare: give a video folder (--videos) or a datafile (--datafile)")
     if csv is not None:

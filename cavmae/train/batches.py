@@ -34,14 +34,15 @@ def make_batches(
     Batches are dicts: ``audio`` [B, T, F], ``frames`` [B, 3, H, W], ``labels`` [B, C], ``keys`` (list[str]), on
     the CPU; the loop moves them to the device. Training batches hold data.batch_size clips and their order is a
     function of (train.seed, epoch); validation batches hold eval.batch_size clips in a fixed order, and every
-    clip is seen once over all processes. ``frame_mode="all"`` (evaluation) gives frames [B, 10, 3, H, W].
+    clip is seen once over all processes. ``frame_mode="all"`` (evaluation) gives frames [B, N, 3, H, W]
+    (N = data.num_frames) and, with data.audio_window > 0, audio [B, N, T, F] (frame k's window at [:, k]).
     ``errors`` counts the samples the shard loader skips, by cause.
     """
     train = split == "train"
     if cfg.data.synthetic:
         ds = synthetic_dataset(cfg, split)
         if frame_mode == "all":
-            ds = TenFrames(ds)
+            ds = TenFrames(ds, cfg.data.num_frames, per_frame_audio=cfg.data.audio_window > 0)
         sampler = ShardedBatchSampler(
             len(ds),
             cfg.data.batch_size if train else cfg.eval.batch_size,
