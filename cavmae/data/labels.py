@@ -288,10 +288,12 @@ def read_datafile(path: str | Path) -> tuple[list[DatafileEntry], list[RowProble
     entries, problems = [], []
     for i, item in enumerate(data["data"]):
         where = f"{path.name}[data][{i}]"
-        missing = [k for k in ("video_id", "wav", "video_path") if not isinstance(item, dict) or k not in item]
+        # video_path may be absent or empty: the row is audio only
+        missing = [k for k in ("video_id", "wav") if not isinstance(item, dict) or k not in item]
         if missing:
             problems.append(RowProblem(where, f"missing field(s) {', '.join(missing)}"))
             continue
         labels = [m.strip() for m in str(item.get("labels", "")).split(",") if m.strip()]
-        entries.append(DatafileEntry(str(item["video_id"]), str(item["wav"]), str(item["video_path"]), labels, where))
+        video_path = str(item.get("video_path") or "")
+        entries.append(DatafileEntry(str(item["video_id"]), str(item["wav"]), video_path, labels, where))
     return entries, problems

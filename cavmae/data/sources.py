@@ -51,7 +51,8 @@ class ClipInput:
     labels: list[str] = field(default_factory=list)
     label_indices: list[int] = field(default_factory=list)
     split: str | None = None
-    frame_paths: list[str] | None = None  # datafile mode: frame_0 .. frame_9 JPEG paths
+    frame_paths: list[str] | None = None  # datafile mode: frame_0 .. frame_9 JPEG paths ([]: audio only)
+    fold: int | None = None  # cross-validation fold the metadata gives (ESC-50), stored in the sample json
 
 
 @dataclass
@@ -246,7 +247,8 @@ def plan_datafile(datafile: str | Path, label_csv: str | Path | None = None) -> 
         except ValueError as err:
             failed.append({"input": e.where, "reason": str(err)})
             continue
-        frames = [str(vpath / f"frame_{i}" / f"{e.video_id}.jpg") for i in range(NUM_FRAMES)]
+        # a row without video_path is audio only
+        frames = [str(vpath / f"frame_{i}" / f"{e.video_id}.jpg") for i in range(NUM_FRAMES)] if e.video_path else []
         inputs.append(
             ClipInput(
                 key=key,
