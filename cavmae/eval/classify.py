@@ -16,14 +16,12 @@ AUDIO_ONLY_MODES = ("audio", "audioonly", "missing_video", "missingaudioonly")
 def classify(model: nn.Module, batch: dict, mode: str) -> torch.Tensor:
     """Logits [B, C] of a batch with one frame per clip (frames [B, 3, H, W]); audio-only modes need no frames (an
     audio-only batch has none)."""
-    if mode in AUDIO_ONLY_MODES:
-        return model(batch["audio"], None, mode=mode)
-    frames = batch["frames"]
-    if frames.dim() != 4:
+    frames = batch.get("frames")
+    if frames is not None and frames.dim() != 4:
         raise ValueError(
             f"classify expects frames [B, 3, H, W], got {tuple(frames.shape)}; use frame_logits for several frames"
         )
-    return model(batch["audio"], frames, mode=mode)
+    return model(batch["audio"], None if mode in AUDIO_ONLY_MODES else frames, mode=mode)
 
 
 def frame_logits(model: nn.Module, batch: dict, mode: str) -> torch.Tensor:
