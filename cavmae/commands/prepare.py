@@ -204,4 +204,6 @@ def run(args: argparse.Namespace) -> int:
     pattern = shard_pattern(args.out, args.name, len(manifest["shards"]))
     log.info("shards: %s (%d samples); manifest: %s", pattern, manifest["num_samples"], manifest_file)
     log.info("train on them with the override 'data.train_shards=[%s]'", pattern)
+    if manifest.get("modalities") == ["audio"]:  # the loader's rule: only audio jobs read such shards
+        log.info("they hold audio only (no frames in some or all samples): use them with finetune.inputs=audio")
     return 0
