@@ -69,7 +69,8 @@ def write_mp4_without_video(path: Path, seconds: float, rate: int) -> None:
 
 @pytest.fixture(scope="module")
 def esc50(tmp_path_factory):
-    """Generated ESC-50 layout (12 clips, 3 classes, 2 folds, 1 s at 22.05 kHz) prepared into 3 shards of 4."""
+    """Generated ESC-50 layout (12 clips, 3 classes, 2 folds, 1 s at 22.05 kHz) prepared into shards of at most 4
+    (4 shards: each holds one fold)."""
     root = tmp_path_factory.mktemp("esc50")
     ds = make_esc50_dataset(root / "esc50", num_clips=12, num_classes=3, folds=2, duration=1.0, sample_rate=22050)
     plan = plan_inputs(videos=ds.audio, csv=ds.csv)
@@ -148,11 +149,8 @@ def test_esc50_csv_is_recognised_with_labels_and_folds(esc50):
     assert plan.mode == "esc50" and plan.label_index.names == ["dog", "rooster", "pig"]
     assert manifest["num_samples"] == 12 and manifest["failed"] == [] and manifest["label_counts"] == [4, 4, 4]
     assert manifest["modalities"] == ["audio"]
-    folds = {}
-    for s in manifest["shards"]:
-        for fold, n in s["fold_counts"].items():
-            folds[fold] = folds.get(fold, 0) + n
-    assert folds == {"1": 6, "2": 6}
+    # one fold per shard: a new shard starts where the fold changes (files sort by fold: <fold>-<id>-<take>-<target>)
+    assert [s["fold_counts"] for s in manifest["shards"]] == [{"1": 4}, {"1": 2}, {"2": 4}, {"2": 2}]
     by_file = {r["filename"].rsplit(".", 1)[0]: r for r in rows}
     samples = members(Path(urls[0]).parent)
     assert set(samples) == set(by_file)
@@ -175,7 +173,7 @@ def test_prepare_command_on_esc50_and_synth_command(tmp_path):
                  "esc50.csv"), "--out", str(tmp_path / "s"), "--workers", "0"])  # fmt: skip
     manifest = json.loads((tmp_path / "s" / "data-manifest.json").read_text())
     assert code == 0 and manifest["mode"] == "esc50" and manifest["num_samples"] == 4
-    assert manifest["shards"][0]["fold_counts"] == {"1": 2, "2": 2}
+    assert [s["fold_counts"] for s in manifest["shards"]] == [{"1": 2}, {"2": 2}]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -204,7 +202,7 @@ def test_mixed_shard_sets_follow_one_rule(esc50, tiny_shards):
     with pytest.raises(AudioOnlyShardsError) as err:
         small_loader(mixed, frames=True)
     message = str(err.value)
-    assert "3 shard(s) hold audio only" in message and all(u in message for u in audio_urls)
+    assert "4 shard(s) hold audio only" in message and all(u in message for u in audio_urls)
     assert not any(u in message for u in tiny_shards.urls)
     keys = [k for b in small_loader(mixed, frames=False) for k in b["keys"]]
     assert len(keys) == 12 + tiny_shards.manifest["num_samples"]
@@ -231,7 +229,7 @@ def test_audio_finetune_and_evaluate_from_audio_visual_model(esc50, tmp_path):
     from cavmae.train import train
 
     _, _, _, urls = esc50
-    pattern = str(Path(urls[0]).parent / "esc-{000000..000002}.tar")
+    pattern = str(Path(urls[0]).parent / "esc-{000000..000003}.tar")
     overrides = [
         *PRETRAIN_SMALL_INPUTS,
         "model.num_classes=3",
@@ -264,3 +262,20 @@ def test_audio_finetune_and_evaluate_from_audio_visual_model(esc50, tmp_path):
     report = json.loads(result.read_text())
     assert code == 0 and report["mode"] == "audio" and report["clips"] == 12 and report["frames"] == 1
     assert 0.0 <= report["single_frame"]["top1"] <= 100.0
+
+
+def test_public_audio_visual_classifier_evaluates_audio_only_shards_without_video(esc50, tmp_path):
+    """A public CAV-MAE fine-tuned (audio-visual) checkpoint scored on audio-only shards in the missing-video mode;
+    the audiovisual mode refuses them by the rule."""
+    from cavmae.models.weights import save_official
+
+    _, _, _, urls = esc50
+    overrides = [*PRETRAIN_SMALL_INPUTS, "model.num_classes=3", "data.synthetic=false"]
+    cfg = load_config(REPO / "configs" / "tiny_finetune.yaml", overrides)
+    torch.manual_seed(0)
+    save_official(cavmae.create_model(cfg.model, kind="classifier"), tmp_path / "public_ft.pth")
+    common = ["--model", str(tmp_path / "public_ft.pth"), "--shards", *urls, "--num-workers", "0"]
+    assert main(["evaluate", *common, "--mode", "missing_video", "--out", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["mode"] == "missing_video" and report["clips"] == 12
+    assert main(["evaluate", *common, "--mode", "audiovisual"]) == 1

@@ -10,7 +10,8 @@ Three kinds of input (see :mod:`cavmae.data.labels` for the file formats):
 Audio-only files (no video stream) are accepted by every kind and give samples without frames
 (:mod:`cavmae.data.encode`). The manifest says what the shards hold: ``modalities`` of each shard (those every
 sample in it has: ``["audio", "video"]`` or ``["audio"]``) and of the whole set, and ``fold_counts`` of each shard
-when the metadata gives folds.
+when the metadata gives folds. A shard never mixes folds (a new one starts where the fold changes), so a fold's
+shards can be chosen from the manifest (cross-validation).
 
 Planning (:func:`cavmae.data.sources.plan_inputs`) turns these into a sorted list of clips plus the rows and files
 that cannot be used. Preparing (:func:`prepare_shards`) decodes every input in worker processes
@@ -287,7 +288,9 @@ def prepare_shards(
         members = result
         size = sample_bytes(inp.key, members)
         if writer is not None and (
-            writer.count >= samples_per_shard or (max_shard_bytes and writer.size + size + 1024 > max_shard_bytes)
+            writer.count >= samples_per_shard
+            or (max_shard_bytes and writer.size + size + 1024 > max_shard_bytes)
+            or (inp.fold is not None and shard_folds and inp.fold not in shard_folds)  # a shard holds one fold
         ):
             finish(i)
         if writer is None:
