@@ -195,6 +195,15 @@ def test_audio_only_batches_have_no_frames(esc50):
         assert torch.equal(b["labels"].sum(1), torch.ones(len(b["keys"])))
 
 
+def test_audio_only_training_batches_with_mixup(esc50):
+    _, _, _, urls = esc50
+    cfg = DataConfig(num_workers=0, batch_size=4, mixup=1.0, shuffle_buffer=4)
+    loader = build_loader(cfg, urls, train=True, frames=False, num_classes=3, audio_length=128, num_mel_bins=32)
+    batches = list(loader)
+    assert batches and all("frames" not in b for b in batches)
+    assert any(((b["labels"] > 0) & (b["labels"] < 1)).any() for b in batches)  # mixed labels: mixup ran
+
+
 def test_mixed_shard_sets_follow_one_rule(esc50, tiny_shards):
     """Jobs needing frames refuse audio-only shards, naming them; audio jobs read both kinds, without frames."""
     _, _, _, audio_urls = esc50
