@@ -75,6 +75,7 @@ class LoaderSettings:
     audio_channel: str = "first"  # audio of raw .mp4 / multi-channel members: "first" or "mean" (cavmae.data.media)
     num_frames: int = 10  # frames per clip every sample must hold (data.num_frames)
     audio_window: int = 0  # data.audio_window: > 0 = audio_length fbank frames around each chosen frame (Sync)
+    frames: bool = True  # False: audio only, frames never decoded and no "frames" in the batch (cavmae.data.loader)
 
 
 def stable_seed(*parts) -> int:
@@ -138,15 +139,20 @@ def prune(sample: dict, s: LoaderSettings, epoch: int) -> list[Item]:
     if s.train and s.balance == "resample":
         rng = random.Random(stable_seed(s.seed, epoch, key, "balance"))
         copies = int(weight) + (rng.random() < weight - int(weight))
+    if s.frames and meta.get("modalities") == ["audio"]:
+        raise SampleError("member", f"{sample['__url__']}: sample {key} is audio only but frames are needed")
+    audio_only = meta.get("modalities") == ["audio"]
     num_frames = int(meta.get("num_frames") or 10)
-    if num_frames != s.num_frames:  # a shard prepared for another model: an error, not a skipped sample
+    if not audio_only and num_frames != s.num_frames:  # a shard prepared for another model: an error, not a skipped sample
         raise ValueError(
             f"{sample['__url__']}: sample {key} holds {num_frames} frames per clip but data.num_frames is "
             f"{s.num_frames} (prepare the shards with --frames {s.num_frames}, or set data.num_frames={num_frames})"
         )
     out = []
     for c in range(copies):
-        if s.frame_mode == "all":
+        if not s.frames:
+            chosen = []
+        elif s.frame_mode == "all":
             chosen = list(range(num_frames))
         elif s.frame_mode == "middle":
             chosen = [num_frames // 2]
@@ -284,7 +290,7 @@ def decode(item: Item, s: LoaderSettings, epoch: int) -> Decoded:
     wave = _decode_audio(item, s)
     wave = wave - wave.mean()  # DC removal over the whole clip, before cutting (as CAV-MAE does)
     wave = wave[: samples_for_frames(clip_fbank_frames(s))]
-    frames = _decode_frames(item, s.image_size)
+    frames = _decode_frames(item, s.image_size) if s.frames else torch.zeros(0, dtype=torch.uint8)
     seed = stable_seed(s.seed, epoch, item.key, item.copy, "augment")
     gen = torch.Generator().manual_seed(seed)
     indices = [i for i, _ in item.frames]
@@ -303,7 +309,7 @@ def clip_fbank_frames(s: LoaderSettings) -> int:
 def collate(items: list[Decoded], s: LoaderSettings) -> dict:
     b, t, f = len(items), s.audio_length, s.num_mel_bins
     waves = [it.wave for it in items]
-    frames = normalize_frames(torch.stack([it.frames for it in items]))  # [B, n, 3, S, S]
+    frames = normalize_frames(torch.stack([it.frames for it in items])) if s.frames else None  # [B, n, 3, S, S]
     labels = torch.zeros(b, s.num_classes)
     for i, it in enumerate(items):
         labels[i, it.labels] = 1.0
@@ -333,12 +339,9 @@ def collate(items: list[Decoded], s: LoaderSettings) -> dict:
         audio = audio[:, 0]  # one window per clip: [B, T, F]
     if s.train and s.label_smoothing > 0:
         labels = labels * (1.0 - s.label_smoothing) + s.label_smoothing / s.num_classes
-    batch = {
-        "audio": audio,
-        "frames": frames if s.frame_mode == "all" else frames[:, 0],
-        "labels": labels,
-        "keys": [it.key for it in items],
-    }
+    batch = {"audio": audio, "labels": labels, "keys": [it.key for it in items]}
+    if frames is not None:
+        batch["frames"] = frames if s.frame_mode == "all" else frames[:, 0]
     if s.balance == "weights":
         batch["weights"] = weights
     return batch
@@ -346,17 +349,20 @@ def collate(items: list[Decoded], s: LoaderSettings) -> dict:
 
 def audio_starts(item: Decoded, s: LoaderSettings) -> list[int]:
     """First fbank frame of each audio window of a clip: [0] (the whole clip, CAV-MAE) or, with an audio window,
-    one per chosen frame (cavmae.data.windows.frame_audio_window)."""
+    one per chosen frame (cavmae.data.windows.frame_audio_window); a batch without frames (audio only) takes the
+    middle frame's window."""
     if not s.audio_window:
         return [0]
-    return [frame_audio_window(k, s.num_frames, CLIP_FBANK_FRAMES, s.audio_window) for k in item.frame_indices]
+    indices = item.frame_indices or [s.num_frames // 2]
+    return [frame_audio_window(k, s.num_frames, CLIP_FBANK_FRAMES, s.audio_window) for k in indices]
 
 
 def _mixup(items, waves, frames, labels, weights, s: LoaderSettings):
     """CAV-MAE mixup: with probability `mixup` a sample is mixed with another one (here: of the same batch) with
     lambda ~ Beta(alpha, alpha): waveforms (then DC removed again), frames and labels alike."""
     b = len(items)
-    waves, frames0, labels0, weights0 = list(waves), frames.clone(), labels.clone(), weights.clone()
+    waves, labels0, weights0 = list(waves), labels.clone(), weights.clone()
+    frames0 = frames.clone() if frames is not None else None  # None: an audio-only batch
     for i, it in enumerate(items):
         if it.rng.random() >= s.mixup:
             continue
@@ -368,7 +374,8 @@ def _mixup(items, waves, frames, labels, weights, s: LoaderSettings):
         mixed = lam * torch.nn.functional.pad(a, (0, n - len(a)))
         mixed += (1 - lam) * torch.nn.functional.pad(c, (0, n - len(c)))
         waves[i] = mixed - mixed.mean()
-        frames[i] = lam * frames0[i] + (1 - lam) * frames0[j]
+        if frames is not None:
+            frames[i] = lam * frames0[i] + (1 - lam) * frames0[j]
         labels[i] = lam * labels0[i] + (1 - lam) * labels0[j]
         weights[i] = lam * weights0[i] + (1 - lam) * weights0[j]
     return waves, frames, labels, weights
