@@ -143,7 +143,8 @@ def prune(sample: dict, s: LoaderSettings, epoch: int) -> list[Item]:
         raise SampleError("member", f"{sample['__url__']}: sample {key} is audio only but frames are needed")
     audio_only = meta.get("modalities") == ["audio"]
     num_frames = int(meta.get("num_frames") or 10)
-    if not audio_only and num_frames != s.num_frames:  # a shard prepared for another model: an error, not a skipped sample
+    # a shard prepared for another model: an error, not a skipped sample (audio-only samples hold no frames)
+    if not audio_only and num_frames != s.num_frames:
         raise ValueError(
             f"{sample['__url__']}: sample {key} holds {num_frames} frames per clip but data.num_frames is "
             f"{s.num_frames} (prepare the shards with --frames {s.num_frames}, or set data.num_frames={num_frames})"
