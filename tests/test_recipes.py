@@ -84,7 +84,7 @@ DERIVED = {
     "finetune_as2m_video": ("finetune_as2m", {"finetune.inputs": "video"}),
     "finetune_vggsound_audio": ("finetune_vggsound", {"finetune.inputs": "audio"}),
     "finetune_vggsound_video": ("finetune_vggsound", {"finetune.inputs": "video"}),
-    "pretrain_mamba_base": ("pretrain_base", {"model.contrast_input": "unmasked"}),
+    "pretrain_mamba_base": ("pretrain_base", {"model.contrast_mask_ratio": 0.0}),
 }
 for _name in ("pretrain_base", "pretrain_scale_plus", "pretrain_scale_plus_plus", "pretrain_vggsound",
               "pretrain_vggsound_from_as"):  # fmt: skip
