@@ -123,7 +123,11 @@ class CAVMAE(CAVMAEEncoder):
         ratio_a = cfg.mask_ratio_a if mask_ratio_a is None else mask_ratio_a
         ratio_v = cfg.mask_ratio_v if mask_ratio_v is None else mask_ratio_v
         mask_mode = mask_mode or cfg.mask_mode
-        a, v, masked_a, masked_v = self.forward_encoder(audio, frames, ratio_a, ratio_v, mask_mode)
+        c_ratio = cfg.contrast_mask_ratio
+        shared_pass = c_ratio == ratio_a and c_ratio == ratio_v
+        contrast = cfg.contrast_weight != 0
+        if cfg.rec_weight != 0 or (contrast and shared_pass):  # the reconstruction pass's masked streams
+            a, v, masked_a, masked_v = self.forward_encoder(audio, frames, ratio_a, ratio_v, mask_mode)
         out: dict[str, torch.Tensor] = {}
         zero = audio.new_zeros(())
         rec_a = rec_v = loss_c = acc_c = zero
@@ -132,9 +136,6 @@ class CAVMAE(CAVMAEEncoder):
             rec_a, rec_v = self.forward_loss(audio, frames, pred_a, pred_v, masked_a.mask, masked_v.mask)
             if return_outputs:
                 out.update(pred_a=pred_a, pred_v=pred_v, mask_a=masked_a.mask, mask_v=masked_v.mask)
-        c_ratio = cfg.contrast_mask_ratio
-        shared_pass = c_ratio == ratio_a and c_ratio == ratio_v
-        contrast = cfg.contrast_weight != 0
         unmasked = None  # (emb_a, emb_v) [B, D] each: the unmasked modality streams, pooled
         if return_embeddings or (contrast and c_ratio == 0 and not shared_pass):
             unmasked = (

@@ -10,6 +10,12 @@ Streams (as in the paper and its public code):
 - audio-only: audio -> blocks_u with the audio norms -> ``norm_a``; video-only likewise with ``norm_v``.
 Every shared block is chained within a stream (the public code re-runs only the last one for the modality
 streams when there is more than one shared block; that only matters for ``shared_depth > 1``).
+
+CAV-MAE Sync (model.global_tokens / registers / contrastive_heads; public names ``cls_token_a``, ``cls_token_v``,
+``register_tokens``, ``constrative_head_audio``, ``constrative_head_visual``): a modality stack sees
+[global token, tokens, registers]; the registers are dropped after it, the global token before the joint stream;
+the audio / video streams run the heads (joint norms, as the public code) before ``norm_a`` / ``norm_v``, and
+:meth:`CAVMAEEncoder.pool` takes the global token's output as the clip embedding.
 """
 
 from __future__ import annotations
