@@ -74,13 +74,13 @@ VARIANTS: dict[str, Variant] = {
     "mamba_unmasked_c": Variant(
         "mamba",
         _M,
-        pretrain=("model.contrast_input=unmasked",),
+        pretrain=("model.contrast_mask_ratio=0",),
         note="THE MAMBA RECIPE (configs/tiny_mamba.yaml, the demo's mamba): contrastive embeddings from the unmasked "
         "streams (one more encoder pass), trained on what retrieval embeds",
     ),
     "vit_unmasked_c": Variant(
         "vit",
-        pretrain=("model.contrast_input=unmasked",),
+        pretrain=("model.contrast_mask_ratio=0",),
         note="the ViT with contrastive embeddings from the unmasked streams (is the gain Mamba's own?)",
     ),
     "mamba_expand2": Variant("mamba", (), note="the shipped default expand 2 (+31 % parameters)", matched=False),

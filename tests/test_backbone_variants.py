@@ -109,11 +109,11 @@ def test_the_recipe_row_is_the_demos_mamba_config(ablate, tmp_path):
         demo = demo_config(FULL, data, tmp_path, seed=1, backbone="mamba", task=task)
         demo.train.progress_bar = False  # the ablation's only other setting
         if task == "finetune":  # a pre-training-only override in the row; the classifier has no contrastive loss
-            assert (row.model.contrast_input, demo.model.contrast_input) == ("masked", "unmasked")
-            row.model.contrast_input = demo.model.contrast_input
+            assert (row.model.contrast_mask_ratio, demo.model.contrast_mask_ratio) == (0.75, 0.0)
+            row.model.contrast_mask_ratio = demo.model.contrast_mask_ratio
         assert asdict(row) == asdict(demo), task
     bare = ablate.configure(FULL, data, tmp_path, seed=1, variant=ablate.VARIANTS["mamba"], task="pretrain")
-    assert bare.model.contrast_input == "masked"  # the CAV-MAE-objective row
+    assert bare.model.contrast_mask_ratio == 0.75  # the CAV-MAE-objective row
 
 
 def test_ablation_refuses_a_row_outside_the_tolerance(ablate):
@@ -195,7 +195,7 @@ def test_unmasked_contrast_is_the_infonce_of_the_retrieval_embeddings(backbone):
     from cavmae.models.losses import info_nce
 
     torch.manual_seed(0)
-    cfg = _small(backbone, contrast_input="unmasked")
+    cfg = _small(backbone, contrast_mask_ratio=0.0)
     model = cavmae.create_model(cfg).eval()
     g = torch.Generator().manual_seed(1)
     audio, frames = torch.randn(3, 64, 32, generator=g), torch.randn(3, 3, 32, 32, generator=g)

@@ -93,9 +93,9 @@ def test_grouped_loss_without_contrast_is_the_ungrouped_loss():
 
 def test_grouped_loss_is_rec_plus_the_weighted_mean_of_the_groups_infonce_and_its_gradient_the_old_over_g():
     """The logged loss is k_rec * rec + k_c * mean(c_1, c_2), with c_g the InfoNCE of group g computed by hand from
-    the embeddings the loss used (contrast_input=unmasked: the returned emb_a / emb_v); its gradient is that of the
+    the embeddings the loss used (contrast_mask_ratio=0: the returned emb_a / emb_v); its gradient is that of the
     objective before the fix, G * k_rec * rec + k_c * (c_1 + c_2), divided by G = 2."""
-    cfg = tiny_cfg(contrast_input="unmasked")
+    cfg = tiny_cfg(contrast_mask_ratio=0.0)
     audio, frames = batch(cfg, b=8)
     torch.manual_seed(0)
     model = cavmae.create_model(cfg).train()

@@ -127,7 +127,7 @@ def test_every_demo_run_is_a_shipped_recipe_with_the_demos_settings(tmp_path):
         bare = demo_config(FULL, data, tmp_path / task, seed=3, backbone="mamba", task=task, recipe=False)
         assert bare.model == dataclasses.replace(load_config(recipe_path("tiny")).model, backbone="mamba", **own)
     pre = demo_config(FULL, data, tmp_path, seed=0, backbone="vit", task="pretrain")
-    assert pre.model.contrast_input == "masked" and pre.finetune is None  # the ViT: CAV-MAE's recipe
+    assert pre.model.contrast_mask_ratio == pre.model.mask_ratio_a and pre.finetune is None  # the ViT: CAV-MAE's recipe
     ft = demo_config(FULL, data, tmp_path, seed=0, backbone="vit", task="finetune", init="x")
     assert pre.data.val_shards == [] and ft.data.val_shards == ["heldout-000000.tar"] and ft.train.init == "x"
     assert ft.train.max_steps == FULL.finetune_steps and ft.finetune.average_epochs is None

@@ -64,9 +64,9 @@ def test_init_and_no_weight_decay_marks():
 def test_mamba_recipes_pool_the_contrastive_embeddings_from_the_unmasked_streams():
     for name in ("tiny_mamba", "pretrain_mamba_base"):
         cfg = load_config(CONFIGS / f"{name}.yaml").model
-        assert cfg.contrast_input == "unmasked" and cfg.mamba.expand == 1, name
+        assert cfg.contrast_mask_ratio == 0 and cfg.mamba.expand == 1, name
     for name in ("tiny", "pretrain_base"):  # the ViT recipes stay CAV-MAE's
-        assert load_config(CONFIGS / f"{name}.yaml").model.contrast_input == "masked", name
+        assert load_config(CONFIGS / f"{name}.yaml").model.contrast_mask_ratio == 0.75, name
 
 
 def test_mamba_base_recipe_is_close_to_vit_base():

@@ -259,16 +259,16 @@ def _kept_and_whole(cfg: ModelConfig) -> tuple[int, int, int, int]:
     return int(n_a * (1 - cfg.mask_ratio_a)), n_a, int(n_v * (1 - cfg.mask_ratio_v)), n_v
 
 
-@pytest.mark.parametrize("contrast_input", ["masked", "unmasked"])
-def test_a_training_forward_runs_only_the_streams_its_losses_use(contrast_input):
-    cfg = tiny_cfg(contrast_input=contrast_input)
+@pytest.mark.parametrize("contrast_mask_ratio", [0.75, 0.0])
+def test_a_training_forward_runs_only_the_streams_its_losses_use(contrast_mask_ratio):
+    cfg = tiny_cfg(contrast_mask_ratio=contrast_mask_ratio)
     torch.manual_seed(0)
     model = cavmae.create_model(cfg).train()
     passes = _record_passes(model)
     model(*batch(cfg))
     ka, na, kv, nv = _kept_and_whole(cfg)
     want = Counter({("blocks_a", None, ka): 1, ("blocks_v", None, kv): 1, ("blocks_u", None, ka + kv): 1})  # rec
-    if contrast_input == "masked":  # the modality streams of the kept tokens
+    if contrast_mask_ratio == 0.75:  # the modality streams of the kept tokens
         want.update({("blocks_u", "a", ka): 1, ("blocks_u", "v", kv): 1})
     else:  # the modality streams of every token; none of the kept ones
         want.update({("blocks_a", None, na): 1, ("blocks_v", None, nv): 1})
@@ -276,9 +276,9 @@ def test_a_training_forward_runs_only_the_streams_its_losses_use(contrast_input)
     assert passes == want
 
 
-@pytest.mark.parametrize("contrast_input", ["masked", "unmasked"])
-def test_returned_embeddings_are_the_retrieval_embeddings(contrast_input):
-    cfg = tiny_cfg(contrast_input=contrast_input)
+@pytest.mark.parametrize("contrast_mask_ratio", [0.75, 0.0])
+def test_returned_embeddings_are_the_retrieval_embeddings(contrast_mask_ratio):
+    cfg = tiny_cfg(contrast_mask_ratio=contrast_mask_ratio)
     torch.manual_seed(0)
     model = cavmae.create_model(cfg).eval()
     audio, frames = batch(cfg)
@@ -288,16 +288,16 @@ def test_returned_embeddings_are_the_retrieval_embeddings(contrast_input):
     assert "emb_a" not in model(audio, frames)
 
 
-@pytest.mark.parametrize("contrast_input", ["masked", "unmasked"])
-def test_validation_runs_one_forward_per_batch(contrast_input):
+@pytest.mark.parametrize("contrast_mask_ratio", [0.75, 0.0])
+def test_validation_runs_one_forward_per_batch(contrast_mask_ratio):
     """PretrainTask.evaluate takes its retrieval embeddings from the forward that gives the losses: the unmasked
-    streams run once per batch (not again in embed), and with contrast_input=unmasked the masked modality streams
+    streams run once per batch (not again in embed), and with contrast_mask_ratio=0 the masked modality streams
     do not run at all."""
     from types import SimpleNamespace
 
     from cavmae.train.tasks import PretrainTask
 
-    cfg = load_config(TINY, [f"model.contrast_input={contrast_input}"])
+    cfg = load_config(TINY, [f"model.contrast_mask_ratio={contrast_mask_ratio}"])
     torch.manual_seed(0)
     model = cavmae.create_model(cfg.model).eval()
     passes = _record_passes(model)
@@ -308,7 +308,7 @@ def test_validation_runs_one_forward_per_batch(contrast_input):
     want = Counter({("blocks_a", None, ka): 1, ("blocks_v", None, kv): 1, ("blocks_u", None, ka + kv): 1})
     want.update({("blocks_a", None, na): 1, ("blocks_v", None, nv): 1})  # the unmasked streams, once
     want.update({("blocks_u", "a", na): 1, ("blocks_u", "v", nv): 1})
-    if contrast_input == "masked":
+    if contrast_mask_ratio == 0.75:
         want.update({("blocks_u", "a", ka): 1, ("blocks_u", "v", kv): 1})
     assert passes == want
     # and the retrieval top-1 is that of the unmasked embeddings

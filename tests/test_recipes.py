@@ -39,6 +39,15 @@ VGG = {**FINETUNE, "global_batch": 48, "optim.lr": 1e-4, "finetune.head_lr_mult"
        "finetune.loss": "ce",
        "model.num_classes": 309}  # fmt: skip
 
+# CAV-MAE Sync: the authors' development runs (design.md section 5; they released no training script)
+SYNC = {"model.global_tokens": True, "model.registers": 8, "model.contrastive_heads": False,
+        "model.audio_length": 416, "data.audio_window": 416, "data.num_frames": 16, "model.mask_ratio_a": 0.75,
+        "model.mask_ratio_v": 0.75, "model.contrast_mask_ratio": 0.75, "model.contrast_weight": 0.1,
+        "model.rec_weight": 1.0, "global_batch": 512, "optim.lr": 2e-4, "train.epochs": 25, "optim.name": "adam",
+        "optim.betas": (0.95, 0.999), "optim.weight_decay": 5e-7, "optim.schedule": "cosine", "optim.min_lr": 2e-5,
+        "data.fbank_mean": -5.081, "data.fbank_std": 4.4849, "train.init_format": "mae",
+        "task": "pretrain"}  # fmt: skip
+
 PUBLIC = {
     # recipe: values of its public script
     "pretrain_base": {**PRETRAIN, "global_batch": 48, "optim.lr": 5e-5, "train.epochs": 25, "contrast_group": 12},
@@ -71,6 +80,7 @@ PUBLIC = {
         "contrast_group": 30,
         "train.init_format": "cavmae",
     },  # fmt: skip
+    "pretrain_sync": SYNC,
     "finetune_as20k": {**AS20K, "finetune.inputs": "audiovisual"},
     "finetune_as20k_audio": {**AS20K, "finetune.inputs": "audio"},
     "finetune_as20k_video": {**AS20K, "finetune.inputs": "video"},
@@ -84,7 +94,8 @@ DERIVED = {
     "finetune_as2m_video": ("finetune_as2m", {"finetune.inputs": "video"}),
     "finetune_vggsound_audio": ("finetune_vggsound", {"finetune.inputs": "audio"}),
     "finetune_vggsound_video": ("finetune_vggsound", {"finetune.inputs": "video"}),
-    "pretrain_mamba_base": ("pretrain_base", {"model.contrast_input": "unmasked"}),
+    "pretrain_mamba_base": ("pretrain_base", {"model.contrast_mask_ratio": 0.0}),
+    "pretrain_sync_mamba": ("pretrain_sync", {"model.backbone": "mamba", "model.contrast_mask_ratio": 0.0}),
 }
 for _name in ("pretrain_base", "pretrain_scale_plus", "pretrain_scale_plus_plus", "pretrain_vggsound",
               "pretrain_vggsound_from_as"):  # fmt: skip

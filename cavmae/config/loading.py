@@ -18,7 +18,15 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from cavmae.config.tree import Config, DataConfig, EvalConfig, FinetuneConfig, OptimConfig, TrainConfig
+from cavmae.config.tree import (
+    Config,
+    DataConfig,
+    EvalConfig,
+    FinetuneConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+)
 
 
 class ConfigError(ValueError):
@@ -42,6 +50,7 @@ GONE = {
     "train.avg_weights_from": "set finetune.average_epochs=[FIRST,LAST]",
     "train.avg_weights_to": "set finetune.average_epochs=[FIRST,LAST]",
     "eval.retrieval_chunk": "it was never read",
+    "model.contrast_input": "set model.contrast_mask_ratio (0 = unmasked; equal to model.mask_ratio_a = masked)",
 }
 # Options removed since, with the value whose behaviour is the one left: a saved config (model directory,
 # checkpoint) of an earlier version holding that value still loads; another value stays an error.
@@ -337,6 +346,19 @@ def upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
         data["finetune"] = finetune if task == "finetune" else None
     if isinstance(data.get("eval"), dict):
         data["eval"].pop("retrieval_chunk", None)
+    model = data.get("model")
+    if isinstance(model, dict) and "contrast_input" in model:  # became model.contrast_mask_ratio
+        how = model.pop("contrast_input")
+        if how not in ("masked", "unmasked"):
+            raise ConfigError(f"model.contrast_input: {how!r} is neither 'masked' nor 'unmasked'")
+        ratio_a = model.get("mask_ratio_a", ModelConfig.mask_ratio_a)
+        ratio_v = model.get("mask_ratio_v", ModelConfig.mask_ratio_v)
+        if how == "masked" and ratio_a != ratio_v:
+            raise ConfigError(
+                f"model.contrast_input='masked' with model.mask_ratio_a={ratio_a} != model.mask_ratio_v={ratio_v} "
+                "has no single model.contrast_mask_ratio"
+            )
+        model["contrast_mask_ratio"] = 0.0 if how == "unmasked" else ratio_a
     for dotted, value in REMOVED_DEFAULTS.items():
         *path, key = dotted.split(".")
         node: Any = data
@@ -365,6 +387,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(m, name)}")
     if m.shared_depth < 1:
         raise ConfigError("model.shared_depth must be at least 1")
+    _validate_sync(m)
     if not m.temperature > 0:
         raise ConfigError(f"model.temperature must be > 0 (it divides the similarities), got {m.temperature}")
     if cfg.data.batch_size < 1:
@@ -427,6 +450,29 @@ def validate(cfg: Config) -> None:
     else:
         _validate_finetune(cfg)
     _refuse_settings_without_effect(cfg)
+
+
+def _validate_sync(m: ModelConfig) -> None:
+    """The contrastive mask ratio and the CAV-MAE Sync options (global tokens, registers, heads)."""
+    if not 0.0 <= m.contrast_mask_ratio < 1.0:
+        raise ConfigError(f"model.contrast_mask_ratio must be in [0, 1), got {m.contrast_mask_ratio}")
+    if m.registers < 0:
+        raise ConfigError(f"model.registers must be >= 0, got {m.registers}")
+    if m.registers and m.modality_depth < 1:
+        raise ConfigError(
+            f"model.registers={m.registers} needs modality-specific blocks to carry them (they are dropped after "
+            f"blocks_a / blocks_v), but model.modality_depth={m.modality_depth}"
+        )
+    if m.global_tokens and m.modality_depth < 1:
+        raise ConfigError(
+            "model.global_tokens=true needs modality-specific blocks (the token is prepended before blocks_a / "
+            f"blocks_v and dropped before the joint pass), but model.modality_depth={m.modality_depth}"
+        )
+    if m.contrastive_heads and m.contrast_weight == 0:
+        raise ConfigError(
+            "model.contrastive_heads=true with model.contrast_weight=0: only the contrastive loss trains the heads, "
+            "which the embeddings then pass through untrained; set model.contrast_weight > 0 or turn the heads off"
+        )
 
 
 def _validate_finetune(cfg: Config) -> None:

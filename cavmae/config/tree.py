@@ -55,15 +55,27 @@ class ModelConfig:
     mask_ratio_a: float = 0.75
     mask_ratio_v: float = 0.75
     mask_mode: Literal["unstructured", "time", "freq", "tf"] = "unstructured"
-    # What the contrastive embeddings are pooled from: "masked" (CAV-MAE: the modality streams of the masked input,
-    # the tokens the encoder already ran) or "unmasked" (the modality streams of the whole input, one more encoder
-    # pass over every token: the embeddings retrieval uses, also in training).
-    contrast_input: Literal["masked", "unmasked"] = "masked"
+    # Mask ratio of the input the contrastive embeddings are pooled from. Equal to mask_ratio_a and mask_ratio_v
+    # (CAV-MAE, 0.75): the modality streams of the reconstruction pass's kept tokens, no extra pass. 0: the whole
+    # input (one more encoder pass over every token: the embeddings retrieval uses). Anything else (TG-DP: 0.5): a
+    # separate masked pass of its own. Replaces contrast_input ("masked" = the mask ratio, "unmasked" = 0).
+    contrast_mask_ratio: float = 0.75
     norm_pix_loss: bool = True
     rec_weight: float = 1.0
     contrast_weight: float = 0.01
     temperature: float = 0.05
     symmetric_contrast: bool = False
+    # CAV-MAE Sync (design.md section 5; public attribute names cls_token_a/_v, register_tokens,
+    # constrative_head_audio/_visual). global_tokens: one learnable token per modality, prepended before the
+    # modality stacks, dropped before the joint pass; its modality-stream output (norm_a / norm_v) is the
+    # contrastive and retrieval embedding instead of the mean over tokens.
+    global_tokens: bool = False
+    # registers: R learnable tokens per modality ([2R, D] parameter, audio rows first), appended after the tokens
+    # and dropped after the modality-specific stacks (the released Sync model: 8).
+    registers: int = 0
+    # contrastive_heads: two blocks per modality (run with the joint norms, as the public code does) between the
+    # shared block's modality pass and norm_a / norm_v; feed only the contrastive embeddings (off in released Sync).
+    contrastive_heads: bool = False
     # fine-tuning
     num_classes: int = 527
     mamba: MambaConfig = field(default_factory=MambaConfig)

@@ -63,14 +63,14 @@ class CAVMAE(CAVMAEEncoder):
     def forward_encoder(
         self, audio: torch.Tensor, frames: torch.Tensor, mask_ratio_a: float, mask_ratio_v: float, mask_mode: str
     ) -> tuple[torch.Tensor, torch.Tensor, Masked, Masked]:
-        """Mask, run the modality stacks over the kept tokens. Returns the audio [B, Ka, D] and video [B, Kv, D]
-        tokens after blocks_a / blocks_v and the two masks; the shared stack runs on them per stream, as each loss
-        needs: :meth:`joint_stream` for the decoder, :meth:`audio_stream` / :meth:`video_stream` for contrastive
-        embeddings of the masked input."""
+        """Mask, run the modality stacks over the kept tokens. Returns the audio [B, (1+)Ka, D] and video
+        [B, (1+)Kv, D] tokens after blocks_a / blocks_v (global token first with model.global_tokens) and the two
+        masks; the shared stack runs on them per stream, as each loss needs: :meth:`joint_stream` for the decoder,
+        :meth:`audio_stream` / :meth:`video_stream` for contrastive embeddings of the masked input."""
         masked_a = random_masking(self.tokens_a(audio), mask_ratio_a, mask_mode, self.cfg.audio_grid)
         masked_v = random_masking(self.tokens_v(frames), mask_ratio_v)
-        a = self.run_blocks(self.blocks_a, masked_a.tokens)
-        v = self.run_blocks(self.blocks_v, masked_v.tokens)
+        a = self.modality_stack(masked_a.tokens, "a")
+        v = self.modality_stack(masked_v.tokens, "v")
         return a, v, masked_a, masked_v
 
     def _unshuffle(self, x: torch.Tensor, masked: Masked) -> torch.Tensor:
@@ -116,15 +116,18 @@ class CAVMAE(CAVMAEEncoder):
         """The named losses (see the class). ``return_outputs``: also ``pred_a``, ``pred_v`` and the masks
         ``mask_a``, ``mask_v``. ``return_embeddings``: also ``emb_a``, ``emb_v`` [B, D], the retrieval embeddings
         of the unmasked input (what :meth:`embed` returns), from the pass the contrastive loss already ran when
-        ``contrast_input="unmasked"``. Each stream runs only when a loss (or a requested output) needs it."""
+        ``model.contrast_mask_ratio`` is 0. The contrastive embeddings come from the reconstruction pass's modality
+        streams when ``model.contrast_mask_ratio`` equals both reconstruction mask ratios, else from a pass of their
+        own at that ratio. Each stream runs only when a loss (or a requested output) needs it."""
         cfg = self.cfg
-        a, v, masked_a, masked_v = self.forward_encoder(
-            audio,
-            frames,
-            cfg.mask_ratio_a if mask_ratio_a is None else mask_ratio_a,
-            cfg.mask_ratio_v if mask_ratio_v is None else mask_ratio_v,
-            mask_mode or cfg.mask_mode,
-        )
+        ratio_a = cfg.mask_ratio_a if mask_ratio_a is None else mask_ratio_a
+        ratio_v = cfg.mask_ratio_v if mask_ratio_v is None else mask_ratio_v
+        mask_mode = mask_mode or cfg.mask_mode
+        c_ratio = cfg.contrast_mask_ratio
+        shared_pass = c_ratio == ratio_a and c_ratio == ratio_v
+        contrast = cfg.contrast_weight != 0
+        if cfg.rec_weight != 0 or (contrast and shared_pass):  # the reconstruction pass's masked streams
+            a, v, masked_a, masked_v = self.forward_encoder(audio, frames, ratio_a, ratio_v, mask_mode)
         out: dict[str, torch.Tensor] = {}
         zero = audio.new_zeros(())
         rec_a = rec_v = loss_c = acc_c = zero
@@ -133,21 +136,26 @@ class CAVMAE(CAVMAEEncoder):
             rec_a, rec_v = self.forward_loss(audio, frames, pred_a, pred_v, masked_a.mask, masked_v.mask)
             if return_outputs:
                 out.update(pred_a=pred_a, pred_v=pred_v, mask_a=masked_a.mask, mask_v=masked_v.mask)
-        unmasked = None  # (emb_a, emb_v) [B, D] each: the unmasked modality streams, mean-pooled
-        if return_embeddings or (cfg.contrast_weight != 0 and cfg.contrast_input == "unmasked"):
+        unmasked = None  # (emb_a, emb_v) [B, D] each: the unmasked modality streams, pooled
+        if return_embeddings or (contrast and c_ratio == 0 and not shared_pass):
             unmasked = (
-                self.audio_stream(self.encode_audio(audio)).mean(dim=1),
-                self.video_stream(self.encode_video(frames)).mean(dim=1),
+                self.pool(self.audio_stream(self.encode_audio(audio))),
+                self.pool(self.video_stream(self.encode_video(frames))),
             )  # a pass of their own over every token
             if return_embeddings:
                 out.update(emb_a=unmasked[0], emb_v=unmasked[1])
         loss_rec = rec_a + rec_v
         loss = cfg.rec_weight * loss_rec
-        if cfg.contrast_weight != 0:
-            if cfg.contrast_input == "unmasked":
+        if contrast:
+            if shared_pass:  # the modality streams of the reconstruction pass's kept tokens
+                emb_a, emb_v = self.pool(self.audio_stream(a)), self.pool(self.video_stream(v))
+            elif c_ratio == 0:
                 emb_a, emb_v = unmasked
-            else:  # the masked modality streams, mean over the kept tokens
-                emb_a, emb_v = self.audio_stream(a).mean(dim=1), self.video_stream(v).mean(dim=1)
+            else:  # a masked pass of its own at the contrastive ratio (e.g. TG-DP's 0.5)
+                ca = random_masking(self.tokens_a(audio), c_ratio, mask_mode, cfg.audio_grid).tokens
+                cv = random_masking(self.tokens_v(frames), c_ratio).tokens
+                emb_a = self.pool(self.audio_stream(self.modality_stack(ca, "a")))
+                emb_v = self.pool(self.video_stream(self.modality_stack(cv, "v")))
             if self.contrast_group and self.training:
                 loss_c, acc_c = grouped_info_nce(
                     emb_a, emb_v, self.contrast_group, cfg.temperature, cfg.symmetric_contrast, self.gather_contrast
@@ -167,13 +175,15 @@ class CAVMAE(CAVMAEEncoder):
 
     @torch.no_grad()
     def embed(self, audio: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Retrieval features: unmasked modality streams, mean-pooled, not normalised. Each [B, dim]."""
+        """Retrieval features of the unmasked input, not L2-normalised, each [B, dim]: the global tokens' outputs
+        (norm_a / norm_v) with model.global_tokens (the public Sync ``forward_feat``'s cls_a, cls_v), else the
+        modality streams mean-pooled."""
         return self.embed_audio(audio), self.embed_video(frames)
 
     @torch.no_grad()
     def embed_audio(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.audio_stream(self.encode_audio(audio)).mean(dim=1)
+        return self.pool(self.audio_stream(self.encode_audio(audio)))
 
     @torch.no_grad()
     def embed_video(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.video_stream(self.encode_video(frames)).mean(dim=1)
+        return self.pool(self.video_stream(self.encode_video(frames)))

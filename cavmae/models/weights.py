@@ -189,16 +189,74 @@ def strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 # Tensors of the public files that no CAV-MAE model uses: the adapted ImageNet initialisation (IN-initial.pth)
-# carries MAE's CLS token three times (cls_token_a / cls_token_v / cls_token_av); CAV-MAE has no CLS token.
+# carries MAE's CLS token three times (cls_token_a / cls_token_v / cls_token_av); CAV-MAE has no CLS token. A
+# CAV-MAE Sync file's cls_token_a / cls_token_v (no cls_token_av) are its global tokens and are kept.
 UNUSED_PUBLIC_KEYS = re.compile(r"cls_token(_a|_v|_av)?$")
+SYNC_GLOBAL_KEYS = ("cls_token_a", "cls_token_v")
+SYNC_HEADS = ("constrative_head_audio", "constrative_head_visual")  # the public code's spelling
 
 
-def drop_unused_public_keys(state: dict[str, torch.Tensor], source: str | Path) -> dict[str, torch.Tensor]:
-    """`state` without the tensors no CAV-MAE model uses (``cls_token_*``); names them in one log line."""
-    dropped = sorted(k for k in state if UNUSED_PUBLIC_KEYS.fullmatch(k))
+def has_sync_global_tokens(state: dict[str, torch.Tensor]) -> bool:
+    """Global tokens of CAV-MAE Sync: cls_token_a / cls_token_v without IN-initial.pth's cls_token_av."""
+    return any(k in state for k in SYNC_GLOBAL_KEYS) and "cls_token_av" not in state
+
+
+def drop_unused_public_keys(
+    state: dict[str, torch.Tensor], source: str | Path, keep_global_tokens: bool = False
+) -> dict[str, torch.Tensor]:
+    """`state` without the tensors no CAV-MAE model uses (``cls_token_*``); names them in one log line.
+    ``keep_global_tokens``: a CAV-MAE Sync model takes a Sync file's cls_token_a / cls_token_v (never
+    IN-initial.pth's MAE CLS copies)."""
+    keep = set(SYNC_GLOBAL_KEYS) if keep_global_tokens and has_sync_global_tokens(state) else set()
+    dropped = sorted(k for k in state if UNUSED_PUBLIC_KEYS.fullmatch(k) and k not in keep)
     if dropped:
         log.info("%s: ignoring %d tensors CAV-MAE does not use: %s", source, len(dropped), ", ".join(dropped))
     return {k: v for k, v in state.items() if k not in dropped}
+
+
+def describe_state(state: dict[str, torch.Tensor]) -> str:
+    """What a public-layout state dict holds, in words: which model family and the Sync tensors found."""
+    parts = [
+        f"{k} {list(state[k].shape)}" for k in (*SYNC_GLOBAL_KEYS, "cls_token_av", "register_tokens") if k in state
+    ]
+    heads = [h for h in SYNC_HEADS if any(k.startswith(h + ".") for k in state)]
+    found = ", ".join(parts + heads)
+    if "register_tokens" in state or has_sync_global_tokens(state):
+        return f"a CAV-MAE Sync model ({found})"
+    return (
+        "a plain CAV-MAE model (no cls_token_a / cls_token_v global tokens, no register_tokens"
+        + (f"; holds {found}" if found else "")
+        + ")"
+    )
+
+
+def _infer_sync(state: dict[str, torch.Tensor], cfg: ModelConfig, source: str) -> None:
+    """Set cfg.global_tokens / registers / contrastive_heads from the Sync tensors of `state`, checking shapes:
+    an inconsistent file is a CheckpointError saying what it holds."""
+    dim = cfg.embed_dim
+    what = describe_state(state)
+    cfg.global_tokens = has_sync_global_tokens(state)
+    if cfg.global_tokens:
+        for key in SYNC_GLOBAL_KEYS:
+            if key not in state or tuple(state[key].shape) != (1, 1, dim):
+                got = list(state[key].shape) if key in state else "missing"
+                raise CheckpointError(f"{source}: {what}, but {key} is {got}, expected [1, 1, {dim}]")
+    cfg.registers = 0
+    if "register_tokens" in state:
+        shape = tuple(state["register_tokens"].shape)
+        if len(shape) != 2 or shape[0] % 2 or shape[0] == 0 or shape[1] != dim:
+            raise CheckpointError(
+                f"{source}: {what}, but register_tokens is {list(shape)}, expected [2R, {dim}] (audio rows first)"
+            )
+        cfg.registers = shape[0] // 2
+    head_depths = {h: len({k.split(".")[1] for k in state if k.startswith(h + ".")}) for h in SYNC_HEADS}
+    cfg.contrastive_heads = any(head_depths.values())
+    if cfg.contrastive_heads and set(head_depths.values()) != {2}:
+        raise CheckpointError(
+            f"{source}: {what}, but its contrastive heads have "
+            + ", ".join(f"{h} {n} blocks" for h, n in head_depths.items())
+            + " (expected 2 each)"
+        )
 
 
 def is_cavmae_layout(state: dict[str, torch.Tensor]) -> bool:
@@ -206,8 +264,11 @@ def is_cavmae_layout(state: dict[str, torch.Tensor]) -> bool:
     return "patch_embed_a.proj.weight" in state and any(k.startswith("blocks_a.") for k in state)
 
 
-def infer_model_config(state: dict[str, torch.Tensor], base: ModelConfig | None = None) -> tuple[str, ModelConfig]:
-    """Model kind and architecture read off a public-layout state dict's key names and shapes."""
+def infer_model_config(
+    state: dict[str, torch.Tensor], base: ModelConfig | None = None, source: str = "state dict"
+) -> tuple[str, ModelConfig]:
+    """Model kind and architecture read off a public-layout state dict's key names and shapes, CAV-MAE Sync's
+    global tokens, registers (R from register_tokens' [2R, D]) and contrastive heads included."""
     cfg = ModelConfig(**{k: getattr(base or ModelConfig(), k) for k in ModelConfig.__dataclass_fields__})
     if "pos_embed_a" not in state or "patch_embed_a.proj.weight" not in state:
         raise CheckpointError(
@@ -233,6 +294,7 @@ def infer_model_config(state: dict[str, torch.Tensor], base: ModelConfig | None 
     cfg.image_size = int(round(n_v**0.5)) * cfg.patch_size
     cfg.mlp_ratio = state["blocks_a.0.mlp.fc1.weight"].shape[0] / dim if "blocks_a.0.mlp.fc1.weight" in state else 4.0
     cfg.qkv_bias = "blocks_u.0.attn.qkv.bias" in state
+    _infer_sync(state, cfg, source)
     if kind == "classifier":
         cfg.num_classes = state["mlp_head.1.weight"].shape[0]
     else:
@@ -244,10 +306,25 @@ def infer_model_config(state: dict[str, torch.Tensor], base: ModelConfig | None 
     return kind, cfg
 
 
-def load_official(path: str | Path, base: ModelConfig | None = None) -> tuple[nn.Module, ModelConfig]:
-    """A public CAV-MAE ``.pth`` (pre-training or fine-tuning; with or without ``module.``) -> our model."""
-    state = drop_unused_public_keys(strip_prefix(read_torch_file(path)), path)
-    kind, cfg = infer_model_config(state, base)
+def load_official(
+    path: str | Path, base: ModelConfig | None = None, expect: str | None = None
+) -> tuple[nn.Module, ModelConfig]:
+    """A public CAV-MAE or CAV-MAE Sync ``.pth`` (pre-training or fine-tuning; with or without ``module.``) -> our
+    model. Logs which kind of model the file holds; ``expect="sync"`` makes a file without the Sync tensors an
+    error (``expect="cavmae"`` one with them)."""
+    raw = strip_prefix(read_torch_file(path))
+    what = describe_state(raw)
+    sync = what.startswith("a CAV-MAE Sync")
+    if expect is not None and expect not in ("sync", "cavmae"):
+        raise ValueError(f"expect must be 'sync', 'cavmae' or None, got {expect!r}")
+    if expect is not None and sync != (expect == "sync"):
+        raise CheckpointError(
+            f"{path} was expected to be a {'CAV-MAE Sync' if expect == 'sync' else 'CAV-MAE'} "
+            f"checkpoint but holds {what}"
+        )
+    log.info("%s holds %s", path, what)
+    state = drop_unused_public_keys(raw, path, keep_global_tokens=True)
+    kind, cfg = infer_model_config(state, base, str(path))
     model = build_model(kind, cfg)
     _load_strict(model, state, str(path))
     return model.eval(), cfg
@@ -373,7 +450,7 @@ def init_from_cavmae(model: nn.Module, path: str | Path) -> list[str]:
         state = read_safetensors(src)
     else:
         state = strip_prefix(read_torch_file(src))
-    state = drop_unused_public_keys(state, path)
+    state = drop_unused_public_keys(state, path, keep_global_tokens=model.cfg.global_tokens)
     own = model.state_dict()
     use = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not any(k.startswith("blocks_") for k in use):
@@ -394,10 +471,12 @@ def init_from_cavmae(model: nn.Module, path: str | Path) -> list[str]:
 # the one entry point
 
 
-def load_model(path: str | Path, base: ModelConfig | None = None) -> nn.Module:
+def load_model(path: str | Path, base: ModelConfig | None = None, expect: str | None = None) -> nn.Module:
     """Our model directory (or its ``model.safetensors``) or a public CAV-MAE ``.pth``; returns the model in eval mode.
 
-    The kind (pre-training or classifier) and the architecture are read from the file. For public files the
+    The kind (pre-training or classifier) and the architecture are read from the file, CAV-MAE Sync's global
+    tokens, registers and contrastive heads included (``expect="sync"``: a public file without them is an error
+    saying what it holds; the kind found is logged either way). For public files the
     attention head counts are not stored in the weights: they follow ViT's 64 dims per head unless `base` says
     otherwise.
     """
@@ -408,7 +487,7 @@ def load_model(path: str | Path, base: ModelConfig | None = None) -> nn.Module:
         return from_pretrained(path.parent)[0]
     if not path.exists():
         raise CheckpointError(f"model file {path} does not exist")
-    return load_official(path, base)[0]
+    return load_official(path, base, expect)[0]
 
 
 def describe(model: nn.Module) -> dict[str, int | str]:
