@@ -57,6 +57,13 @@ class HearModel(nn.Module):
         self.scene_embedding_size = int(self.cfg.embed_dim)
         self.timestamp_embedding_size = int(self.cfg.embed_dim)
 
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (
+            f"HearModel({type(self.encoder).__name__}, embed_dim {c.embed_dim}, window {c.audio_length} frames, "
+            f"fbank mean {self.fbank_mean} std {self.fbank_std}, hop {self.hop_ms:g} ms)"
+        )
+
     @property
     def column_ms(self) -> float:
         """Duration of one patch column (patch_size fbank frames) in ms."""
