@@ -48,6 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("cavmae.commands.prepare", "turn videos + AudioSet/VGGSound metadata into WebDataset shards"),
     "verify-shards": ("cavmae.commands.verify_shards", "check shards against their manifests (size and sha256)"),
     "synth": ("cavmae.commands.synth", "write a synthetic audio-visual dataset (H.264 + AAC files and CSVs)"),
+    "stats": ("cavmae.commands.stats", "fbank mean and std of a shard set, as the data.fbank_mean / _std overrides"),
 }
 
 

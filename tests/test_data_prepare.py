@@ -39,9 +39,13 @@ def members(shard_dir, pattern="*.tar"):
 def test_shared_media_folder(media_shards):
     out, manifest = media_shards
     samples = members(out)
-    assert set(samples) == {"00W1lcxW-WU_40000", "chaplin"}  # the dot of 00W1lcxW-WU_40.000 is gone
-    assert manifest["failed"] == [{"input": "FwVYUHKoLtQ_000034.wav", "reason": "no video stream"}]
-    assert manifest["ignored"] == ["README.md"] and manifest["num_samples"] == 2
+    # the dot of 00W1lcxW-WU_40.000 is gone; the .wav is an audio-only sample
+    assert set(samples) == {"00W1lcxW-WU_40000", "chaplin", "FwVYUHKoLtQ_000034"}
+    assert manifest["failed"] == [] and manifest["modalities"] == ["audio"]
+    assert manifest["ignored"] == ["README.md"] and manifest["num_samples"] == 3
+    wav = samples.pop("FwVYUHKoLtQ_000034")
+    assert set(wav) == {"json", "wav"} and json.loads(wav["json"])["modalities"] == ["audio"]
+    assert {s["first_key"]: s["modalities"] for s in manifest["shards"]}["chaplin"] == ["audio", "video"]
     for key, s in samples.items():
         assert set(s) == {"json", "wav", *(f"f{i}.jpg" for i in range(10))}
         meta = json.loads(s["json"])
@@ -77,7 +81,7 @@ def test_audioset_and_vggsound_csv_matching(media_dir, tmp_path):
     plan = plan_inputs(videos=media_dir, csv=vgg, split="test")
     assert plan.mode == "vggsound" and plan.label_index.names == ["dog barking, growling"]
     manifest = prepare_shards(plan, tmp_path / "vgg", name="vgg")
-    assert manifest["failed"] == [{"input": "FwVYUHKoLtQ_000034.wav", "reason": "no video stream"}]
+    assert manifest["failed"] == [] and manifest["num_samples"] == 1 and manifest["modalities"] == ["audio"]
     assert manifest["label_index"][0]["display_name"] == "dog barking, growling"
 
 

@@ -49,6 +49,7 @@ def _usage(p: SimpleNamespace, command: str) -> list:
         "finetune": ["finetune", "--config", TINY_FT, "model.num_heads=5"],
         "retrieve": ["retrieve", "--top-k", "3"],  # nothing to search
         "synth": ["synth", "--out", out, "--size", "1", "2", "3"],
+        "stats": ["stats", "--shards", "x.tar", "--clips", "-1"],
         "verify-shards": ["verify-shards", "x.tar", "--threads", "many"],
     }[command]
 
@@ -74,6 +75,7 @@ def _failure(p: SimpleNamespace, command: str) -> list:
         ],
         "retrieve": ["retrieve", "--embeddings", p.missing],
         "synth": ["synth", "--out", p.file / "synth", "--clips", "1", "--duration", "1", "--size", "32"],
+        "stats": ["stats", "--shards", f"{p.missing}/s-{{000000..000001}}.tar"],
         "verify-shards": ["verify-shards", f"{p.missing}/s-{{000000..000001}}.tar"],
     }[command]
 

@@ -21,18 +21,27 @@ def parse_size(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    src = parser.add_argument_group("inputs (a video folder, optionally with a CSV; or a datafile)")
-    src.add_argument("--videos", help="folder of video files (searched recursively)")
-    src.add_argument("--csv", help="AudioSet segments CSV or VGGSound CSV naming the clips and their labels")
+    src = parser.add_argument_group("inputs (a media folder, optionally with a CSV; or a datafile)")
+    src.add_argument(
+        "--videos",
+        help="folder of media files (searched recursively): videos, or audio-only files (wav, flac, mp3, ogg, m4a, "
+        "an mp4 without video), which give samples without frames",
+    )
+    src.add_argument(
+        "--csv",
+        help="AudioSet segments CSV, VGGSound CSV or ESC-50 meta/esc50.csv (recognised by its header; each clip's "
+        "fold is kept) naming the clips and their labels",
+    )
     src.add_argument("--datafile", help="CAV-MAE datafile JSON (wav + frame_<i>/<video_id>.jpg)")
     src.add_argument(
         "--label-csv",
         help="label index CSV (index,mid,display_name). Default: the bundled AudioSet index (527 classes) for an "
-        "AudioSet segments CSV, the bundled VGGSound list (309 classes) for a VGGSound CSV, the one whose mids a "
+        "AudioSet segments CSV, the bundled VGGSound list (309 classes) for a VGGSound CSV, ESC-50's target / "
+        "category columns for an ESC-50 CSV, the one whose mids a "
         "datafile's labels are (AudioSet ids, or CAV-MAE's vgg_<k>), else built from the labels; 'build' builds "
         "one from the labels in any case",
     )
-    src.add_argument("--layout", choices=["auto", "audioset", "vggsound"], default="auto", help="CSV layout")
+    src.add_argument("--layout", choices=["auto", "audioset", "vggsound", "esc50"], default="auto", help="CSV layout")
     src.add_argument("--split", help="VGGSound: keep only rows of this split (train / test)")
     out = parser.add_argument_group("output")
     out.add_argument("--out", required=True, help="output folder for the shards and the manifest")
@@ -94,6 +103,8 @@ def default_label_csv(args: argparse.Namespace) -> str | None:
         if not os.path.isfile(args.csv):
             return None  # plan_inputs reports the missing file
         layout = detect_csv_layout(args.csv)
+    if layout == "esc50":
+        return None  # the index comes from the CSV's target / category columns
     path = str(bundled_label_csv(layout))
     log.info("label index: %s (bundled for %s; --label-csv to use another)", path, layout)
     return path

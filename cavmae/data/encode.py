@@ -1,8 +1,14 @@
 """One clip -> one sample's tar members (runs in ``cavmae prepare``'s worker processes or on a Ray worker).
 
 :class:`PrepareOptions` says how each clip is stored; :func:`process_clip` decodes one
-:class:`~cavmae.data.sources.ClipInput` (a video file, or a CAV-MAE datafile row: wav + extracted frames) into the
-members of its sample (``wav``/``flac``, ``f0.jpg`` ..., ``mp4``, ``json``) or the reason it cannot be used.
+:class:`~cavmae.data.sources.ClipInput` (a video file, an audio-only file, or a CAV-MAE datafile row: wav +
+extracted frames) into the members of its sample (``wav``/``flac``, ``f0.jpg`` ..., ``mp4``, ``json``) or the
+reason it cannot be used.
+
+Audio-only inputs (a file without a video stream: wav / flac / mp3 / ogg / m4a / an mp4 without video, or a
+datafile row without ``video_path``) give samples without frames: the decoded audio (whatever ``store`` says: the
+raw file is no video to decode frames from) and a json with ``"modalities": ["audio"]``, ``num_frames`` 0 and
+empty ``frame_times``. Every sample's json names its ``modalities`` (``["audio", "video"]`` for the others).
 Packing the samples into shards, resuming and the manifest are :mod:`cavmae.data.prepare`'s.
 """
 
@@ -84,12 +90,38 @@ def _meta(inp: ClipInput, **extra) -> dict:
         "label_indices": inp.label_indices,
         "split": inp.split,
     }
+    if inp.fold is not None:  # ESC-50's cross-validation fold
+        meta["fold"] = inp.fold
     meta.update(extra)
     return meta
 
 
 def _encode_json(meta: dict) -> bytes:
     return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+
+
+AUDIO_ONLY = ["audio"]
+AUDIO_VISUAL = ["audio", "video"]
+
+
+def _audio_sample(inp: ClipInput, opts: PrepareOptions) -> dict[str, bytes]:
+    """An audio-only file (or a datafile row without frames): the window's audio, no frames."""
+    audio = read_audio(inp.source, inp.clip_start, inp.clip_end, opts.audio_channel)
+    duration = len(audio) / 16000
+    meta = _meta(
+        inp,
+        modalities=AUDIO_ONLY,
+        clip_start=round(inp.clip_start, 6),
+        clip_end=round(inp.clip_start + duration, 6),
+        duration=round(duration, 6),
+        fps=None,
+        frame_times=[],
+        frame_size=None,
+        num_frames=0,
+        audio_channel=opts.audio_channel,
+        clipped_samples=clipped_samples(audio),
+    )
+    return {opts.audio_format: _encode_audio(audio, opts.audio_format), "json": _encode_json(meta)}
 
 
 def _video_sample(inp: ClipInput, opts: PrepareOptions) -> dict[str, bytes]:
@@ -113,6 +145,7 @@ def _video_sample(inp: ClipInput, opts: PrepareOptions) -> dict[str, bytes]:
     members["json"] = _encode_json(
         _meta(
             inp,
+            modalities=AUDIO_VISUAL,
             clip_start=round(clip.clip_start, 6),
             clip_end=round(clip.clip_end, 6),
             duration=round(clip.duration, 6),
@@ -132,8 +165,10 @@ def _datafile_sample(inp: ClipInput, opts: PrepareOptions) -> dict[str, bytes]:
     _, has_audio = probe(inp.source)
     if not has_audio:
         raise MediaError("no audio stream")
-    audio = read_audio(inp.source, channel=opts.audio_channel)
     paths = inp.frame_paths or []
+    if not paths:  # a row without video_path: audio only
+        return _audio_sample(inp, opts)
+    audio = read_audio(inp.source, channel=opts.audio_channel)
     present = [i for i, p in enumerate(paths) if os.path.isfile(p)]
     if not present:
         raise MediaError(f"no frames found (expected {paths[0] if paths else '<video_path>/frame_0/<id>.jpg'})")
@@ -152,6 +187,7 @@ def _datafile_sample(inp: ClipInput, opts: PrepareOptions) -> dict[str, bytes]:
     members["json"] = _encode_json(
         _meta(
             inp,
+            modalities=AUDIO_VISUAL,
             clip_start=0.0,
             clip_end=round(duration, 6),
             duration=round(duration, 6),
@@ -172,6 +208,9 @@ def process_clip(inp: ClipInput, opts: PrepareOptions) -> tuple[bool, dict[str, 
     try:
         if inp.frame_paths is not None:
             return True, _datafile_sample(inp, opts)
+        has_video, has_audio = probe(inp.source)
+        if not has_video and has_audio:
+            return True, _audio_sample(inp, opts)
         return True, _video_sample(inp, opts)
     except MediaError as e:
         return False, e.reason

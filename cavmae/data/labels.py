@@ -212,11 +212,65 @@ class RowProblem:
     reason: str
 
 
+# ESC-50's meta/esc50.csv header; a CSV whose header holds the first four is read as ESC-50
+ESC50_HEADER = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
+
+
 def detect_csv_layout(path: str | Path) -> str:
-    """'audioset' when the file starts with '#' header lines, else 'vggsound'."""
+    """'audioset' when the file starts with '#' header lines, 'esc50' when its header names ESC-50's columns
+    (filename, fold, target, category, ...), else 'vggsound'."""
     with open(path, encoding="utf-8") as f:
         first = f.readline()
+    if set(ESC50_HEADER[:4]) <= {c.strip() for c in first.split(",")}:
+        return "esc50"
     return "audioset" if first.lstrip().startswith("#") else "vggsound"
+
+
+@dataclass
+class Esc50Row:
+    """One clip of ESC-50's meta/esc50.csv: its file, fold and class (index `target`, name `category`)."""
+
+    filename: str
+    fold: int
+    target: int
+    category: str
+    where: str = ""
+
+
+def read_esc50_csv(path: str | Path) -> tuple[list[Esc50Row], list[RowProblem]]:
+    """Rows of an ESC-50 metadata CSV (header filename, fold, target, category, ...); bad rows are problems."""
+    path = Path(path)
+    rows, problems = [], []
+    with open(path, encoding="utf-8", newline="") as f:
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            where = f"{path.name}:{line}"
+            try:
+                fold, target = int(row["fold"]), int(row["target"])
+            except (TypeError, ValueError):
+                problems.append(
+                    RowProblem(where, f"fold {row.get('fold')!r} / target {row.get('target')!r} are not integers")
+                )
+                continue
+            name, category = (row.get("filename") or "").strip(), (row.get("category") or "").strip()
+            if not name or not category or target < 0:
+                problems.append(RowProblem(where, f"expected a filename, a category and a target >= 0, got {row!r}"))
+                continue
+            rows.append(Esc50Row(name, fold, target, category, where))
+    return rows, problems
+
+
+def esc50_label_index(rows: list[Esc50Row]) -> LabelIndex:
+    """Class `target` is named `category` (its mid and display name); raises MetadataError when a target has two
+    categories or the targets leave a gap."""
+    names: dict[int, str] = {}
+    for r in rows:
+        if names.setdefault(r.target, r.category) != r.category:
+            raise MetadataError(f"{r.where}: target {r.target} is {r.category!r} here but {names[r.target]!r} before")
+    missing = sorted(set(range(max(names, default=-1) + 1)) - set(names))
+    if missing:
+        raise MetadataError(f"ESC-50 CSV: no row has target(s) {missing[:10]}: the class indices must be 0..K-1")
+    categories = [names[i] for i in range(len(names))]
+    return LabelIndex(categories, categories)
 
 
 def read_audioset_csv(path: str | Path) -> tuple[list[SegmentRow], list[RowProblem]]:
@@ -288,10 +342,12 @@ def read_datafile(path: str | Path) -> tuple[list[DatafileEntry], list[RowProble
     entries, problems = [], []
     for i, item in enumerate(data["data"]):
         where = f"{path.name}[data][{i}]"
-        missing = [k for k in ("video_id", "wav", "video_path") if not isinstance(item, dict) or k not in item]
+        # video_path may be absent or empty: the row is audio only
+        missing = [k for k in ("video_id", "wav") if not isinstance(item, dict) or k not in item]
         if missing:
             problems.append(RowProblem(where, f"missing field(s) {', '.join(missing)}"))
             continue
         labels = [m.strip() for m in str(item.get("labels", "")).split(",") if m.strip()]
-        entries.append(DatafileEntry(str(item["video_id"]), str(item["wav"]), str(item["video_path"]), labels, where))
+        video_path = str(item.get("video_path") or "")
+        entries.append(DatafileEntry(str(item["video_id"]), str(item["wav"]), video_path, labels, where))
     return entries, problems

@@ -9,6 +9,18 @@ Used by pre-training, fine-tuning and retrieval through :func:`build_loader`. Ea
     "keys"     list[str]  sample keys (of the first clip when mixed)
     "weights"  float32 [B]  only with data.class_balanced and data.balance_mode="weights"
 
+Audio-only shards and the one rule for shard sets that mix kinds: prepare writes audio-only samples (no frames)
+for files without a video stream and the manifest names each shard's ``modalities`` (``["audio"]`` when a sample
+in it has no frames). A loader is built with ``frames`` = whether its job looks at frames (:func:`loader_for`:
+False exactly for fine-tuning with ``finetune.inputs=audio`` and for the audio-only evaluation modes).
+
+- ``frames=True`` (pre-training, retrieval, audiovisual / video fine-tuning): every shard must hold frames; any
+  shard whose manifest says ``["audio"]`` makes :func:`build_loader` raise :class:`AudioOnlyShardsError` naming
+  them all, before any sample is read (a sample without frames in a shard without a manifest is skipped and
+  counted under ``member``).
+- ``frames=False`` (audio tasks): shards of both kinds are read, frames are never decoded, and batches hold no
+  ``"frames"`` key.
+
 Pipeline, per (rank, worker): shard list (brace patterns, several sources) -> shards of this rank and worker
 (``urls[rank::world][worker::workers]``; in training the list is first shuffled identically on every rank with
 (seed, epoch)) or, with ``resampled``, shards drawn with replacement until the epoch's sample count -> tar samples ->
@@ -55,6 +67,20 @@ from cavmae.data.shards import expand_shards, iter_shard, manifest_path
 log = logging.getLogger(__name__)
 
 ERROR_KINDS = ("shard", "member", "json", "audio", "image", "video", "labels")
+
+
+class AudioOnlyShardsError(ValueError):
+    """Shards without frames given to a job that needs them (see the module docstring)."""
+
+
+def audio_only_shards(urls: list[str]) -> list[str]:
+    """The shards whose manifest says they hold audio only (``"modalities": ["audio"]``); shards without a manifest
+    entry, or of a manifest written before modalities were recorded, are taken as audio-visual."""
+    kinds: dict[str, list[str]] = {}
+    for p, m in _manifests(urls).items():
+        for sh in m.get("shards", []):
+            kinds[str(p.parent / sh["file"])] = sh.get("modalities", ["audio", "video"])
+    return [u for u in urls if "video" not in kinds.get(str(Path(u)), ["video"])]
 
 
 class LoadErrors:
@@ -381,8 +407,12 @@ def build_loader(
     world_size: int | None = None,
     errors: LoadErrors | None = None,
     skip: int = 0,
+    frames: bool = True,
 ) -> ShardLoader:
     """A loader of batches (see the module docstring) over `shards` (brace patterns / lists / '::'-joined sources).
+
+    frames: whether batches hold frames; True raises :class:`AudioOnlyShardsError` when a shard is audio only, False
+    reads shards of both kinds and leaves the frames out (the rule in the module docstring).
 
     train: shuffling and the augmentations of `data_cfg` (noise, time_roll, freqm, timem, mixup, label_smoothing,
     class balance) are on only when True. frame_mode: "random" | "middle" | "all" (the ten frames, evaluation);
@@ -404,6 +434,16 @@ def build_loader(
     urls = expand_shards(shards)
     if not urls:
         raise ValueError("no shards given (data.train_shards / data.val_shards are empty)")
+    if frames:
+        audio_only = audio_only_shards(urls)
+        if audio_only:
+            shown = ", ".join(audio_only[:5]) + (" ..." if len(audio_only) > 5 else "")
+            raise AudioOnlyShardsError(
+                f"{len(audio_only)} shard(s) hold audio only (their manifest says modalities ['audio']) but this job "
+                f"needs frames: {shown}. Audio-only shards serve audio tasks only (fine-tuning or evaluating with "
+                "finetune.inputs=audio); pre-training, retrieval and audiovisual / video classification need "
+                "audio-visual shards"
+            )
     workers = data_cfg.num_workers if num_workers is None else num_workers
     label_index = LabelIndex.from_csv(data_cfg.label_csv) if data_cfg.label_csv else None
     if label_index is not None and len(label_index) > num_classes:
@@ -457,6 +497,7 @@ def build_loader(
         class_weights=class_weights(urls, num_classes, label_index) if balance else None,
         label_lookup=label_index.lookup() if label_index is not None else None,
         audio_channel=data_cfg.audio_channel,
+        frames=frames,
     )
     dataset = ShardDataset(urls, settings, errors or LoadErrors(), r, world)  # resolved here: workers may not see dist
     dataset.set_epoch(epoch)
@@ -475,10 +516,14 @@ def loader_for(
     frame_mode: str | None = None,
     errors: LoadErrors | None = None,
     skip: int = 0,
+    frames: bool | None = None,
 ) -> ShardLoader:
     """:func:`build_loader` with the input sizes of ``cfg.model`` and the batch size of the job: ``data.batch_size``
-    for training, ``eval.batch_size`` otherwise. ``cfg`` is a :class:`cavmae.config.Config`."""
+    for training, ``eval.batch_size`` otherwise. ``cfg`` is a :class:`cavmae.config.Config`. ``frames`` defaults to
+    what the job looks at: False for fine-tuning with ``finetune.inputs=audio``, True otherwise."""
     m = cfg.model
+    if frames is None:
+        frames = cfg.finetune is None or cfg.finetune.inputs != "audio"
     return build_loader(
         cfg.data,
         shards,
@@ -495,4 +540,5 @@ def loader_for(
         world_size=world_size,
         errors=errors,
         skip=skip,
+        frames=frames,
     )

@@ -4,7 +4,13 @@ Three kinds of input (see :mod:`cavmae.data.labels` for the file formats):
 
 - a folder of videos and an AudioSet segments CSV or a VGGSound CSV (labelled);
 - a CAV-MAE datafile JSON (wav files + pre-extracted frames, labelled);
-- a plain folder of videos (unlabelled, for self-supervised pre-training).
+- a plain folder of videos (unlabelled, for self-supervised pre-training);
+- an ESC-50 ``meta/esc50.csv`` with its audio folder (labelled, with each clip's fold).
+
+Audio-only files (no video stream) are accepted by every kind and give samples without frames
+(:mod:`cavmae.data.encode`). The manifest says what the shards hold: ``modalities`` of each shard (those every
+sample in it has: ``["audio", "video"]`` or ``["audio"]``) and of the whole set, and ``fold_counts`` of each shard
+when the metadata gives folds.
 
 Planning (:func:`cavmae.data.sources.plan_inputs`) turns these into a sorted list of clips plus the rows and files
 that cannot be used. Preparing (:func:`prepare_shards`) decodes every input in worker processes
@@ -76,13 +82,27 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 def _fingerprint(plan: Plan, opts: PrepareOptions, samples_per_shard: int, max_shard_bytes: int) -> str:
     payload = {
         "format": FORMAT,
-        "inputs": [dataclasses.asdict(c) for c in plan.inputs],
+        "inputs": [_fingerprint_fields(c) for c in plan.inputs],
         "options": dataclasses.asdict(opts),
         "samples_per_shard": samples_per_shard,
         "max_shard_bytes": max_shard_bytes,
         "labels": plan.label_index.to_records() if plan.label_index else None,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _fingerprint_fields(clip: ClipInput) -> dict:
+    """An input's fields; ``fold`` only when set, so inputs without one keep the fingerprints they had before it."""
+    fields = dataclasses.asdict(clip)
+    if fields["fold"] is None:
+        del fields["fold"]
+    return fields
+
+
+def _modalities(members: dict[str, bytes]) -> tuple[str, ...]:
+    """What a sample holds: ("audio", "video") with frames (JPEGs or a raw mp4), ("audio",) without."""
+    has_video = "mp4" in members or any(k.endswith(".jpg") for k in members)
+    return ("audio", "video") if has_video else ("audio",)
 
 
 CRASHED = "decoder crashed (its worker process died)"
@@ -215,9 +235,11 @@ def prepare_shards(
     shard_first = start
     shard_labels: collections.Counter = collections.Counter()
     shard_keys: list[str] = []
+    shard_folds: collections.Counter = collections.Counter()
+    shard_modalities: set[tuple[str, ...]] = set()
 
     def finish(end_input: int) -> None:
-        nonlocal writer, shard_first, shard_labels, shard_keys
+        nonlocal writer, shard_first, shard_labels, shard_keys, shard_folds, shard_modalities
         assert writer is not None
         index = len(state["shards"])
         writer.close()
@@ -234,8 +256,12 @@ def prepare_shards(
                 "first_input": shard_first,
                 "end_input": end_input,
                 "label_counts": {str(k): v for k, v in sorted(shard_labels.items())},
+                # the modalities every sample of the shard holds (a shard mixing kinds counts as audio only)
+                "modalities": sorted(set.intersection(*(set(m) for m in shard_modalities))),
             }
         )
+        if shard_folds:
+            state["shards"][-1]["fold_counts"] = {str(k): v for k, v in sorted(shard_folds.items())}
         state["next_input"] = end_input
         _write_json_atomic(progress_file, state)
         log.info(
@@ -249,6 +275,7 @@ def prepare_shards(
         if progress:
             progress("shard", index, writer.count)
         writer, shard_first, shard_labels, shard_keys = None, end_input, collections.Counter(), []
+        shard_folds, shard_modalities = collections.Counter(), set()
 
     results = engine(plan.inputs[start:], opts) if engine else _results(plan.inputs[start:], opts, workers)
     for i, (ok, result) in enumerate(results, start=start):
@@ -268,6 +295,9 @@ def prepare_shards(
         writer.write(inp.key, members)
         shard_keys.append(inp.key)
         shard_labels.update(inp.label_indices)
+        shard_modalities.add(_modalities(members))
+        if inp.fold is not None:
+            shard_folds[inp.fold] += 1
         if progress:
             progress("sample", len(state["shards"]), writer.count)
     if writer is not None:
@@ -317,17 +347,25 @@ def _manifest(
     failed = sorted(plan.failed, key=lambda f: f["input"]) + [
         {"input": f["input"], "reason": f["reason"]} for f in state["failed"]
     ]
+    shards = []
+    for s in state["shards"]:
+        entry = {k2: s[k2] for k2 in ("file", "count", "bytes", "sha256", "first_key", "last_key")}
+        entry["modalities"] = s.get("modalities", ["audio", "video"])  # a progress file of an older version
+        if "fold_counts" in s:
+            entry["fold_counts"] = s["fold_counts"]
+        shards.append(entry)
+    kinds = [set(s["modalities"]) for s in shards]
     return {
         "format": FORMAT,
         "name": name,
         "mode": plan.mode,
+        # the modalities every shard holds: ["audio"] when any shard has a sample without frames
+        "modalities": sorted(set.intersection(*kinds)) if kinds else [],
         "fingerprint": state["fingerprint"],
         "options": {**dataclasses.asdict(opts), "samples_per_shard": samples_per_shard, "max_shard_bytes": max_bytes},
         "num_inputs": len(plan.inputs),
         "num_samples": sum(s["count"] for s in state["shards"]),
-        "shards": [
-            {k2: s[k2] for k2 in ("file", "count", "bytes", "sha256", "first_key", "last_key")} for s in state["shards"]
-        ],
+        "shards": shards,
         "label_index": plan.label_index.to_records() if plan.label_index else [],
         "label_counts": counts,
         "failed": failed,

@@ -73,6 +73,7 @@ class LoaderSettings:
     class_weights: np.ndarray | None = None  # [num_classes] weight of one label occurrence (mean sample weight 1)
     label_lookup: dict[str, int] | None = None  # label mid / name -> index, when a label CSV overrides the shards'
     audio_channel: str = "first"  # audio of raw .mp4 / multi-channel members: "first" or "mean" (cavmae.data.media)
+    frames: bool = True  # False: audio only, frames never decoded and no "frames" in the batch (cavmae.data.loader)
 
 
 def stable_seed(*parts) -> int:
@@ -136,10 +137,14 @@ def prune(sample: dict, s: LoaderSettings, epoch: int) -> list[Item]:
     if s.train and s.balance == "resample":
         rng = random.Random(stable_seed(s.seed, epoch, key, "balance"))
         copies = int(weight) + (rng.random() < weight - int(weight))
+    if s.frames and meta.get("modalities") == ["audio"]:
+        raise SampleError("member", f"{sample['__url__']}: sample {key} is audio only but frames are needed")
     num_frames = int(meta.get("num_frames") or 10)
     out = []
     for c in range(copies):
-        if s.frame_mode == "all":
+        if not s.frames:
+            chosen = []
+        elif s.frame_mode == "all":
             chosen = list(range(num_frames))
         elif s.frame_mode == "middle":
             chosen = [num_frames // 2]
@@ -276,7 +281,7 @@ def decode(item: Item, s: LoaderSettings, epoch: int) -> Decoded:
     wave = _decode_audio(item, s)
     wave = wave - wave.mean()  # DC removal over the whole clip, before cutting (as CAV-MAE does)
     wave = wave[: samples_for_frames(s.audio_length)]
-    frames = _decode_frames(item, s.image_size)
+    frames = _decode_frames(item, s.image_size) if s.frames else torch.zeros(0, dtype=torch.uint8)
     seed = stable_seed(s.seed, epoch, item.key, item.copy, "augment")
     gen = torch.Generator().manual_seed(seed)
     return Decoded(item.key, wave, frames, item.labels, item.weight, random.Random(seed), gen)
@@ -289,7 +294,7 @@ def decode(item: Item, s: LoaderSettings, epoch: int) -> Decoded:
 def collate(items: list[Decoded], s: LoaderSettings) -> dict:
     b, t, f = len(items), s.audio_length, s.num_mel_bins
     waves = [it.wave for it in items]
-    frames = normalize_frames(torch.stack([it.frames for it in items]))  # [B, n, 3, S, S]
+    frames = normalize_frames(torch.stack([it.frames for it in items])) if s.frames else None  # [B, n, 3, S, S]
     labels = torch.zeros(b, s.num_classes)
     for i, it in enumerate(items):
         labels[i, it.labels] = 1.0
@@ -311,12 +316,9 @@ def collate(items: list[Decoded], s: LoaderSettings) -> dict:
                 audio[i] = time_roll(audio[i], it.gen)
     if s.train and s.label_smoothing > 0:
         labels = labels * (1.0 - s.label_smoothing) + s.label_smoothing / s.num_classes
-    batch = {
-        "audio": audio,
-        "frames": frames if s.frame_mode == "all" else frames[:, 0],
-        "labels": labels,
-        "keys": [it.key for it in items],
-    }
+    batch = {"audio": audio, "labels": labels, "keys": [it.key for it in items]}
+    if frames is not None:
+        batch["frames"] = frames if s.frame_mode == "all" else frames[:, 0]
     if s.balance == "weights":
         batch["weights"] = weights
     return batch
@@ -326,7 +328,8 @@ def _mixup(items, waves, frames, labels, weights, s: LoaderSettings):
     """CAV-MAE mixup: with probability `mixup` a sample is mixed with another one (here: of the same batch) with
     lambda ~ Beta(alpha, alpha): waveforms (then DC removed again), frames and labels alike."""
     b = len(items)
-    waves, frames0, labels0, weights0 = list(waves), frames.clone(), labels.clone(), weights.clone()
+    waves, labels0, weights0 = list(waves), labels.clone(), weights.clone()
+    frames0 = frames.clone() if frames is not None else None  # None: an audio-only batch
     for i, it in enumerate(items):
         if it.rng.random() >= s.mixup:
             continue
@@ -338,7 +341,8 @@ def _mixup(items, waves, frames, labels, weights, s: LoaderSettings):
         mixed = lam * torch.nn.functional.pad(a, (0, n - len(a)))
         mixed += (1 - lam) * torch.nn.functional.pad(c, (0, n - len(c)))
         waves[i] = mixed - mixed.mean()
-        frames[i] = lam * frames0[i] + (1 - lam) * frames0[j]
+        if frames is not None:
+            frames[i] = lam * frames0[i] + (1 - lam) * frames0[j]
         labels[i] = lam * labels0[i] + (1 - lam) * labels0[j]
         weights[i] = lam * weights0[i] + (1 - lam) * weights0[j]
     return waves, frames, labels, weights

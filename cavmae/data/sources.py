@@ -6,7 +6,11 @@ Three kinds of input (file formats in :mod:`cavmae.data.labels`):
   ``<ytid>_<start:.3f>`` / ``<ytid>_<start:06d>`` / ``<ytid>_<start>`` (the file holds just the clip) or ``<ytid>``
   (the whole video; the row's window is cut from it);
 - a CAV-MAE datafile JSON (wav files + pre-extracted frames, labelled);
-- a plain folder of videos (unlabelled, for self-supervised pre-training; the first ``clip_seconds`` of each file).
+- a plain folder of videos (unlabelled, for self-supervised pre-training; the first ``clip_seconds`` of each file);
+- a folder of audio files and ESC-50's ``meta/esc50.csv`` (recognised by its header; labelled, with folds).
+
+Every kind takes audio-only files too (wav / flac / mp3 / ogg / m4a / an mp4 without video): they become samples
+without frames (:mod:`cavmae.data.encode`).
 
 The result is a :class:`Plan`: the clips sorted by key (so the shards do not depend on directory order), plus the
 rows and files that cannot be used, each with its reason, for the manifest.
@@ -23,8 +27,10 @@ from cavmae.data.labels import (
     LabelIndex,
     MetadataError,
     detect_csv_layout,
+    esc50_label_index,
     read_audioset_csv,
     read_datafile,
+    read_esc50_csv,
     read_vggsound_csv,
 )
 from cavmae.data.shards import NUM_FRAMES, make_key
@@ -51,7 +57,8 @@ class ClipInput:
     labels: list[str] = field(default_factory=list)
     label_indices: list[int] = field(default_factory=list)
     split: str | None = None
-    frame_paths: list[str] | None = None  # datafile mode: frame_0 .. frame_9 JPEG paths
+    frame_paths: list[str] | None = None  # datafile mode: frame_0 .. frame_9 JPEG paths ([]: audio only)
+    fold: int | None = None  # cross-validation fold the metadata gives (ESC-50), stored in the sample json
 
 
 @dataclass
@@ -219,6 +226,53 @@ def plan_segments(
     )
 
 
+def plan_esc50(audio: str | Path, csv_path: str | Path, label_csv: str | Path | None = None) -> Plan:
+    """Clips of an ESC-50 ``meta/esc50.csv`` matched by file name to the files of `audio` (ESC-50's ``audio/``):
+    each clip keeps its fold and its class (``category``, index ``target``; `label_csv` maps categories to other
+    indices when given). The whole file is the clip."""
+    root = Path(audio).resolve()
+    if not Path(csv_path).is_file():
+        raise MetadataError(f"metadata CSV {csv_path} does not exist")
+    rows, problems = read_esc50_csv(csv_path)
+    index = LabelIndex.from_csv(label_csv) if label_csv else esc50_label_index(rows)
+    media, ignored = _scan(root)
+    by_name: dict[str, Path] = {}
+    for p in media:
+        by_name.setdefault(p.name, p)
+    failed = [{"input": p.where, "reason": p.reason} for p in problems]
+    missing, inputs, used = [], [], set()
+    for row in rows:
+        path = by_name.get(Path(row.filename).name)
+        if path is None:
+            missing.append({"input": row.where, "filename": row.filename, "reason": "no file found"})
+            continue
+        used.add(path)
+        target = row.target if not label_csv else index.get(row.category)
+        if target is None:
+            failed.append({"input": _rel(path, root), "reason": index.problem([row.category])})
+            continue
+        try:
+            key = make_key(path.stem)
+        except ValueError as e:
+            failed.append({"input": _rel(path, root), "reason": str(e)})
+            continue
+        inputs.append(
+            ClipInput(
+                key=key,
+                source=str(path),
+                rel=_rel(path, root),
+                clip_end=None,
+                labels=[row.category],
+                label_indices=[target],
+                fold=row.fold,
+            )
+        )
+    unmatched = [_rel(p, root) for p in media if p not in used]
+    return Plan(
+        "esc50", _dedupe(inputs, failed), index, failed=failed, missing=missing, unmatched=unmatched, ignored=ignored
+    )
+
+
 def plan_datafile(datafile: str | Path, label_csv: str | Path | None = None) -> Plan:
     """Clips of a CAV-MAE datafile JSON: audio from the wav, frames from ``<video_path>/frame_<i>/<id>.jpg``.
 
@@ -246,7 +300,8 @@ def plan_datafile(datafile: str | Path, label_csv: str | Path | None = None) -> 
         except ValueError as err:
             failed.append({"input": e.where, "reason": str(err)})
             continue
-        frames = [str(vpath / f"frame_{i}" / f"{e.video_id}.jpg") for i in range(NUM_FRAMES)]
+        # a row without video_path is audio only
+        frames = [str(vpath / f"frame_{i}" / f"{e.video_id}.jpg") for i in range(NUM_FRAMES)] if e.video_path else []
         inputs.append(
             ClipInput(
                 key=key,
@@ -266,7 +321,7 @@ def plan_inputs(
     csv: str | Path | None = None,
     datafile: str | Path | None = None,
     label_csv: str | Path | None = None,
-    layout: Literal["auto", "audioset", "vggsound"] = "auto",
+    layout: Literal["auto", "audioset", "vggsound", "esc50"] = "auto",
     split: str | None = None,
     clip_seconds: float = 10.0,
 ) -> Plan:
@@ -277,6 +332,10 @@ def plan_inputs(
         return plan_datafile(datafile, label_csv)
     if videos is None:
         raise MetadataError("nothing to prepare: give a video folder (--videos) or a datafile (--datafile)")
+    if csv is not None and (
+        layout == "esc50" or (layout == "auto" and Path(csv).is_file() and detect_csv_layout(csv) == "esc50")
+    ):
+        return plan_esc50(videos, csv, label_csv)
     if csv is not None:
         return plan_segments(videos, csv, label_csv, layout=layout, split=split, clip_seconds=clip_seconds)
     return plan_folder(videos, clip_seconds)

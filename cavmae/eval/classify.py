@@ -14,7 +14,10 @@ AUDIO_ONLY_MODES = ("audio", "audioonly", "missing_video", "missingaudioonly")
 
 
 def classify(model: nn.Module, batch: dict, mode: str) -> torch.Tensor:
-    """Logits [B, C] of a batch with one frame per clip (frames [B, 3, H, W])."""
+    """Logits [B, C] of a batch with one frame per clip (frames [B, 3, H, W]); audio-only modes need no frames (an
+    audio-only batch has none)."""
+    if mode in AUDIO_ONLY_MODES:
+        return model(batch["audio"], None, mode=mode)
     frames = batch["frames"]
     if frames.dim() != 4:
         raise ValueError(
@@ -26,11 +29,11 @@ def classify(model: nn.Module, batch: dict, mode: str) -> torch.Tensor:
 def frame_logits(model: nn.Module, batch: dict, mode: str) -> torch.Tensor:
     """Logits [B, F, C]: one forward per frame of frames [B, F, 3, H, W] (F = 1 for frames [B, 3, H, W]).
 
-    Audio-only modes do not look at the frames, so they run once and F = 1.
+    Audio-only modes do not look at the frames (an audio-only batch has none), so they run once and F = 1.
     """
+    if mode in AUDIO_ONLY_MODES:
+        return model(batch["audio"], None, mode=mode)[:, None]
     frames = batch["frames"]
     if frames.dim() == 4:
         return classify(model, batch, mode)[:, None]
-    if mode in AUDIO_ONLY_MODES:
-        return model(batch["audio"], None, mode=mode)[:, None]
     return torch.stack([model(batch["audio"], frames[:, i], mode=mode) for i in range(frames.shape[1])], dim=1)

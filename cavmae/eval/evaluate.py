@@ -62,7 +62,7 @@ def predict(
     device = device or next(model.parameters()).device
     logits, labels, keys = [], [], []
     for batch in tqdm(batches, desc="evaluating", unit="batch", disable=not progress):
-        x = {k: batch[k].to(device) for k in ("audio", "frames")}
+        x = {k: batch[k].to(device) for k in ("audio", "frames") if k in batch}  # audio-only batches: no frames
         logits.append(frame_logits(model, x, mode).float().cpu())
         labels.append(batch["labels"].float().cpu())
         keys.extend(batch.get("keys", [f"clip-{len(keys) + i}" for i in range(len(batch["labels"]))]))
@@ -165,7 +165,8 @@ def evaluate_shards(
         return {"kind": "retrieval", **evaluate_retrieval(model, shards, cfg, device, chunk)}
     mode = mode or (cfg.finetune.inputs if cfg.finetune is not None else "audiovisual")
     frames = "all" if ten_frame and mode not in AUDIO_ONLY_MODES else "middle"
-    loader = loader_for(cfg, shards, train=False, frame_mode=frames, rank=0, world_size=1)
+    audio_only = mode in AUDIO_ONLY_MODES  # reads audio-only shards too (cavmae.data.loader's rule)
+    loader = loader_for(cfg, shards, train=False, frame_mode=frames, rank=0, world_size=1, frames=not audio_only)
     model.to(device)
     result = {"kind": "classification", **evaluate_classifier(model, loader, mode, multilabel, device, progress)}
     skipped = {k: v for k, v in loader.errors.counts().items() if v}

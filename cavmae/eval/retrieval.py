@@ -84,7 +84,7 @@ def embed_shards(model, shards: list[str], cfg: Config, device="cpu", progress: 
     from cavmae.data.loader import loader_for
 
     cfg = replace(cfg, model=model.cfg)  # input sizes of the model being evaluated
-    loader = loader_for(cfg, shards, train=False, frame_mode="middle", rank=0, world_size=1)
+    loader = loader_for(cfg, shards, train=False, frame_mode="middle", rank=0, world_size=1, frames=True)
     out = embed_batches(model, loader, device, progress)
     skipped = {k: v for k, v in loader.errors.counts().items() if v}
     if skipped:
