@@ -401,8 +401,9 @@ def adapt_audio_length(state: dict[str, torch.Tensor], model: nn.Module, source:
       grid, so a shorter model gets exactly the first time columns of the old grid;
     - trained (fine-tuned, ``trainable_pos``): cut from the middle (shorter) or bilinearly interpolated (longer)
       along time, as AST does for its pre-trained position embeddings.
-    One log line says what was done. Tensors whose frequency rows or width differ are left alone (they do not fit
-    and keep the model's own initialisation, like any other tensor that does not fit).
+    One log line says what was done. Tensors whose width differs, or whose token count is not a multiple of the
+    model's frequency rows, are left alone (they keep the model's own initialisation, like any other tensor that
+    does not fit). The checkpoint is taken to have the model's mel bins: only the clip length may differ.
     """
     own = model.state_dict()
     rows, cols = model.cfg.audio_grid
