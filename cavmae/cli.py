@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("cavmae.commands.info", "print the resolved config and parameter counts of a recipe or model"),
     "pretrain": ("cavmae.commands.pretrain", "CAV-MAE pre-training on CPU, one or many GPUs (Accelerate)"),
     "finetune": ("cavmae.commands.finetune", "fine-tune a classifier from a pre-trained model (Accelerate)"),
+    "crossval": ("cavmae.commands.crossval", "k-fold cross-validation (ESC-50): one fine-tuning per fold, gathered"),
     "evaluate": (
         "cavmae.commands.evaluate",
         "score a model on shards the paper's way: mAP / top-1 (ten frames) or R@k",

@@ -42,6 +42,7 @@ def _usage(p: SimpleNamespace, command: str) -> list:
         "embed": ["embed", "--model", p.model, "--shards", "x.tar", "--out", out, "--dtype", "fp8"],
         "evaluate": ["evaluate", "--model", p.model, "--shards", "x.tar", "--mode", "no-such-mode"],
         "index": ["index", "--embeddings", p.emb, "--out", out, "--kind", "flat", "--nlist", "4"],
+        "crossval": ["crossval", "--config", TINY_FT, "--fold", "1", "--gather"],  # options in conflict
         "info": ["info", "model.no_such_key=1"],
         "predict": ["predict", "clip.mp4", "--model", p.model],  # a pre-training model cannot classify
         "prepare": ["prepare", "--out", out],  # no input given
@@ -63,6 +64,14 @@ def _failure(p: SimpleNamespace, command: str) -> list:
         "embed": ["embed", "--model", p.missing, "--shards", "x.tar", "--out", out],
         "evaluate": ["evaluate", "--model", p.missing, "--shards", "x.tar"],
         "index": ["index", "--embeddings", p.missing, "--out", out],
+        "crossval": [
+            "crossval",
+            "--config",
+            TINY_FT,
+            "data.synthetic=false",
+            f"data.train_shards=[{p.missing}/s-{{000000..000001}}.tar]",
+            f"train.out_dir={out}",
+        ],
         "info": ["info", "--model", p.missing],
         "predict": ["predict", "clip.mp4", "--model", p.missing],
         "prepare": ["prepare", "--videos", p.missing, "--out", out],

@@ -86,6 +86,28 @@ PUBLIC = {
     "finetune_as20k_video": {**AS20K, "finetune.inputs": "video"},
     "finetune_as2m": {**AS2M, "finetune.inputs": "audiovisual"},
     "finetune_vggsound": {**VGG, "finetune.inputs": "audiovisual"},
+    # AST's ESC-50 recipe for AudioSet-pretrained models (YuanGongND/ast egs/esc50/run_esc.sh); batch 48 on one GPU
+    "finetune_esc50": {
+        "task": "finetune",
+        "data.batch_size": 48,
+        "optim.lr": 1e-5,
+        "train.epochs": 25,
+        "model.audio_length": 512,
+        "model.num_classes": 50,
+        "finetune.loss": "ce",
+        "finetune.inputs": "audio",
+        "data.freqm": 24,
+        "data.timem": 96,
+        "data.mixup": 0.0,
+        "data.noise": False,
+        "optim.lr_decay_start": 5,
+        "optim.lr_decay_every": 1,
+        "optim.lr_decay_factor": 0.85,
+        "data.fbank_mean": -6.6268077,
+        "data.fbank_std": 5.358466,
+        "finetune.head_lr_mult": 1.0,
+        "finetune.average_epochs": None,
+    },  # fmt: skip
 }
 # recipes derived from a public one by one documented change (the rest must still match the table)
 DERIVED = {

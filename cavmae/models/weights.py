@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cavmae.config import Config, ConfigError, ModelConfig, from_dict
+from cavmae.models.embed import sincos_2d
 
 log = logging.getLogger(__name__)
 
@@ -451,6 +452,7 @@ def init_from_cavmae(model: nn.Module, path: str | Path) -> list[str]:
     else:
         state = strip_prefix(read_torch_file(src))
     state = drop_unused_public_keys(state, path, keep_global_tokens=model.cfg.global_tokens)
+    state = adapt_audio_length(state, model, path)
     own = model.state_dict()
     use = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not any(k.startswith("blocks_") for k in use):
@@ -465,6 +467,60 @@ def init_from_cavmae(model: nn.Module, path: str | Path) -> list[str]:
         ", ".join(kept[:4]) + (" ..." if len(kept) > 4 else ""),
     )
     return kept
+
+
+def adapt_audio_length(state: dict[str, torch.Tensor], model: nn.Module, source: str | Path) -> dict[str, torch.Tensor]:
+    """`state` with its audio position embeddings fitted to `model`'s audio length (``model.audio_length``).
+
+    The audio patch grid is (frequency rows, time columns), token index = row * cols + col (``audio_to_image``),
+    so a checkpoint of another clip length differs in the number of time columns only. Per tensor:
+    - fixed sin-cos (pre-training, or a checkpoint whose values still equal the sin-cos grid): rebuilt for the new
+      grid, so a shorter model gets exactly the first time columns of the old grid;
+    - trained (fine-tuned, ``trainable_pos``): cut from the middle (shorter) or bilinearly interpolated (longer)
+      along time, as AST does for its pre-trained position embeddings.
+    One log line says what was done. Tensors whose width differs, or whose token count is not a multiple of the
+    model's frequency rows, are left alone (they keep the model's own initialisation, like any other tensor that
+    does not fit). The checkpoint is taken to have the model's mel bins: only the clip length may differ.
+    """
+    own = model.state_dict()
+    rows, cols = model.cfg.audio_grid
+    done = []
+    out = dict(state)
+    for key in ("pos_embed_a", "decoder_pos_embed_a"):  # the encoder's and (pre-training) the decoder's
+        if key not in state or key not in own or state[key].shape == own[key].shape:
+            continue
+        old = state[key]  # [1, rows * old_cols, dim]
+        dim = old.shape[-1]
+        if old.dim() != 3 or dim != own[key].shape[-1] or old.shape[1] % rows:
+            continue
+        old_cols = old.shape[1] // rows
+        if torch.allclose(old[0].float(), sincos_2d(dim, rows, old_cols), atol=1e-4):
+            out[key] = sincos_2d(dim, rows, cols).unsqueeze(0).to(old.dtype)
+            how = "rebuilt (sin-cos)"
+        else:
+            grid = old.float().reshape(1, rows, old_cols, dim).permute(0, 3, 1, 2)  # [1, dim, rows, old_cols]
+            if cols < old_cols:
+                start = old_cols // 2 - cols // 2
+                grid = grid[..., start : start + cols]
+                how = f"cut to the middle {cols} time columns (trained)"
+            else:
+                grid = nn.functional.interpolate(grid, size=(rows, cols), mode="bilinear")
+                how = "interpolated along time (trained)"
+            out[key] = grid.permute(0, 2, 3, 1).reshape(1, rows * cols, dim).to(old.dtype)
+        done.append(f"{key} {how}")
+    if done:
+        log.info(
+            "%s: audio length %d -> %d frames, audio patch grid %dx%d -> %dx%d (freq x time): %s",
+            source,
+            old_cols * model.cfg.patch_size,
+            model.cfg.audio_length,
+            rows,
+            old_cols,
+            rows,
+            cols,
+            "; ".join(done),
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
