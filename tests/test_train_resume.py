@@ -122,3 +122,19 @@ def test_non_finite_losses_skip_steps_then_stop_with_a_good_checkpoint(tmp_path)
     last = load_file(str(out / "checkpoints" / "ckpt-00000005" / "model.safetensors"))
     assert all(torch.equal(good[k], last[k]) for k in good), "skipped steps must not touch the weights"
     assert all(torch.isfinite(v).all() for v in last.values())
+
+
+def test_tiny_sync_resumes_bit_exactly_after_sigkill(tmp_path):
+    """The Sync recipe (global tokens, registers) checkpoints and restores its extra parameters like the rest."""
+    sync = ["--config", "configs/tiny_sync.yaml"]
+    ref, out = tmp_path / "reference", tmp_path / "run"
+    uninterrupted = run_pretrain([*sync, *micro_overrides(ref, f"train.max_steps={STEPS}")])
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    reference = {"train": read_jsonl(ref / "metrics.jsonl"), "val": read_jsonl(ref / "val_metrics.jsonl")}
+    args = micro_overrides(out, f"train.max_steps={STEPS}")
+    killed = run_pretrain([*sync, *args], fault=("kill_after_step", 10))
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = run_pretrain([*sync, "--resume", "auto", *args])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr and "ckpt-00000008" in resumed.stderr
+    assert_same_run(out, reference)
