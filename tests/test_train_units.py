@@ -186,6 +186,8 @@ def test_figures_do_not_change_the_training_masks_or_losses(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # freezing what a task never uses
 
+SYNC = ("model.global_tokens=true", "model.registers=2", "model.contrastive_heads=true")  # CAV-MAE Sync's parts
+
 
 @pytest.mark.parametrize(
     "extra",
@@ -197,6 +199,10 @@ def test_figures_do_not_change_the_training_masks_or_losses(tmp_path):
         ("finetune.inputs=audiovisual",),
         ("finetune.inputs=audio",),
         ("finetune.inputs=video",),
+        *[
+            (*SYNC, *extra)
+            for extra in [(), ("model.rec_weight=0",), ("finetune.inputs=audiovisual",), ("finetune.inputs=audio",)]
+        ],
     ],
 )
 def test_freezing_leaves_every_trainable_parameter_a_gradient(tmp_path, extra):

@@ -1,7 +1,7 @@
 """Optimizer and learning-rate schedule.
 
 Weight decay (CAV-MAE recipe: Adam, betas (0.95, 0.999), wd 5e-7) applies to matrices only: never to
-norms and biases (1-D tensors), to position / modality embeddings, mask or cls tokens, nor to any parameter that
+norms and biases (1-D tensors), to position / modality embeddings, mask, cls or register tokens, nor to any parameter that
 carries the marker ``param._no_weight_decay = True`` (a Mamba block marks A_log, D and the dt bias that way).
 
 Schedules are multipliers of the base lr as a function of the number of optimizer steps taken:
@@ -27,7 +27,7 @@ from cavmae.config import ConfigError, OptimConfig
 log = logging.getLogger(__name__)
 
 # Parameter-name fragments that never take weight decay (embeddings and learned tokens, whatever their shape).
-NO_DECAY_NAMES = ("pos_embed", "modality", "mask_token", "cls_token")
+NO_DECAY_NAMES = ("pos_embed", "modality", "mask_token", "cls_token", "register_tokens")
 
 
 def takes_weight_decay(name: str, param: nn.Parameter) -> bool:

@@ -5,7 +5,9 @@ The encoder's streams (cavmae/models/encoder.py): ``joint`` runs audio tokens th
 through ``blocks_v``, both into ``blocks_u`` with the joint norm pairs, then ``norm``; ``audio`` runs ``blocks_a``,
 then ``blocks_u`` with the audio norm pairs, then ``norm_a``; ``video`` likewise with ``blocks_v`` and ``norm_v``.
 The modality stacks and the decoder's blocks run with the joint norm pairs only. The decoder is every parameter
-named ``decoder_*`` plus ``mask_token``.
+named ``decoder_*`` plus ``mask_token``. CAV-MAE Sync's global tokens ride their modality stack (dropped before the
+joint pass, they still reach it through attention in ``blocks_a`` / ``blocks_v``), its registers ride both, and its
+contrastive heads (``constrative_head_audio`` / ``_visual``, the public spelling) serve the audio / video streams.
 """
 
 from __future__ import annotations
@@ -30,9 +32,16 @@ def unused_parameters(model: nn.Module, streams: set[str], decoder: bool) -> lis
     video = bool(streams & {"joint", "video"})
     skipped_parts = set()  # top-level names (first component of a parameter name) that are unused whole
     if not audio:
-        skipped_parts |= {"patch_embed_a", "pos_embed_a", "modality_a", "blocks_a"}
+        skipped_parts |= {"patch_embed_a", "pos_embed_a", "modality_a", "blocks_a", "cls_token_a"}
     if not video:
-        skipped_parts |= {"patch_embed_v", "pos_embed_v", "modality_v", "blocks_v"}
+        skipped_parts |= {"patch_embed_v", "pos_embed_v", "modality_v", "blocks_v", "cls_token_v"}
+    if not (audio or video):
+        skipped_parts.add("register_tokens")  # one [2R, D] tensor: audio rows, then video rows
+    # CAV-MAE Sync's contrastive heads run on the audio-only / video-only streams only
+    if "audio" not in streams:
+        skipped_parts.add("constrative_head_audio")
+    if "video" not in streams:
+        skipped_parts.add("constrative_head_visual")
     if not streams:
         skipped_parts.add("blocks_u")
     skipped_parts |= {norm for stream, norm in _FINAL_NORMS.items() if stream not in streams}
