@@ -177,3 +177,13 @@ def test_list_overrides_keep_brace_patterns():
     assert cfg.data.train_shards == ["/d/as-{0..9}.tar"]
     cfg = load_config(None, ["data.val_shards=['/a.tar', '/b.tar']"])
     assert cfg.data.val_shards == ["/a.tar", "/b.tar"]
+
+
+def test_no_yes_on_off_are_strings_not_booleans(tmp_path):
+    """YAML 1.2's booleans: train.mixed_precision=no is the choice "no" (YAML 1.1 read it as False and refused it),
+    in an override and in a file; true / false stay booleans."""
+    cfg = load_config(recipe_path("tiny"), ["train.mixed_precision=no", "train.compile=false", "data.noise=True"])
+    assert cfg.train.mixed_precision == "no" and cfg.train.compile is False and cfg.data.noise is True
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"base: {recipe_path("tiny")}\ntrain:\n  mixed_precision: no\n")
+    assert load_config(recipe).train.mixed_precision == "no"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -68,13 +69,32 @@ REMOVED_DEFAULTS: dict[str, Any] = {
 # conversion between dicts / strings and the dataclass tree
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans: only true / false. YAML 1.1 (PyYAML's default) also reads yes / no / on / off
+    as booleans, which turned ``train.mixed_precision=no`` into False."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with YAML 1.2's booleans (see :class:`_Yaml12Loader`)."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506  (a SafeLoader subclass)
+
+
 def _parse_list(text: str) -> list:
     """A list from the command line: YAML (``[1, 2]``), or items split on commas outside braces, so shard
     patterns such as ``[/data/as-{000000..000999}.tar,/data/vgg-{0..9}.tar]`` survive unquoted."""
     text = text.strip()
     if text.startswith("["):
         try:
-            parsed = yaml.safe_load(text)
+            parsed = load_yaml(text)
             if isinstance(parsed, list):
                 return parsed
         except yaml.YAMLError:
@@ -235,7 +255,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> None:
         dotted, raw = item.split("=", 1)
         value: Any = raw
         try:
-            parsed = yaml.safe_load(raw) if raw != "" else ""
+            parsed = load_yaml(raw) if raw != "" else ""
         except yaml.YAMLError:
             parsed = raw
         if not isinstance(parsed, dict):
@@ -303,7 +323,7 @@ def _yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]
     if path.resolve() in seen:
         raise ConfigError(f"config file {path} includes itself through 'base'")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
