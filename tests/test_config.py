@@ -185,5 +185,5 @@ def test_no_yes_on_off_are_strings_not_booleans(tmp_path):
     cfg = load_config(recipe_path("tiny"), ["train.mixed_precision=no", "train.compile=false", "data.noise=True"])
     assert cfg.train.mixed_precision == "no" and cfg.train.compile is False and cfg.data.noise is True
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"base: {recipe_path("tiny")}\ntrain:\n  mixed_precision: no\n")
+    recipe.write_text(f"base: {recipe_path('tiny')}\ntrain:\n  mixed_precision: no\n")
     assert load_config(recipe).train.mixed_precision == "no"
