@@ -1,5 +1,5 @@
 """The first thing to run on a GPU machine: the compiled selective-scan kernels against the reference, their
-determinism and speed, and one bf16 training step of the ViT base and Mamba base models. Run through
+determinism and speed, and one bf16 training step of the ViT base, Mamba base and CAV-MAE Sync base models. Run through
 scripts/gpu_check.sh (one command, a plain checkout, PYTHONPATH=.); writes one Markdown and one JSON result under
 scripts/results/ and exits non-zero when a check fails.
 
@@ -287,21 +287,28 @@ def train_step(torch, model, opt, audio, frames, device: str) -> float:
     return loss.item()
 
 
+# the models of the bf16 step: name -> (backbone, recipe whose model section it takes; None = the defaults)
+STEP_MODELS = {"vit": ("vit", None), "mamba": ("mamba", None), "vit-sync": ("vit", "pretrain_sync")}
+
+
 def model_steps(torch, args, dry: bool, device: str) -> list[dict]:
     import cavmae.models.mamba  # noqa: F401  (registers the "mamba" block)
-    from cavmae.config import ModelConfig
+    from cavmae.config import ModelConfig, load_config, recipe_path
     from cavmae.models.cavmae import CAVMAE
 
     results = []
-    for backbone in ("vit", "mamba"):
+    for name, (backbone, recipe) in STEP_MODELS.items():
+        # the Sync base recipe: global tokens, 8 registers, a 416-frame audio window
+        base = load_config(recipe_path(recipe)).model if recipe else ModelConfig(backbone=backbone)
         if dry:
             cfg = ModelConfig(backbone=backbone, embed_dim=64, num_heads=4, modality_depth=1, shared_depth=1,
                               decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4, audio_length=128,
-                              num_mel_bins=32, image_size=32)  # fmt: skip
+                              num_mel_bins=32, image_size=32, global_tokens=base.global_tokens,
+                              registers=min(base.registers, 2), contrast_weight=base.contrast_weight)  # fmt: skip
             cfg.mamba.scan_impl = "torch"
             batch = 2
         else:
-            cfg = ModelConfig(backbone=backbone)
+            cfg = base
             batch = 16
         torch.manual_seed(0)
         model = CAVMAE(cfg).to(device)
@@ -321,7 +328,7 @@ def model_steps(torch, args, dry: bool, device: str) -> list[dict]:
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - t0) / reps
         peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-        results.append({"backbone": backbone, "batch": batch, "loss": loss, "finite": math.isfinite(loss),
+        results.append({"backbone": name, "batch": batch, "loss": loss, "finite": math.isfinite(loss),
                         "step_s": seconds, "samples_per_s": batch / seconds, "peak_gib": peak,
                         "ok": math.isfinite(loss)})  # fmt: skip
         del model, opt

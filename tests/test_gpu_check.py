@@ -34,7 +34,7 @@ def test_gpu_check_dry_run_passes_and_writes_results(tmp_path: Path) -> None:
     assert report["determinism"][0]["ok"]
     timed = {(t["impl"], t["pass"]) for t in report["timings"]}
     assert timed >= {("triton", "forward+backward"), ("torch path", "forward")}
-    assert {m["backbone"] for m in report["models"]} == {"vit", "mamba"}
+    assert {m["backbone"] for m in report["models"]} == {"vit", "mamba", "vit-sync"}
     assert "PASS" in (tmp_path / "gpu_check_dryrun.md").read_text()
 
 
