@@ -1,0 +1,82 @@
+"""Clip scores from per-frame embeddings (cavmae/eval/scoring.py): the four Sync strategies against hand-computed
+values, chunking, ranks, and the auto choice."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cavmae.eval.scoring import clip_scores, resolve_scoring, retrieval_metrics_scored, true_match_ranks_scored
+
+S = math.sqrt(0.5)
+
+
+def _tiny():
+    """Two clips, two frames, D = 2: every cosine is 1, 0, -1 or +-sqrt(1/2), so scores are easy by hand."""
+    a = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[S, S], [-1.0, 0.0]]])  # [Q=2, N=2, D=2]
+    v = torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [S, -S]]])  # [G=2, N=2, D=2]
+    return a, v
+
+
+def test_strategies_match_hand_computed_scores():
+    a, v = _tiny()
+    # cos(a[q, k], v[g, l]) by hand: q0 = (e1, e2), q1 = (s(1,1), -e1); g0 = (e1, e1), g1 = (e2, s(1,-1))
+    # q0 g0: [[1, 1], [0, 0]]   q0 g1: [[0, S], [1, -S]]
+    # q1 g0: [[S, S], [-1, -1]] q1 g1: [[S, 0], [0, -S]]
+    expected = {
+        "diagonal_mean": [[(1 + 0) / 2, (0 - S) / 2], [(S - 1) / 2, (S - S) / 2]],
+        "diagonal_max": [[1, 0], [S, S]],
+        "mean": [[2 / 4, 1 / 4], [(2 * S - 2) / 4, 0]],
+        "max": [[1, 1], [S, S]],
+    }
+    for strategy, want in expected.items():
+        got = clip_scores(a, v, strategy)
+        assert torch.allclose(got, torch.tensor(want), atol=1e-6), strategy
+
+
+def test_chunked_max_strategies_equal_one_block():
+    g = torch.Generator().manual_seed(0)
+    a = F.normalize(torch.randn(7, 4, 8, generator=g), dim=-1)
+    v = F.normalize(torch.randn(5, 4, 8, generator=g), dim=-1)
+    pairs = torch.einsum("qkd,gld->qgkl", a, v)
+    assert torch.allclose(clip_scores(a, v, "max", chunk=2), pairs.flatten(2).amax(-1), atol=1e-6)
+    diag = pairs.diagonal(dim1=2, dim2=3)  # [Q, G, N]
+    assert torch.allclose(clip_scores(a, v, "diagonal_max", chunk=3), diag.amax(-1), atol=1e-6)
+    assert torch.allclose(clip_scores(a, v, "diagonal_mean", chunk=3), diag.mean(-1), atol=1e-6)
+    assert torch.allclose(clip_scores(a, v, "mean"), pairs.flatten(2).mean(-1), atol=1e-6)
+
+
+def test_clip_scoring_is_a_cosine_of_clip_vectors_and_shapes_are_checked():
+    a = F.normalize(torch.randn(3, 6), dim=-1)
+    assert torch.allclose(clip_scores(a, a, "clip"), a @ a.t())
+    with pytest.raises(ValueError, match=r"\[n, N, D\]"):
+        clip_scores(a, a, "diagonal_mean")
+    with pytest.raises(ValueError, match="unknown scoring"):
+        clip_scores(a[:, None], a[:, None], "median")
+
+
+def test_ranks_follow_the_strategy():
+    # clip 1's gallery item beats clip 0's on the diagonal mean but not on the all-pairs max
+    a, v = _tiny()
+    # diagonal_mean: row 0 = [0.5, -0.354] -> rank 1; row 1 = [-0.146, 0] -> rank 1
+    assert true_match_ranks_scored(a, v, "diagonal_mean").tolist() == [1, 1]
+    # max: row 0 = [1, 1] tie broken by index -> 1; row 1 = [S, S] tie, gallery 0 has the lower index -> 2
+    assert true_match_ranks_scored(a, v, "max").tolist() == [1, 2]
+    m = retrieval_metrics_scored(a, v, "max", chunk=1)
+    assert m["audio_to_video"]["R@1"] == pytest.approx(50.0)
+
+
+def test_auto_scoring_needs_global_tokens_and_per_frame_windows():
+    sync = SimpleNamespace(global_tokens=True)
+    cavmae = SimpleNamespace(global_tokens=False)
+    windows, whole = SimpleNamespace(audio_window=416), SimpleNamespace(audio_window=0)
+    assert resolve_scoring("auto", sync, windows) == "diagonal_mean"
+    assert resolve_scoring("auto", sync, whole) == "clip"
+    assert resolve_scoring("auto", cavmae, windows) == "clip"
+    assert resolve_scoring("max", cavmae, whole) == "max"
+    with pytest.raises(ValueError, match="eval.scoring"):
+        resolve_scoring("median", sync, windows)
