@@ -13,9 +13,12 @@ from torch import nn
 AUDIO_ONLY_MODES = ("audio", "audioonly", "missing_video", "missingaudioonly")
 
 
-def classify(model: nn.Module, batch: dict, mode: str) -> torch.Tensor:
-    """Logits [B, C] of a batch with one frame per clip (frames [B, 3, H, W])."""
+def classify(model: nn.Module, batch: dict, mode: str, head: str = "linear") -> torch.Tensor:
+    """Logits [B, C] of a batch with one frame per clip (frames [B, 3, H, W]); with the attention head
+    (``finetune.head``) of whole clips (audio [B, N, L, F], frames [B, N, 3, H, W])."""
     frames = batch["frames"]
+    if head == "attention":
+        return model(batch["audio"], frames, mode=mode)
     if frames.dim() != 4:
         raise ValueError(
             f"classify expects frames [B, 3, H, W], got {tuple(frames.shape)}; use frame_logits for several frames"
@@ -23,12 +26,15 @@ def classify(model: nn.Module, batch: dict, mode: str) -> torch.Tensor:
     return model(batch["audio"], frames, mode=mode)
 
 
-def frame_logits(model: nn.Module, batch: dict, mode: str) -> torch.Tensor:
+def frame_logits(model: nn.Module, batch: dict, mode: str, head: str = "linear") -> torch.Tensor:
     """Logits [B, F, C]: one forward per frame of frames [B, F, 3, H, W] (F = 1 for frames [B, 3, H, W]).
 
-    Audio-only modes do not look at the frames, so they run once and F = 1.
+    Audio-only modes do not look at the frames, so they run once and F = 1; the attention head sees every frame
+    in one forward, so F = 1 too.
     """
     frames = batch["frames"]
+    if head == "attention":
+        return classify(model, batch, mode, head)[:, None]
     if frames.dim() == 4:
         return classify(model, batch, mode)[:, None]
     if mode in AUDIO_ONLY_MODES:

@@ -56,14 +56,16 @@ def predict(
     mode: str,
     device: torch.device | str | None = None,
     progress: bool = False,
+    head: str = "linear",
 ) -> Predictions:
-    """Per-frame logits of every batch (``audio``, ``frames`` [B, 3, H, W] or [B, F, 3, H, W], ``labels``)."""
+    """Per-frame logits of every batch (``audio``, ``frames`` [B, 3, H, W] or [B, F, 3, H, W], ``labels``); with
+    the attention head one clip-level logit row per clip (F = 1)."""
     model.eval()
     device = device or next(model.parameters()).device
     logits, labels, keys = [], [], []
     for batch in tqdm(batches, desc="evaluating", unit="batch", disable=not progress):
         x = {k: batch[k].to(device) for k in ("audio", "frames")}
-        logits.append(frame_logits(model, x, mode).float().cpu())
+        logits.append(frame_logits(model, x, mode, head).float().cpu())
         labels.append(batch["labels"].float().cpu())
         keys.extend(batch.get("keys", [f"clip-{len(keys) + i}" for i in range(len(batch["labels"]))]))
     if not keys:
@@ -102,7 +104,7 @@ def evaluate_classifier(
     progress: bool = False,
 ) -> dict:
     """Predict and score: :func:`classification_report`, with ``multilabel`` read off the labels when None."""
-    pred = predict(model, batches, mode, device, progress)
+    pred = predict(model, batches, mode, device, progress, getattr(model, "head", "linear"))
     if not len(pred):
         raise ValueError("no clips were evaluated (empty shards, or every sample was skipped)")
     if multilabel is None:
