@@ -145,5 +145,6 @@ def test_sync_probe_recipe_holds_the_design_values():
     cfg = load_config(CONFIGS / "probe_sync.yaml")
     want = {"optim.lr": 1e-5, "data.batch_size": 48, "train.epochs": 10, "optim.schedule": "cosine",
             "finetune.average_epochs": (2, 10), "finetune.freeze_base": True, "finetune.head": "attention",
-            "data.num_frames": 16, "data.audio_window": 416, "model.global_tokens": True, "task": "finetune"}  # fmt: skip
+            "data.num_frames": 16, "data.audio_window": 416, "model.global_tokens": True,
+            "task": "finetune"}  # fmt: skip
     assert check(cfg, want) == []

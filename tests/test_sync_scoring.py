@@ -80,3 +80,59 @@ def test_auto_scoring_needs_global_tokens_and_per_frame_windows():
     assert resolve_scoring("max", cavmae, whole) == "max"
     with pytest.raises(ValueError, match="eval.scoring"):
         resolve_scoring("median", sync, windows)
+
+
+def _tiny_model():
+    from cavmae.config import ModelConfig
+    from cavmae.models.cavmae import CAVMAE
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(embed_dim=32, num_heads=2, modality_depth=1, decoder_embed_dim=16, decoder_depth=1,
+                      decoder_num_heads=2, audio_length=64, image_size=32)  # fmt: skip
+    return CAVMAE(cfg).eval()
+
+
+def _per_frame_batch(clips: int, frames: int, windows: bool) -> dict:
+    g = torch.Generator().manual_seed(1)
+    audio = torch.randn(clips, frames, 64, 128, generator=g) if windows else torch.randn(clips, 64, 128, generator=g)
+    return {
+        "audio": audio,
+        "frames": torch.randn(clips, frames, 3, 32, 32, generator=g),
+        "keys": [f"c{i}" for i in range(clips)],
+        "labels": torch.eye(clips),
+    }
+
+
+@pytest.mark.parametrize("windows", [True, False])
+def test_per_frame_embeddings_are_each_frames_own_embedding(windows, tmp_path):
+    from cavmae.eval.retrieval import EmbeddingSet, embed_batches
+
+    model = _tiny_model()
+    batch = _per_frame_batch(3, 4, windows)
+    emb = embed_batches(model, [batch], progress=False, scoring="diagonal_mean", windows=windows)
+    assert emb.audio.shape == (3, 4, 32) and emb.video.shape == (3, 4, 32) and emb.scoring == "diagonal_mean"
+    audio_k = batch["audio"][:, 2] if windows else batch["audio"]
+    a, v = model.embed(audio_k, batch["frames"][:, 2])
+    assert torch.allclose(emb.audio[:, 2], F.normalize(a, dim=-1), atol=1e-5)
+    assert torch.allclose(emb.video[:, 2], F.normalize(v, dim=-1), atol=1e-5)
+    back = EmbeddingSet.load(emb.save(tmp_path / "e.safetensors"))
+    assert back.scoring == "diagonal_mean" and torch.equal(back.audio, emb.audio)
+
+
+def test_search_space_and_probe_rank_by_the_strategy():
+    from cavmae.eval.probe import probe_metrics
+    from cavmae.eval.retrieval import embed_batches
+    from cavmae.eval.search import SearchSpace
+
+    model = _tiny_model()
+    batch = _per_frame_batch(5, 3, True)
+    emb = embed_batches(model, [batch], progress=False, scoring="max", windows=True)
+    space = SearchSpace(emb)
+    want = retrieval_metrics_scored(emb.audio, emb.video, "max")
+    assert space.metrics() == want
+    scores, rows = space.top_k(emb.audio[:2], "video", 5)
+    assert torch.allclose(scores, clip_scores(emb.audio[:2], emb.video, "max").sort(1, descending=True).values)
+    got = probe_metrics(model, [batch], k=1, scoring="max", windows=True)
+    assert got["a2v_R@1"] == pytest.approx(want["audio_to_video"]["R@1"])
+    with pytest.raises(ValueError, match="FAISS index"):
+        SearchSpace(emb, index=object())

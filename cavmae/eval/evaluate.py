@@ -114,11 +114,17 @@ def evaluate_classifier(
 
 
 def evaluate_retrieval(model: nn.Module, shards: list[str], cfg, device="cpu", chunk: int = 1024) -> dict:
-    """R@1/5/10, median and mean rank in both directions (the same numbers as ``cavmae retrieve``)."""
+    """R@1/5/10, median and mean rank in both directions (the same numbers as ``cavmae retrieve``), scored by
+    ``eval.scoring`` (cavmae/eval/scoring.py)."""
     from cavmae.eval.retrieval import embed_shards
+    from cavmae.eval.scoring import retrieval_metrics_scored
 
     gallery = embed_shards(model, shards, cfg, device)
-    metrics = retrieval_metrics(gallery.audio, gallery.video, chunk)
+    if gallery.scoring == "clip":
+        metrics = retrieval_metrics(gallery.audio, gallery.video, chunk)
+    else:
+        metrics = retrieval_metrics_scored(gallery.audio, gallery.video, gallery.scoring, min(chunk, 256))
+    metrics["scoring"] = gallery.scoring
     metrics["clips"] = len(gallery)
     return metrics
 
