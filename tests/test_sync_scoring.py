@@ -134,5 +134,52 @@ def test_search_space_and_probe_rank_by_the_strategy():
     assert torch.allclose(scores, clip_scores(emb.audio[:2], emb.video, "max").sort(1, descending=True).values)
     got = probe_metrics(model, [batch], k=1, scoring="max", windows=True)
     assert got["a2v_R@1"] == pytest.approx(want["audio_to_video"]["R@1"])
-    with pytest.raises(ValueError, match="FAISS index"):
-        SearchSpace(emb, index=object())
+
+
+def _per_frame_set(clips: int = 40, frames: int = 4, dim: int = 8, seed: int = 0):
+    from cavmae.eval.retrieval import EmbeddingSet
+
+    g = torch.Generator().manual_seed(seed)
+    audio = F.normalize(torch.randn(clips, frames, dim, generator=g), dim=-1)
+    video = F.normalize(audio + 0.8 * torch.randn(clips, frames, dim, generator=g), dim=-1)
+    return EmbeddingSet([f"k{i}" for i in range(clips)], audio, video, "diagonal_mean")
+
+
+def test_flat_index_of_per_frame_clips_scores_the_diagonal_mean_exactly(tmp_path):
+    pytest.importorskip("faiss")
+    from cavmae.eval.index import RetrievalIndex, build_index
+    from cavmae.eval.search import SearchSpace
+
+    emb = _per_frame_set()
+    info = build_index(emb, tmp_path / "idx", "flat")
+    assert info["scoring"] == "diagonal_mean" and info["dim"] == 4 * 8
+    index = RetrievalIndex.load(tmp_path / "idx")
+    scores, rows = SearchSpace(emb, index).top_k(emb.audio[:3], "video", 5)
+    want = torch.sort(clip_scores(emb.audio[:3], emb.video, "diagonal_mean"), dim=1, descending=True, stable=True)
+    assert torch.allclose(scores, want.values[:, :5], atol=1e-5) and torch.equal(rows, want.indices[:, :5])
+    assert SearchSpace(None, index).metrics() == retrieval_metrics_scored(emb.audio, emb.video, "diagonal_mean")
+    emb.scoring = "max"
+    with pytest.raises(ValueError, match="'max', which an inner-product index cannot compute"):
+        build_index(emb, tmp_path / "idx2", "flat")
+    with pytest.raises(ValueError, match="scored by 'max', the index by 'diagonal_mean'"):
+        SearchSpace(emb, index)
+
+
+def test_embed_command_stores_every_frame_per_clip(tiny_shards, tmp_path, caplog):
+    import cavmae
+    from cavmae.cli import main
+    from cavmae.eval.embed import load_embeddings
+
+    model = _tiny_model()
+    model_dir = tmp_path / "model"
+    cavmae.save_pretrained(model, model_dir)
+    out = tmp_path / "emb"
+    args = ["embed", "--model", str(model_dir), "--shards", tiny_shards.pattern, "--out", str(out)]
+    assert main([*args, "--num-workers", "0", "--cpu", "--dtype", "fp32", "--scoring", "diagonal_mean"]) == 0
+    got = load_embeddings(out)
+    assert got.scoring == "diagonal_mean" and got.audio.shape[1:] == (10, 32) and got.video.shape == got.audio.shape
+    # the whole clip's audio serves every frame (data.audio_window = 0): one audio vector repeated
+    assert torch.allclose(got.audio[:, 0], got.audio[:, 9])
+    assert not torch.allclose(got.video[:, 0], got.video[:, 9])
+    assert main([*args, "--num-workers", "0", "--cpu", "--dtype", "fp32", "--scoring", "clip"]) == 1
+    assert "holds 'diagonal_mean' embeddings; pass --overwrite" in caplog.text

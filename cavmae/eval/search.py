@@ -26,11 +26,13 @@ class SearchSpace:
     def __post_init__(self) -> None:
         if self.embeddings is None and self.index is None:
             raise ValueError("nothing to search: give embeddings or an index")
-        if self.index is not None and self.embeddings is not None and self.embeddings.scoring != "clip":
-            raise ValueError(
-                f"the embeddings are scored per frame ({self.embeddings.scoring}); a FAISS index holds one vector per "
-                "clip and cannot score frame pairs: search the embeddings without --index"
-            )
+        if self.index is not None and self.embeddings is not None:
+            indexed = self.index.info.get("scoring", "clip")
+            if self.embeddings.scoring != indexed:
+                raise ValueError(
+                    f"the embeddings are scored by {self.embeddings.scoring!r}, the index by {indexed!r}: build the "
+                    "index from these embeddings (cavmae index), or search the embeddings without --index"
+                )
         self._rows = {k: i for i, k in enumerate(self.keys)}
         if self.embeddings is not None and self.index is not None:
             missing = [k for k in self.embeddings.keys if k not in self._rows]
