@@ -183,3 +183,29 @@ def test_embed_command_stores_every_frame_per_clip(tiny_shards, tmp_path, caplog
     assert not torch.allclose(got.video[:, 0], got.video[:, 9])
     assert main([*args, "--num-workers", "0", "--cpu", "--dtype", "fp32", "--scoring", "clip"]) == 1
     assert "holds 'diagonal_mean' embeddings; pass --overwrite" in caplog.text
+
+
+def test_pretraining_probe_set_holds_every_frame_for_a_per_frame_scoring(tiny_shards):
+    from cavmae.config import load_config
+    from cavmae.eval.probe import probe_metrics
+    from cavmae.train.loop import probe_batches
+
+    model = _tiny_model()
+    m = model.cfg
+    overrides = [f"data.probe_shards=[{','.join(tiny_shards.urls)}]", "train.probe_every=1", "eval.probe_clips=6",
+                 "data.num_workers=0", "data.synthetic=false",
+                 f"model.audio_length={m.audio_length}", f"model.image_size={m.image_size}"]  # fmt: skip
+    clip_set = probe_batches(load_config(None, overrides))
+    frame_set = probe_batches(load_config(None, [*overrides, "eval.scoring=diagonal_mean"]))
+    assert clip_set[0]["frames"].dim() == 4 and frame_set[0]["frames"].shape[1:3] == (10, 3)
+    got = probe_metrics(model, frame_set, k=1, scoring="diagonal_mean")
+    assert got["clips"] == 6 and 0.0 <= got["a2v_R@1"] <= 100.0
+
+
+def test_scoring_and_head_values_are_checked_by_name():
+    from cavmae.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="eval.scoring"):
+        load_config(None, ["eval.scoring=median"])
+    with pytest.raises(ConfigError, match="finetune.head"):
+        load_config(None, ["finetune.head=mlp"])
