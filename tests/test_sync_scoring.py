@@ -209,3 +209,45 @@ def test_scoring_and_head_values_are_checked_by_name():
         load_config(None, ["eval.scoring=median"])
     with pytest.raises(ConfigError, match="finetune.head"):
         load_config(None, ["finetune.head=mlp"])
+
+
+def test_evaluate_and_retrieve_score_with_the_scoring_flag(tiny_shards, tmp_path, capsys):
+    import json
+
+    import cavmae
+    from cavmae.cli import main
+    from cavmae.eval.retrieval import EmbeddingSet
+
+    model_dir = tmp_path / "pre"
+    cavmae.save_pretrained(_tiny_model(), model_dir)
+    common = ["--model", str(model_dir), "--shards", tiny_shards.pattern, "--num-workers", "0", "--scoring", "max"]
+    assert main(["evaluate", *common, "--out", str(tmp_path / "ev.json")]) == 0
+    assert main(["retrieve", *common, "--out", str(tmp_path / "ret.safetensors")]) == 0
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    ret = json.loads((tmp_path / "ret.json").read_text())
+    assert ev["scoring"] == "max" and ev["clips"] == ret["clips"] == 8
+    saved = EmbeddingSet.load(tmp_path / "ret.safetensors")
+    assert saved.scoring == "max" and saved.audio.shape == (8, 10, 32)
+    want = retrieval_metrics_scored(saved.audio, saved.video, "max")
+    for direction in ("video_to_audio", "audio_to_video"):
+        assert ev[direction] == ret[direction] == pytest.approx(want[direction])
+    capsys.readouterr()
+    key = saved.keys[3]
+    assert (
+        main(["retrieve", "--embeddings", str(tmp_path / "ret.safetensors"), "--query-key", key, "--top-k", "2"]) == 0
+    )
+    best = torch.sort(clip_scores(saved.audio[3:4], saved.video, "max"), dim=1, descending=True, stable=True)
+    assert f"1. {saved.keys[int(best.indices[0, 0])]}  {float(best.values[0, 0]):.4f}" in capsys.readouterr().out
+
+
+def test_a_bare_sync_model_is_scored_the_sync_way_by_default():
+    from cavmae.config import Config, ModelConfig
+    from cavmae.eval.scoring import windows_for_model
+
+    sync = Config(model=ModelConfig(global_tokens=True, audio_length=416))
+    windows_for_model(sync)
+    assert sync.data.audio_window == 416
+    assert resolve_scoring(sync.eval.scoring, sync.model, sync.data) == "diagonal_mean"
+    plain = Config()
+    windows_for_model(plain)
+    assert plain.data.audio_window == 0 and resolve_scoring("auto", plain.model, plain.data) == "clip"

@@ -37,12 +37,14 @@ def run(args: argparse.Namespace) -> int:
 
     from cavmae.config import Config
     from cavmae.eval.embed import embed_to_shards
+    from cavmae.eval.scoring import windows_for_model
     from cavmae.models.weights import load_model
 
     model = load_model(args.model)
     cfg = Config(model=model.cfg)
     cfg.data.num_workers, cfg.eval.batch_size = args.num_workers, args.batch_size
     cfg.eval.scoring = args.scoring
+    windows_for_model(cfg)  # a Sync model: every frame with its window (auto -> diagonal_mean)
     accelerator = Accelerator(cpu=args.cpu)
     manifest = embed_to_shards(
         model,

@@ -67,8 +67,12 @@ def load_with_config(path: str):
     if p.is_dir() or (p.name == WEIGHTS and (p.parent / CONFIG).is_file()):
         model, cfg = from_pretrained(p if p.is_dir() else p.parent)
         return model, cfg, True
+    from cavmae.eval.scoring import windows_for_model
+
     model = load_model(p)
-    return model, Config(model=model.cfg), False
+    cfg = Config(model=model.cfg)
+    windows_for_model(cfg)  # a Sync model: every frame with its window (auto -> diagonal_mean)
+    return model, cfg, False
 
 
 def run(args: argparse.Namespace) -> int:

@@ -41,6 +41,15 @@ def resolve_scoring(scoring: str, model_cfg: Any, data_cfg: Any) -> str:
     return "diagonal_mean" if per_frame else "clip"
 
 
+def windows_for_model(cfg: Any) -> None:
+    """Data settings of a bare model (``cavmae retrieve/evaluate/embed`` on a file with no run config): a model with
+    global tokens (CAV-MAE Sync) sees each frame with the audio window it was built for (``data.audio_window`` =
+    ``model.audio_length``), so that ``auto`` scores it the Sync way; other models and set windows are left alone.
+    Edits ``cfg`` in place."""
+    if getattr(cfg.model, "global_tokens", False) and getattr(cfg.data, "audio_window", 0) == 0:
+        cfg.data.audio_window = cfg.model.audio_length
+
+
 def _check(query: torch.Tensor, gallery: torch.Tensor, strategy: str) -> None:
     if strategy not in PER_FRAME and strategy != "clip":
         raise ValueError(f"unknown scoring {strategy!r}; expected clip or one of {', '.join(PER_FRAME)}")
