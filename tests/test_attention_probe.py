@@ -103,3 +103,16 @@ def test_attention_head_refuses_one_frame_batches_and_other_inputs():
         model(b["audio"][:, 0], b["frames"][:, 0])
     with pytest.raises(ConfigError, match="finetune.inputs='audiovisual'"):
         _cfg("finetune.inputs=audio")
+
+
+def test_a_saved_attention_classifier_loads_with_its_head(tmp_path):
+    import cavmae
+
+    cfg = _cfg()
+    model = CAVMAEClassifier(cfg.model, head="attention").eval()
+    cavmae.save_pretrained(model, tmp_path / "m")
+    back = cavmae.load_model(tmp_path / "m")
+    assert back.head == "attention"
+    b = _clips(cfg, 2, 3)
+    with torch.no_grad():
+        assert torch.allclose(back(b["audio"], b["frames"]), model(b["audio"], b["frames"]))
