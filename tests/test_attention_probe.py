@@ -88,8 +88,8 @@ def test_probe_learns_per_frame_clips_and_predicts_one_row_per_clip():
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
-        first = float(out["loss"]) if first is None else first
-    assert float(out["loss"]) < 0.5 * first
+        first = out["loss"].item() if first is None else first
+    assert out["loss"].item() < 0.5 * first
     pred = predict(model, [batch], "audiovisual", head="attention")
     assert pred.logits.shape == (6, 1, cfg.model.num_classes)
     assert (pred.logits[:, 0].argmax(1) == batch["labels"].argmax(1)).all()
