@@ -83,7 +83,8 @@ def test_the_finetune_section_says_the_task():
     assert Config().finetune is None and Config().task == "pretrain"
     for path in sorted(CONFIGS.glob("*.yaml")):
         cfg = load_config(path)
-        assert cfg.task == ("finetune" if "finetune" in path.stem else "pretrain"), path.name
+        tuned = "finetune" in path.stem or path.stem.startswith("probe_")  # a probe trains a classifier head
+        assert cfg.task == ("finetune" if tuned else "pretrain"), path.name
         assert (cfg.finetune is None) == (cfg.task == "pretrain")
     cfg = load_config(CONFIGS / "tiny.yaml", task="finetune")  # a pre-training recipe fine-tuned: the defaults
     assert cfg.finetune == FinetuneConfig() and cfg.task == "finetune"

@@ -170,3 +170,14 @@ def test_noise_always_comes_with_the_time_roll():
     for path in CONFIGS.glob("*.yaml"):
         cfg = load_config(path)
         assert cfg.data.noise == cfg.data.time_roll, path.name
+
+
+def test_sync_probe_recipe_holds_the_design_values():
+    # design.md section 5 (CAV-MAE Sync probe): lr 1e-5, batch 48, 10 epochs, cosine, weights averaged over 2-10,
+    # frozen encoder, attention head, 16 frames, window 416
+    cfg = load_config(CONFIGS / "probe_sync.yaml")
+    want = {"optim.lr": 1e-5, "data.batch_size": 48, "train.epochs": 10, "optim.schedule": "cosine",
+            "finetune.average_epochs": (2, 10), "finetune.freeze_base": True, "finetune.head": "attention",
+            "data.num_frames": 16, "data.audio_window": 416, "model.global_tokens": True,
+            "task": "finetune"}  # fmt: skip
+    assert check(cfg, want) == []

@@ -19,6 +19,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16", help="storage precision (default fp16)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=2, help="loader processes per GPU / process")
+    p.add_argument(
+        "--scoring",
+        choices=["auto", "clip", "diagonal_mean", "diagonal_max", "mean", "max"],
+        default="auto",
+        help="what the embeddings serve (eval.scoring): clip = one vector per clip (the middle frame); a per-frame "
+        "strategy stores [N, D] per clip (CAV-MAE Sync; auto = diagonal_mean for a model with global tokens on "
+        "per-frame data)",
+    )
     p.add_argument("--overwrite", action="store_true", help="re-embed shards already done")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU is")
 
@@ -29,11 +37,14 @@ def run(args: argparse.Namespace) -> int:
 
     from cavmae.config import Config
     from cavmae.eval.embed import embed_to_shards
+    from cavmae.eval.scoring import windows_for_model
     from cavmae.models.weights import load_model
 
     model = load_model(args.model)
     cfg = Config(model=model.cfg)
     cfg.data.num_workers, cfg.eval.batch_size = args.num_workers, args.batch_size
+    cfg.eval.scoring = args.scoring
+    windows_for_model(cfg)  # a Sync model: every frame with its window (auto -> diagonal_mean)
     accelerator = Accelerator(cpu=args.cpu)
     manifest = embed_to_shards(
         model,

@@ -49,6 +49,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--chunk", type=int, default=1024, help="retrieval queries scored at once (chunk x N floats)")
+    p.add_argument(
+        "--scoring",
+        choices=["auto", "clip", "diagonal_mean", "diagonal_max", "mean", "max"],
+        help="retrieval clip scores (eval.scoring; default: the run's, else auto): clip = one embedding per clip; "
+        "per-frame pairs as CAV-MAE Sync (auto = diagonal_mean for a model with global tokens on per-frame data)",
+    )
     p.add_argument("--device", default="auto", help="torch device; auto: cuda when available, else cpu")
 
 
@@ -61,8 +67,12 @@ def load_with_config(path: str):
     if p.is_dir() or (p.name == WEIGHTS and (p.parent / CONFIG).is_file()):
         model, cfg = from_pretrained(p if p.is_dir() else p.parent)
         return model, cfg, True
+    from cavmae.eval.scoring import windows_for_model
+
     model = load_model(p)
-    return model, Config(model=model.cfg), False
+    cfg = Config(model=model.cfg)
+    windows_for_model(cfg)  # a Sync model: every frame with its window (auto -> diagonal_mean)
+    return model, cfg, False
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     cfg.data.num_workers, cfg.eval.batch_size = args.num_workers, args.batch_size
     if args.label_csv:
         cfg.data.label_csv = args.label_csv
+    if args.scoring:
+        cfg.eval.scoring = args.scoring
     mode = None if args.mode == "auto" else args.mode
     if mode is None and not from_run:
         mode = "audiovisual"

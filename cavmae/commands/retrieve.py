@@ -59,6 +59,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="first",
         help="audio of stereo files: the first channel (CAV-MAE's preprocessing, default) or (L+R)/2",
     )
+    p.add_argument(
+        "--scoring",
+        choices=["auto", "clip", "diagonal_mean", "diagonal_max", "mean", "max"],
+        default="auto",
+        help="clip scores (eval.scoring): one embedding per clip, or per-frame pairs (CAV-MAE Sync; auto = "
+        "diagonal_mean for a model with global tokens on per-frame data)",
+    )
     p.add_argument("--top-k", type=int, default=5, help="matches printed per query")
     p.add_argument("--chunk", type=int, default=1024, help="queries scored at once (memory: chunk x N floats)")
     p.add_argument("--batch-size", type=int, default=32, help="clips embedded at once")
@@ -94,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from cavmae.data.media import MediaError
     from cavmae.eval.embed import load_embeddings
     from cavmae.eval.retrieval import embed_shards
+    from cavmae.eval.scoring import windows_for_model
     from cavmae.eval.search import SearchSpace
     from cavmae.models.weights import load_model
 
@@ -115,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = Config(model=model.cfg)
         cfg.data.num_workers, cfg.eval.batch_size = args.num_workers, args.batch_size
         cfg.data.audio_channel = args.audio_channel  # for shards that hold raw .mp4 members
+        cfg.eval.scoring = args.scoring
+        windows_for_model(cfg)  # a Sync model: every frame with its window (auto -> diagonal_mean)
         embeddings = embed_shards(model, args.shards, cfg, args.device)
     space = SearchSpace(embeddings, index)
     embedded_here = embeddings is not None and not args.embeddings
@@ -165,6 +175,11 @@ def _query_file(model, path: Path, gallery, args) -> None:
 
     from cavmae.eval.inputs import load_file
 
+    if gallery.embeddings is not None and gallery.embeddings.scoring != "clip":
+        raise ValueError(
+            f"{path}: a file query gives one embedding; the gallery is scored per frame "
+            f"({gallery.embeddings.scoring}): query with --query-key, or embed the gallery with --scoring clip"
+        )
     x = load_file(path, model.cfg, audio_channel=args.audio_channel)
     model.eval().to(args.device)
     direction = args.direction

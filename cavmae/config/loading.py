@@ -502,6 +502,11 @@ def _validate_finetune(cfg: Config) -> None:
         raise ConfigError(
             f"{', '.join(pretraining_only)}: pre-training settings, which fine-tuning does not read; remove them"
         )
+    if f.head == "attention" and f.inputs != "audiovisual":
+        raise ConfigError(
+            f"finetune.head='attention' classifies per-frame audio||video features: it needs "
+            f"finetune.inputs='audiovisual', got {f.inputs!r}"
+        )
     if f.head_lr_mult <= 0 or not 0 < f.layer_decay <= 1:
         raise ConfigError("finetune.head_lr_mult must be > 0 and finetune.layer_decay in (0, 1]")
     if f.average_epochs is not None:

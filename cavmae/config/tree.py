@@ -211,7 +211,12 @@ class FinetuneConfig:
 
     inputs: Literal["audiovisual", "audio", "video"] = "audiovisual"  # what the classifier sees
     loss: Literal["bce", "ce"] = "bce"  # bce: multi-label (AudioSet, mAP); ce: single-label (VGGSound, top-1)
-    freeze_base: bool = False  # linear probe: only the head (mlp_head) trains, as the public --freeze_base
+    freeze_base: bool = False  # probe: only the head trains (mlp_head, or the attention head), as --freeze_base
+    # the classification head: "linear" (CAV-MAE: LayerNorm + Linear on mean-pooled tokens of one frame) or
+    # "attention" (CAV-MAE Sync's probe: per-frame audio||video global tokens [B, N, 2D] through 2 transformer
+    # blocks with their own CLS, then LayerNorm + Linear; audiovisual inputs, batches with every frame and its
+    # audio window: data.audio_window > 0)
+    head: Literal["linear", "attention"] = "linear"
     head_lr_mult: float = 1.0  # learning-rate multiplier of the classification head
     layer_decay: float = 1.0  # layer-wise lr decay: each layer at layer_decay x the lr of the one above (1 = off)
     # the final model is the average of the weights after epochs [first, last] (1-based, inclusive); null = the
@@ -229,6 +234,11 @@ class EvalConfig:
     batch_size: int = 32
     probe_clips: int = 256  # clips of the pre-training probe set (the first ones of data.probe_shards)
     knn_k: int = 10  # neighbours of the probe's k-NN classifier (leave-one-out within the probe set)
+    # retrieval scores (retrieve, evaluate, embed/index, the probes; cavmae/eval/scoring.py): "clip" = one embedding
+    # per clip (CAV-MAE); per-frame strategies combine the cosines of a clip's N frame pairs: "diagonal_mean"
+    # (Sync's default), "diagonal_max", "mean" / "max" over all N x N pairs; "auto" = diagonal_mean for a model
+    # with global tokens on per-frame data (data.audio_window > 0), clip otherwise
+    scoring: Literal["auto", "clip", "diagonal_mean", "diagonal_max", "mean", "max"] = "auto"
 
 
 @dataclass

@@ -7,6 +7,10 @@ embedding shard on disk is complete: a rerun after an interruption skips the sha
 their recorded source) and embeds the rest. Under ``accelerate launch`` process r of W takes input shards r, r+W,
 ...; the main process writes the manifest once every process is done.
 
+With a per-frame scoring (``eval.scoring`` / ``--scoring``; cavmae/eval/scoring.py) every frame of a clip is
+embedded (with its audio window when data.audio_window > 0) and a shard holds ``audio`` / ``video`` [n, N, D],
+each frame normalised; the manifest and each shard record the scoring.
+
 The vectors are the paper's retrieval features (unmasked modality streams, mean-pooled; see
 :mod:`cavmae.eval.retrieval`); fp16 halves the disk and loses ~1e-3 of cosine (L2-normalised values, 11-bit
 mantissa), which is below the spread of retrieval scores.
@@ -26,7 +30,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from cavmae.config import Config
-from cavmae.eval.retrieval import EmbeddingSet
+from cavmae.eval.retrieval import EmbeddingSet, embed_frames
+from cavmae.eval.scoring import resolve_scoring
 
 log = logging.getLogger(__name__)
 
@@ -39,35 +44,44 @@ def embedding_file(index: int) -> str:
     return f"emb-{index:06d}.safetensors"
 
 
-def _done_count(path: Path, source: str) -> int | None:
-    """Clips in a finished embedding shard made from `source`, or None (absent, unreadable or from elsewhere)."""
+def _done_count(path: Path, source: str, scoring: str = "clip") -> int | None:
+    """Clips in a finished embedding shard made from `source` for `scoring`, or None (absent, unreadable, from
+    elsewhere or for another scoring)."""
     if not path.is_file():
         return None
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            if meta.get("source") != source:
+            if meta.get("source") != source or meta.get("scoring", "clip") != scoring:
                 return None
             return len(json.loads(meta["keys"]))
     except Exception:
         return None
 
 
-def _embed_one(model, shard: str, cfg: Config, device) -> tuple[list[str], torch.Tensor, torch.Tensor, dict]:
-    """(keys, audio [n, D], video [n, D] normalised float32, skipped-sample counts) of one input shard."""
+def _embed_one(
+    model, shard: str, cfg: Config, device, scoring: str
+) -> tuple[list[str], torch.Tensor, torch.Tensor, dict]:
+    """(keys, audio, video normalised float32 ([n, D]; [n, N, D] per frame with a per-frame scoring),
+    skipped-sample counts) of one input shard."""
     from cavmae.data.loader import loader_for
 
-    loader = loader_for(cfg, [shard], train=False, frame_mode="middle", rank=0, world_size=1)
+    frames = "middle" if scoring == "clip" else "all"
+    loader = loader_for(cfg, [shard], train=False, frame_mode=frames, rank=0, world_size=1)
+    windows = cfg.data.audio_window > 0
     keys, audio, video = [], [], []
     with torch.no_grad():
         for batch in loader:
-            a, v = model.embed(batch["audio"].to(device), batch["frames"].to(device))
+            if scoring == "clip":
+                a, v = model.embed(batch["audio"].to(device), batch["frames"].to(device))
+            else:
+                a, v = embed_frames(model, batch["audio"].to(device), batch["frames"].to(device), windows)
             audio.append(F.normalize(a.float(), dim=-1).cpu())
             video.append(F.normalize(v.float(), dim=-1).cpu())
             keys.extend(batch["keys"])
-    dim = model.cfg.embed_dim
-    a = torch.cat(audio) if audio else torch.empty(0, dim)
-    v = torch.cat(video) if video else torch.empty(0, dim)
+    empty = (0, model.cfg.embed_dim) if scoring == "clip" else (0, cfg.data.num_frames, model.cfg.embed_dim)
+    a = torch.cat(audio) if audio else torch.empty(empty)
+    v = torch.cat(video) if video else torch.empty(empty)
     return keys, a, v, {k: n for k, n in loader.errors.counts().items() if n}
 
 
@@ -104,15 +118,18 @@ def embed_to_shards(
     device = accelerator.device if accelerator else torch.device("cpu")
     main = rank == 0
     manifest_file = out / MANIFEST
+    scoring = resolve_scoring(cfg.eval.scoring, model.cfg, cfg.data)
     if manifest_file.is_file() and not overwrite:
         old = json.loads(manifest_file.read_text())
         if [s["source"] for s in old.get("shards", [])] != urls or old.get("dtype") != dtype:
             raise ValueError(f"{manifest_file} describes other shards or another dtype; pass --overwrite")
+        if old.get("scoring", "clip") != scoring:
+            raise ValueError(f"{manifest_file} holds {old.get('scoring', 'clip')!r} embeddings; pass --overwrite")
     cfg = replace(cfg, model=model.cfg)  # input sizes of the model being used
     model.eval().to(device)
 
     mine = list(range(rank, len(urls), world))
-    todo = [i for i in mine if overwrite or _done_count(out / embedding_file(i), urls[i]) is None]
+    todo = [i for i in mine if overwrite or _done_count(out / embedding_file(i), urls[i], scoring) is None]
     if len(todo) < len(mine):
         log.info(
             "%d of %d shard(s) already embedded; embedding the other %d", len(mine) - len(todo), len(mine), len(todo)
@@ -120,7 +137,7 @@ def embed_to_shards(
     bar = tqdm(total=len(todo), desc="embedding", unit="shard", disable=not (progress and main))
     clips, start = 0, time.perf_counter()
     for i in todo:
-        keys, a, v, skipped = _embed_one(model, urls[i], cfg, device)
+        keys, a, v, skipped = _embed_one(model, urls[i], cfg, device, scoring)
         if skipped:
             log.warning("%s: skipped samples: %s", urls[i], skipped)
         path = out / embedding_file(i)
@@ -128,7 +145,7 @@ def embed_to_shards(
         save_file(
             {"audio": a.to(DTYPES[dtype]).contiguous(), "video": v.to(DTYPES[dtype]).contiguous()},
             str(tmp),
-            metadata={"keys": json.dumps(keys), "source": urls[i], "format": FORMAT},
+            metadata={"keys": json.dumps(keys), "source": urls[i], "format": FORMAT, "scoring": scoring},
         )
         tmp.replace(path)
         clips += len(keys)
@@ -141,7 +158,7 @@ def embed_to_shards(
         return None
     entries = []
     for i, url in enumerate(urls):
-        n = _done_count(out / embedding_file(i), url)
+        n = _done_count(out / embedding_file(i), url, scoring)
         if n is None:
             raise RuntimeError(f"{out / embedding_file(i)} is missing after embedding {url}")
         entries.append({"source": url, "file": embedding_file(i), "count": n})
@@ -150,6 +167,7 @@ def embed_to_shards(
         "model": model_name,
         "dtype": dtype,
         "dim": model.cfg.embed_dim,
+        "scoring": scoring,  # per-frame scorings store [n, N, D] per shard (cavmae/eval/scoring.py)
         "num_clips": sum(e["count"] for e in entries),
         "shards": entries,
     }
@@ -170,6 +188,7 @@ def load_embeddings(path: str | Path) -> EmbeddingSet:
         raise ValueError(f"{path} is a folder without {MANIFEST}: not written by cavmae embed (or not finished)")
     manifest = json.loads(manifest_file.read_text())
     keys, audio, video = [], [], []
+    scoring = manifest.get("scoring", "clip")
     for entry in manifest["shards"]:
         part = EmbeddingSet.load(path / entry["file"])
         keys.extend(part.keys)
@@ -179,4 +198,4 @@ def load_embeddings(path: str | Path) -> EmbeddingSet:
         raise ValueError(f"{path}: duplicate keys across embedding shards")
     if not keys:
         raise ValueError(f"{path}: the embedding shards hold no clips")
-    return EmbeddingSet(keys, torch.cat(audio), torch.cat(video))
+    return EmbeddingSet(keys, torch.cat(audio), torch.cat(video), scoring)

@@ -56,14 +56,16 @@ def predict(
     mode: str,
     device: torch.device | str | None = None,
     progress: bool = False,
+    head: str = "linear",
 ) -> Predictions:
-    """Per-frame logits of every batch (``audio``, ``frames`` [B, 3, H, W] or [B, F, 3, H, W], ``labels``)."""
+    """Per-frame logits of every batch (``audio``, ``frames`` [B, 3, H, W] or [B, F, 3, H, W], ``labels``); with
+    the attention head one clip-level logit row per clip (F = 1)."""
     model.eval()
     device = device or next(model.parameters()).device
     logits, labels, keys = [], [], []
     for batch in tqdm(batches, desc="evaluating", unit="batch", disable=not progress):
         x = {k: batch[k].to(device) for k in ("audio", "frames") if k in batch}  # audio-only batches: no frames
-        logits.append(frame_logits(model, x, mode).float().cpu())
+        logits.append(frame_logits(model, x, mode, head).float().cpu())
         labels.append(batch["labels"].float().cpu())
         keys.extend(batch.get("keys", [f"clip-{len(keys) + i}" for i in range(len(batch["labels"]))]))
     if not keys:
@@ -102,7 +104,7 @@ def evaluate_classifier(
     progress: bool = False,
 ) -> dict:
     """Predict and score: :func:`classification_report`, with ``multilabel`` read off the labels when None."""
-    pred = predict(model, batches, mode, device, progress)
+    pred = predict(model, batches, mode, device, progress, getattr(model, "head", "linear"))
     if not len(pred):
         raise ValueError("no clips were evaluated (empty shards, or every sample was skipped)")
     if multilabel is None:
@@ -112,11 +114,17 @@ def evaluate_classifier(
 
 
 def evaluate_retrieval(model: nn.Module, shards: list[str], cfg, device="cpu", chunk: int = 1024) -> dict:
-    """R@1/5/10, median and mean rank in both directions (the same numbers as ``cavmae retrieve``)."""
+    """R@1/5/10, median and mean rank in both directions (the same numbers as ``cavmae retrieve``), scored by
+    ``eval.scoring`` (cavmae/eval/scoring.py)."""
     from cavmae.eval.retrieval import embed_shards
+    from cavmae.eval.scoring import retrieval_metrics_scored
 
     gallery = embed_shards(model, shards, cfg, device)
-    metrics = retrieval_metrics(gallery.audio, gallery.video, chunk)
+    if gallery.scoring == "clip":
+        metrics = retrieval_metrics(gallery.audio, gallery.video, chunk)
+    else:
+        metrics = retrieval_metrics_scored(gallery.audio, gallery.video, gallery.scoring, min(chunk, 256))
+    metrics["scoring"] = gallery.scoring
     metrics["clips"] = len(gallery)
     return metrics
 

@@ -92,6 +92,11 @@ def _factory(params: dict) -> str:
     return f"IVF{params['nlist']},PQ{params['pq_m']}x{params['pq_nbits']}"
 
 
+# Scorings an inner-product index computes exactly (cavmae/eval/scoring.py): the max strategies are not inner
+# products, and "mean" is one only of unnormalised frame means (a cosine index would change the gallery's scale).
+INDEXABLE_SCORINGS = ("clip", "diagonal_mean")
+
+
 def _as_numpy(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(F.normalize(x.float(), dim=-1).numpy())
 
@@ -100,12 +105,20 @@ def build_index(
     emb: EmbeddingSet, out_dir: str | Path, kind: str = "flat", *, seed: int = 0, source: str = "", **overrides
 ) -> dict:
     """Build one index per modality from `emb` into `out_dir`; returns what ``index.json`` records."""
+    if emb.scoring not in INDEXABLE_SCORINGS:
+        raise ValueError(
+            f"the embeddings are scored by {emb.scoring!r}, which an inner-product index cannot compute; "
+            f"indexable: {', '.join(INDEXABLE_SCORINGS)} (embed with --scoring clip or diagonal_mean)"
+        )
     faiss = import_faiss()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    n, dim = emb.audio.shape
+    # diagonal_mean: a clip's N unit frame vectors flattened to [N*D] and normalised (/ sqrt(N)), so the inner
+    # product of two clips is mean_k cos(a_k, v_k) exactly
+    audio, video = (emb.audio.flatten(1), emb.video.flatten(1)) if emb.scoring != "clip" else (emb.audio, emb.video)
+    n, dim = audio.shape
     params = choose_params(n, dim, kind, **overrides)
-    vectors = {"audio": _as_numpy(emb.audio), "video": _as_numpy(emb.video)}
+    vectors = {"audio": _as_numpy(audio), "video": _as_numpy(video)}
     timings = {}
     trained = None
     if params["kind"] != "flat":
@@ -138,6 +151,8 @@ def build_index(
         "metric": "inner_product (L2-normalised: cosine)",
         "num_vectors": n,
         "dim": dim,
+        "scoring": emb.scoring,  # diagonal_mean: each vector is a clip's N frame vectors, flattened
+        "frames": emb.audio.shape[1] if emb.scoring != "clip" else 1,
         "source": source,
         "quantiser_trained_on": "audio+video" if trained is not None else None,
         "timings": timings,
@@ -198,11 +213,14 @@ class RetrievalIndex:
         return torch.from_numpy(np.asarray(flat).reshape(index.ntotal, index.d))
 
     def search(self, query: torch.Tensor, modality: str, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores and rows [Q, k] of the k best items of `modality` for queries [Q, D] (normalised here).
+        """Scores and rows [Q, k] of the k best items of `modality` for queries [Q, D] (normalised here); an index of
+        per-frame clips (``scoring`` diagonal_mean in index.json) takes queries [Q, N, D] (or flattened [Q, N*D]).
 
         Equal scores come in row order, as in :func:`cavmae.eval.metrics.top_k` (up to TIE_MARGIN extra ties).
         """
         index = self.indexes[modality]
+        if self.info.get("scoring", "clip") != "clip":
+            query = query.flatten(1)  # [Q, N, D] -> [Q, N*D], the layout of the stored vectors
         k = min(k, index.ntotal)
         fetch = min(k + TIE_MARGIN, index.ntotal)
         scores, rows = index.search(_as_numpy(query), fetch)  # [Q, fetch]; rows -1 where a probe found too few

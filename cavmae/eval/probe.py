@@ -33,21 +33,38 @@ def knn_accuracy(emb: torch.Tensor, labels: torch.Tensor, k: int) -> float:
 
 
 @torch.no_grad()
-def probe_metrics(model: nn.Module, batches: Iterable[dict], k: int = 10) -> dict[str, float]:
-    """Flat metrics of a pre-training model on probe batches (``audio``, ``frames`` [B, 3, H, W], ``labels``)."""
+def probe_metrics(
+    model: nn.Module, batches: Iterable[dict], k: int = 10, scoring: str = "clip", windows: bool = False
+) -> dict[str, float]:
+    """Flat metrics of a pre-training model on probe batches (``audio``, ``frames`` [B, 3, H, W], ``labels``).
+
+    A per-frame ``scoring`` (cavmae/eval/scoring.py, resolved from eval.scoring) takes frames [B, N, 3, H, W] with
+    audio as :func:`cavmae.eval.retrieval.embed_frames` takes it; retrieval is scored by the strategy and k-NN runs
+    on the frame-averaged embeddings."""
+    from cavmae.eval.retrieval import embed_frames
+    from cavmae.eval.scoring import retrieval_metrics_scored
+
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     audio, video, labels = [], [], []
     for b in batches:
-        a, v = model.embed(b["audio"].to(device), b["frames"].to(device))
+        if scoring == "clip":
+            a, v = model.embed(b["audio"].to(device), b["frames"].to(device))  # [B, D]
+        else:
+            a, v = embed_frames(model, b["audio"].to(device), b["frames"].to(device), windows)  # [B, N, D]
         audio.append(a.float().cpu())
         video.append(v.float().cpu())
         labels.append(b["labels"].float().cpu())
     model.train(was_training)
     a, v, y = torch.cat(audio), torch.cat(video), torch.cat(labels)
     out: dict[str, float] = {"clips": float(len(y))}
-    for direction, m in retrieval_metrics(a, v).items():
+    if scoring == "clip":
+        ranked = retrieval_metrics(a, v)
+    else:
+        ranked = retrieval_metrics_scored(a, v, scoring)
+        a, v = a.mean(1), v.mean(1)  # one vector per clip for k-NN
+    for direction, m in ranked.items():
         short = "v2a" if direction == "video_to_audio" else "a2v"
         out.update({f"{short}_{key}": value for key, value in m.items() if key != "mean_rank"})
     both = torch.cat([F.normalize(a, dim=-1), F.normalize(v, dim=-1)], dim=1)

@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class EmbeddingSet:
     keys: list[str]
-    audio: torch.Tensor  # [N, D] L2-normalised
-    video: torch.Tensor  # [N, D] L2-normalised
+    audio: torch.Tensor  # [C, D] L2-normalised; [C, N, D] per frame (normalised per frame) when scoring is per-frame
+    video: torch.Tensor  # like audio
+    scoring: str = "clip"  # how clips are scored (cavmae/eval/scoring.py): clip, or a per-frame strategy
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -47,7 +48,7 @@ class EmbeddingSet:
         save_file(
             {"audio": self.audio.contiguous(), "video": self.video.contiguous()},
             str(tmp),
-            metadata={"keys": json.dumps(self.keys)},
+            metadata={"keys": json.dumps(self.keys), "scoring": self.scoring},
         )
         tmp.replace(path)
         return path
@@ -56,19 +57,47 @@ class EmbeddingSet:
     def load(cls, path: str | Path) -> EmbeddingSet:
         try:
             with safe_open(str(path), framework="pt") as f:
-                keys = json.loads((f.metadata() or {})["keys"])
-                return cls(keys, f.get_tensor("audio"), f.get_tensor("video"))
+                meta = f.metadata() or {}
+                keys = json.loads(meta["keys"])
+                return cls(keys, f.get_tensor("audio"), f.get_tensor("video"), meta.get("scoring", "clip"))
         except Exception as e:
             raise ValueError(f"{path} is not an embedding file written by cavmae retrieve: {e}") from e
 
 
+def embed_frames(model, audio: torch.Tensor, frames: torch.Tensor, windows: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame embeddings ([B, N, D] each, normalised per frame) of frames [B, N, 3, H, W] with their audio: the
+    window of each frame [B, N, L, F] when ``windows`` (data.audio_window > 0), else the whole clip [B, L, F],
+    embedded once and shared by the N frames. Any model's ``embed`` works per frame."""
+    batch, count = frames.shape[:2]
+    if windows:
+        a, v = model.embed(audio.flatten(0, 1), frames.flatten(0, 1))  # [B*N, D] each
+        a, v = a.view(batch, count, -1), v.view(batch, count, -1)
+    else:
+        a_clip, _ = model.embed(audio, frames[:, 0])  # [B, D]: the same audio for every frame
+        v = torch.stack([model.embed(audio, frames[:, k])[1] for k in range(count)], dim=1)  # [B, N, D]
+        a = a_clip[:, None].expand(-1, count, -1)
+    return F.normalize(a.float(), dim=-1), F.normalize(v.float(), dim=-1)
+
+
 @torch.no_grad()
-def embed_batches(model, batches: Iterable[dict], device: torch.device | str = "cpu", progress: bool = True):
-    """Embed every batch (dicts with ``audio``, ``frames`` [B, 3, S, S], ``keys``) -> :class:`EmbeddingSet`."""
+def embed_batches(
+    model,
+    batches: Iterable[dict],
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    scoring: str = "clip",
+    windows: bool = False,
+):
+    """Embed every batch -> :class:`EmbeddingSet`. ``scoring="clip"``: batches hold ``audio``, ``frames``
+    [B, 3, S, S], ``keys``; a per-frame scoring: frames [B, N, 3, S, S] and audio as :func:`embed_frames` takes it
+    (``windows``: one audio window per frame)."""
     model.eval().to(device)
     keys, audio, video = [], [], []
     for batch in tqdm(batches, desc="embedding", unit="batch", disable=not progress):
-        a, v = model.embed(batch["audio"].to(device), batch["frames"].to(device))
+        if scoring == "clip":
+            a, v = model.embed(batch["audio"].to(device), batch["frames"].to(device))
+        else:
+            a, v = embed_frames(model, batch["audio"].to(device), batch["frames"].to(device), windows)
         audio.append(F.normalize(a.float(), dim=-1).cpu())
         video.append(F.normalize(v.float(), dim=-1).cpu())
         keys.extend(batch["keys"])
@@ -76,16 +105,22 @@ def embed_batches(model, batches: Iterable[dict], device: torch.device | str = "
         raise ValueError("no clips to embed (empty shards, or every sample was skipped)")
     if len(set(keys)) != len(keys):
         raise ValueError("duplicate keys among the embedded clips: the shard list names a shard twice?")
-    return EmbeddingSet(keys, torch.cat(audio), torch.cat(video))
+    return EmbeddingSet(keys, torch.cat(audio), torch.cat(video), scoring)
 
 
 def embed_shards(model, shards: list[str], cfg: Config, device="cpu", progress: bool = True) -> EmbeddingSet:
-    """Embeddings of every clip in `shards` (the middle frame), in shard order."""
+    """Embeddings of every clip in `shards`, in shard order: the middle frame with ``clip`` scoring, every frame
+    (each with its audio window when data.audio_window > 0) with a per-frame one (``eval.scoring``, resolved by
+    :func:`cavmae.eval.scoring.resolve_scoring`)."""
     from cavmae.data.loader import loader_for
+    from cavmae.eval.scoring import resolve_scoring
 
+    scoring = resolve_scoring(cfg.eval.scoring, model.cfg, cfg.data)
     cfg = replace(cfg, model=model.cfg)  # input sizes of the model being evaluated
-    loader = loader_for(cfg, shards, train=False, frame_mode="middle", rank=0, world_size=1, frames=True)
-    out = embed_batches(model, loader, device, progress)
+    frames = "middle" if scoring == "clip" else "all"
+    loader = loader_for(cfg, shards, train=False, frame_mode=frames, rank=0, world_size=1, frames=True)
+    windows = cfg.data.audio_window > 0
+    out = embed_batches(model, loader, device, progress, scoring, windows)
     skipped = {k: v for k, v in loader.errors.counts().items() if v}
     if skipped:
         log.warning("skipped samples while embedding: %s", skipped)

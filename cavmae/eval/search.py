@@ -26,6 +26,13 @@ class SearchSpace:
     def __post_init__(self) -> None:
         if self.embeddings is None and self.index is None:
             raise ValueError("nothing to search: give embeddings or an index")
+        if self.index is not None and self.embeddings is not None:
+            indexed = self.index.info.get("scoring", "clip")
+            if self.embeddings.scoring != indexed:
+                raise ValueError(
+                    f"the embeddings are scored by {self.embeddings.scoring!r}, the index by {indexed!r}: build the "
+                    "index from these embeddings (cavmae index), or search the embeddings without --index"
+                )
         self._rows = {k: i for i, k in enumerate(self.keys)}
         if self.embeddings is not None and self.index is not None:
             missing = [k for k in self.embeddings.keys if k not in self._rows]
@@ -54,11 +61,19 @@ class SearchSpace:
         return self.index.vectors(modality)[self.row(key)].clone()
 
     def top_k(self, query: torch.Tensor, modality: str, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cosine scores and rows [Q, k] of the best `modality` items for queries [Q, D]; ties in row order."""
+        """Scores and rows [Q, k] of the best `modality` items for queries [Q, D] (cosine) or [Q, N, D] (per-frame
+        embeddings, scored by the embeddings' strategy); ties in row order."""
         from cavmae.eval.metrics import top_k
 
         if self.index is not None:
             return self.index.search(query, modality, k)
+        if self.embeddings.scoring != "clip":
+            from cavmae.eval.scoring import clip_scores
+
+            s = clip_scores(query.float(), getattr(self.embeddings, modality).float(), self.embeddings.scoring)
+            order = torch.sort(s, dim=1, descending=True, stable=True)
+            k = min(k, s.shape[1])
+            return order.values[:, :k], order.indices[:, :k]
         return top_k(query, getattr(self.embeddings, modality), k)
 
     @property
@@ -75,6 +90,10 @@ class SearchSpace:
             return index_ranks(self.index, direction, chunk)
         q, g = DIRECTIONS[direction]
         emb = self.embeddings
+        if emb.scoring != "clip":
+            from cavmae.eval.scoring import true_match_ranks_scored
+
+            return true_match_ranks_scored(getattr(emb, q), getattr(emb, g), emb.scoring, min(chunk, 256))
         return true_match_ranks(
             F.normalize(getattr(emb, q).float(), dim=-1), F.normalize(getattr(emb, g).float(), dim=-1), chunk
         )

@@ -42,13 +42,13 @@ def model_kind(model: nn.Module) -> str:
     return "classifier" if isinstance(model, CAVMAEClassifier) else "pretrain"
 
 
-def build_model(kind: str, cfg: ModelConfig) -> nn.Module:
+def build_model(kind: str, cfg: ModelConfig, head: str = "linear") -> nn.Module:
     from cavmae.models.cavmae import CAVMAE
     from cavmae.models.classifier import CAVMAEClassifier
 
     if kind not in KINDS:
         raise CheckpointError(f"unknown model kind {kind!r}; expected one of {KINDS}")
-    return CAVMAE(cfg) if kind == "pretrain" else CAVMAEClassifier(cfg)
+    return CAVMAE(cfg) if kind == "pretrain" else CAVMAEClassifier(cfg, head)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -127,7 +127,8 @@ def from_pretrained(directory: str | Path) -> tuple[nn.Module, Config]:
     state = read_safetensors(weights)
     # Training checkpoints do not record the kind in their metadata: their config's task says it.
     kind = _read_kind(weights) or ("classifier" if cfg.task == "finetune" else "pretrain")
-    model = build_model(kind, cfg.model)
+    head = "attention" if "probe_cls" in state else "linear"  # the attention probe's CLS (finetune.head)
+    model = build_model(kind, cfg.model, head)
     _load_strict(model, state, str(weights))
     return model.eval(), cfg
 

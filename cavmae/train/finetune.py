@@ -2,7 +2,8 @@
 
 - model: :class:`~cavmae.models.classifier.CAVMAEClassifier`, initialised from ``train.init`` (our pre-trained or
   fine-tuned models, or the public CAV-MAE checkpoints; the decoder is dropped and a head of another size keeps
-  its fresh init); ``finetune.freeze_base`` trains the head alone (linear probe, the public ``--freeze_base``);
+  its fresh init); ``finetune.head`` = linear (one frame) or attention (every frame with its audio window: CAV-MAE
+  Sync's probe); ``finetune.freeze_base`` trains the head alone (probe, the public ``--freeze_base``);
 - inputs: ``finetune.inputs`` = audiovisual | audio | video; one frame per clip (random in training);
 - loss: ``finetune.loss`` = bce (multi-label, AudioSet; metrics mAP / mAUC / d-prime) or ce (single-label,
   VGGSound; top-1 / top-5); labels may be soft (mixup, label smoothing are applied by the data pipeline); with
@@ -83,19 +84,25 @@ class FinetuneTask(Task):
     def build_model(self, cfg: Config) -> nn.Module:
         from cavmae.models.classifier import CAVMAEClassifier
 
-        model = CAVMAEClassifier(cfg.model)
-        if cfg.finetune.freeze_base:  # linear probe: requires_grad survives train.init (load_state_dict keeps it)
+        model = CAVMAEClassifier(cfg.model, head=cfg.finetune.head)
+        if cfg.finetune.freeze_base:  # probe: requires_grad survives train.init (load_state_dict keeps it)
+            head = model.head_parameter_prefixes()
             for name, p in model.named_parameters():
-                p.requires_grad_(name.startswith("mlp_head."))
+                p.requires_grad_(name.startswith(head))
         return model
 
     def unused_parameters(self, model: nn.Module, cfg: Config) -> list[str]:
         """The stream finetune.inputs classifies with is used (cavmae/models/classifier.py); the others, and the
-        input branch of a modality the mode does not look at, are not."""
+        input branch of a modality the mode does not look at, are not. The attention head reads the modality
+        stacks' outputs: the shared blocks and the final norms are unused."""
+        if cfg.finetune.head == "attention":
+            unused = unused_parameters(model, {"audio", "video"}, decoder=False)
+            shared = ("blocks_u.", "norm.", "norm_a.", "norm_v.")
+            return unused + [n for n, _ in model.named_parameters() if n.startswith(shared) and n not in unused]
         return unused_parameters(model, {FT_MODE_STREAMS[cfg.finetune.inputs]}, decoder=False)
 
     def lr_scale(self, name: str, cfg: Config) -> float:
-        if name.startswith("mlp_head."):
+        if name.startswith(("mlp_head.", "probe_cls", "probe_blocks.")):
             return cfg.finetune.head_lr_mult
         if cfg.finetune.layer_decay == 1.0:
             return 1.0
@@ -104,7 +111,7 @@ class FinetuneTask(Task):
         return cfg.finetune.layer_decay ** (top - layer_id(name, m.modality_depth, m.shared_depth))
 
     def step(self, model: nn.Module, batch: dict, cfg: Config) -> dict[str, torch.Tensor]:
-        logits = classify(model, batch, cfg.finetune.inputs)
+        logits = classify(model, batch, cfg.finetune.inputs, cfg.finetune.head)
         loss = classification_loss(logits, batch["labels"], cfg.finetune.loss, batch.get("weights"))
         acc = (logits.argmax(1) == batch["labels"].argmax(1)).float().mean()
         return {"loss": loss, "acc": acc.detach()}
@@ -112,7 +119,7 @@ class FinetuneTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[dict], accelerator, cfg: Config) -> dict[str, float]:
         """Loss and metrics of the middle frame over the whole split (every process gets the same dict)."""
-        pred = predict(model, batches, cfg.finetune.inputs)
+        pred = predict(model, batches, cfg.finetune.inputs, head=cfg.finetune.head)
         loss_sum = 0.0
         if len(pred):
             logits = pred.logits[:, middle_frame(pred.logits.shape[1])]
@@ -141,7 +148,9 @@ class FinetuneTask(Task):
         multilabel = f.loss == "bce"
         metric = main_metric(multilabel)
         ten = f.ten_frame and f.inputs not in AUDIO_ONLY_MODES
-        pred = gather_predictions(accelerator, predict(model, val_batches("all" if ten else "middle"), f.inputs))
+        pred = gather_predictions(
+            accelerator, predict(model, val_batches("all" if ten else "middle"), f.inputs, head=f.head)
+        )
         report = classification_report(pred, multilabel)
         label = "averaged" if averaged_epochs else "last_epoch"
         details: dict = {

@@ -380,8 +380,10 @@ def probe_batches(cfg: Config) -> list[dict]:
     want = cfg.eval.probe_clips
     if cfg.data.probe_shards:
         from cavmae.data.loader import loader_for
+        from cavmae.eval.scoring import resolve_scoring
 
-        source = loader_for(cfg, cfg.data.probe_shards, train=False, frame_mode="middle", rank=0, world_size=1)
+        frames = "middle" if resolve_scoring(cfg.eval.scoring, cfg.model, cfg.data) == "clip" else "all"
+        source = loader_for(cfg, cfg.data.probe_shards, train=False, frame_mode=frames, rank=0, world_size=1)
     else:
         source = make_batches(cfg, "val", 0, 0, 1)
     out, have = [], 0
@@ -397,13 +399,16 @@ def probe_batches(cfg: Config) -> list[dict]:
 def probe(run: Run) -> None:
     """Retrieval and k-NN of the frozen embeddings of the probe set (main process; cavmae/eval/probe.py)."""
     from cavmae.eval.probe import probe_metrics
+    from cavmae.eval.scoring import resolve_scoring
     from cavmae.train.tasks import local_contrast
 
     if run.main:
         if run.probe_set is None:
             run.probe_set = probe_batches(run.cfg)
         with torch.random.fork_rng(devices=rng_devices(run.accelerator.device)), local_contrast(run.module):
-            metrics = probe_metrics(run.module, run.probe_set, run.cfg.eval.knn_k)
+            cfg = run.cfg
+            scoring = resolve_scoring(cfg.eval.scoring, cfg.model, cfg.data)  # eval.scoring: per-frame for Sync
+            metrics = probe_metrics(run.module, run.probe_set, cfg.eval.knn_k, scoring, cfg.data.audio_window > 0)
         run.logger.probe(run.state.step, run.state.epoch, metrics)
     run.accelerator.wait_for_everyone()
 
