@@ -2,7 +2,8 @@
 
 Weight decay (CAV-MAE recipe: Adam, betas (0.95, 0.999), wd 5e-7) applies to matrices only: never to
 norms and biases (1-D tensors), to position / modality embeddings, mask, cls or register tokens, nor to any
-parameter that carries the marker ``param._no_weight_decay = True`` (a Mamba block marks A_log, D and the dt bias that way).
+parameter that carries the marker ``param._no_weight_decay = True`` (a Mamba block marks A_log, D and the dt
+bias that way).
 
 Schedules are multipliers of the base lr as a function of the number of optimizer steps taken:
 - ``step``: CAV-MAE's — constant, then halved every ``lr_decay_every`` epochs starting at epoch ``lr_decay_start``
