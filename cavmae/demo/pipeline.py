@@ -8,7 +8,10 @@ Every stage is the library call a user would make on real data:
 2. pre-training: a tiny CAV-MAE (:func:`cavmae.train.train`) on the train shards, without labels; every run is a
    shipped recipe (configs/tiny.yaml, tiny_mamba.yaml, tiny_finetune.yaml) with the demo's own settings
    (:func:`cavmae.demo.settings.demo_config`);
-3. retrieval on the held-out clips: the pre-trained model vs the same network at its random initialisation;
+3. retrieval on the held-out clips, at the instance level (a clip's own pair) and the class level: the pre-trained
+   model vs the same network at its random initialisation and two baselines without training
+   (:mod:`cavmae.demo.baselines`: hand-made features matched by a linear map, and the event times), against chance
+   and the class-only ceiling;
 4. classification: fine-tuning from the pre-trained model vs training from scratch, for the same number of steps,
    scored on the held-out clips;
 5. the report (:mod:`cavmae.demo.report`): ``report.md``, ``figures/*.png`` and ``metrics.json``.
@@ -264,6 +267,22 @@ def _run_seed(out: Path, s: DemoSettings, data: DemoData, backbone: str, seed: i
     return SeedResult(seed, runs, retrieval, classification, timings)
 
 
+def run_baselines(
+    out: Path, s: DemoSettings, data: DemoData, backbone: str, seed: int
+) -> tuple[dict[str, dict | None], dict[str, str], torch.Tensor]:
+    """The baselines that need no training (:mod:`cavmae.demo.baselines`) on the held-out clips, the reasons of
+    those that cannot run, and the held-out labels [N] (chance levels and the class-only ceiling follow from them)."""
+    from cavmae.demo.baselines import evaluate_baselines
+
+    cfg = demo_config(s, data, out, seed=seed, backbone=backbone, task="pretrain")
+    with phase("baselines: hand-made features and event times"):
+        held, train = load_heldout(cfg, data.heldout_shards), load_heldout(cfg, data.train_shards)
+        results, unavailable = evaluate_baselines(held, train, data.clips_dir, duration=s.duration)
+    for name, reason in unavailable.items():
+        log.warning("baseline %s unavailable: %s", name, reason)
+    return results, unavailable, held.labels
+
+
 def _run_seeds(out: Path, s: DemoSettings, data: DemoData, backbone: str, seeds: list[int], jobs: int):
     if jobs == 1:
         return [run_seed(out, s, data, backbone, seed) for seed in seeds]
@@ -298,11 +317,13 @@ def _run(out: Path, s: DemoSettings, backbone: str, quick: bool, seeds: list[int
 
     with _timed(timings, "data"):
         data = make_data(out, s, seeds[0])
+    with _timed(timings, "baselines"):
+        baselines, unavailable, labels = run_baselines(out, s, data, backbone, seeds[0])
     with _timed(timings, "training"):
         results = _run_seeds(out, s, data, backbone, seeds, jobs)
     timings["total_before_report"] = round(time.perf_counter() - start, 1)
 
-    metrics = summarise(s, data, backbone, quick, results, timings)
+    metrics = summarise(s, data, backbone, quick, results, timings, baselines, unavailable, labels)
     first = results[0]
     with _timed(timings, "gallery"):
         # listen to and look at what the first seed's pre-trained model retrieves (linked from the report)
