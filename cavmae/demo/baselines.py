@@ -164,7 +164,7 @@ def evaluate_baselines(
     events = read_events(clips_dir)
     if events is None:
         results["event_times"] = None
-        unavailable["event_times"] = f"no {Path(clips_dir) / 'events.json'}: the generator wrote no event times"
+        unavailable["event_times"] = "the generator wrote no events.json (no event times)"
     else:
         # prepare stores the frame at the clip's middle (duration / 2) as the middle frame the models embed
         a, v = event_embeddings(held.keys, held.labels, events, duration=duration, frame_time=duration / 2)
