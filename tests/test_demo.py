@@ -24,9 +24,10 @@ from cavmae.demo.baselines import (
     read_events,
 )
 from cavmae.demo.figures import block_similarity, class_pair_similarity, confusable_class_pairs
-from cavmae.demo.heldout import HeldOut, score_retrieval
+from cavmae.demo.heldout import HeldOut, RetrievalResult, SeedResult, score_retrieval
 from cavmae.demo.pipeline import FULL, MARKER, DemoData, DemoError, demo_config, mean_sd, prepare_out_dir, run_demo
-from cavmae.demo.report import pm, similarity_caption
+from cavmae.demo.report import ceiling_statement, pm, similarity_caption
+from cavmae.demo.summary import retrieval_summary
 from cavmae.train.figures import _reconstruct
 
 FIGURES = (
@@ -332,3 +333,42 @@ def test_event_times_check_matches_the_event_at_the_frames_time(tmp_path):
     assert unavailable == {} and results["event_times"]["instance"]["v2a"]["r1"] == 100.0
     with pytest.raises(ValueError, match="no events for 1 held-out clips"):
         event_embeddings([*keys, "c9"], torch.zeros(5, dtype=torch.long), events, duration=2.6, frame_time=1.3)
+
+
+def _leaves(values: dict[str, list[float]]) -> dict:
+    return {k: {"mean": mean_sd(v)[0], "sd": mean_sd(v)[1], "per_seed": v} for k, v in values.items()}
+
+
+def _statement_metrics(pre_r1: list[float]) -> dict:
+    inst = _leaves({"r1": pre_r1, "r5": [x * 3 for x in pre_r1], "r10": [90.0] * 3, "median_rank": [3.0] * 3})
+    cls = _leaves({"p1": [60.0] * 3, "p5": [50.0] * 3, "p10": [40.0] * 3, "map": [55.0] * 3})
+    level = {"r1": 20.0, "r5": 60.0, "r10": 100.0, "median_rank": 3.0}
+    return {
+        "seeds": [0, 1, 2],
+        "retrieval": {"pretrained": {"instance": {"v2a": inst, "a2v": inst}, "class": {"v2a": cls, "a2v": cls}}},
+        "class_only_ceiling": {"instance": {"v2a": level, "a2v": level}},
+        "chance": {"class": {"v2a": {"p1": 12.0}, "a2v": {"p1": 12.0}}},
+    }
+
+
+def test_ceiling_statement_follows_the_numbers():
+    # ceiling R@1 20 / R@5 60: the pre-trained R@1 (and R@5 = 3 x R@1) above it by more than one sd, below it, level
+    above = ceiling_statement(_statement_metrics([25.0, 26.0, 27.0]))
+    assert "**Pre-training beats the class-only ceiling" in above and "R@1 26.0 ± 1.0 vs 20.0" in above
+    below = ceiling_statement(_statement_metrics([10.0, 11.0, 12.0]))
+    assert "does not beat the class-only ceiling" in below and "60 %" in below and "12 %" in below
+    assert "is level with" in ceiling_statement(_statement_metrics([15.0, 21.0, 27.0]))
+
+
+def test_retrieval_summary_lists_every_seed_and_repeats_seedless_baselines():
+    def scores(x: float) -> dict:
+        return {"instance": {"v2a": {"r1": x}}, "class": {"v2a": {"p1": 2 * x}}}
+
+    seeds = [
+        SeedResult(s, Path("."), {"pretrained": RetrievalResult(scores(x), torch.zeros(1, 1))}, {}, {})
+        for s, x in ((0, 10.0), (1, 20.0))
+    ]
+    r = retrieval_summary(seeds, {"features_linear": scores(5.0), "event_times": None})
+    assert r["pretrained"]["instance"]["v2a"]["r1"] == {"mean": 15.0, "sd": 7.07, "per_seed": [10.0, 20.0]}
+    assert r["features_linear"]["class"]["v2a"]["p1"] == {"mean": 10.0, "sd": 0.0, "per_seed": [10.0, 10.0]}
+    assert r["event_times"] is None
