@@ -54,7 +54,7 @@ def picture_statistics(frames: torch.Tensor) -> torch.Tensor:
     rgb = (frames.float() * std + mean).clamp(0, 1)  # [N, 3, S, S] in [0, 1]
     pixels = rgb.flatten(2)  # [N, 3, S * S]
     bins = (pixels * HIST_BINS).long().clamp(max=HIST_BINS - 1)
-    hist = F.one_hot(bins, HIST_BINS).float().mean(2).flatten(1)  # [N, 3 * 8] fraction of pixels per bin
+    hist = torch.stack([(bins == b).float().mean(2) for b in range(HIST_BINS)], 2).flatten(1)  # [N, 3 * 8] fractions
     grid = F.adaptive_avg_pool2d(rgb, GRID).flatten(1)  # [N, 3 * 16]
     return torch.cat([pixels.mean(2), pixels.std(2), hist, grid], dim=1)
 
