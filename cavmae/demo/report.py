@@ -43,8 +43,9 @@ METHODS = {  # metrics.json's retrieval methods, as the report names them
     "pretrained": "pre-trained",
     "random_init": "random init",
     "features_linear": "hand-made features + linear map (CCA)",
-    "event_times": "event times (ground truth)",
+    "event_times": "event times (from events.json)",
 }
+TRAINED = ("pretrained", "random_init")  # the methods that depend on the training seed
 LEVEL_KEYS = {"instance": ("r1", "r5", "r10", "median_rank"), "class": ("p1", "p5", "p10", "map")}
 DIRECTIONS = {"v2a": "video -> audio", "a2v": "audio -> video"}
 
@@ -74,10 +75,9 @@ def retrieval_tables(metrics: dict[str, Any]) -> list[str]:
                 why = metrics.get("retrieval_unavailable", {}).get(name, "not run")
                 lines.append(f"| {label} | unavailable: {why} | |")
                 continue
-            seeds_note = "" if name in ("pretrained", "random_init") or n_seeds == 1 else " (same for every seed)"
+            n = n_seeds if name in TRAINED else 1  # a baseline's value is the same for every seed: no ± 0
             lines.append(
-                f"| {label}{seeds_note} | {_cell(result[level]['v2a'], keys, n_seeds)} | "
-                f"{_cell(result[level]['a2v'], keys, n_seeds)} |"
+                f"| {label} | {_cell(result[level]['v2a'], keys, n)} | {_cell(result[level]['a2v'], keys, n)} |"
             )
         chance = metrics["chance"][level]
         lines.append(f"| chance (random ranking) | {_cell(chance['v2a'], keys, 1)} | {_cell(chance['a2v'], keys, 1)} |")
@@ -133,9 +133,11 @@ def ceiling_statement(metrics: dict[str, Any]) -> str:
     features = ret.get("features_linear")
     if features is not None:
         r1 = [features["instance"][d]["r1"]["mean"] for d in DIRECTIONS]
-        side = "above" if min(r1) > max(ceiling[d]["r1"] for d in DIRECTIONS) else "not above"
+        top = max(ceiling[d]["r1"] for d in DIRECTIONS)
+        side = "above" if min(r1) > top else "not above"
         text += (
-            f". The hand-made features with a linear map reach R@1 {r1[0]:.1f} / {r1[1]:.1f} %, {side} the ceiling's"
+            f". The hand-made features with a linear map reach R@1 {r1[0]:.1f} / {r1[1]:.1f} %, {side} the "
+            f"ceiling's {top:.1f} %"
         )
     events = ret.get("event_times")
     if events is not None:
@@ -270,7 +272,8 @@ def markdown(metrics: dict[str, Any], figures: dict[str, Path], out: Path) -> st
         "Instance level: a query must find its own clip's other modality among all held-out clips. Class level: "
         "the own clip is left out and a hit is any clip of the query's class. The class-only ceiling is the best "
         "instance retrieval an embedding that knows only each clip's class can expect: it ranks the clips of the "
-        "query's class first but cannot order them, so the own pair is anywhere among them.",
+        "query's class first but cannot order them, so the own pair is anywhere among them. The two baselines "
+        "train no network and are the same for every seed.",
         "",
         ceiling_statement(metrics),
         "",
