@@ -20,11 +20,12 @@ Why the sizes (:data:`FULL`): each class pairs a sound (pitch, timbre) with a pi
 that aligns audio with video at the class level ranks clips of the right class first; telling a clip from the others
 of its class needs what differs within the class. With K = 16 classes and ~160 held-out clips (~10 per class) the
 class-only ceiling of instance retrieval (R@1 ~10 %, R@5 ~50 %) sits well apart from chance (~0.6 % / ~3 %) and
-from a solved instance match, so the report can say which one the model reaches. Frames are 64 px (4 x 4 patches), so the objects are drawn larger than the
-generator's default, or 75 % masking would usually hide them. The contrastive weight is 1 (the paper's 0.01 suits
-ViT-B with a 48-clip batch; the tiny model needs the stronger signal to align within ~1000 steps). Fine-tuning is
-short (60 steps of 16 clips) because the classes are easy once seen often enough: the demo measures how much faster
-a pre-trained encoder gets there, and the curves in the report show both runs over every step.
+from a solved instance match, so the report can say which one the model reaches. Frames are 64 px (4 x 4 patches),
+so the objects are drawn larger than the generator's default, or 75 % masking would usually hide them. The
+contrastive weight is 1 (the paper's 0.01 suits ViT-B with a 48-clip batch; the tiny model needs the stronger signal
+to align within ~1000 steps). Fine-tuning is short (60 steps of 16 clips) because the classes are easy once seen
+often enough: the demo measures how much faster a pre-trained encoder gets there, and the curves in the report show
+both runs over every step.
 
 Training is repeated with three seeds on the same clips (``--seeds``; quick: one), each replica single-threaded in
 its own process, as many at a time as there are cores; the report gives mean ± sd, and ``metrics.json`` the
