@@ -8,7 +8,11 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from cavmae.eval.metrics import (
+    class_chance,
+    class_only_ceiling,
+    class_retrieval_metrics,
     classification_metrics,
+    instance_chance,
     per_class_accuracy,
     rank_summary,
     retrieval_metrics,
@@ -85,3 +89,66 @@ def test_single_label_accuracy():
     assert classification_metrics(logits, one_hot, multilabel=False)["top1"] == m["top1"]
     acc = per_class_accuracy(logits, labels)
     assert acc[0].item() == 50.0 and acc[2].item() == 0.0 and torch.isnan(acc[1])
+
+
+# A small fixed example, every number below worked out by hand. Six clips: 0, 1, 2 of class 0, 3 and 4 of class 1,
+# 5 alone in class 2. Row i of SCORES ranks the other clips in the order of ORDER[i] (0.9, 0.8, ...); the own pair
+# scores highest (1.0) and must not count at the class level.
+LABELS = torch.tensor([0, 0, 0, 1, 1, 2])
+ORDER = [[3, 1, 5, 2, 4], [0, 2, 3, 4, 5], [4, 0, 1, 3, 5], [4, 0, 1, 2, 5], [0, 1, 2, 5, 3], [0, 1, 2, 3, 4]]
+
+
+def fixed_scores() -> torch.Tensor:
+    s = torch.eye(6)
+    for i, others in enumerate(ORDER):
+        for place, j in enumerate(others):
+            s[i, j] = 0.9 - 0.1 * place
+    return s
+
+
+def test_class_level_retrieval_by_hand():
+    # relevant (same class) down each row: 0: -+-+- (AP (1/2 + 2/4) / 2 = 1/2), 1: ++--- (AP 1), 2: -++-- (AP
+    # (1/2 + 2/3) / 2 = 7/12), 3: +---- (AP 1), 4: ----+ (AP 1/5), 5: none (no AP: left out of the mean)
+    m = class_retrieval_metrics(torch.eye(6), fixed_scores().t(), LABELS)  # query @ gallery.T = the scores
+    assert m["P@1"] == pytest.approx(100 * 2 / 6)
+    assert m["P@5"] == pytest.approx(100 * (2 + 2 + 2 + 1 + 1 + 0) / 5 / 6)
+    assert m["P@10"] == pytest.approx(m["P@5"])  # only five others: k is cut to N - 1
+    assert m["mAP"] == pytest.approx(100 * (1 / 2 + 1 + 7 / 12 + 1 + 1 / 5) / 5)
+
+
+def test_class_level_ties_by_index():
+    # every score equal: each row keeps the others in index order, so rows 0, 1, 2 find their two classmates at
+    # places 1 and 2 (AP 1), rows 3 and 4 theirs at place 4 (AP 1/4), row 5 has none
+    m = class_retrieval_metrics(torch.ones(6, 2), torch.ones(6, 2), LABELS)
+    assert m["P@1"] == pytest.approx(100 * 3 / 6)
+    assert m["mAP"] == pytest.approx(100 * (1 + 1 + 1 + 1 / 4 + 1 / 4) / 5)
+
+
+def test_chance_levels_by_hand():
+    assert instance_chance(6) == pytest.approx({"R@1": 100 / 6, "R@5": 500 / 6, "R@10": 100.0, "median_rank": 3.5})
+    c = class_chance(LABELS)
+    # relevant others m = 2, 2, 2, 1, 1, 0 of M = 5: P@k = mean m / 5 = 8 / 30; E[AP] for m = 2 of 5, enumerated
+    # over the 10 placements: mean of (1 / p1 + 2 / p2) / 2 = 11.85 / 20 = 0.5925; for m = 1: E[1 / p] = H_5 / 5
+    assert c["P@1"] == c["P@5"] == c["P@10"] == pytest.approx(100 * 8 / 30)
+    assert c["mAP"] == pytest.approx(100 * (3 * 0.5925 + 2 * (137 / 60) / 5) / 5)
+
+
+def test_class_only_ceiling_by_hand():
+    # label-set sizes c = 3, 3, 3, 2, 2, 1: R@1 = mean(1/3, 1/3, 1/3, 1/2, 1/2, 1) = 1/2; P(rank 1) is exactly
+    # 1/2, so the median is the midpoint 1.5
+    assert class_only_ceiling(LABELS) == pytest.approx({"R@1": 50.0, "R@5": 100.0, "R@10": 100.0, "median_rank": 1.5})
+    # c = 4, 4, 4, 4, 2, 2: P(rank 1) = P(rank 2) = (4 / 4 + 2 / 2) / 6 = 1/3, CDF(2) = 2/3: median 2
+    ceiling = class_only_ceiling(torch.tensor([0, 0, 0, 0, 1, 1]))
+    assert ceiling["R@1"] == pytest.approx(100 / 3) and ceiling["median_rank"] == 2.0
+
+
+def test_multi_label_rules():
+    # clips 0 and 2 hold labels {a, b}, clip 1 {a}, clip 3 {c}: "same class" = share a label (0, 1, 2 all relate);
+    # the ceiling's blocks are identical label sets ({0, 2}, {1}, {3})
+    labels = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 0], [0, 0, 1]])
+    assert class_only_ceiling(labels)["R@1"] == pytest.approx(100 * (1 / 2 + 1 + 1 / 2 + 1) / 4)
+    assert class_chance(labels)["P@1"] == pytest.approx(100 * (2 / 3 + 2 / 3 + 2 / 3 + 0) / 4)
+    # scores that put clip 3 first for everyone: rows 0, 1, 2 miss at P@1, row 3 has nothing relevant
+    s = torch.full((4, 4), 0.1)
+    s[:, 3] = 0.9
+    assert class_retrieval_metrics(torch.eye(4), s.t(), labels)["P@1"] == 0.0

@@ -51,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", e)
         return 1
     m = result.metrics
-    pre, rnd = m["retrieval"]["pretrained"], m["retrieval"]["random_init"]
-    pre_sd, rnd_sd = m["retrieval_sd"]["pretrained"], m["retrieval_sd"]["random_init"]
+    pre, rnd = m["retrieval"]["pretrained"]["instance"], m["retrieval"]["random_init"]["instance"]
     cls = m["classification"]
     n = len(m["seeds"])
 
@@ -65,10 +64,12 @@ def run(args: argparse.Namespace) -> int:
         f"held-out clips: {data['heldout_clips']} ({len(data['classes'])} classes); {n} seed(s)"
         f"{' (mean ± sd)' if n > 1 else ''}; {m['timings_s']['total']:.0f} s"
     )
-    for d, name in (("video_to_audio", "video->audio"), ("audio_to_video", "audio->video")):
+    ceiling = m["class_only_ceiling"]["instance"]
+    for d, name in (("v2a", "video->audio"), ("a2v", "audio->video")):
         print(
-            f"  retrieval {name} R@5: pre-trained {pm(pre[d]['R@5'], pre_sd[d]['R@5'])}"
-            f"  vs  random init {pm(rnd[d]['R@5'], rnd_sd[d]['R@5'])}"
+            f"  retrieval {name} R@5: pre-trained {pm(pre[d]['r5']['mean'], pre[d]['r5']['sd'])}"
+            f"  vs  random init {pm(rnd[d]['r5']['mean'], rnd[d]['r5']['sd'])}"
+            f"  (class-only ceiling {ceiling[d]['r5']:.1f} %)"
         )
     c_pre, c_scr = cls["pretrained"], cls["scratch"]
     print(

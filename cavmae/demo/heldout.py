@@ -56,19 +56,58 @@ def load_heldout(cfg: Config, shards: str) -> HeldOut:
     )
 
 
+INSTANCE_KEYS = {"R@1": "r1", "R@5": "r5", "R@10": "r10", "median_rank": "median_rank"}  # metrics.py -> JSON
+CLASS_KEYS = {"P@1": "p1", "P@5": "p5", "P@10": "p10", "mAP": "map"}
+
+
+def score_retrieval(audio: torch.Tensor, video: torch.Tensor, labels: torch.Tensor) -> dict[str, dict]:
+    """Both levels in both directions for paired embeddings [N, D], scored by raw dot products (normalise first
+    for cosine): ``{"instance": {"v2a"|"a2v": {r1, r5, r10, median_rank}}, "class": {"v2a"|"a2v": {p1, p5, p10,
+    map}}}`` (percent, ranks as numbers; :mod:`cavmae.eval.metrics` defines them). v2a: video queries, audio
+    gallery."""
+    from cavmae.eval.metrics import class_retrieval_metrics, rank_summary, true_match_ranks
+
+    out: dict[str, dict] = {"instance": {}, "class": {}}
+    for direction, (q, g) in {"v2a": (video, audio), "a2v": (audio, video)}.items():
+        q, g = q.float(), g.float()
+        ranks = rank_summary(true_match_ranks(q, g))
+        out["instance"][direction] = {new: ranks[old] for old, new in INSTANCE_KEYS.items()}
+        cls = class_retrieval_metrics(q, g, labels)
+        out["class"][direction] = {new: cls[old] for old, new in CLASS_KEYS.items()}
+    return out
+
+
+def reference_levels(labels: torch.Tensor) -> dict[str, dict]:
+    """Chance of both levels and the class-only ceiling of instance retrieval on clips with these labels, in the
+    layout of :func:`score_retrieval` (both directions hold the same numbers: they depend on the labels alone)."""
+    from cavmae.eval.metrics import class_chance, class_only_ceiling, instance_chance
+
+    inst, cls, ceiling = instance_chance(labels.shape[0]), class_chance(labels), class_only_ceiling(labels)
+    both = ("v2a", "a2v")
+    return {
+        "chance": {
+            "instance": {d: {new: inst[old] for old, new in INSTANCE_KEYS.items()} for d in both},
+            "class": {d: {new: cls[old] for old, new in CLASS_KEYS.items()} for d in both},
+        },
+        "class_only_ceiling": {
+            "instance": {d: {new: ceiling[old] for old, new in INSTANCE_KEYS.items()} for d in both}
+        },
+    }
+
+
 @dataclass
 class RetrievalResult:
-    metrics: dict[str, dict[str, float]]  # direction -> R@1/5/10, median / mean rank
+    metrics: dict[str, dict]  # level -> direction -> metric (:func:`score_retrieval`)
     similarity: torch.Tensor  # [N, N] cosine similarity, rows = audio clips, columns = video clips
     embeddings: object = None  # the cavmae.eval.retrieval.EmbeddingSet scored (for the retrieval gallery)
 
 
 def evaluate_retrieval(model: torch.nn.Module, held: HeldOut, desc: str) -> RetrievalResult:
-    from cavmae.eval.metrics import retrieval_metrics
     from cavmae.eval.retrieval import embed_batches
 
     emb = embed_batches(model, tqdm(list(held.batches()), desc=f"embedding ({desc})", leave=False), progress=False)
-    return RetrievalResult(retrieval_metrics(emb.audio, emb.video), emb.audio @ emb.video.t(), emb)
+    # EmbeddingSet holds L2-normalised embeddings: dot products are cosines
+    return RetrievalResult(score_retrieval(emb.audio, emb.video, held.labels), emb.audio @ emb.video.t(), emb)
 
 
 @dataclass

@@ -9,13 +9,49 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from cavmae.demo.heldout import DemoData, SeedResult
+import torch
+
+from cavmae.demo.heldout import DemoData, SeedResult, reference_levels
 from cavmae.demo.settings import DemoSettings
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def rounded(tree: Any) -> Any:
+    """A nested dict of numbers, each rounded to 2 decimals (None stays None)."""
+    if isinstance(tree, dict):
+        return {k: rounded(v) for k, v in tree.items()}
+    return None if tree is None else round(float(tree), 2)
+
+
+def leaf(values: list[float]) -> dict[str, Any]:
+    """One number of ``metrics.json``'s ``retrieval``: mean, sample sd and the value of every seed."""
+    m, sd = mean_sd(values)
+    return {"mean": round(m, 2), "sd": round(sd, 2), "per_seed": [round(v, 2) for v in values]}
+
+
+def retrieval_summary(results: list[SeedResult], baselines: dict[str, dict | None]) -> dict[str, dict[str, Any] | None]:
+    """``metrics.json``'s ``retrieval``: method -> level -> direction -> metric -> :func:`leaf`. The trained
+    methods (pretrained, random_init) give one value per seed; a baseline does not depend on the seed and lists
+    its one value for each seed (sd 0); a baseline that could not run is None."""
+    per_method: dict[str, list[dict] | None] = {
+        name: [r.retrieval[name].metrics for r in results] for name in results[0].retrieval
+    }
+    per_method |= {name: None if b is None else [b] * len(results) for name, b in baselines.items()}
+    return {
+        name: None
+        if runs is None
+        else {
+            level: {
+                d: {k: leaf([run[level][d][k] for run in runs]) for k in metrics} for d, metrics in directions.items()
+            }
+            for level, directions in runs[0].items()
+        }
+        for name, runs in per_method.items()
+    }
 
 
 def seed_summary(s: DemoSettings, r: SeedResult) -> dict[str, Any]:
@@ -28,10 +64,7 @@ def seed_summary(s: DemoSettings, r: SeedResult) -> dict[str, Any]:
         "seed": r.seed,
         "runs": str(r.runs_dir),
         "pretraining": pretraining_summary(r.runs_dir / "pretrain"),
-        "retrieval": {
-            name: {d: {k: round(v, 2) for k, v in m.items()} for d, m in res.metrics.items()}
-            for name, res in r.retrieval.items()
-        },
+        "retrieval": {name: rounded(res.metrics) for name, res in r.retrieval.items()},
         "classification": {
             name: {
                 "steps": s.finetune_steps,
@@ -52,9 +85,15 @@ def summarise(
     quick: bool,
     results: list[SeedResult],
     timings: dict[str, float],
+    baselines: dict[str, dict | None],
+    unavailable: dict[str, str],
+    labels: torch.Tensor,
 ) -> dict[str, Any]:
-    """``metrics.json``: every replica under ``per_seed``; ``retrieval`` / ``classification`` hold the means over
-    the seeds and ``*_sd`` the sample standard deviations."""
+    """``metrics.json``: every replica under ``per_seed``; ``retrieval`` holds every method's held-out retrieval
+    at both levels (:func:`retrieval_summary`), ``chance`` and ``class_only_ceiling`` what a random ranking and
+    an embedding that knows only the classes reach on the held-out labels [N] (plain numbers, the layout of
+    :func:`cavmae.demo.heldout.score_retrieval`); ``classification`` holds the means over the seeds and ``*_sd``
+    the sample standard deviations."""
     per_seed = [seed_summary(s, r) for r in results]
 
     def agg(get) -> tuple[float, float]:
@@ -62,13 +101,6 @@ def summarise(
         return round(m, 2), round(sd, 2)
 
     first = per_seed[0]
-    retrieval, retrieval_sd = {}, {}
-    for name, dirs in first["retrieval"].items():
-        retrieval[name], retrieval_sd[name] = {}, {}
-        for d, ms in dirs.items():
-            pairs = {k: agg(lambda p, n=name, d=d, k=k: p["retrieval"][n][d][k]) for k in ms}
-            retrieval[name][d] = {k: v[0] for k, v in pairs.items()}
-            retrieval_sd[name][d] = {k: v[1] for k, v in pairs.items()}
     classification = {}
     for name, c in first["classification"].items():
         top1, top1_sd = agg(lambda p, n=name: p["classification"][n]["top1"])
@@ -112,9 +144,9 @@ def summarise(
             "heldout_shards": data.heldout_shards,
         },
         "pretraining": pretraining,
-        "retrieval": retrieval,
-        "retrieval_sd": retrieval_sd,
-        "retrieval_chance_R@5": round(100.0 * min(5, data.num_heldout) / max(data.num_heldout, 1), 2),
+        "retrieval": retrieval_summary(results, baselines),
+        "retrieval_unavailable": unavailable,  # method -> why it has no numbers (its "retrieval" entry is None)
+        **rounded(reference_levels(labels)),  # "chance" and "class_only_ceiling"
         "classification": classification,
         "per_seed": per_seed,
         "timings_s": timings,
