@@ -299,16 +299,10 @@ def markdown(metrics: dict[str, Any], figures: dict[str, Path], out: Path) -> st
         f"{s['frame_size']} px) in `clips/`, with a VGGSound-style CSV whose split column puts {d['train_clips']} "
         f"clips in `train` and {d['heldout_clips']} in `test` (the held-out split), then prepared into WebDataset "
         "shards in `shards/` exactly as `cavmae prepare` does for real videos. Each of the "
-        f"{len(d['classes'])} classes pairs a sound (timbre and base pitch) with a picture (colour, shape, motion)"
-        + (
-            ". On top of its class, each clip holds a few events at random times (an object that appears while a "
-            "sound plays, its colour, shape and size heard as pitch, timbre and loudness; `clips/events.json`): two "
-            "clips of one class differ only in what happens when."
-            if metrics["retrieval"].get("event_times") is not None
-            else "; within a clip the object's height sets the pitch, its size the loudness, and it is visible "
-            "exactly while its sound plays."
-        )
-        + " Pre-training never sees the labels.",
+        f"{len(d['classes'])} classes pairs a sound (timbre and base pitch) with a picture (colour, shape, motion). "
+        "On top of its class, each clip holds a few events at random times (an object that appears while a sound "
+        "plays, its colour, shape and size heard as pitch, timbre and loudness; `clips/events.json`): two clips of "
+        "one class differ only in what happens when. Pre-training never sees the labels.",
         "",
         f"![one clip per class]({rel['examples']})",
         "",
