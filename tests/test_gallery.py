@@ -65,10 +65,10 @@ def test_gallery_page_and_media(gallery):
         first_query = re.search(r'class="clip query".*?class="key">([^<]+)<', section).group(1)
         scores, rows = top_k(q[emb.index(first_query)][None], g, 3)
         row = section[: section.index('<div class="row">', section.index("clip query") + 1) if d == "v2a" else None]
-        shown = re.findall(r'class="clip tile[^"]*">.*?class="key">([^<]+)<', row)[:3]
+        shown = re.findall(r'class="clip tile[^"]*"[^>]*>.*?class="key">([^<]+)<', row)[:3]
         assert shown == [emb.keys[r] for r in rows[0].tolist()]
         assert f"{scores[0, 0].item():.3f}" in row
-    jpgs = sorted(html_dir.glob("media/*.jpg"))
+    jpgs = sorted(j for j in html_dir.glob("media/*.jpg") if not j.stem.endswith("_middle"))  # the insets aside
     wavs = sorted(html_dir.glob("media/*.wav"))
     assert jpgs and len(jpgs) == len(wavs)
     assert Image.open(jpgs[0]).size == (64, 64)  # the shards' middle frame (64 px synthetic clips)
@@ -103,7 +103,8 @@ def test_gallery_opens_in_headless_chromium(gallery, tmp_path):
     assert report.console_errors == [] and report.exceptions == []
     assert report.failed_requests == [] and report.network_requests == []
     assert report.values["tiles"] == 24 and report.values["visible_tiles"] == 24
-    assert report.values["images_ok"] and report.values["images"] == 32  # 8 query + 24 result frames
+    insets = (html_dir / "index.html").read_text().count('class="inset"')  # middle frames where another is shown
+    assert report.values["images_ok"] and report.values["images"] == 32 + insets  # 8 query + 24 result frames
     assert len(report.audio_durations) == 32 and all(abs(d - 1.5) < 0.01 for d in report.audio_durations)
     expected = true_pair_positions((html_dir / "index.html").read_text(), emb, 3)
     assert report.values["hits"] == sum(p is not None for p in expected)
