@@ -6,10 +6,10 @@ its class names (where the shards hold labels), the cosine score and its rank; a
 true pair and a different, orange one when it only shares a class with the query. R@1/5/10 of the whole set and
 which model the page shows sit at the top.
 
-Frames are the shards' own JPEGs. Retrieval embeds the middle one; where that frame shows little (it differs from
-the clip's static background, the per-pixel median of its stored frames, far less than the clip's most different
-frame), the tile shows that most different frame, says at which time, and keeps the middle frame as a small inset
-("model's frame"). Audio is the first `audio_seconds` of each clip as 16-bit 16 kHz WAV; everything lies in
+Frames are the shards' own JPEGs. Retrieval embeds the middle one; where that frame shows little (it is nearly one
+flat colour: its pixels deviate from the frame's mean colour far less than those of the clip's most varied frame,
+as when an object is out of view), the tile shows the most varied frame, says at which time, and keeps the middle
+frame as a small inset. Audio is the first `audio_seconds` of each clip as 16-bit 16 kHz WAV; everything lies in
 ``media/`` beside ``index.html`` and the page loads nothing from the network (no scripts, fonts or styles from
 elsewhere), so the folder can be copied or served as it is.
 """
@@ -46,20 +46,17 @@ class ClipMedia:
     frame_time: float | None = None  # seconds into the clip of the frame shown, when known
 
 
-VISIBLE_FRACTION = 0.5  # the middle frame is shown unless it differs from the background by less than this x the best
+VISIBLE_FRACTION = 0.5  # the middle frame is shown unless its pixel spread is below this fraction of the best frame's
 
 
 def pick_frame(frames: np.ndarray) -> int:
-    """Index of the frame to show of a clip's frames uint8 [N, H, W, 3]: the middle one, unless it differs from the
-    clip's static background (per-pixel median over the frames) by less than ``VISIBLE_FRACTION`` of the most
-    different frame; then that frame (an object or event is in view there, not in the middle frame)."""
+    """Index of the frame to show of a clip's frames uint8 [N, H, W, 3]: the middle one (what retrieval embeds),
+    unless its pixels' standard deviation around the frame's mean colour is below ``VISIBLE_FRACTION`` of the most
+    varied frame's; then that frame (an object or event is in view there, the middle frame is nearly flat)."""
     middle = len(frames) // 2
-    if len(frames) < 2:
-        return middle
-    x = frames.astype(np.float32)
-    deviation = np.abs(x - np.median(x, axis=0)).mean(axis=(1, 2, 3))  # [N]
-    best = int(deviation.argmax())
-    return middle if deviation[middle] >= VISIBLE_FRACTION * deviation[best] else best
+    spread = frames.astype(np.float32).reshape(len(frames), -1, frames.shape[-1]).std(axis=1).mean(axis=1)  # [N]
+    best = int(spread.argmax())
+    return middle if spread[middle] >= VISIBLE_FRACTION * spread[best] else best
 
 
 def _wav(audio: np.ndarray, seconds: float) -> bytes:
@@ -224,9 +221,9 @@ justify-content:center;color:#777} .key{font-family:monospace;word-break:break-a
 .score{font-weight:600} .tile.hit{outline:3px solid #2a9d3a;outline-offset:2px;border-radius:4px}
 .tile[data-match="class"]{outline:3px dashed #e07b00;outline-offset:2px;border-radius:4px}
 .mark{color:#2a9d3a;font-weight:700} .same{color:#b35f00;font-weight:700} .miss{color:#999}
-.cls{font-weight:600;margin-top:2px} .frame{position:relative} .inset{position:absolute;right:4px;bottom:4px;
-width:48px;height:36px;border:2px solid #fff;border-radius:3px;object-fit:cover} .note{color:#666;font-size:11px}
-.legend span{margin-right:16px} .model{font-size:14px;margin:6px 0}
+.cls{font-weight:600;margin-top:2px} .frame{position:relative} .clip img.inset{position:absolute;right:4px;
+bottom:4px;width:48px;height:36px;border:2px solid #fff;border-radius:3px;object-fit:cover}
+.note{color:#666;font-size:11px} .legend span{margin-right:16px} .model{font-size:14px;margin:6px 0}
 """
 
 
@@ -250,7 +247,7 @@ def _clip_html(key: str, f: _Files, extra: str, cls: str, match: str = "") -> st
             f'<div class="frame"><img src="{f.jpg}" alt="frame{when} of {name}">'
             f'<img class="inset" src="{f.model_jpg}" alt="middle frame of {name}" '
             'title="the middle frame, which retrieval embeds"></div>'
-            f'<div class="note">frame{when}; inset: the middle frame the model saw (little in view)</div>'
+            f'<div class="note">frame{when}; inset: the middle frame, which the model saw</div>'
         )
     elif f.jpg:
         img = f'<img src="{f.jpg}" alt="middle frame of {name}">'
@@ -343,8 +340,8 @@ def write_gallery(
         *(
             [
                 f'<div class="sub">Frames: retrieval embeds each clip\'s middle frame; for {moved} clip(s) that frame '
-                "shows little (the object or event is not in view then), so the tile shows the frame that differs "
-                "most from the clip's background, with the middle frame as an inset.</div>"
+                "is nearly flat (the object or event is not in view then), so the tile shows the clip's most varied "
+                "frame, with the middle frame as an inset.</div>"
             ]
             if moved
             else []
