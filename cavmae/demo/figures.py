@@ -90,6 +90,53 @@ def visible_order(frames: torch.Tensor) -> list[int]:
 # figures
 
 
+@torch.no_grad()
+def reconstruction_losses(model: torch.nn.Module, held: HeldOut, seed: int = 0) -> torch.Tensor:
+    """Masked reconstruction loss of every held-out clip [N, 2] (audio, frame), each clip run alone with the masks
+    drawn after ``torch.manual_seed(seed)`` (the same masks for every clip, and for the figure drawn after the same
+    seeding). The global RNG state is left as it was."""
+    was_training = model.training
+    model.eval()
+    losses = []
+    with torch.random.fork_rng():
+        for i in range(len(held.keys)):
+            torch.manual_seed(seed)
+            out = model(held.audio[i : i + 1].float(), held.frames[i : i + 1].float(), return_outputs=True)
+            losses.append([float(out["loss_rec_a"]), float(out["loss_rec_v"])])
+    model.train(was_training)
+    return torch.tensor(losses)
+
+
+def median_clip(losses: torch.Tensor) -> int:
+    """The clip closest to the median loss of both modalities (losses [N, 2]; distance relative to the medians)."""
+    median = losses.median(dim=0).values
+    return int(((losses - median).abs() / median.clamp(min=1e-9)).sum(dim=1).argmin())
+
+
+def plot_reconstruction(model: torch.nn.Module, held: HeldOut, path: Path, seed: int = 0) -> Path:
+    """The reconstruction figure (:func:`cavmae.train.figures.reconstruction_figure`) of a representative held-out
+    clip: the one nearest the median reconstruction loss over all held-out clips (same masks for all), with a note
+    giving its loss beside the held-out mean and median and saying what the panels show."""
+    from cavmae.train.figures import reconstruction_figure
+
+    losses = reconstruction_losses(model, held, seed)
+    i = median_clip(losses)
+    mean, median = losses.mean(dim=0), losses.median(dim=0).values
+    note = (
+        f"Clip shown: {held.keys[i]}, the one nearest the median loss of the {len(held.keys)} held-out clips (each "
+        f"with the same masks). Its loss: audio {losses[i, 0]:.3f}, frame {losses[i, 1]:.3f}; held-out median "
+        f"{median[0]:.3f} / {median[1]:.3f}, mean {mean[0]:.3f} / {mean[1]:.3f} (the training curves are "
+        "training batches).\n"
+        "Masked patches: the encoder sees only the visible patches; the decoder predicts the masked ones. The loss "
+        "compares each patch normalised by its own mean and spread, and the panels undo that with the true patch's; "
+        "a patch predicted as flat therefore shows as a uniform block of the true patch's mean brightness (the grey "
+        "blur): the model gets coarse layout, not colour or edges."
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # the masks the losses above were measured with
+        return reconstruction_figure(model, held.audio[i : i + 1], held.frames[i : i + 1], path, note=note)
+
+
 def plot_examples(held: HeldOut, class_names: Sequence[str], path: Path, per_row: int = 8) -> Path:
     """One held-out clip per class: its middle frame above its spectrogram."""
     first: dict[int, int] = {}

@@ -21,9 +21,9 @@ from cavmae.demo.figures import (
     plot_per_class,
     plot_pretrain_losses,
     plot_recalls,
+    plot_reconstruction,
     plot_retrieval_examples,
     plot_similarity,
-    visible_order,
 )
 
 if TYPE_CHECKING:
@@ -266,12 +266,9 @@ def write_report(
 
     Single-seed figures (reconstruction, similarity, retrieval examples) show the first seed; the others every seed.
     """
-    from cavmae.train.figures import reconstruction_figure
-
     fig_dir = out / "figures"
     names = data.class_names
     first = results[0]
-    recon_clip = visible_order(held.frames)[0]
     metrics["similarity_blocks"] = {
         name: [round(x, 3) for x in block_similarity(r.similarity, held.labels)] for name, r in first.retrieval.items()
     }
@@ -282,9 +279,7 @@ def write_report(
         "pretrain_losses": lambda p: plot_pretrain_losses(
             [r.runs_dir / "pretrain" for r in results], metrics["settings"]["pretrain_batch"], p
         ),
-        "reconstruction": lambda p: reconstruction_figure(
-            pretrained, held.audio[recon_clip : recon_clip + 1], held.frames[recon_clip : recon_clip + 1], p
-        ),
+        "reconstruction": lambda p: plot_reconstruction(pretrained, held, p, seed=metrics["seeds"][0]),
         "recalls": lambda p: plot_recalls(metrics, len(held.keys), p),
         "similarity": lambda p: plot_similarity(first.retrieval, held.labels, names, p),
         "examples_v2a": lambda p: plot_retrieval_examples(sim, held, names, "video", p),
