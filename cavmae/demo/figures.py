@@ -391,7 +391,7 @@ def similarity_figure(retrieval: dict[str, RetrievalResult], labels: torch.Tenso
     matrices = [retrieval[n].similarity[order][:, order] for n in names]
     vmin = min(float(m.min()) for m in matrices)
     vmax = max(float(m.max()) for m in matrices)
-    label_inches = 0.085 * max(len(t) for t in ticks)  # 9 pt characters, rotated or not
+    label_inches = 0.1 * max(len(t) for t in ticks)  # 11 pt characters, rotated or not
     panel = max(6.0, 0.22 * len(classes))
     fig = _figure(len(names) * (panel + 0.6) + label_inches + 1.6, panel + label_inches + 1.4)
     axes = []
@@ -403,23 +403,23 @@ def similarity_figure(retrieval: dict[str, RetrievalResult], labels: torch.Tenso
         for b in borders:
             ax.axhline(b, color="white", linewidth=0.5, alpha=0.7)
             ax.axvline(b, color="white", linewidth=0.5, alpha=0.7)
-        ax.set_xticks(centres, ticks, rotation=90, fontsize=9)
-        ax.set_yticks(centres, ticks if col == 0 else [], fontsize=9)
+        ax.set_xticks(centres, ticks, rotation=90, fontsize=11)
+        ax.set_yticks(centres, ticks if col == 0 else [], fontsize=11)
         ax.set_title(
             f"{LABELS[name]}: mean cosine own clip {own:.2f},\nsame class {same:.2f}, other classes {other:.2f}",
-            fontsize=11,
+            fontsize=13,
         )
-        ax.set_xlabel("video clip (sorted by class)", fontsize=10)
+        ax.set_xlabel("video clip (sorted by class)", fontsize=12)
         if col == 0:
-            ax.set_ylabel("audio clip (sorted by class)", fontsize=10)
+            ax.set_ylabel("audio clip (sorted by class)", fontsize=12)
     fig.suptitle(
         "Held-out audio x video cosine similarity, first seed: one colour scale for both panels "
         "(white lines: class borders)",
-        fontsize=12,
+        fontsize=13,
     )
     fig.tight_layout(rect=(0, 0, 0.93, 1))
     cax = fig.add_axes((0.945, 0.25, 0.012, 0.5))
-    fig.colorbar(im, cax=cax, label="cosine similarity (both panels)")
+    fig.colorbar(im, cax=cax).set_label("cosine similarity (both panels)", fontsize=12)
     return fig
 
 
@@ -473,8 +473,15 @@ def plot_retrieval_examples(
                 for spine in ax.spines.values():
                     spine.set(color="tab:blue", linewidth=3)
             else:
-                colour = "tab:green" if idx == q else ("tab:orange" if held.labels[idx] == held.labels[q] else "black")
-                ax.set_title(f"#{c}  cos {score:.2f}", fontsize=9, color=colour)
+                same = bool(held.labels[idx] == held.labels[q])
+                colour, mark = (
+                    ("tab:green", "  own clip")
+                    if idx == q
+                    else ("tab:orange", "  same class")
+                    if same
+                    else ("black", "")
+                )
+                ax.set_title(f"#{c}  cos {score:.2f}{mark}", fontsize=9, color=colour)
             ax.set_xlabel(name, fontsize=7)
     other = "audio" if query_modality == "video" else "video"
     fig.suptitle(
@@ -545,8 +552,11 @@ def per_class_figure(metrics: dict[str, Any], class_names: Sequence[str]):
         means, lows, highs, points = per_class_spread(metrics, name)
         xs = [i + (j - 0.5) * width for i in range(n)]
         shown = [0.0 if math.isnan(m) else m for m in means]
-        bars = ax.bar(xs, shown, width, color=COLOURS[name], label=LABELS[name], alpha=0.85)
-        ax.bar_label(bars, labels=["-" if math.isnan(m) else f"{m:.0f}" for m in means], fontsize=7, padding=2)
+        ax.bar(xs, shown, width, color=COLOURS[name], label=LABELS[name], alpha=0.85)
+        for x, m in zip(xs, means):  # the mean at the foot of its bar, clear of whiskers and dots
+            tall = not math.isnan(m) and m >= 8
+            text = "-" if math.isnan(m) else f"{m:.0f}"
+            ax.text(x, 1.5, text, ha="center", va="bottom", fontsize=7, color="white" if tall else "black")
         if n_seeds > 1:
             err = [
                 [0.0 if math.isnan(m) else m - lo for m, lo in zip(means, lows)],
@@ -558,7 +568,7 @@ def per_class_figure(metrics: dict[str, Any], class_names: Sequence[str]):
             ax.scatter(px, py, s=9, color="black", zorder=3, label="one seed" if j == 0 and py else None)
     ax.set_xticks(range(n), class_names, rotation=45, ha="right", fontsize=8)
     spread = (
-        f"bars: mean of {n_seeds} seeds; whiskers: lowest to highest seed; dots: each seed"
+        f"bars and numbers: mean of {n_seeds} seeds; whiskers: lowest to highest seed; dots: each seed"
         if n_seeds > 1
         else "one seed"
     )
