@@ -183,3 +183,20 @@ def test_spread_is_clipped():
 def test_median_clip_is_nearest_both_medians():
     losses = torch.tensor([[0.2, 0.9], [0.5, 0.5], [0.9, 0.1], [0.55, 0.45], [1.5, 1.4]])
     assert median_clip(losses) == 1  # medians 0.55 / 0.5: clip 1 is 0.09 + 0 off, clip 3 0 + 0.1 off
+
+
+def test_finetune_accuracy_bars_stay_inside_0_to_100(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from cavmae.demo.figures import finetune_figure
+
+    for name in ("pretrained", "scratch"):
+        run = tmp_path / f"finetune_{name}"
+        run.mkdir()
+        (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 2.0 / s}) + "\n" for s in (1, 2)))
+    curve = {"curve": [[0, 5.0], [10, 96.0]], "curve_sd": [[0, 8.0], [10, 6.0]]}  # mean +- sd: -3 .. 102
+    metrics = {"classification": {"pretrained": curve, "scratch": curve}}
+    fig = finetune_figure([SimpleNamespace(runs_dir=tmp_path)] * 2, metrics)
+    ys = _errorbar_ys(fig.axes[0])
+    assert ys and min(ys) == 0.0 and max(ys) == 100.0

@@ -494,13 +494,22 @@ def plot_retrieval_examples(
 
 
 def plot_finetune_curves(results: Sequence[SeedResult], metrics: dict[str, Any], path: Path) -> Path:
-    """Held-out top-1 (mean over seeds +- 1 sd) and training loss over fine-tuning steps, pre-trained vs scratch."""
+    """Held-out top-1 (mean over seeds +- 1 sd, clipped to [0, 100]) and training loss over fine-tuning steps,
+    pre-trained vs scratch."""
+    return _save(finetune_figure(results, metrics), path)
+
+
+def finetune_figure(results: Sequence[SeedResult], metrics: dict[str, Any]):
+    """The figure of :func:`plot_finetune_curves` (returned for inspection)."""
     fig = _figure(12, 4)
     ax = fig.add_subplot(1, 2, 1)
     n_seeds = len(results)
     for name, c in metrics["classification"].items():
         steps, acc = zip(*c["curve"]) if c["curve"] else ((), ())
-        sd = [x for _, x in c["curve_sd"]] if n_seeds > 1 else None
+        sd = None
+        if n_seeds > 1:  # +- 1 sd, clipped to [0, 100] (an accuracy near 0 or 100 has a one-sided bar)
+            sds = [x for _, x in c["curve_sd"]]
+            sd = [[min(x, a) for a, x in zip(acc, sds)], [min(x, 100.0 - a) for a, x in zip(acc, sds)]]
         ax.errorbar(steps, acc, yerr=sd, marker="o", capsize=3, color=COLOURS[name], label=LABELS[name])
     ax.set(title="Held-out accuracy during fine-tuning", xlabel="fine-tuning step", ylabel="top-1 accuracy (%)")
     ax.set_ylim(0, 100)
@@ -515,7 +524,7 @@ def plot_finetune_curves(results: Sequence[SeedResult], metrics: dict[str, Any],
     ax.legend()
     fig.suptitle(f"Fine-tuning ({_seed_note(n_seeds)})", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def per_class_spread(metrics: dict[str, Any], name: str) -> tuple[list[float], list[float], list[float], list[list]]:
@@ -572,7 +581,7 @@ def per_class_figure(metrics: dict[str, Any], class_names: Sequence[str]):
         if n_seeds > 1
         else "one seed"
     )
-    ax.set(title=f"Held-out accuracy per class after fine-tuning ({spread})", ylabel="top-1 accuracy (%)")
+    ax.set(title=f"Held-out accuracy per class after fine-tuning\n({spread})", ylabel="top-1 accuracy (%)")
     ax.set_ylim(0, 112)
     ax.set_yticks(range(0, 101, 20))
     ax.set_xlabel("class")
