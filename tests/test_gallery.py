@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -65,10 +66,10 @@ def test_gallery_page_and_media(gallery):
         first_query = re.search(r'class="clip query".*?class="key">([^<]+)<', section).group(1)
         scores, rows = top_k(q[emb.index(first_query)][None], g, 3)
         row = section[: section.index('<div class="row">', section.index("clip query") + 1) if d == "v2a" else None]
-        shown = re.findall(r'class="clip tile[^"]*">.*?class="key">([^<]+)<', row)[:3]
+        shown = re.findall(r'class="clip tile[^"]*"[^>]*>.*?class="key">([^<]+)<', row)[:3]
         assert shown == [emb.keys[r] for r in rows[0].tolist()]
         assert f"{scores[0, 0].item():.3f}" in row
-    jpgs = sorted(html_dir.glob("media/*.jpg"))
+    jpgs = sorted(j for j in html_dir.glob("media/*.jpg") if not j.stem.endswith("_middle"))  # the insets aside
     wavs = sorted(html_dir.glob("media/*.wav"))
     assert jpgs and len(jpgs) == len(wavs)
     assert Image.open(jpgs[0]).size == (64, 64)  # the shards' middle frame (64 px synthetic clips)
@@ -103,7 +104,8 @@ def test_gallery_opens_in_headless_chromium(gallery, tmp_path):
     assert report.console_errors == [] and report.exceptions == []
     assert report.failed_requests == [] and report.network_requests == []
     assert report.values["tiles"] == 24 and report.values["visible_tiles"] == 24
-    assert report.values["images_ok"] and report.values["images"] == 32  # 8 query + 24 result frames
+    insets = (html_dir / "index.html").read_text().count('class="inset"')  # middle frames where another is shown
+    assert report.values["images_ok"] and report.values["images"] == 32 + insets  # 8 query + 24 result frames
     assert len(report.audio_durations) == 32 and all(abs(d - 1.5) < 0.01 for d in report.audio_durations)
     expected = true_pair_positions((html_dir / "index.html").read_text(), emb, 3)
     assert report.values["hits"] == sum(p is not None for p in expected)
@@ -115,3 +117,69 @@ def test_gallery_opens_in_headless_chromium(gallery, tmp_path):
         Path(os.environ["CAVMAE_SCREENSHOT"]).write_bytes(report.screenshot)
     # the screenshot shows pictures, not an empty page: many distinct colours
     assert len(shot.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 200
+
+
+def _shard_labels(shards) -> dict[str, list[str]]:
+    """{key: display names} read from the shards' json members through their manifest's label index."""
+    import json
+    import tarfile
+
+    names = [r["display_name"] for r in shards.manifest["label_index"]]
+    out = {}
+    for url in shards.urls:
+        with tarfile.open(url) as tar:
+            for m in tar:
+                if m.name.endswith(".json"):
+                    meta = json.loads(tar.extractfile(m).read())
+                    out[meta["key"]] = [names[i] for i in meta["label_indices"]]
+    return out
+
+
+def test_gallery_names_classes_marks_same_class_apart_and_says_the_model(tiny_shards, tmp_path):
+    from cavmae.eval.gallery import write_gallery
+    from cavmae.eval.search import SearchSpace
+
+    labels = _shard_labels(tiny_shards)
+    mids = {r["mid"] for r in tiny_shards.manifest["label_index"]}
+    assert not mids & {n for names in labels.values() for n in names}  # the shards store mids, the page shows names
+    keys = sorted(labels)
+    classes = sorted({n for names in labels.values() for n in names})
+    g = torch.Generator().manual_seed(0)
+    # embeddings that know the class and a little of the clip: same-class clips rank high, the pair not always first
+    base = torch.stack([sum(F.one_hot(torch.tensor(classes.index(n)), 16).float() for n in labels[k]) for k in keys])
+    audio = base + 0.3 * torch.randn(len(keys), 16, generator=g)
+    video = base + 0.3 * torch.randn(len(keys), 16, generator=g)
+    emb = EmbeddingSet(keys, F.normalize(audio, dim=-1), F.normalize(video, dim=-1))
+    page = write_gallery(
+        tmp_path, SearchSpace(emb), [tiny_shards.pattern], num_queries=8, k=4, model="pre-trained, seed 3"
+    ).read_text()
+    assert '<div class="model">Model: pre-trained, seed 3</div>' in page
+    tiles = re.findall(r'<div class="(clip (?:query|tile(?: hit)?))"( data-match="class")?>.*?class="key">([^<]+)<'
+                       r'/div>(?:<div class="cls">([^<]*)</div>)?', page)  # fmt: skip
+    assert len(tiles) == 2 * 8 * 5
+    marks = {"hit": 0, "same": 0, "other": 0}
+    query = None
+    for cls, same, key, shown in tiles:
+        assert shown == ", ".join(labels[key])  # display names (the shards store mids), every tile
+        if cls == "clip query":
+            query = key
+            continue
+        shares = bool(set(labels[key]) & set(labels[query]))
+        assert (cls == "clip tile hit") == (key == query)
+        assert bool(same) == (shares and key != query)  # same class: its own mark, never the pair's
+        marks["hit" if key == query else "same" if shares else "other"] += 1
+    assert all(marks.values()), marks  # the fixture shows all three kinds of tile
+    assert page.count("\u2248 same class</div>") == marks["same"]
+    assert page.count("\u2713 true pair</div>") == marks["hit"]
+
+
+def test_pick_frame_shows_a_frame_with_something_in_view():
+    from cavmae.eval.gallery import pick_frame
+
+    frames = np.full((10, 16, 16, 3), 40, dtype=np.uint8)  # a flat background ...
+    frames[2, 4:10, 4:10] = (250, 20, 20)  # ... an object in view in frames 2 and 7, not in the middle one (5)
+    frames[7, 2:6, 2:6] = (20, 250, 20)
+    assert pick_frame(frames) == 2  # the most varied frame
+    frames[5, 5:9, 5:9] = (200, 200, 20)  # something in the middle frame too: the frame retrieval embeds is shown
+    assert pick_frame(frames) == 5
+    assert pick_frame(frames[:1]) == 0

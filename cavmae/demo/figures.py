@@ -90,6 +90,53 @@ def visible_order(frames: torch.Tensor) -> list[int]:
 # figures
 
 
+@torch.no_grad()
+def reconstruction_losses(model: torch.nn.Module, held: HeldOut, seed: int = 0) -> torch.Tensor:
+    """Masked reconstruction loss of every held-out clip [N, 2] (audio, frame), each clip run alone with the masks
+    drawn after ``torch.manual_seed(seed)`` (the same masks for every clip, and for the figure drawn after the same
+    seeding). The global RNG state is left as it was."""
+    was_training = model.training
+    model.eval()
+    losses = []
+    with torch.random.fork_rng():
+        for i in range(len(held.keys)):
+            torch.manual_seed(seed)
+            out = model(held.audio[i : i + 1].float(), held.frames[i : i + 1].float(), return_outputs=True)
+            losses.append([float(out["loss_rec_a"]), float(out["loss_rec_v"])])
+    model.train(was_training)
+    return torch.tensor(losses)
+
+
+def median_clip(losses: torch.Tensor) -> int:
+    """The clip closest to the median loss of both modalities (losses [N, 2]; distance relative to the medians)."""
+    median = losses.median(dim=0).values
+    return int(((losses - median).abs() / median.clamp(min=1e-9)).sum(dim=1).argmin())
+
+
+def plot_reconstruction(model: torch.nn.Module, held: HeldOut, path: Path, seed: int = 0) -> Path:
+    """The reconstruction figure (:func:`cavmae.train.figures.reconstruction_figure`) of a representative held-out
+    clip: the one nearest the median reconstruction loss over all held-out clips (same masks for all), with a note
+    giving its loss beside the held-out mean and median and saying what the panels show."""
+    from cavmae.train.figures import reconstruction_figure
+
+    losses = reconstruction_losses(model, held, seed)
+    i = median_clip(losses)
+    mean, median = losses.mean(dim=0), losses.median(dim=0).values
+    note = (
+        f"Clip shown: {held.keys[i]}, the one nearest the median loss of the {len(held.keys)} held-out clips (each "
+        f"with the same masks). Its loss: audio {losses[i, 0]:.3f}, frame {losses[i, 1]:.3f}; held-out median "
+        f"{median[0]:.3f} / {median[1]:.3f}, mean {mean[0]:.3f} / {mean[1]:.3f} (the training curves are "
+        "training batches).\n"
+        "Masked patches: the encoder sees only the visible patches; the decoder predicts the masked ones. The loss "
+        "compares each patch normalised by its own mean and spread, and the panels undo that with the true patch's; "
+        "a patch predicted as flat therefore shows as a uniform block of the true patch's mean brightness (the grey "
+        "blur): the model gets coarse layout, not colour or edges."
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # the masks the losses above were measured with
+        return reconstruction_figure(model, held.audio[i : i + 1], held.frames[i : i + 1], path, note=note)
+
+
 def plot_examples(held: HeldOut, class_names: Sequence[str], path: Path, per_row: int = 8) -> Path:
     """One held-out clip per class: its middle frame above its spectrogram."""
     first: dict[int, int] = {}
@@ -149,31 +196,133 @@ def plot_pretrain_losses(run_dirs: Sequence[Path], batch_size: int, path: Path) 
     return _save(fig, path)
 
 
+RETRIEVAL_METHODS = {  # metrics.json "retrieval" methods, in the order drawn: label, colour
+    "pretrained": ("pre-trained", "tab:blue"),
+    "random_init": ("random init", "tab:gray"),
+    "features_linear": ("hand-made features + linear map", "tab:olive"),
+    "event_times": ("event times (solvability check)", "tab:purple"),
+}
+RETRIEVAL_LEVELS = {  # level -> (metric keys, their axis labels, title)
+    "instance": (("r1", "r5", "r10"), ("R@1", "R@5", "R@10"), "instance level: the query's own clip"),
+    "class": (("p1", "p5", "p10", "map"), ("P@1", "P@5", "P@10", "mAP"), "class level: clips of the query's class"),
+}
+DIRECTION_TITLES = {"v2a": "video -> audio", "a2v": "audio -> video"}
+OLD_DIRECTIONS = {"v2a": "video_to_audio", "a2v": "audio_to_video"}
+
+
+def _mean(x: Any) -> float | None:
+    """A number or a ``{"mean": ...}`` leaf -> float (None when absent)."""
+    if isinstance(x, dict):
+        x = x.get("mean")
+    return None if x is None else float(x)
+
+
+def _reference(table: Any, direction: str, key: str) -> float | None:
+    """A chance / ceiling value, keyed by direction then metric or by metric alone."""
+    if not isinstance(table, dict):
+        return None
+    if direction in table:
+        table = table[direction]
+    return _mean(table.get(key)) if isinstance(table, dict) else None
+
+
+def retrieval_leaves(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics["retrieval"]`` as {method: {level: {direction: {metric: {"mean", "sd", "per_seed"}}}}}.
+
+    metrics.json written before the instance / class split (``retrieval[method]["video_to_audio"]["R@k"]``, sds in
+    ``retrieval_sd``) is read as instance level, so figures of older demo folders can be redrawn."""
+    out = {}
+    for method, levels in metrics.get("retrieval", {}).items():
+        if "instance" in levels or "class" in levels:
+            out[method] = levels
+            continue
+        sd = metrics.get("retrieval_sd", {}).get(method, {})
+        inst = {}
+        for d, old in OLD_DIRECTIONS.items():
+            if old in levels:
+                inst[d] = {
+                    f"r{k}": {
+                        "mean": levels[old][f"R@{k}"],
+                        "sd": sd.get(old, {}).get(f"R@{k}", 0.0),
+                        "per_seed": [p["retrieval"][method][old][f"R@{k}"] for p in metrics.get("per_seed", [])],
+                    }
+                    for k in (1, 5, 10)
+                }
+        out[method] = {"instance": inst}
+    return out
+
+
+def spread(leaf: dict[str, Any]) -> tuple[float, float, float]:
+    """(mean, low, high) of a metric leaf in percent: low / high are the lowest and highest seed where there are
+    several, else mean -+ sd; always clipped to [0, 100]."""
+    mean = float(leaf["mean"])
+    seeds = [float(v) for v in leaf.get("per_seed") or [] if v is not None]
+    if len(seeds) > 1:
+        low, high = min(seeds), max(seeds)
+    else:
+        sd = float(leaf.get("sd") or 0.0)
+        low, high = mean - sd, mean + sd
+    return mean, min(max(low, 0.0), 100.0), min(max(high, 0.0), 100.0)
+
+
+def recalls_figure(metrics: dict[str, Any], num_clips: int):
+    """The figure of :func:`plot_recalls` (returned for inspection)."""
+    leaves = retrieval_leaves(metrics)
+    methods = [m for m in RETRIEVAL_METHODS if m in leaves] + [m for m in leaves if m not in RETRIEVAL_METHODS]
+    levels = [lv for lv in RETRIEVAL_LEVELS if any(leaves[m].get(lv) for m in methods)]
+    n_seeds = len(metrics.get("seeds", [])) or 1
+    chance = dict(metrics.get("chance", {}))
+    if not chance.get("instance") and num_clips:  # the own clip among num_clips: k / N
+        chance["instance"] = {f"r{k}": 100.0 * min(k, num_clips) / num_clips for k in (1, 5, 10)}
+    ceiling = metrics.get("class_only_ceiling", {})
+    fig = _figure(13, 4.2 * len(levels) + 1.0)
+    legend: dict[str, Any] = {}
+    for row, level in enumerate(levels):
+        keys, names, level_title = RETRIEVAL_LEVELS[level]
+        drawn = [m for m in methods if leaves[m].get(level)]
+        width = 0.8 / max(len(drawn), 1)
+        for col, direction in enumerate(DIRECTION_TITLES):
+            ax = fig.add_subplot(len(levels), 2, 2 * row + col + 1)
+            for j, method in enumerate(drawn):
+                cells = leaves[method].get(level, {}).get(direction, {})
+                got = [(i, spread(cells[k])) for i, k in enumerate(keys) if k in cells]
+                if not got:
+                    continue
+                xs = [i + (j - (len(drawn) - 1) / 2) * width for i, _ in got]
+                means = [m for _, (m, _, _) in got]
+                err = [[m - lo for _, (m, lo, _) in got], [hi - m for _, (m, _, hi) in got]]
+                label, colour = RETRIEVAL_METHODS.get(method, (method, None))
+                ax.bar(xs, means, width, yerr=err if n_seeds > 1 else None, capsize=3, color=colour, label=label)
+                for x, (m, _, hi) in zip(xs, (s for _, s in got)):
+                    ax.text(x, hi + 1.0, f"{m:.1f}" if m < 10 else f"{m:.0f}", ha="center", va="bottom", fontsize=7)
+            for refs, style, label in (
+                (chance.get(level), {"color": "black", "linestyle": ":"}, "chance"),
+                (ceiling.get(level), {"color": "tab:red", "linestyle": "--"}, "class-only ceiling"),
+            ):
+                values = [(i, _reference(refs, direction, k)) for i, k in enumerate(keys)]
+                values = [(i, v) for i, v in values if v is not None]
+                for n, (i, v) in enumerate(values):
+                    ax.hlines(v, i - 0.45, i + 0.45, linewidth=1.6, label=label if n == 0 else None, **style)
+            ax.set_xticks(range(len(keys)), names)
+            ax.set_ylim(0, 112)
+            ax.set_yticks(range(0, 101, 20))
+            ax.set_ylabel("%")
+            ax.set_title(f"{DIRECTION_TITLES[direction]}, {level_title}", fontsize=10)
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(label, handle)
+    spread_note = f"mean of {n_seeds} seeds, whiskers: lowest to highest seed" if n_seeds > 1 else "one seed"
+    fig.suptitle(f"Held-out retrieval, {num_clips} clips ({spread_note})", fontsize=11)
+    fig.tight_layout(rect=(0, 0.06 if len(levels) > 1 else 0.1, 1, 1))
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=min(len(legend), 6), fontsize=9)
+    return fig
+
+
 def plot_recalls(metrics: dict[str, Any], num_clips: int, path: Path) -> Path:
-    """R@1/5/10 in both directions, pre-trained vs random init (mean over seeds, +- 1 sd), with chance (k / N)."""
-    ks = (1, 5, 10)
-    n_seeds = len(metrics["seeds"])
-    fig = _figure(11, 4)
-    width = 0.38
-    for col, (direction, title) in enumerate(
-        (("video_to_audio", "video -> audio"), ("audio_to_video", "audio -> video"))
-    ):
-        ax = fig.add_subplot(1, 2, col + 1)
-        for j, name in enumerate(("pretrained", "random_init")):
-            values = [metrics["retrieval"][name][direction][f"R@{k}"] for k in ks]
-            sds = [metrics["retrieval_sd"][name][direction][f"R@{k}"] for k in ks] if n_seeds > 1 else None
-            xs = [i + (j - 0.5) * width for i in range(len(ks))]
-            ax.bar(xs, values, width, yerr=sds, capsize=3, color=COLOURS[name], label=LABELS[name])
-            for x, v, e in zip(xs, values, sds or [0.0] * len(values)):  # exact value above its error bar
-                ax.text(x, v + e + 1.5, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
-        ax.scatter(range(len(ks)), [100 * min(k, num_clips) / num_clips for k in ks], marker="_", s=600, color="black")
-        ax.plot([], [], color="black", label="chance (k / N)")
-        ax.set_xticks(range(len(ks)), [f"R@{k}" for k in ks])
-        ax.set(title=f"{title} retrieval, {num_clips} held-out clips", ylabel="recall (%)", ylim=(0, 105))
-        ax.legend(loc="upper left")
-    fig.suptitle(f"Held-out retrieval ({_seed_note(n_seeds)})", fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
+    """Held-out retrieval of every method in ``metrics["retrieval"]`` (those present): instance level (R@1/5/10, the
+    query's own clip) and class level (P@1/5/10, mAP), both directions, as bars (mean over seeds, whiskers lowest to
+    highest seed, inside [0, 100]) with ``metrics["chance"]`` and ``metrics["class_only_ceiling"]`` as reference lines
+    where metrics hold them. Values are percentages."""
+    return _save(recalls_figure(metrics, num_clips), path)
 
 
 def block_similarity(sim: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, float]:
@@ -225,37 +374,60 @@ def confusable_class_pairs(
     }
 
 
-def plot_similarity(
-    retrieval: dict[str, RetrievalResult], labels: torch.Tensor, class_names: Sequence[str], path: Path
-) -> Path:
-    """The held-out audio x video cosine similarity matrices of one seed, clips sorted by class, classes labelled."""
+def similarity_figure(retrieval: dict[str, RetrievalResult], labels: torch.Tensor, class_names: Sequence[str]):
+    """The figure of :func:`plot_similarity` (returned for inspection): one panel per model, ONE colour scale.
+
+    Both panels share vmin / vmax (the range over both matrices) and one colourbar, so a panel whose cosines span a
+    narrow range looks flat instead of being stretched to look as structured as the other. Class names are shown in
+    full (never cut), one tick per class at the centre of its block; the figure grows with the longest name.
+    """
     order = labels.argsort(stable=True)
     sorted_labels = labels[order]
     borders = [i + 0.5 for i in range(len(order) - 1) if sorted_labels[i] != sorted_labels[i + 1]]
     classes = sorted_labels.unique().tolist()
     centres = [float((sorted_labels == c).nonzero().float().mean()) for c in classes]
-    ticks = [f"{class_names[c][:18]} ({c})" for c in classes]
-    fig = _figure(15, 7)
-    for col, name in enumerate(("pretrained", "random_init")):
-        ax = fig.add_subplot(1, 2, col + 1)
-        sim = retrieval[name].similarity[order][:, order]
+    ticks = [class_names[c] for c in classes]
+    names = [n for n in ("pretrained", "random_init") if n in retrieval]
+    matrices = [retrieval[n].similarity[order][:, order] for n in names]
+    vmin = min(float(m.min()) for m in matrices)
+    vmax = max(float(m.max()) for m in matrices)
+    label_inches = 0.1 * max(len(t) for t in ticks)  # 11 pt characters, rotated or not
+    panel = max(6.0, 0.22 * len(classes))
+    fig = _figure(len(names) * (panel + 0.6) + label_inches + 1.6, panel + label_inches + 1.4)
+    axes = []
+    for col, (name, sim) in enumerate(zip(names, matrices)):
+        ax = fig.add_subplot(1, len(names), col + 1)
+        axes.append(ax)
         own, same, other = block_similarity(sim, sorted_labels)
-        im = ax.imshow(sim.numpy(), cmap="viridis", interpolation="nearest")
+        im = ax.imshow(sim.numpy(), cmap="viridis", interpolation="nearest", vmin=vmin, vmax=vmax)
         for b in borders:
-            ax.axhline(b, color="white", linewidth=0.4, alpha=0.6)
-            ax.axvline(b, color="white", linewidth=0.4, alpha=0.6)
-        ax.set_xticks(centres, ticks, rotation=90, fontsize=6)
-        ax.set_yticks(centres, ticks, fontsize=6)
+            ax.axhline(b, color="white", linewidth=0.5, alpha=0.7)
+            ax.axvline(b, color="white", linewidth=0.5, alpha=0.7)
+        ax.set_xticks(centres, ticks, rotation=90, fontsize=11)
+        ax.set_yticks(centres, ticks if col == 0 else [], fontsize=11)
         ax.set_title(
             f"{LABELS[name]}: mean cosine own clip {own:.2f},\nsame class {same:.2f}, other classes {other:.2f}",
-            fontsize=9,
+            fontsize=13,
         )
-        ax.set_xlabel("video clip (sorted by class)")
-        ax.set_ylabel("audio clip (sorted by class)")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
-    fig.suptitle("Held-out audio x video cosine similarity, first seed (white lines: class borders)", fontsize=11)
-    fig.tight_layout()
-    return _save(fig, path)
+        ax.set_xlabel("video clip (sorted by class)", fontsize=12)
+        if col == 0:
+            ax.set_ylabel("audio clip (sorted by class)", fontsize=12)
+    fig.suptitle(
+        "Held-out audio x video cosine similarity, first seed: one colour scale for both panels "
+        "(white lines: class borders)",
+        fontsize=13,
+    )
+    fig.tight_layout(rect=(0, 0, 0.93, 1))
+    cax = fig.add_axes((0.945, 0.25, 0.012, 0.5))
+    fig.colorbar(im, cax=cax).set_label("cosine similarity (both panels)", fontsize=12)
+    return fig
+
+
+def plot_similarity(
+    retrieval: dict[str, RetrievalResult], labels: torch.Tensor, class_names: Sequence[str], path: Path
+) -> Path:
+    """The held-out audio x video cosine similarity matrices of one seed (:func:`similarity_figure`) as a PNG."""
+    return _save(similarity_figure(retrieval, labels, class_names), path)
 
 
 def plot_retrieval_examples(
@@ -301,8 +473,15 @@ def plot_retrieval_examples(
                 for spine in ax.spines.values():
                     spine.set(color="tab:blue", linewidth=3)
             else:
-                colour = "tab:green" if idx == q else ("tab:orange" if held.labels[idx] == held.labels[q] else "black")
-                ax.set_title(f"#{c}  cos {score:.2f}", fontsize=9, color=colour)
+                same = bool(held.labels[idx] == held.labels[q])
+                colour, mark = (
+                    ("tab:green", "  own clip")
+                    if idx == q
+                    else ("tab:orange", "  same class")
+                    if same
+                    else ("black", "")
+                )
+                ax.set_title(f"#{c}  cos {score:.2f}{mark}", fontsize=9, color=colour)
             ax.set_xlabel(name, fontsize=7)
     other = "audio" if query_modality == "video" else "video"
     fig.suptitle(
@@ -315,13 +494,22 @@ def plot_retrieval_examples(
 
 
 def plot_finetune_curves(results: Sequence[SeedResult], metrics: dict[str, Any], path: Path) -> Path:
-    """Held-out top-1 (mean over seeds +- 1 sd) and training loss over fine-tuning steps, pre-trained vs scratch."""
+    """Held-out top-1 (mean over seeds +- 1 sd, clipped to [0, 100]) and training loss over fine-tuning steps,
+    pre-trained vs scratch."""
+    return _save(finetune_figure(results, metrics), path)
+
+
+def finetune_figure(results: Sequence[SeedResult], metrics: dict[str, Any]):
+    """The figure of :func:`plot_finetune_curves` (returned for inspection)."""
     fig = _figure(12, 4)
     ax = fig.add_subplot(1, 2, 1)
     n_seeds = len(results)
     for name, c in metrics["classification"].items():
         steps, acc = zip(*c["curve"]) if c["curve"] else ((), ())
-        sd = [x for _, x in c["curve_sd"]] if n_seeds > 1 else None
+        sd = None
+        if n_seeds > 1:  # +- 1 sd, clipped to [0, 100] (an accuracy near 0 or 100 has a one-sided bar)
+            sds = [x for _, x in c["curve_sd"]]
+            sd = [[min(x, a) for a, x in zip(acc, sds)], [min(x, 100.0 - a) for a, x in zip(acc, sds)]]
         ax.errorbar(steps, acc, yerr=sd, marker="o", capsize=3, color=COLOURS[name], label=LABELS[name])
     ax.set(title="Held-out accuracy during fine-tuning", xlabel="fine-tuning step", ylabel="top-1 accuracy (%)")
     ax.set_ylim(0, 100)
@@ -336,33 +524,76 @@ def plot_finetune_curves(results: Sequence[SeedResult], metrics: dict[str, Any],
     ax.legend()
     fig.suptitle(f"Fine-tuning ({_seed_note(n_seeds)})", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def plot_per_class(metrics: dict[str, Any], class_names: Sequence[str], path: Path) -> Path:
-    """Held-out accuracy of every class after fine-tuning (mean over seeds +- 1 sd): pre-trained vs from scratch."""
+def per_class_spread(metrics: dict[str, Any], name: str) -> tuple[list[float], list[float], list[float], list[list]]:
+    """For fine-tuning run ``name`` (``metrics["classification"]``): per class the mean top-1 over the seeds, the
+    lowest and the highest seed, and every seed's value (``metrics["per_seed"]``), all within [0, 100].
+
+    Without per-seed values the spread is mean +- sd clipped to [0, 100]. A class without held-out clips is NaN.
+    """
+    c = metrics["classification"][name]
+    means = [math.nan if v is None else float(v) for v in c["per_class_top1"]]
+    seeds = [
+        p["classification"][name]["per_class_top1"] for p in metrics.get("per_seed", []) if name in p["classification"]
+    ]
+    if seeds:
+        points = [[float(s[k]) for s in seeds if s[k] is not None] for k in range(len(means))]
+        lows = [min(v) if v else math.nan for v in points]
+        highs = [max(v) if v else math.nan for v in points]
+    else:
+        sds = [0.0 if v is None else float(v) for v in c.get("per_class_top1_sd", [0.0] * len(means))]
+        points = [[] for _ in means]
+        lows = [max(0.0, m - sd) for m, sd in zip(means, sds)]
+        highs = [min(100.0, m + sd) for m, sd in zip(means, sds)]
+    return means, lows, highs, points
+
+
+def per_class_figure(metrics: dict[str, Any], class_names: Sequence[str]):
+    """The figure of :func:`plot_per_class` (returned for inspection)."""
     n = len(class_names)
     n_seeds = len(metrics["seeds"])
     fig = _figure(max(8.0, 0.8 * n + 2), 5.5)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.4
-    for j, (name, c) in enumerate(metrics["classification"].items()):
-        values = [0.0 if v is None else v for v in c["per_class_top1"]]
-        sds = [0.0 if v is None else v for v in c["per_class_top1_sd"]] if n_seeds > 1 else None
+    for j, name in enumerate(metrics["classification"]):
+        means, lows, highs, points = per_class_spread(metrics, name)
         xs = [i + (j - 0.5) * width for i in range(n)]
-        bars = ax.bar(xs, values, width, yerr=sds, capsize=2, color=COLOURS[name], label=LABELS[name])
-        ax.bar_label(bars, fmt="%.1f", fontsize=6, rotation=90, padding=3)
+        shown = [0.0 if math.isnan(m) else m for m in means]
+        ax.bar(xs, shown, width, color=COLOURS[name], label=LABELS[name], alpha=0.85)
+        for x, m in zip(xs, means):  # the mean at the foot of its bar, clear of whiskers and dots
+            tall = not math.isnan(m) and m >= 8
+            text = "-" if math.isnan(m) else f"{m:.0f}"
+            ax.text(x, 1.5, text, ha="center", va="bottom", fontsize=7, color="white" if tall else "black")
+        if n_seeds > 1:
+            err = [
+                [0.0 if math.isnan(m) else m - lo for m, lo in zip(means, lows)],
+                [0.0 if math.isnan(m) else hi - m for m, hi in zip(means, highs)],
+            ]
+            ax.errorbar(xs, shown, yerr=err, fmt="none", ecolor="black", capsize=3, linewidth=1)
+            px = [x + 0.08 * (s - (len(v) - 1) / 2) for x, v in zip(xs, points) for s in range(len(v))]
+            py = [y for v in points for y in v]
+            ax.scatter(px, py, s=9, color="black", zorder=3, label="one seed" if j == 0 and py else None)
     ax.set_xticks(range(n), class_names, rotation=45, ha="right", fontsize=8)
-    ax.set(
-        title=f"Held-out accuracy per class after fine-tuning ({_seed_note(n_seeds)})",
-        ylabel="top-1 accuracy (%)",
-        ylim=(0, 130),
+    spread = (
+        f"bars and numbers: mean of {n_seeds} seeds; whiskers: lowest to highest seed; dots: each seed"
+        if n_seeds > 1
+        else "one seed"
     )
+    ax.set(title=f"Held-out accuracy per class after fine-tuning\n({spread})", ylabel="top-1 accuracy (%)")
+    ax.set_ylim(0, 112)
     ax.set_yticks(range(0, 101, 20))
     ax.set_xlabel("class")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def plot_per_class(metrics: dict[str, Any], class_names: Sequence[str], path: Path) -> Path:
+    """Held-out accuracy of every class after fine-tuning, pre-trained vs from scratch: mean over seeds with the
+    lowest-to-highest seed as whiskers (inside [0, 100] by construction) and every seed as a dot."""
+    return _save(per_class_figure(metrics, class_names), path)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -336,6 +336,7 @@ def _run(out: Path, s: DemoSettings, backbone: str, quick: bool, seeds: list[int
             k=5,
             seed=seeds[0],
             title="cavmae demo: held-out retrieval with the pre-trained model",
+            model=f"pre-trained, seed {first.seed} (runs/seed{first.seed}/pretrain/model)",
         )
     with _timed(timings, "report"):
         held = load_heldout(

@@ -21,9 +21,9 @@ from cavmae.demo.figures import (
     plot_per_class,
     plot_pretrain_losses,
     plot_recalls,
+    plot_reconstruction,
     plot_retrieval_examples,
     plot_similarity,
-    visible_order,
 )
 
 if TYPE_CHECKING:
@@ -148,24 +148,6 @@ def ceiling_statement(metrics: dict[str, Any]) -> str:
             f"{r1[1]:.0f} % of the queries, so instance matching is solvable here, through when things happen"
         )
     return text + "."
-
-
-def recalls_view(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The layout cavmae.demo.figures.plot_recalls reads (method -> video_to_audio|audio_to_video -> R@k, means in
-    ``retrieval``, sds in ``retrieval_sd``), made from metrics.json's ``retrieval`` until that figure reads it."""
-    names = {"video_to_audio": "v2a", "audio_to_video": "a2v"}
-    keys = {"R@1": "r1", "R@5": "r5", "R@10": "r10"}
-
-    def part(stat: str) -> dict:
-        return {
-            m: {
-                d: {k: metrics["retrieval"][m]["instance"][s][j][stat] for k, j in keys.items()}
-                for d, s in names.items()
-            }
-            for m in ("pretrained", "random_init")
-        }
-
-    return {**metrics, "retrieval": part("mean"), "retrieval_sd": part("sd")}
 
 
 def similarity_caption(blocks: dict[str, list[float]], pairs: dict[str, Any] | None = None) -> str:
@@ -395,12 +377,9 @@ def write_report(
 
     Single-seed figures (reconstruction, similarity, retrieval examples) show the first seed; the others every seed.
     """
-    from cavmae.train.figures import reconstruction_figure
-
     fig_dir = out / "figures"
     names = data.class_names
     first = results[0]
-    recon_clip = visible_order(held.frames)[0]
     metrics["similarity_blocks"] = {
         name: [round(x, 3) for x in block_similarity(r.similarity, held.labels)] for name, r in first.retrieval.items()
     }
@@ -411,10 +390,8 @@ def write_report(
         "pretrain_losses": lambda p: plot_pretrain_losses(
             [r.runs_dir / "pretrain" for r in results], metrics["settings"]["pretrain_batch"], p
         ),
-        "reconstruction": lambda p: reconstruction_figure(
-            pretrained, held.audio[recon_clip : recon_clip + 1], held.frames[recon_clip : recon_clip + 1], p
-        ),
-        "recalls": lambda p: plot_recalls(recalls_view(metrics), len(held.keys), p),
+        "reconstruction": lambda p: plot_reconstruction(pretrained, held, p, seed=metrics["seeds"][0]),
+        "recalls": lambda p: plot_recalls(metrics, len(held.keys), p),
         "similarity": lambda p: plot_similarity(first.retrieval, held.labels, names, p),
         "examples_v2a": lambda p: plot_retrieval_examples(sim, held, names, "video", p),
         "examples_a2v": lambda p: plot_retrieval_examples(sim, held, names, "audio", p),

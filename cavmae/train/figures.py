@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import torch
@@ -33,11 +34,11 @@ def _reconstruct(target: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, n
 
 
 @torch.no_grad()
-def reconstruction_figure(model, audio: torch.Tensor, frames: torch.Tensor, path: str | Path) -> Path:
+def reconstruction_figure(model, audio: torch.Tensor, frames: torch.Tensor, path: str | Path, note: str = "") -> Path:
     """Run ``model`` (an unwrapped CAVMAE) on one clip (audio [1, T, F], frames [1, 3, H, W]) and save a 2 x 4 PNG:
     spectrogram and frame; each original, visible input, prediction on the masked patches only, and its absolute
     error there, with colorbars. The RNG states of the CPU and of the model's device are left untouched (the
-    training masks do not depend on how often figures are drawn)."""
+    training masks do not depend on how often figures are drawn). ``note``: text printed under the panels."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -94,7 +95,12 @@ def reconstruction_figure(model, audio: torch.Tensor, frames: torch.Tensor, path
         f"frame {float(out['loss_rec_v']):.3f} (norm-pix MSE)",
         fontsize=10,
     )
-    fig.tight_layout()
+    if note:
+        lines = [line for par in note.split("\n") for line in textwrap.wrap(par, 190)]
+        fig.text(0.01, 0.01, "\n".join(lines), fontsize=10, va="bottom")
+        fig.tight_layout(rect=(0, 0.012 + 0.03 * len(lines), 1, 1))
+    else:
+        fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=72)
