@@ -2,6 +2,7 @@
 
 cavmae embed --model runs/base/model --shards 'eval-{000000..000099}.tar' --out emb/eval
 accelerate launch --multi_gpu -m cavmae.cli embed --model runs/base/model --shards ... --out emb/eval
+cavmae embed --inputs audio --model runs/base/model --shards 'esc50/data-{000000..000003}.tar' --out emb/esc50
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="what the embeddings serve (eval.scoring): clip = one vector per clip (the middle frame); a per-frame "
         "strategy stores [N, D] per clip (CAV-MAE Sync; auto = diagonal_mean for a model with global tokens on "
         "per-frame data)",
+    )
+    p.add_argument(
+        "--inputs",
+        choices=["audiovisual", "audio"],
+        default="audiovisual",
+        help="audiovisual: audio and video vectors (retrieval); audio: the audio stream only, from audio-only or "
+        "audio-visual shards (audio features; no index / retrieve)",
     )
     p.add_argument("--overwrite", action="store_true", help="re-embed shards already done")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU is")
@@ -55,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         model_name=str(args.model),
         overwrite=args.overwrite,
         accelerator=accelerator,
+        inputs=args.inputs,
     )
     if manifest is not None:
         log.info("%d clips embedded in %d shard(s): %s", manifest["num_clips"], len(manifest["shards"]), args.out)

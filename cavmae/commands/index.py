@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if args.pq_m is not None and args.kind == "ivf":
         log.error("--pq-m applies to --kind ivfpq only")
         return 2
-    emb = load_embeddings(args.embeddings)
+    emb = load_embeddings(args.embeddings, need_video=True)
     info = build_index(
         emb,
         args.out,

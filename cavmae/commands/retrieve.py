@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
         index = RetrievalIndex.load(args.index, args.nprobe)
     if args.embeddings:
-        embeddings = load_embeddings(args.embeddings)
+        embeddings = load_embeddings(args.embeddings, need_video=True)
     elif args.shards and index is None:
         cfg = Config(model=model.cfg)
         cfg.data.num_workers, cfg.eval.batch_size = args.num_workers, args.batch_size

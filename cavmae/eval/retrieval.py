@@ -3,7 +3,8 @@
 Embeddings follow the paper's protocol (arXiv 2210.07839): unmasked forward, modality-specific streams,
 mean-pooled; they are L2-normalised here so scores are cosine similarities. A set is saved as one safetensors
 file (``audio`` [N, D], ``video`` [N, D]) whose metadata holds the keys, so 100,000 clips cost 2 x 100,000 x D
-floats on disk and the ranks are computed in chunks (cavmae/eval/metrics.py).
+floats on disk and the ranks are computed in chunks (cavmae/eval/metrics.py). An audio-only set (``cavmae embed
+--inputs audio``: audio features of audio datasets) has no ``video`` tensor and serves no cross-modal retrieval.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 class EmbeddingSet:
     keys: list[str]
     audio: torch.Tensor  # [C, D] L2-normalised; [C, N, D] per frame (normalised per frame) when scoring is per-frame
-    video: torch.Tensor  # like audio
+    video: torch.Tensor | None  # like audio; None for an audio-only set (cavmae embed --inputs audio)
     scoring: str = "clip"  # how clips are scored (cavmae/eval/scoring.py): clip, or a per-frame strategy
 
     def __len__(self) -> int:
@@ -41,14 +42,25 @@ class EmbeddingSet:
         except ValueError:
             raise KeyError(f"key {key!r} is not in the embedding set ({len(self.keys)} clips)") from None
 
+    @property
+    def modalities(self) -> list[str]:
+        return ["audio"] if self.video is None else ["audio", "video"]
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
+        tensors = {"audio": self.audio.contiguous()}
+        if self.video is not None:
+            tensors["video"] = self.video.contiguous()
         save_file(
-            {"audio": self.audio.contiguous(), "video": self.video.contiguous()},
+            tensors,
             str(tmp),
-            metadata={"keys": json.dumps(self.keys), "scoring": self.scoring},
+            metadata={
+                "keys": json.dumps(self.keys),
+                "scoring": self.scoring,
+                "modalities": json.dumps(self.modalities),
+            },
         )
         tmp.replace(path)
         return path
@@ -59,7 +71,9 @@ class EmbeddingSet:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 keys = json.loads(meta["keys"])
-                return cls(keys, f.get_tensor("audio"), f.get_tensor("video"), meta.get("scoring", "clip"))
+                names = set(f.keys())  # no "video": an audio-only set (embed --inputs audio)
+                video = f.get_tensor("video") if "video" in names else None
+                return cls(keys, f.get_tensor("audio"), video, meta.get("scoring", "clip"))
         except Exception as e:
             raise ValueError(f"{path} is not an embedding file written by cavmae retrieve: {e}") from e
 
