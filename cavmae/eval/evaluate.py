@@ -173,6 +173,8 @@ def evaluate_shards(
         return {"kind": "retrieval", **evaluate_retrieval(model, shards, cfg, device, chunk)}
     mode = mode or (cfg.finetune.inputs if cfg.finetune is not None else "audiovisual")
     frames = "all" if ten_frame and mode not in AUDIO_ONLY_MODES else "middle"
+    if getattr(model, "head", "linear") == "attention":
+        frames = "all"  # the attention head classifies a whole clip: every frame with its window
     audio_only = mode in AUDIO_ONLY_MODES  # reads audio-only shards too (cavmae.data.loader's rule)
     loader = loader_for(cfg, shards, train=False, frame_mode=frames, rank=0, world_size=1, frames=not audio_only)
     model.to(device)
