@@ -105,7 +105,7 @@ def test_retrieve_evaluate_embed_and_index_score_a_sync_model_per_frame(sync_run
         assert via_index[direction]["R@1"] == pytest.approx(want[direction]["R@1"])
 
 
-def test_attention_probe_trains_through_the_loop_with_every_frame_and_its_window(sync_run):
+def test_attention_probe_trains_through_the_loop_with_every_frame_and_its_window(sync_run, capsys):
     # before: the training batches held one frame and the first step failed
     root, shards, pre = sync_run
     out = _finetune(root, shards, pre, "probe", "finetune.head=attention", "finetune.freeze_base=true")
@@ -118,9 +118,18 @@ def test_attention_probe_trains_through_the_loop_with_every_frame_and_its_window
     # the saved probe evaluates on whole clips whatever --frames says
     assert main(["evaluate", "--model", str(out / "model"), "--shards", shards, "--num-workers", "0",
                  "--device", "cpu", "--frames", "middle"]) == 0  # fmt: skip
+    _predict(root, out, [], capsys)  # a media file: its 16 frames, each with its window (before: refused, exit 1)
 
 
-def test_full_finetuning_of_a_sync_model_scores_the_16_frame_ensemble(sync_run):
+def _predict(root: Path, run: Path, extra: list[str], capsys) -> None:
+    video = sorted((root / "synth" / "videos").iterdir())[0]
+    capsys.readouterr()
+    assert main(["predict", "--model", str(run / "model"), str(video), "--json", "--device", "cpu", *extra]) == 0
+    answer = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert answer["mode"] == "audiovisual" and all(0.0 <= t["score"] <= 1.0 for t in answer["top"])
+
+
+def test_full_finetuning_of_a_sync_model_scores_the_16_frame_ensemble(sync_run, capsys):
     # the linear head, one frame and its window per clip in training; the final evaluation classifies each of the
     # 16 frames with its own window (before: the whole [B, 16, L, F] audio went to every frame and failed)
     root, shards, pre = sync_run
@@ -129,6 +138,7 @@ def test_full_finetuning_of_a_sync_model_scores_the_16_frame_ensemble(sync_run):
     assert "final/last_epoch_16_frame_mAP" in final["summary"]
     before, after = _weights(pre), _weights(out)
     assert not torch.equal(before["blocks_a.0.attn.qkv.weight"], after["blocks_a.0.attn.qkv.weight"])
+    _predict(root, out, ["--ten-frames"], capsys)  # every frame with its window (before: refused, exit 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
