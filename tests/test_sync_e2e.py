@@ -69,7 +69,7 @@ def test_pretraining_runs_its_probe_per_frame(sync_run):
     assert probes and probes[-1]["probe/clips"] == 12.0
 
 
-def test_retrieve_evaluate_embed_and_index_score_a_sync_model_per_frame(sync_run, tmp_path, capsys):
+def test_retrieve_evaluate_embed_and_index_score_a_sync_model_per_frame(sync_run, tmp_path, capsys, caplog):
     # before: retrieve / embed refused 16-frame shards (data.num_frames stayed at 10 for a bare model)
     from cavmae.eval.embed import load_embeddings
     from cavmae.eval.retrieval import EmbeddingSet
@@ -103,6 +103,10 @@ def test_retrieve_evaluate_embed_and_index_score_a_sync_model_per_frame(sync_run
     via_index = json.loads(capsys.readouterr().out)
     for direction in ("video_to_audio", "audio_to_video"):
         assert via_index[direction]["R@1"] == pytest.approx(want[direction]["R@1"])
+    # a media file gives one embedding: against an index of per-frame clips a named error (before: AssertionError)
+    video = sorted((sync_run[0] / "synth" / "videos").iterdir())[0]
+    assert main(["retrieve", "--index", str(idx), "--model", model, "--query", str(video), "--device", "cpu"]) == 1
+    assert "the gallery is scored per frame (diagonal_mean)" in caplog.text
 
 
 def test_attention_probe_trains_through_the_loop_with_every_frame_and_its_window(sync_run, capsys):

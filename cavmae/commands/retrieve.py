@@ -176,10 +176,11 @@ def _query_file(model, path: Path, gallery, args) -> None:
 
     from cavmae.eval.inputs import load_file
 
-    if gallery.embeddings is not None and gallery.embeddings.scoring != "clip":
+    scoring = gallery.embeddings.scoring if gallery.embeddings is not None else gallery.index.info.get("scoring")
+    if scoring not in (None, "clip"):  # an index of per-frame clips as much as embeddings
         raise ValueError(
             f"{path}: a file query gives one embedding; the gallery is scored per frame "
-            f"({gallery.embeddings.scoring}): query with --query-key, or embed the gallery with --scoring clip"
+            f"({scoring}): query with --query-key, or embed the gallery with --scoring clip"
         )
     x = load_file(path, model.cfg, audio_channel=args.audio_channel)
     model.eval().to(args.device)
