@@ -169,6 +169,21 @@ def test_attention_features_are_the_global_tokens_of_the_modality_stacks_without
     assert torch.allclose(got[:, 1, :32], x[:, 0], atol=1e-6)
 
 
+def test_attention_head_marks_what_it_never_runs_unused():
+    # the contrastive heads run after the shared block, which the probe never reaches (before: left trainable
+    # without a gradient, which distributed training refuses)
+    from cavmae.train.finetune import FinetuneTask
+
+    cfg = _sync_cfg(f"data.audio_window={WINDOW}", "finetune.head=attention", "model.contrastive_heads=true")
+    task = FinetuneTask()
+    model = task.build_model(cfg)
+    audio, frames = torch.randn(2, 2, WINDOW, 128), torch.randn(2, 2, 3, 32, 32)
+    model(audio, frames).sum().backward()
+    reached = {n for n, p in model.named_parameters() if p.grad is not None}
+    unused = set(task.unused_parameters(model, cfg))
+    assert {n for n, _ in model.named_parameters()} - reached == unused
+
+
 @pytest.mark.parametrize("mode", ["audio", "video"])
 def test_linear_head_of_a_sync_model_classifies_the_global_token(mode):
     from cavmae.models.classifier import CAVMAEClassifier

@@ -94,10 +94,10 @@ class FinetuneTask(Task):
     def unused_parameters(self, model: nn.Module, cfg: Config) -> list[str]:
         """The stream finetune.inputs classifies with is used (cavmae/models/classifier.py); the others, and the
         input branch of a modality the mode does not look at, are not. The attention head reads the modality
-        stacks' outputs: the shared blocks and the final norms are unused."""
+        stacks' outputs: the shared blocks, the contrastive heads (CAV-MAE Sync) and the final norms are unused."""
         if cfg.finetune.head == "attention":
             unused = unused_parameters(model, {"audio", "video"}, decoder=False)
-            shared = ("blocks_u.", "norm.", "norm_a.", "norm_v.")
+            shared = ("blocks_u.", "norm.", "norm_a.", "norm_v.", "constrative_head_")
             return unused + [n for n, _ in model.named_parameters() if n.startswith(shared) and n not in unused]
         return unused_parameters(model, {FT_MODE_STREAMS[cfg.finetune.inputs]}, decoder=False)
 
