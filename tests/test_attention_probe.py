@@ -19,7 +19,9 @@ SMALL = ["model.embed_dim=32", "model.num_heads=2", "model.modality_depth=1", "m
 
 
 def _cfg(*extra: str):
-    return load_config(FT, [*SMALL, "finetune.head=attention", "finetune.freeze_base=true", *extra])
+    return load_config(
+        FT, [*SMALL, "data.audio_window=64", "finetune.head=attention", "finetune.freeze_base=true", *extra]
+    )
 
 
 def _clips(cfg, batch: int, frames: int, seed: int = 0) -> dict:

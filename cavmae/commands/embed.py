@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     from cavmae.config import Config
     from cavmae.eval.embed import embed_to_shards
-    from cavmae.eval.scoring import windows_for_model
+    from cavmae.eval.scoring import frames_from_shards, windows_for_model
     from cavmae.models.weights import load_model
 
     model = load_model(args.model)
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     cfg.data.num_workers, cfg.eval.batch_size = args.num_workers, args.batch_size
     cfg.eval.scoring = args.scoring
     windows_for_model(cfg)  # a Sync model: every frame with its window (auto -> diagonal_mean)
+    frames_from_shards(cfg, args.shards)  # e.g. 16-frame Sync shards
     accelerator = Accelerator(cpu=args.cpu)
     manifest = embed_to_shards(
         model,

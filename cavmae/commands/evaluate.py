@@ -84,8 +84,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    from cavmae.eval.scoring import frames_from_shards
+
     model, cfg, from_run = load_with_config(args.model)
     cfg.data.num_workers, cfg.eval.batch_size = args.num_workers, args.batch_size
+    frames_from_shards(cfg, args.shards)  # e.g. 16-frame Sync shards, whatever the run trained on
     if args.label_csv:
         cfg.data.label_csv = args.label_csv
     if args.scoring:

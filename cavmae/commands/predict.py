@@ -35,7 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "classes) or VGGSound (309) index when the model has that many classes",
     )
     p.add_argument("--top-k", type=int, default=5, help="classes printed per file")
-    p.add_argument("--ten-frames", action="store_true", help="average the logits of the ten frames")
+    p.add_argument(
+        "--ten-frames",
+        action="store_true",
+        help="average the probabilities of every frame (data.num_frames: ten, 16 for Sync), each with its audio "
+        "window when the model has one (data.audio_window)",
+    )
     p.add_argument(
         "--audio-channel",
         choices=["first", "mean"],
@@ -135,8 +140,9 @@ def run(args: argparse.Namespace) -> int:
 
     from cavmae.config import Config, FinetuneConfig
     from cavmae.data.media import MediaError
-    from cavmae.eval.classify import classify
+    from cavmae.eval.classify import frame_logits
     from cavmae.eval.inputs import load_file
+    from cavmae.eval.scoring import windows_for_model
     from cavmae.models.classifier import CAVMAEClassifier
     from cavmae.models.weights import from_pretrained, load_model, model_directory
 
@@ -145,7 +151,9 @@ def run(args: argparse.Namespace) -> int:
         model, cfg = from_pretrained(path)
         model_dir = model_directory(path)
     else:
-        model, cfg, model_dir = load_model(path), Config(), None
+        model, model_dir = load_model(path), None
+        cfg = Config(model=model.cfg)
+        windows_for_model(cfg)  # a bare Sync model sees the audio window of its frame
     finetune = cfg.finetune or FinetuneConfig()  # a public .pth: audio-visual, multi-label
     if not isinstance(model, CAVMAEClassifier):
         log.error("%s is a pre-training model; predict needs a fine-tuned classifier", args.model)
@@ -160,23 +168,34 @@ def run(args: argparse.Namespace) -> int:
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     model.eval().to(args.device)
+    head = getattr(model, "head", "linear")
+    all_frames = (args.ten_frames or head == "attention") and finetune.inputs != "audio"  # attention: whole clips
     failed = 0
     for file in args.files:
         try:
-            x = load_file(file, model.cfg, all_frames=args.ten_frames, audio_channel=args.audio_channel)
+            x = load_file(
+                file,
+                model.cfg,
+                all_frames=all_frames,
+                audio_channel=args.audio_channel,
+                num_frames=cfg.data.num_frames,
+                audio_window=cfg.data.audio_window,
+            )
             mode = choose_mode(finetune.inputs, x.audio is not None, x.frames is not None)
             batch = {"audio": x.audio, "frames": x.frames}
             batch = {k: v.to(args.device) if v is not None else None for k, v in batch.items()}
+            windows = all_frames and cfg.data.audio_window > 0 and x.audio is not None and x.frames is not None
             with torch.no_grad():
                 if batch["frames"] is not None:
-                    logits = classify(model, batch, mode)[0]
+                    logits = frame_logits(model, batch, mode, head, windows)[0]  # [frames, C]
                 else:
-                    logits = model(batch["audio"], None, mode=mode)[0]
+                    logits = model(batch["audio"], None, mode=mode)  # [1, C]
         except (MediaError, ValueError) as e:
             log.error("%s", e)
             failed += 1
             continue
         probs = logits.float().sigmoid() if finetune.loss == "bce" else logits.float().softmax(-1)
+        probs = probs.mean(0)  # the frames' probabilities averaged, as the evaluation's ensemble
         scores, idx = probs.topk(min(args.top_k, probs.numel()))
         top = [
             {"class": int(i), "name": names[i] if names and i < len(names) else str(int(i)), "score": float(s)}

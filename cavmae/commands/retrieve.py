@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from cavmae.data.media import MediaError
     from cavmae.eval.embed import load_embeddings
     from cavmae.eval.retrieval import embed_shards
-    from cavmae.eval.scoring import windows_for_model
+    from cavmae.eval.scoring import frames_from_shards, windows_for_model
     from cavmae.eval.search import SearchSpace
     from cavmae.models.weights import load_model
 
@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.data.audio_channel = args.audio_channel  # for shards that hold raw .mp4 members
         cfg.eval.scoring = args.scoring
         windows_for_model(cfg)  # a Sync model: every frame with its window (auto -> diagonal_mean)
+        frames_from_shards(cfg, args.shards)  # e.g. 16-frame Sync shards
         embeddings = embed_shards(model, args.shards, cfg, args.device)
     space = SearchSpace(embeddings, index)
     embedded_here = embeddings is not None and not args.embeddings
@@ -175,10 +176,11 @@ def _query_file(model, path: Path, gallery, args) -> None:
 
     from cavmae.eval.inputs import load_file
 
-    if gallery.embeddings is not None and gallery.embeddings.scoring != "clip":
+    scoring = gallery.embeddings.scoring if gallery.embeddings is not None else gallery.index.info.get("scoring")
+    if scoring not in (None, "clip"):  # an index of per-frame clips as much as embeddings
         raise ValueError(
             f"{path}: a file query gives one embedding; the gallery is scored per frame "
-            f"({gallery.embeddings.scoring}): query with --query-key, or embed the gallery with --scoring clip"
+            f"({scoring}): query with --query-key, or embed the gallery with --scoring clip"
         )
     x = load_file(path, model.cfg, audio_channel=args.audio_channel)
     model.eval().to(args.device)

@@ -507,6 +507,12 @@ def _validate_finetune(cfg: Config) -> None:
             f"finetune.head='attention' classifies per-frame audio||video features: it needs "
             f"finetune.inputs='audiovisual', got {f.inputs!r}"
         )
+    if f.head == "attention" and cfg.data.audio_window == 0:
+        raise ConfigError(
+            "finetune.head='attention' classifies every frame with its own audio window: set data.audio_window to "
+            f"model.audio_length ({cfg.model.audio_length}); a window as long as the padded clip (1024 fbank "
+            "frames) gives every frame the whole clip, as CAV-MAE sees it"
+        )
     if f.head_lr_mult <= 0 or not 0 < f.layer_decay <= 1:
         raise ConfigError("finetune.head_lr_mult must be > 0 and finetune.layer_decay in (0, 1]")
     if f.average_epochs is not None:
@@ -546,6 +552,12 @@ def _refuse_settings_without_effect(cfg: Config) -> None:
         (_given(o, od, "optim.", "min_lr"), "optim.schedule is 'constant'" if o.schedule == "constant" else ""),
     ]
     if f is not None:
+        idle.append(
+            (
+                _given(d, dd, "data.", "frame_mode"),
+                "finetune.head='attention' reads every frame of a clip" if f.head == "attention" else "",
+            )
+        )
         idle.append(
             (
                 _given(f, FinetuneConfig(), "finetune.", "layer_decay"),

@@ -314,6 +314,17 @@ def check_frame_counts(urls: list[str], num_frames: int) -> None:
             )
 
 
+def manifest_frame_count(urls: list[str]) -> int | None:
+    """Frames per clip that the manifests of `urls` say the shards hold (``options.num_frames``; 10 in manifests
+    older than ``--frames``); None when no shard has a manifest. ValueError when the manifests disagree: one
+    evaluation pass embeds one frame count."""
+    held = {int((m.get("options") or {}).get("num_frames") or 10): p for p, m in _manifests(urls).items()}
+    if len(held) > 1:
+        found = ", ".join(f"{n} ({p})" for n, p in sorted(held.items()))
+        raise ValueError(f"the shards hold different numbers of frames per clip: {found}; evaluate them separately")
+    return next(iter(held), None)
+
+
 def shard_counts(urls: list[str]) -> dict[str, int] | None:
     """Samples per shard URL from the manifests beside the shards; None when a shard has no manifest entry."""
     manifests = _manifests(urls)

@@ -27,9 +27,11 @@ def classify(model: nn.Module, batch: dict, mode: str, head: str = "linear") -> 
     return model(batch["audio"], None if mode in AUDIO_ONLY_MODES else frames, mode=mode)
 
 
-def frame_logits(model: nn.Module, batch: dict, mode: str, head: str = "linear") -> torch.Tensor:
+def frame_logits(model: nn.Module, batch: dict, mode: str, head: str = "linear", windows: bool = False) -> torch.Tensor:
     """Logits [B, F, C]: one forward per frame of frames [B, F, 3, H, W] (F = 1 for frames [B, 3, H, W]).
 
+    ``windows`` (data.audio_window > 0): with several frames the audio is [B, F, L, F'], frame k's own window at
+    [:, k], and frame k is classified with it; otherwise the one audio [B, L, F'] serves every frame.
     Audio-only modes do not look at the frames (an audio-only batch has none), so they run once and F = 1; the
     attention head sees every frame in one forward, so F = 1 too.
     """
@@ -40,4 +42,7 @@ def frame_logits(model: nn.Module, batch: dict, mode: str, head: str = "linear")
         return classify(model, batch, mode, head)[:, None]
     if frames.dim() == 4:
         return classify(model, batch, mode)[:, None]
-    return torch.stack([model(batch["audio"], frames[:, i], mode=mode) for i in range(frames.shape[1])], dim=1)
+    audio = batch["audio"]
+    return torch.stack(
+        [model(audio[:, i] if windows else audio, frames[:, i], mode=mode) for i in range(frames.shape[1])], dim=1
+    )

@@ -57,15 +57,17 @@ def predict(
     device: torch.device | str | None = None,
     progress: bool = False,
     head: str = "linear",
+    windows: bool = False,
 ) -> Predictions:
     """Per-frame logits of every batch (``audio``, ``frames`` [B, 3, H, W] or [B, F, 3, H, W], ``labels``); with
-    the attention head one clip-level logit row per clip (F = 1)."""
+    the attention head one clip-level logit row per clip (F = 1). ``windows``: each frame has its own audio window
+    (data.audio_window > 0; :func:`cavmae.eval.classify.frame_logits`)."""
     model.eval()
     device = device or next(model.parameters()).device
     logits, labels, keys = [], [], []
     for batch in tqdm(batches, desc="evaluating", unit="batch", disable=not progress):
         x = {k: batch[k].to(device) for k in ("audio", "frames") if k in batch}  # audio-only batches: no frames
-        logits.append(frame_logits(model, x, mode, head).float().cpu())
+        logits.append(frame_logits(model, x, mode, head, windows).float().cpu())
         labels.append(batch["labels"].float().cpu())
         keys.extend(batch.get("keys", [f"clip-{len(keys) + i}" for i in range(len(batch["labels"]))]))
     if not keys:
@@ -102,9 +104,11 @@ def evaluate_classifier(
     multilabel: bool | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
+    windows: bool = False,
 ) -> dict:
-    """Predict and score: :func:`classification_report`, with ``multilabel`` read off the labels when None."""
-    pred = predict(model, batches, mode, device, progress, getattr(model, "head", "linear"))
+    """Predict and score: :func:`classification_report`, with ``multilabel`` read off the labels when None;
+    ``windows`` as :func:`predict`."""
+    pred = predict(model, batches, mode, device, progress, getattr(model, "head", "linear"), windows)
     if not len(pred):
         raise ValueError("no clips were evaluated (empty shards, or every sample was skipped)")
     if multilabel is None:
@@ -173,10 +177,16 @@ def evaluate_shards(
         return {"kind": "retrieval", **evaluate_retrieval(model, shards, cfg, device, chunk)}
     mode = mode or (cfg.finetune.inputs if cfg.finetune is not None else "audiovisual")
     frames = "all" if ten_frame and mode not in AUDIO_ONLY_MODES else "middle"
+    if getattr(model, "head", "linear") == "attention":
+        frames = "all"  # the attention head classifies a whole clip: every frame with its window
     audio_only = mode in AUDIO_ONLY_MODES  # reads audio-only shards too (cavmae.data.loader's rule)
     loader = loader_for(cfg, shards, train=False, frame_mode=frames, rank=0, world_size=1, frames=not audio_only)
     model.to(device)
-    result = {"kind": "classification", **evaluate_classifier(model, loader, mode, multilabel, device, progress)}
+    windows = cfg.data.audio_window > 0  # every frame with its own audio window
+    result = {
+        "kind": "classification",
+        **evaluate_classifier(model, loader, mode, multilabel, device, progress, windows),
+    }
     skipped = {k: v for k, v in loader.errors.counts().items() if v}
     if skipped:
         log.warning("skipped samples while evaluating: %s", skipped)

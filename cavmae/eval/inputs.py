@@ -19,6 +19,7 @@ from cavmae.config import ModelConfig
 from cavmae.data.fbank import wav_to_fbank
 from cavmae.data.media import AudioChannel, MediaError, VideoFrames, evenly_spaced_times, probe, read_audio
 from cavmae.data.samples import normalize_frames, resize_center_crop
+from cavmae.data.windows import CLIP_FBANK_FRAMES, frame_audio_window
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus"}
 
@@ -35,11 +36,20 @@ class FileInputs:
 
 
 def load_file(
-    path: str | Path, cfg: ModelConfig, all_frames: bool = False, audio_channel: AudioChannel = "first"
+    path: str | Path,
+    cfg: ModelConfig,
+    all_frames: bool = False,
+    audio_channel: AudioChannel = "first",
+    num_frames: int = 10,
+    audio_window: int = 0,
 ) -> FileInputs:
     """Decode `path` into model inputs. Raises MediaError (naming the file) when it holds neither stream.
 
     audio_channel: "first" (CAV-MAE's preprocessing, default) or "mean" ((L+R)/2), as ``cavmae prepare`` stores it.
+    num_frames: the clip's evenly spaced frames (data.num_frames); the middle one, or all with `all_frames`.
+    audio_window (data.audio_window, CAV-MAE Sync): the audio is the window of each chosen frame, cut from the clip
+    padded to 1024 fbank frames as the loader does: [1, L, F] for the middle frame, [1, N, L, F] with `all_frames`
+    and frames (an audio-only file: the middle frame's window).
     """
     path = Path(path)
     if not path.is_file():
@@ -63,14 +73,20 @@ def load_file(
         except MediaError as e:
             raise MediaError(f"{path}: {e.reason}") from e
         if video is not None:
-            # the clip's ten evenly spaced frames, as in the shards; the middle one (index 5) unless all ten
-            times = evenly_spaced_times(0.0, video.end_time, 10)
-            chosen, _ = video.at(times if all_frames else [times[5]])
+            # the clip's N evenly spaced frames, as in the shards; the middle one (index N // 2) unless all
+            times = evenly_spaced_times(0.0, video.end_time, num_frames)
+            chosen, _ = video.at(times if all_frames else [times[num_frames // 2]])
             imgs = torch.from_numpy(chosen).permute(0, 3, 1, 2)  # [n, 3, H, W] uint8
             crops = torch.stack([resize_center_crop(img, cfg.image_size) for img in imgs])
             frames = normalize_frames(crops)  # [n, 3, S, S]
-            frames = frames.unsqueeze(0) if all_frames else frames  # [1, 10, 3, S, S] or [1, 3, S, S]
-    if wave is not None:
+            frames = frames.unsqueeze(0) if all_frames else frames  # [1, N, 3, S, S] or [1, 3, S, S]
+    if wave is not None and audio_window:
+        clip = wav_to_fbank(wave, num_mel_bins=cfg.num_mel_bins, target_length=CLIP_FBANK_FRAMES)  # [1024, F]
+        ks = range(num_frames) if all_frames and frames is not None else [num_frames // 2]
+        starts = [frame_audio_window(k, num_frames, CLIP_FBANK_FRAMES, audio_window) for k in ks]
+        windows = torch.stack([clip[s : s + audio_window] for s in starts])  # [n, L, F]
+        audio = windows.unsqueeze(0) if all_frames and frames is not None else windows  # [1, N, L, F] or [1, L, F]
+    elif wave is not None:
         # DC removal over the whole clip, then only the first audio_length frames are computed (as the loader)
         audio = wav_to_fbank(wave, num_mel_bins=cfg.num_mel_bins, target_length=cfg.audio_length).unsqueeze(0)
     return FileInputs(path, audio, frames)

@@ -50,6 +50,18 @@ def windows_for_model(cfg: Any) -> None:
         cfg.data.audio_window = cfg.model.audio_length
 
 
+def frames_from_shards(cfg: Any, shards: Any) -> None:
+    """Evaluation takes the frame count of the shards it reads (``data.num_frames`` from their manifests, e.g. 16
+    for shards prepared with ``--frames 16``), whatever the model was trained on; shards without a manifest keep
+    the config's. Edits ``cfg`` in place."""
+    from cavmae.data.loader import manifest_frame_count
+    from cavmae.data.shards import expand_shards
+
+    held = manifest_frame_count(expand_shards(shards))
+    if held is not None:
+        cfg.data.num_frames = held
+
+
 def _check(query: torch.Tensor, gallery: torch.Tensor, strategy: str) -> None:
     if strategy not in PER_FRAME and strategy != "clip":
         raise ValueError(f"unknown scoring {strategy!r}; expected clip or one of {', '.join(PER_FRAME)}")

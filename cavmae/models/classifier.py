@@ -1,6 +1,9 @@
 """The fine-tuning model: the encoder plus a classification head.
 
-- ``linear`` (CAV-MAE): ``mlp_head`` = LayerNorm + Linear on the mean-pooled tokens of one frame;
+- ``linear`` (CAV-MAE): ``mlp_head`` = LayerNorm + Linear on the mean-pooled tokens of one frame; with
+  ``model.global_tokens`` the audio / video modes take the global token's output instead (as the public Sync
+  classifier's audio-only / video-only modes), the audiovisual and missing-modality modes the mean over the joint
+  pass's tokens, which hold no global token;
 - ``attention`` (CAV-MAE Sync's probe, the public ``self_attention_cls``): every frame k of a clip with its audio
   window gives a||v [2D], the pooled outputs of the audio and video modality stacks (the global token with
   ``model.global_tokens``, the token mean otherwise; before the shared block, as the public probe reads them);
@@ -96,14 +99,15 @@ class CAVMAEClassifier(CAVMAEEncoder):
             raise ValueError(f"mode {mode!r} needs frames")
         if mode == "audiovisual":
             return self.joint_stream(self.encode_audio(audio), self.encode_video(frames)).mean(dim=1)
-        if mode == "audio":
-            return self.audio_stream(self.encode_audio(audio)).mean(dim=1)
+        if mode == "audio":  # with model.global_tokens its output, as the public Sync classifier's audio-only mode
+            return self.pool(self.audio_stream(self.encode_audio(audio)))
         if mode == "video":
-            return self.video_stream(self.encode_video(frames)).mean(dim=1)
+            return self.pool(self.video_stream(self.encode_video(frames)))
+        # missing modalities: the head was trained on the mean of the joint tokens, which hold no global token
         if mode == "missing_video":
-            a = self.encode_audio(audio)
+            a = self.patch_tokens(self.encode_audio(audio))
             return 0.5 * (self.norm(self.run_blocks(self.blocks_u, a)).mean(1) + self.audio_stream(a).mean(1))
-        v = self.encode_video(frames)
+        v = self.patch_tokens(self.encode_video(frames))
         return 0.5 * (self.norm(self.run_blocks(self.blocks_u, v)).mean(1) + self.video_stream(v).mean(1))
 
     def forward(self, audio: torch.Tensor | None, frames: torch.Tensor | None, mode: str = "audiovisual"):

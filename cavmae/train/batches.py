@@ -35,10 +35,13 @@ def make_batches(
     the CPU; the loop moves them to the device. Training batches hold data.batch_size clips and their order is a
     function of (train.seed, epoch); validation batches hold eval.batch_size clips in a fixed order, and every
     clip is seen once over all processes. ``frame_mode="all"`` (evaluation) gives frames [B, N, 3, H, W]
-    (N = data.num_frames) and, with data.audio_window > 0, audio [B, N, T, F] (frame k's window at [:, k]).
+    (N = data.num_frames) and, with data.audio_window > 0, audio [B, N, T, F] (frame k's window at [:, k]);
+    fine-tuning with ``finetune.head=attention`` gets that layout in training and validation alike.
     ``errors`` counts the samples the shard loader skips, by cause.
     """
     train = split == "train"
+    if cfg.finetune is not None and cfg.finetune.head == "attention":
+        frame_mode = "all"  # the attention head classifies whole clips: every frame with its window, in every pass
     if cfg.data.synthetic:
         ds = synthetic_dataset(cfg, split)
         if frame_mode == "all":

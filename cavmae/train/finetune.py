@@ -94,10 +94,10 @@ class FinetuneTask(Task):
     def unused_parameters(self, model: nn.Module, cfg: Config) -> list[str]:
         """The stream finetune.inputs classifies with is used (cavmae/models/classifier.py); the others, and the
         input branch of a modality the mode does not look at, are not. The attention head reads the modality
-        stacks' outputs: the shared blocks and the final norms are unused."""
+        stacks' outputs: the shared blocks, the contrastive heads (CAV-MAE Sync) and the final norms are unused."""
         if cfg.finetune.head == "attention":
             unused = unused_parameters(model, {"audio", "video"}, decoder=False)
-            shared = ("blocks_u.", "norm.", "norm_a.", "norm_v.")
+            shared = ("blocks_u.", "norm.", "norm_a.", "norm_v.", "constrative_head_")
             return unused + [n for n, _ in model.named_parameters() if n.startswith(shared) and n not in unused]
         return unused_parameters(model, {FT_MODE_STREAMS[cfg.finetune.inputs]}, decoder=False)
 
@@ -119,7 +119,7 @@ class FinetuneTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[dict], accelerator, cfg: Config) -> dict[str, float]:
         """Loss and metrics of the middle frame over the whole split (every process gets the same dict)."""
-        pred = predict(model, batches, cfg.finetune.inputs, head=cfg.finetune.head)
+        pred = predict(model, batches, cfg.finetune.inputs, head=cfg.finetune.head, windows=cfg.data.audio_window > 0)
         loss_sum = 0.0
         if len(pred):
             logits = pred.logits[:, middle_frame(pred.logits.shape[1])]
@@ -149,7 +149,10 @@ class FinetuneTask(Task):
         metric = main_metric(multilabel)
         ten = f.ten_frame and f.inputs not in AUDIO_ONLY_MODES
         pred = gather_predictions(
-            accelerator, predict(model, val_batches("all" if ten else "middle"), f.inputs, head=f.head)
+            accelerator,
+            predict(
+                model, val_batches("all" if ten else "middle"), f.inputs, head=f.head, windows=cfg.data.audio_window > 0
+            ),
         )
         report = classification_report(pred, multilabel)
         label = "averaged" if averaged_epochs else "last_epoch"
@@ -163,9 +166,12 @@ class FinetuneTask(Task):
         summary = {f"final/{label}_{metric}": report["single_frame"][metric]}
         if metric in last_val:
             summary[f"final/last_epoch_{metric}"] = last_val[metric]
-        if "ten_frame" in report:
-            details[f"{label}_ten_frame"] = report["ten_frame"]
-            summary[f"final/{label}_ten_frame_{metric}"] = report["ten_frame"][metric]
+        ensemble = "ten_frame" if report["frames"] == 10 else f"{report['frames']}_frame"  # e.g. 16 for Sync shards
+        if ensemble in report:
+            details[f"{label}_{ensemble}"] = report[ensemble]
+            summary[f"final/{label}_{ensemble}_{metric}"] = report[ensemble][metric]
+        elif f.head == "attention":
+            details["note"] = "the attention head classifies every frame at once: no per-frame ensemble"
         elif f.ten_frame:
             details["note"] = f"finetune.inputs={f.inputs} does not look at the frames: no ten-frame ensemble"
         return summary, details

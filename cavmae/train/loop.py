@@ -377,15 +377,17 @@ def validate(run: Run) -> None:
 
 def probe_batches(cfg: Config) -> list[dict]:
     """The first eval.probe_clips held-out clips (data.probe_shards, or the synthetic validation split), batched."""
+    from cavmae.eval.scoring import resolve_scoring
+
     want = cfg.eval.probe_clips
+    # a per-frame scoring needs every frame of a clip (with its audio window when data.audio_window > 0)
+    frames = "middle" if resolve_scoring(cfg.eval.scoring, cfg.model, cfg.data) == "clip" else "all"
     if cfg.data.probe_shards:
         from cavmae.data.loader import loader_for
-        from cavmae.eval.scoring import resolve_scoring
 
-        frames = "middle" if resolve_scoring(cfg.eval.scoring, cfg.model, cfg.data) == "clip" else "all"
         source = loader_for(cfg, cfg.data.probe_shards, train=False, frame_mode=frames, rank=0, world_size=1)
     else:
-        source = make_batches(cfg, "val", 0, 0, 1)
+        source = make_batches(cfg, "val", 0, 0, 1, frame_mode=frames)
     out, have = [], 0
     for b in source:
         take = min(want - have, len(b["keys"]))
