@@ -418,6 +418,11 @@ def test_the_sync_recipe_is_the_cavmae_run_plus_tiny_syncs_model_options(tmp_pat
         demo_config(FULL, data, tmp_path, seed=1, backbone="vit", task="pretrain", method="syncc")
 
 
+def test_an_unknown_recipe_fails_before_any_work(tmp_path, caplog):
+    assert main(["demo", "--recipe", "sync2", "--out", str(tmp_path / "cli")]) == 2
+    assert "--recipe must be one of cavmae, sync, got 'sync2'" in caplog.text and not (tmp_path / "cli").exists()
+
+
 def test_sync_retrieval_scores_every_frame_with_its_window_and_the_middle_pair(tmp_path):
     from cavmae import create_model
     from cavmae.demo.heldout import evaluate_retrieval
@@ -466,4 +471,5 @@ def test_demo_recipe_sync_runs_end_to_end_at_a_tiny_size(tmp_path):
     assert manifest["options"]["num_frames"] == 16
     report = result.report.read_text()
     assert "--recipe sync" in report and "one pair per clip (middle frame and its window)" in report
+    assert "per frame (diagonal_mean" in report
     assert 0 <= m["classification"]["pretrained"]["top1"] <= 100

@@ -93,6 +93,13 @@ def retrieval_tables(metrics: dict[str, Any]) -> list[str]:
                 f"| class-only ceiling | {_cell(ceiling['v2a'], keys, 1)} | {_cell(ceiling['a2v'], keys, 1)} |"
             )
         lines.append("")
+    if metrics.get("scoring", "clip") != "clip":  # --recipe sync
+        lines += [
+            f"The pre-trained and random-init rows score a pair of clips per frame ({metrics['scoring']}: the mean "
+            "over frames k of the cosine of frame k's audio window and frame k), the rows 'one pair per clip' by "
+            "the middle frame and its window alone.",
+            "",
+        ]
     return lines
 
 
