@@ -33,7 +33,7 @@ import shutil
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +136,7 @@ def run_all(work: Path, s, data, todo: list[tuple[str, str, int]], jobs: int, do
     context = multiprocessing.get_context("spawn")  # no forked OpenMP state
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_quiet_worker) as pool:
         futures = {pool.submit(one_run, work, s, data, *job): job for job in todo}
-        for future in futures:
+        for future in as_completed(futures):  # each run saved as it ends: an interrupted table keeps it
             done.append(future.result())
             log.info("done %s: %.0f s", futures[future], done[-1]["wall_s"])
             save()

@@ -27,6 +27,12 @@ to align within ~1000 steps). Fine-tuning is short (60 steps of 16 clips) becaus
 often enough: the demo measures how much faster a pre-trained encoder gets there, and the curves in the report show
 both runs over every step.
 
+``--recipe sync`` pre-trains CAV-MAE Sync instead, at the same size (:func:`cavmae.demo.settings.demo_config`):
+the shards hold 16 frames per clip, a training pair is one random frame and the audio window around it
+(``DemoSettings.sync_window`` fbank frames), and retrieval is scored per frame (diagonal_mean: the methods
+``pretrained`` / ``random_init``) and by the middle frame's pair (``pretrained_clip`` / ``random_init_clip``);
+fine-tuning classifies the middle frame and its window.
+
 Training is repeated with three seeds on the same clips (``--seeds``; quick: one), each replica single-threaded in
 its own process, as many at a time as there are cores; the report gives mean ± sd, and ``metrics.json`` the
 seconds of each phase (``timings_s``; what the demo took on our machine: scripts/results/README.md).
