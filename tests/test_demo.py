@@ -425,7 +425,7 @@ def test_an_unknown_recipe_fails_before_any_work(tmp_path, caplog):
 
 def test_sync_retrieval_scores_every_frame_with_its_window_and_the_middle_pair(tmp_path):
     from cavmae import create_model
-    from cavmae.demo.heldout import evaluate_retrieval
+    from cavmae.demo.heldout import evaluate_frame_retrieval, evaluate_retrieval
     from cavmae.eval.scoring import clip_scores, retrieval_metrics_scored
 
     s = dataclasses.replace(FULL, frame_size=32, num_mel_bins=32, sync_frames=4, sync_window=32)
@@ -437,8 +437,9 @@ def test_sync_retrieval_scores_every_frame_with_its_window_and_the_middle_pair(t
     frame_audio, all_frames = torch.randn(n, k, 32, 32), torch.randn(n, k, 3, 32, 32)
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     held = HeldOut(frame_audio[:, 2], all_frames[:, 2], labels, [f"c{i}" for i in range(n)], frame_audio, all_frames)
-    scored = evaluate_retrieval(model, held, "test")
-    assert set(scored) == {"clip", "diagonal_mean"}
+    scored = {"clip": evaluate_retrieval(model, held, "a"), "diagonal_mean": evaluate_frame_retrieval(model, held, "b")}
+    with pytest.raises(ValueError, match="audio window"):  # a CAV-MAE held-out set has no per-frame audio
+        evaluate_frame_retrieval(model, HeldOut(held.audio, held.frames, labels, held.keys), "c")
     per_frame = scored["diagonal_mean"].embeddings
     assert per_frame.audio.shape == (n, k, cfg.model.embed_dim) and per_frame.scoring == "diagonal_mean"
     a, v = model.embed(frame_audio[:, 1], all_frames[:, 1])  # frame 1 with its own window

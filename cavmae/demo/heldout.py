@@ -109,24 +109,29 @@ class RetrievalResult:
     embeddings: object = None  # the cavmae.eval.retrieval.EmbeddingSet scored (for the retrieval gallery)
 
 
-def evaluate_retrieval(model: torch.nn.Module, held: HeldOut, desc: str) -> dict[str, RetrievalResult]:
-    """Held-out retrieval of ``model``: ``{"clip": ...}``, one embedding per clip (the middle frame and its audio),
-    and, when ``held`` has every frame with its window (CAV-MAE Sync), ``"diagonal_mean"`` too: a clip's score is
-    the mean over frames k of cos(a_k, v_k) (cavmae/eval/scoring.py), computed as the dot product of the [K*D]
-    concatenations of the frames' normalised embeddings, scaled by 1 / sqrt(K)."""
+def evaluate_retrieval(model: torch.nn.Module, held: HeldOut, desc: str) -> RetrievalResult:
+    """Held-out retrieval of ``model`` with one embedding per clip (the middle frame and its audio)."""
     from cavmae.eval.retrieval import embed_batches
 
     emb = embed_batches(model, tqdm(list(held.batches()), desc=f"embedding ({desc})", leave=False), progress=False)
     # EmbeddingSet holds L2-normalised embeddings: dot products are cosines
-    out = {"clip": RetrievalResult(score_retrieval(emb.audio, emb.video, held.labels), emb.audio @ emb.video.t(), emb)}
+    return RetrievalResult(score_retrieval(emb.audio, emb.video, held.labels), emb.audio @ emb.video.t(), emb)
+
+
+def evaluate_frame_retrieval(model: torch.nn.Module, held: HeldOut, desc: str) -> RetrievalResult:
+    """Held-out retrieval of ``model`` scored per frame (CAV-MAE Sync's diagonal_mean, cavmae/eval/scoring.py):
+    every frame k with its audio window (``held`` loaded with ``data.audio_window`` > 0), a clip's score the mean
+    over k of cos(a_k, v_k), computed as the dot product of the [K*D] concatenations of the frames' normalised
+    embeddings, scaled by 1 / sqrt(K)."""
+    from cavmae.eval.retrieval import embed_batches
+
     if held.frame_audio is None:
-        return out
+        raise ValueError("per-frame retrieval needs every frame with its audio window (data.audio_window > 0)")
     batches = tqdm(list(held.batches(per_frame=True)), desc=f"embedding every frame ({desc})", leave=False)
     per_frame = embed_batches(model, batches, progress=False, scoring="diagonal_mean", windows=True)  # [N, K, D]
     scale = per_frame.audio.shape[1] ** -0.5
     audio, video = per_frame.audio.flatten(1) * scale, per_frame.video.flatten(1) * scale  # [N, K*D]
-    out["diagonal_mean"] = RetrievalResult(score_retrieval(audio, video, held.labels), audio @ video.t(), per_frame)
-    return out
+    return RetrievalResult(score_retrieval(audio, video, held.labels), audio @ video.t(), per_frame)
 
 
 @dataclass

@@ -59,8 +59,11 @@ from tqdm.auto import tqdm
 from cavmae.config import Config
 from cavmae.demo.heldout import (
     DemoData,
+    HeldOut,
+    RetrievalResult,
     SeedResult,
     evaluate_classifier,
+    evaluate_frame_retrieval,
     evaluate_retrieval,
     load_heldout,
 )
@@ -247,12 +250,14 @@ def run_seed(
         return _run_seed(out, s, data, backbone, seed, progress, recipe)
 
 
-def retrieval_methods(name: str, scored: dict) -> dict:
-    """One model's retrieval results under metrics.json's method names: ``name`` for the model's own scoring
-    (per frame when there is one), ``name_clip`` for one pair per clip beside it."""
-    if "diagonal_mean" not in scored:
-        return {name: scored["clip"]}
-    return {name: scored["diagonal_mean"], f"{name}_clip": scored["clip"]}
+def retrieval_methods(name: str, model: torch.nn.Module, held: HeldOut, desc: str) -> dict[str, RetrievalResult]:
+    """One model's retrieval results under metrics.json's method names: ``name`` for the model's own scoring (per
+    frame when ``held`` has every frame with its window, CAV-MAE Sync), and then ``name_clip`` for one pair per clip
+    beside it."""
+    clip = evaluate_retrieval(model, held, desc)
+    if held.frame_audio is None:
+        return {name: clip}
+    return {name: evaluate_frame_retrieval(model, held, desc), f"{name}_clip": clip}
 
 
 def _run_seed(
@@ -283,8 +288,8 @@ def _run_seed(
         # the pre-training run's own starting point: train() seeds with train.seed, then builds the model
         seed_everything(seed)
         random_init = create_model(pre_cfg.model)
-        retrieval = retrieval_methods("pretrained", evaluate_retrieval(pretrained, held, "pre-trained"))
-        retrieval |= retrieval_methods("random_init", evaluate_retrieval(random_init, held, "random init"))
+        retrieval = retrieval_methods("pretrained", pretrained, held, "pre-trained")
+        retrieval |= retrieval_methods("random_init", random_init, held, "random init")
     classification = {}
     for name, init in (("pretrained", str(pre_run / "model")), ("scratch", "")):
         with (
