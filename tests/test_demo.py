@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from cavmae.cli import main
-from cavmae.config import load_config, recipe_path
+from cavmae.config import ConfigError, load_config, recipe_path
 from cavmae.data.clips import colour_name, make_classes
 from cavmae.demo.baselines import (
     IMAGENET_MEAN,
@@ -372,3 +372,105 @@ def test_retrieval_summary_lists_every_seed_and_repeats_seedless_baselines():
     assert r["pretrained"]["instance"]["v2a"]["r1"] == {"mean": 15.0, "sd": 7.07, "per_seed": [10.0, 20.0]}
     assert r["features_linear"]["class"]["v2a"]["p1"] == {"mean": 10.0, "sd": 0.0, "per_seed": [10.0, 10.0]}
     assert r["event_times"] is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --recipe sync
+
+
+def test_a_short_clips_windows_are_centred_on_its_frames_times():
+    """data.clip_fbank_frames: the windows of a 2.6 s clip (260 fbank frames, 16 frames, L = 112) are placed by
+    its own length, not the public loader's 1024 (which puts frame 8's window at 456, past the clip's end)."""
+    from cavmae.data.samples import Decoded, LoaderSettings, audio_starts
+
+    s = LoaderSettings(
+        audio_length=112, num_mel_bins=64, image_size=64, num_classes=2, train=False, frame_mode="all", seed=0,
+        batch_size=1, drop_last=False, shuffle_buffer=0, resampled=False, num_frames=16, audio_window=112,
+        clip_fbank_frames=260,
+    )  # fmt: skip
+    item = Decoded("k", torch.zeros(41600), torch.zeros(0), [0, 8, 15], [0], 1.0, None, None)
+    # k=0: pos 0 -> 0; k=8: pos 130 -> 130 - 56 = 74; k=15: pos round(243.75) = 244 -> 188, moved back to 260 - 112
+    assert audio_starts(item, s) == [0, 74, 148]
+    data = DemoData(Path("."), "train.tar", "heldout.tar", 10, 2, ["a", "b"], num_frames=16)
+    cfg = demo_config(FULL, data, Path("run"), seed=0, backbone="vit", task="pretrain", method="sync")
+    assert cfg.data.clip_fbank_frames == 260 and cfg.data.audio_window == cfg.model.audio_length == 112
+    from cavmae.config import validate
+
+    cfg.data.clip_fbank_frames = 100
+    with pytest.raises(ConfigError, match="data.clip_fbank_frames"):
+        validate(cfg)
+
+
+def test_the_sync_recipe_is_the_cavmae_run_plus_tiny_syncs_model_options(tmp_path):
+    data = DemoData(tmp_path, "train.tar", "heldout.tar", 10, 2, ["a", "b"], num_frames=16)
+    tiny_sync = load_config(recipe_path("tiny_sync")).model
+    for backbone in ("vit", "mamba"):
+        for task in ("pretrain", "finetune"):
+            cav = demo_config(FULL, data, tmp_path, seed=1, backbone=backbone, task=task)
+            sync = demo_config(FULL, data, tmp_path, seed=1, backbone=backbone, task=task, method="sync")
+            options = {k: getattr(tiny_sync, k) for k in ("global_tokens", "registers", "contrastive_heads")}
+            assert options["global_tokens"] and options["registers"] > 0
+            # equal size and contrastive weight; only the Sync options and the audio input (the window) differ
+            assert sync.model == dataclasses.replace(cav.model, audio_length=FULL.sync_window, **options)
+            assert sync.data.num_frames == cav.data.num_frames == 16 and sync.data.audio_window == FULL.sync_window
+            assert cav.data.audio_window == 0 and sync.optim == cav.optim and sync.train == cav.train
+    with pytest.raises(ConfigError, match="--recipe must be one of cavmae, sync"):
+        demo_config(FULL, data, tmp_path, seed=1, backbone="vit", task="pretrain", method="syncc")
+
+
+def test_an_unknown_recipe_fails_before_any_work(tmp_path, caplog):
+    assert main(["demo", "--recipe", "sync2", "--out", str(tmp_path / "cli")]) == 2
+    assert "--recipe must be one of cavmae, sync, got 'sync2'" in caplog.text and not (tmp_path / "cli").exists()
+
+
+def test_sync_retrieval_scores_every_frame_with_its_window_and_the_middle_pair(tmp_path):
+    from cavmae import create_model
+    from cavmae.demo.heldout import evaluate_frame_retrieval, evaluate_retrieval
+    from cavmae.eval.scoring import clip_scores, retrieval_metrics_scored
+
+    s = dataclasses.replace(FULL, frame_size=32, num_mel_bins=32, sync_frames=4, sync_window=32)
+    data = DemoData(tmp_path, "train.tar", "heldout.tar", 10, 6, ["a", "b", "c"], num_frames=4)
+    cfg = demo_config(s, data, tmp_path, seed=0, backbone="vit", task="pretrain", method="sync")
+    torch.manual_seed(0)
+    model = create_model(cfg.model).eval()
+    n, k = 6, 4
+    frame_audio, all_frames = torch.randn(n, k, 32, 32), torch.randn(n, k, 3, 32, 32)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    held = HeldOut(frame_audio[:, 2], all_frames[:, 2], labels, [f"c{i}" for i in range(n)], frame_audio, all_frames)
+    scored = {"clip": evaluate_retrieval(model, held, "a"), "diagonal_mean": evaluate_frame_retrieval(model, held, "b")}
+    with pytest.raises(ValueError, match="audio window"):  # a CAV-MAE held-out set has no per-frame audio
+        evaluate_frame_retrieval(model, HeldOut(held.audio, held.frames, labels, held.keys), "c")
+    per_frame = scored["diagonal_mean"].embeddings
+    assert per_frame.audio.shape == (n, k, cfg.model.embed_dim) and per_frame.scoring == "diagonal_mean"
+    a, v = model.embed(frame_audio[:, 1], all_frames[:, 1])  # frame 1 with its own window
+    torch.testing.assert_close(per_frame.audio[:, 1], torch.nn.functional.normalize(a, dim=-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(per_frame.video[:, 1], torch.nn.functional.normalize(v, dim=-1), atol=1e-5, rtol=0)
+    want = clip_scores(per_frame.audio, per_frame.video, "diagonal_mean")
+    torch.testing.assert_close(scored["diagonal_mean"].similarity, want, atol=1e-5, rtol=0)
+    ranks = retrieval_metrics_scored(per_frame.audio, per_frame.video, "diagonal_mean")
+    assert scored["diagonal_mean"].metrics["instance"]["v2a"]["r1"] == pytest.approx(ranks["video_to_audio"]["R@1"])
+    assert scored["diagonal_mean"].metrics["instance"]["a2v"]["r5"] == pytest.approx(ranks["audio_to_video"]["R@5"])
+    middle = scored["clip"].embeddings  # one pair per clip: the middle frame and its window
+    a, _ = model.embed(frame_audio[:, 2], all_frames[:, 2])
+    torch.testing.assert_close(middle.audio, torch.nn.functional.normalize(a, dim=-1), atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_demo_recipe_sync_runs_end_to_end_at_a_tiny_size(tmp_path):
+    """--recipe sync through the whole pipeline (the quick demo's path, at a few steps): 16-frame shards, per-frame
+    and per-clip retrieval of both models in metrics.json and the report, fine-tuning of the Sync model."""
+    s = dataclasses.replace(
+        FULL, num_clips=40, num_classes=4, pretrain_steps=3, pretrain_batch=8, finetune_steps=2, finetune_batch=8,
+        finetune_eval_every=2, sync_frames=16,
+    )  # fmt: skip
+    result = run_demo(tmp_path / "out", seeds=1, settings=s, recipe="sync")
+    m = result.metrics
+    assert m["recipe"] == "sync" and m["scoring"] == "diagonal_mean"
+    assert {"pretrained", "pretrained_clip", "random_init", "random_init_clip"} <= set(m["retrieval"])
+    assert 0 <= m["retrieval"]["pretrained_clip"]["class"]["v2a"]["map"]["mean"] <= 100
+    manifest = json.loads(next((tmp_path / "out" / "shards").glob("heldout-manifest.json")).read_text())
+    assert manifest["options"]["num_frames"] == 16
+    report = result.report.read_text()
+    assert "--recipe sync" in report and "one pair per clip (middle frame and its window)" in report
+    assert "per frame (diagonal_mean" in report
+    assert 0 <= m["classification"]["pretrained"]["top1"] <= 100

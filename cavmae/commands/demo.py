@@ -1,5 +1,5 @@
-"""``cavmae demo [--out DIR] [--backbone vit|mamba] [--quick] [--seed N] [--seeds K] [--jobs J]``: the whole
-pipeline on synthetic videos, ending in a report (see cavmae.demo.pipeline)."""
+"""``cavmae demo [--out DIR] [--backbone vit|mamba] [--recipe cavmae|sync] [--quick] [--seed N] [--seeds K]
+[--jobs J]``: the whole pipeline on synthetic videos, ending in a report (see cavmae.demo.pipeline)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--out", default="runs/demo", help="output folder (default: runs/demo; an earlier demo there is replaced)"
     )
     p.add_argument("--backbone", default="vit", help="encoder block: vit or mamba (model.backbone)")
+    p.add_argument(
+        "--recipe",
+        default="cavmae",
+        help="what pre-training trains: cavmae, or sync (CAV-MAE Sync at the same size: 16-frame shards, one frame "
+        "and its audio window per pair, global tokens and registers; retrieval scored per frame and per clip)",
+    )
     p.add_argument(
         "--quick", action="store_true", help="a shorter demo: fewer clips, classes and steps, one seed (what CI runs)"
     )
@@ -30,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from cavmae.demo.settings import check_recipes
 
-    check_recipes(args.backbone)  # the recipes the runs start from, before torch loads (a ConfigError is exit 2)
+    # the recipes the runs start from, before torch loads (a ConfigError is exit 2)
+    check_recipes(args.backbone, args.recipe)
 
     from cavmae.demo.pipeline import DemoError, check_backbone, run_demo
     from cavmae.train import TrainingStopped
@@ -45,7 +52,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         result = run_demo(
-            args.out, backbone=args.backbone, quick=args.quick, seed=args.seed, seeds=args.seeds, jobs=args.jobs
+            args.out,
+            backbone=args.backbone,
+            quick=args.quick,
+            seed=args.seed,
+            seeds=args.seeds,
+            jobs=args.jobs,
+            recipe=args.recipe,
         )
     except (DemoError, TrainingStopped) as e:  # --out in the way (not an earlier demo), or a run diverged
         log.error("%s", e)

@@ -434,6 +434,11 @@ def validate(cfg: Config) -> None:
             f"data.audio_window ({d.audio_window}) must be 0 (the whole clip) or equal model.audio_length "
             f"({m.audio_length}): the model's audio input is the window"
         )
+    if d.audio_window and d.clip_fbank_frames < d.audio_window:
+        raise ConfigError(
+            f"data.clip_fbank_frames ({d.clip_fbank_frames}) must be at least data.audio_window ({d.audio_window}): "
+            "the windows are cut from the clip's fbank frames"
+        )
     if d.synthetic:
         if d.synthetic_size < 1 or d.synthetic_val_size < 0:
             raise ConfigError("data.synthetic_size must be at least 1 and data.synthetic_val_size at least 0")

@@ -116,6 +116,10 @@ class DataConfig:
     # CAV-MAE Sync: L fbank frames of audio centred on the drawn frame (cavmae/data/windows.py; evaluation gives
     # every frame its own window); must equal model.audio_length. 0 = the whole clip, as CAV-MAE
     audio_window: int = 0
+    # CAV-MAE Sync: fbank frames S the clip is padded or cut to before its windows are placed (pos = round(k * S /
+    # num_frames)): the public loader's 1024 (10.24 s). Clips much shorter than that set their own length (the
+    # demo's 2.6 s clips: 260), or most frames' windows would lie in the padding
+    clip_fbank_frames: int = 1024
     # augmentation (pre-training)
     noise: bool = False  # uniform noise (scale U(0, 0.1)) on the normalised fbank
     # circular time shift of the fbank by U[-T, T) frames; the public scripts' noise=True means noise AND this roll

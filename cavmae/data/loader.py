@@ -538,6 +538,7 @@ def build_loader(
         audio_channel=data_cfg.audio_channel,
         num_frames=data_cfg.num_frames,
         audio_window=data_cfg.audio_window,
+        clip_fbank_frames=data_cfg.clip_fbank_frames,
         frames=frames,
     )
     dataset = ShardDataset(urls, settings, errors or LoadErrors(), r, world)  # resolved here: workers may not see dist

@@ -75,6 +75,7 @@ class LoaderSettings:
     audio_channel: str = "first"  # audio of raw .mp4 / multi-channel members: "first" or "mean" (cavmae.data.media)
     num_frames: int = 10  # frames per clip every sample must hold (data.num_frames)
     audio_window: int = 0  # data.audio_window: > 0 = audio_length fbank frames around each chosen frame (Sync)
+    clip_fbank_frames: int = CLIP_FBANK_FRAMES  # data.clip_fbank_frames: the padded clip the windows are cut from
     frames: bool = True  # False: audio only, frames never decoded and no "frames" in the batch (cavmae.data.loader)
 
 
@@ -300,7 +301,7 @@ def decode(item: Item, s: LoaderSettings, epoch: int) -> Decoded:
 
 def clip_fbank_frames(s: LoaderSettings) -> int:
     """Fbank frames of a whole clip: the model's input (CAV-MAE) or the padded clip the windows come from (Sync)."""
-    return CLIP_FBANK_FRAMES if s.audio_window else s.audio_length
+    return s.clip_fbank_frames if s.audio_window else s.audio_length
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -355,7 +356,7 @@ def audio_starts(item: Decoded, s: LoaderSettings) -> list[int]:
     if not s.audio_window:
         return [0]
     indices = item.frame_indices or [s.num_frames // 2]
-    return [frame_audio_window(k, s.num_frames, CLIP_FBANK_FRAMES, s.audio_window) for k in indices]
+    return [frame_audio_window(k, s.num_frames, s.clip_fbank_frames, s.audio_window) for k in indices]
 
 
 def _mixup(items, waves, frames, labels, weights, s: LoaderSettings):

@@ -23,37 +23,44 @@ class DemoData:
     num_train: int
     num_heldout: int
     class_names: list[str]
+    num_frames: int = 10  # frames per clip in the shards (16 with --recipe sync)
 
 
 @dataclass
 class HeldOut:
-    """The held-out clips as the models see them (middle frame), in shard order."""
+    """The held-out clips as the models see them (middle frame), in shard order; with audio windows (CAV-MAE Sync)
+    also every frame with its own window, which per-frame retrieval scores."""
 
-    audio: torch.Tensor  # [N, T, F] normalised fbank
+    audio: torch.Tensor  # [N, T, F] normalised fbank (with windows: the middle frame's window)
     frames: torch.Tensor  # [N, 3, S, S] ImageNet-normalised
     labels: torch.Tensor  # [N] class index
     keys: list[str]
+    frame_audio: torch.Tensor | None = None  # [N, K, T, F] frame k's window at [:, k] (data.audio_window > 0)
+    all_frames: torch.Tensor | None = None  # [N, K, 3, S, S] every frame, in time order (with frame_audio)
 
-    def batches(self, size: int = 64) -> Iterator[dict]:
+    def batches(self, size: int = 64, per_frame: bool = False) -> Iterator[dict]:
+        """Batches of ``size`` clips: the middle frame with its audio, or (``per_frame``) every frame with its
+        window."""
+        audio, frames = (self.frame_audio, self.all_frames) if per_frame else (self.audio, self.frames)
         for i in range(0, len(self.keys), size):
-            yield {
-                "audio": self.audio[i : i + size],
-                "frames": self.frames[i : i + size],
-                "keys": self.keys[i : i + size],
-            }
+            yield {"audio": audio[i : i + size], "frames": frames[i : i + size], "keys": self.keys[i : i + size]}
 
 
 def load_heldout(cfg: Config, shards: str) -> HeldOut:
+    """The clips of ``shards`` as ``cfg``'s model sees them; with ``data.audio_window`` > 0 every frame with its
+    audio window too (the middle frame and its window are then the clip's one pair)."""
     from cavmae.data.loader import loader_for
 
-    loader = loader_for(cfg, shards, train=False, frame_mode="middle", rank=0, world_size=1)
+    windows = cfg.data.audio_window > 0
+    loader = loader_for(cfg, shards, train=False, frame_mode="all" if windows else "middle", rank=0, world_size=1)
     batches = list(loader)
-    return HeldOut(
-        torch.cat([b["audio"] for b in batches]),
-        torch.cat([b["frames"] for b in batches]),
-        torch.cat([b["labels"] for b in batches]).argmax(dim=1),
-        [k for b in batches for k in b["keys"]],
-    )
+    audio, frames = torch.cat([b["audio"] for b in batches]), torch.cat([b["frames"] for b in batches])
+    labels = torch.cat([b["labels"] for b in batches]).argmax(dim=1)
+    keys = [k for b in batches for k in b["keys"]]
+    if not windows:
+        return HeldOut(audio, frames, labels, keys)
+    middle = cfg.data.num_frames // 2  # the frame (and window) a single-frame loader gives: frame_mode="middle"
+    return HeldOut(audio[:, middle], frames[:, middle], labels, keys, audio, frames)
 
 
 INSTANCE_KEYS = {"R@1": "r1", "R@5": "r5", "R@10": "r10", "median_rank": "median_rank"}  # metrics.py -> JSON
@@ -103,11 +110,28 @@ class RetrievalResult:
 
 
 def evaluate_retrieval(model: torch.nn.Module, held: HeldOut, desc: str) -> RetrievalResult:
+    """Held-out retrieval of ``model`` with one embedding per clip (the middle frame and its audio)."""
     from cavmae.eval.retrieval import embed_batches
 
     emb = embed_batches(model, tqdm(list(held.batches()), desc=f"embedding ({desc})", leave=False), progress=False)
     # EmbeddingSet holds L2-normalised embeddings: dot products are cosines
     return RetrievalResult(score_retrieval(emb.audio, emb.video, held.labels), emb.audio @ emb.video.t(), emb)
+
+
+def evaluate_frame_retrieval(model: torch.nn.Module, held: HeldOut, desc: str) -> RetrievalResult:
+    """Held-out retrieval of ``model`` scored per frame (CAV-MAE Sync's diagonal_mean, cavmae/eval/scoring.py):
+    every frame k with its audio window (``held`` loaded with ``data.audio_window`` > 0), a clip's score the mean
+    over k of cos(a_k, v_k), computed as the dot product of the [K*D] concatenations of the frames' normalised
+    embeddings, scaled by 1 / sqrt(K)."""
+    from cavmae.eval.retrieval import embed_batches
+
+    if held.frame_audio is None:
+        raise ValueError("per-frame retrieval needs every frame with its audio window (data.audio_window > 0)")
+    batches = tqdm(list(held.batches(per_frame=True)), desc=f"embedding every frame ({desc})", leave=False)
+    per_frame = embed_batches(model, batches, progress=False, scoring="diagonal_mean", windows=True)  # [N, K, D]
+    scale = per_frame.audio.shape[1] ** -0.5
+    audio, video = per_frame.audio.flatten(1) * scale, per_frame.video.flatten(1) * scale  # [N, K*D]
+    return RetrievalResult(score_retrieval(audio, video, held.labels), audio @ video.t(), per_frame)
 
 
 @dataclass

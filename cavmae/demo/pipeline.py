@@ -27,6 +27,12 @@ to align within ~1000 steps). Fine-tuning is short (60 steps of 16 clips) becaus
 often enough: the demo measures how much faster a pre-trained encoder gets there, and the curves in the report show
 both runs over every step.
 
+``--recipe sync`` pre-trains CAV-MAE Sync instead, at the same size (:func:`cavmae.demo.settings.demo_config`):
+the shards hold 16 frames per clip, a training pair is one random frame and the audio window around it
+(``DemoSettings.sync_window`` fbank frames), and retrieval is scored per frame (diagonal_mean: the methods
+``pretrained`` / ``random_init``) and by the middle frame's pair (``pretrained_clip`` / ``random_init_clip``);
+fine-tuning classifies the middle frame and its window.
+
 Training is repeated with three seeds on the same clips (``--seeds``; quick: one), each replica single-threaded in
 its own process, as many at a time as there are cores; the report gives mean ± sd, and ``metrics.json`` the
 seconds of each phase (``timings_s``; what the demo took on our machine: scripts/results/README.md).
@@ -53,8 +59,11 @@ from tqdm.auto import tqdm
 from cavmae.config import Config
 from cavmae.demo.heldout import (
     DemoData,
+    HeldOut,
+    RetrievalResult,
     SeedResult,
     evaluate_classifier,
+    evaluate_frame_retrieval,
     evaluate_retrieval,
     load_heldout,
 )
@@ -65,6 +74,7 @@ from cavmae.demo.settings import (  # noqa: F401  (FULL / QUICK: the demo's size
     DemoSettings,
     check_recipes,
     demo_config,
+    frames_for,
 )
 from cavmae.demo.summary import mean_sd, summarise  # noqa: F401  (mean_sd: also used by callers of the demo)
 
@@ -85,8 +95,9 @@ def _bar(total: int, desc: str, unit: str):
     return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
 
 
-def make_data(out: Path, s: DemoSettings, seed: int) -> DemoData:
-    """Synthetic clips in ``out/clips`` -> shards ``out/shards/{train,heldout}-NNNNNN.tar``."""
+def make_data(out: Path, s: DemoSettings, seed: int, num_frames: int = 10) -> DemoData:
+    """Synthetic clips in ``out/clips`` -> shards ``out/shards/{train,heldout}-NNNNNN.tar`` holding ``num_frames``
+    frames per clip (``cavmae prepare --frames``)."""
     from cavmae.data.clips import make_synthetic_dataset
     from cavmae.data.prepare import PrepareOptions, prepare_shards
     from cavmae.data.sources import plan_inputs
@@ -117,7 +128,7 @@ def make_data(out: Path, s: DemoSettings, seed: int) -> DemoData:
                 name=name,
                 samples_per_shard=s.samples_per_shard,
                 workers=s.workers,
-                options=PrepareOptions(frame_size=s.frame_size, clip_seconds=s.duration),
+                options=PrepareOptions(frame_size=s.frame_size, clip_seconds=s.duration, num_frames=num_frames),
                 progress=lambda event, shard, n: bar.update(1) if event == "sample" else None,
             )
         if manifest["failed"]:
@@ -132,6 +143,7 @@ def make_data(out: Path, s: DemoSettings, seed: int) -> DemoData:
         counts["train"],
         counts["heldout"],
         [c.name for c in synth.classes],
+        num_frames,
     )
 
 
@@ -198,33 +210,59 @@ def run_demo(
     seeds: int | None = None,
     jobs: int | None = None,
     settings: DemoSettings | None = None,
+    recipe: str = "cavmae",
 ) -> DemoResult:
     """Run every stage into ``out_dir`` and write the report; see the module docstring.
 
     `seed` seeds the clips and the first training replica; `seeds` replicas (default: 3, quick: 1) train with
     seeds seed, seed + 1, ... on the same clips, `jobs` of them at a time in separate processes (default: as many
-    as there are CPU cores, at most `seeds`; each trains on one thread)."""
+    as there are CPU cores, at most `seeds`; each trains on one thread). ``recipe="sync"`` pre-trains CAV-MAE Sync
+    instead of CAV-MAE (:func:`cavmae.demo.settings.demo_config`) on 16-frame shards, and scores retrieval per
+    frame (diagonal_mean) as well as by one pair per clip."""
     s = settings or (QUICK if quick else FULL)
     n_seeds = seeds if seeds is not None else (1 if quick else 3)
     if n_seeds < 1:
         raise DemoError(f"--seeds must be at least 1, got {n_seeds}")
     n_jobs = jobs if jobs is not None else min(n_seeds, os.cpu_count() or 1)
-    check_recipes(backbone)
+    check_recipes(backbone, recipe)
     check_backbone(backbone)
     out = Path(out_dir)
     prepare_out_dir(out)
     with _torch_threads(s.threads):
-        return _run(out, s, backbone, quick, [seed + i for i in range(n_seeds)], max(1, n_jobs))
+        return _run(out, s, backbone, quick, [seed + i for i in range(n_seeds)], max(1, n_jobs), recipe)
 
 
-def run_seed(out: Path, s: DemoSettings, data: DemoData, backbone: str, seed: int, progress: bool = True) -> SeedResult:
+def run_seed(
+    out: Path,
+    s: DemoSettings,
+    data: DemoData,
+    backbone: str,
+    seed: int,
+    progress: bool = True,
+    recipe: str = "cavmae",
+) -> SeedResult:
     """Pre-train, evaluate retrieval and fine-tune twice with one seed (a process of its own when run in parallel),
-    on ``s.threads`` torch threads (the caller's count is restored after)."""
+    on ``s.threads`` torch threads (the caller's count is restored after).
+
+    Retrieval methods: ``pretrained`` and ``random_init``, scored by one pair per clip (CAV-MAE) or, with
+    ``recipe="sync"``, per frame (diagonal_mean), and then also by the middle frame's pair as ``*_clip``."""
     with _torch_threads(s.threads):
-        return _run_seed(out, s, data, backbone, seed, progress)
+        return _run_seed(out, s, data, backbone, seed, progress, recipe)
 
 
-def _run_seed(out: Path, s: DemoSettings, data: DemoData, backbone: str, seed: int, progress: bool) -> SeedResult:
+def retrieval_methods(name: str, model: torch.nn.Module, held: HeldOut, desc: str) -> dict[str, RetrievalResult]:
+    """One model's retrieval results under metrics.json's method names: ``name`` for the model's own scoring (per
+    frame when ``held`` has every frame with its window, CAV-MAE Sync), and then ``name_clip`` for one pair per clip
+    beside it."""
+    clip = evaluate_retrieval(model, held, desc)
+    if held.frame_audio is None:
+        return {name: clip}
+    return {name: evaluate_frame_retrieval(model, held, desc), f"{name}_clip": clip}
+
+
+def _run_seed(
+    out: Path, s: DemoSettings, data: DemoData, backbone: str, seed: int, progress: bool, recipe: str = "cavmae"
+) -> SeedResult:
     from cavmae import create_model
     from cavmae.models.weights import load_model
     from cavmae.train import seed_everything, train
@@ -234,7 +272,7 @@ def _run_seed(out: Path, s: DemoSettings, data: DemoData, backbone: str, seed: i
     runs = out / "runs" / f"seed{seed}"
 
     def config(task: str, run: str, init: str = "") -> Config:
-        cfg = demo_config(s, data, runs / run, seed=seed, backbone=backbone, task=task, init=init)
+        cfg = demo_config(s, data, runs / run, seed=seed, backbone=backbone, task=task, init=init, method=recipe)
         cfg.train.progress_bar = progress
         return cfg
 
@@ -250,10 +288,8 @@ def _run_seed(out: Path, s: DemoSettings, data: DemoData, backbone: str, seed: i
         # the pre-training run's own starting point: train() seeds with train.seed, then builds the model
         seed_everything(seed)
         random_init = create_model(pre_cfg.model)
-        retrieval = {
-            "pretrained": evaluate_retrieval(pretrained, held, "pre-trained"),
-            "random_init": evaluate_retrieval(random_init, held, "random init"),
-        }
+        retrieval = retrieval_methods("pretrained", pretrained, held, "pre-trained")
+        retrieval |= retrieval_methods("random_init", random_init, held, "random init")
     classification = {}
     for name, init in (("pretrained", str(pre_run / "model")), ("scratch", "")):
         with (
@@ -285,9 +321,11 @@ def run_baselines(
     return results, unavailable, held.labels
 
 
-def _run_seeds(out: Path, s: DemoSettings, data: DemoData, backbone: str, seeds: list[int], jobs: int):
+def _run_seeds(
+    out: Path, s: DemoSettings, data: DemoData, backbone: str, seeds: list[int], jobs: int, recipe: str = "cavmae"
+):
     if jobs == 1:
-        return [run_seed(out, s, data, backbone, seed) for seed in seeds]
+        return [run_seed(out, s, data, backbone, seed, recipe=recipe) for seed in seeds]
     # one process per replica (spawned: no forked OpenMP state), each on one thread; progress bars would interleave
     log.info("demo: %d training replicas (seeds %s), %d at a time", len(seeds), seeds, jobs)
     context = multiprocessing.get_context("spawn")
@@ -298,7 +336,7 @@ def _run_seeds(out: Path, s: DemoSettings, data: DemoData, backbone: str, seeds:
         with ProcessPoolExecutor(
             max_workers=jobs, mp_context=context, initializer=forward_logs, initargs=(records, level)
         ) as pool:
-            futures = [pool.submit(run_seed, out, s, data, backbone, seed, False) for seed in seeds]
+            futures = [pool.submit(run_seed, out, s, data, backbone, seed, False, recipe) for seed in seeds]
             results = []
             for future in futures:
                 results.append(future.result())
@@ -308,7 +346,9 @@ def _run_seeds(out: Path, s: DemoSettings, data: DemoData, backbone: str, seeds:
         listener.stop()
 
 
-def _run(out: Path, s: DemoSettings, backbone: str, quick: bool, seeds: list[int], jobs: int) -> DemoResult:
+def _run(
+    out: Path, s: DemoSettings, backbone: str, quick: bool, seeds: list[int], jobs: int, recipe: str = "cavmae"
+) -> DemoResult:
     from cavmae.demo.report import write_report
     from cavmae.eval.gallery import write_gallery
     from cavmae.eval.search import SearchSpace
@@ -318,14 +358,16 @@ def _run(out: Path, s: DemoSettings, backbone: str, quick: bool, seeds: list[int
     start = time.perf_counter()
 
     with _timed(timings, "data"):
-        data = make_data(out, s, seeds[0])
+        data = make_data(out, s, seeds[0], frames_for(recipe, s))
     with _timed(timings, "baselines"):
         baselines, unavailable, labels = run_baselines(out, s, data, backbone, seeds[0])
     with _timed(timings, "training"):
-        results = _run_seeds(out, s, data, backbone, seeds, jobs)
+        results = _run_seeds(out, s, data, backbone, seeds, jobs, recipe)
     timings["total_before_report"] = round(time.perf_counter() - start, 1)
 
     metrics = summarise(s, data, backbone, quick, results, timings, baselines, unavailable, labels)
+    metrics["recipe"] = recipe
+    metrics["scoring"] = "diagonal_mean" if recipe == "sync" else "clip"  # of the pretrained / random_init methods
     first = results[0]
     with _timed(timings, "gallery"):
         # listen to and look at what the first seed's pre-trained model retrieves (linked from the report)
@@ -335,12 +377,14 @@ def _run(out: Path, s: DemoSettings, backbone: str, quick: bool, seeds: list[int
             [data.heldout_shards],
             k=5,
             seed=seeds[0],
-            title="cavmae demo: held-out retrieval with the pre-trained model",
+            title=f"cavmae demo{' --recipe ' + recipe if recipe != 'cavmae' else ''}: held-out retrieval with the "
+            "pre-trained model",
             model=f"pre-trained, seed {first.seed} (runs/seed{first.seed}/pretrain/model)",
         )
     with _timed(timings, "report"):
         held = load_heldout(
-            demo_config(s, data, out, seed=seeds[0], backbone=backbone, task="pretrain"), data.heldout_shards
+            demo_config(s, data, out, seed=seeds[0], backbone=backbone, task="pretrain", method=recipe),
+            data.heldout_shards,
         )
         pretrained = load_model(first.runs_dir / "pretrain" / "model")
         torch.manual_seed(seeds[0])  # the reconstruction figure draws its masks from the global generator

@@ -1,0 +1,327 @@
+"""CAV-MAE vs CAV-MAE Sync on the demo's event data, ViT and Mamba at equal size, several seeds, as one table.
+
+    python scripts/compare_sync.py                                   # the table: 3 seeds, 600 pre-training steps
+    python scripts/compare_sync.py --seeds 0 --clips 80 --classes 4 --pretrain-steps 20 --finetune-steps 4 \\
+        --name compare_sync_smoke                                    # a check that it runs (minutes)
+
+For each (model, backbone, seed) it runs what ``cavmae demo [--recipe sync]`` runs
+(:func:`cavmae.demo.pipeline.run_seed`): pre-training on the synthetic train clips, held-out retrieval at the
+instance level (own pair) and the class level (same class), fine-tuning from the pre-trained model and from scratch
+for the same number of steps, scored on the held-out clips. Both models train on the same clips and the same
+16-frame shards (prepared once in ``--work``): CAV-MAE pairs a random frame with the whole clip's audio, Sync pairs
+it with its audio window (``cavmae.demo.settings``: 112 fbank frames of the 2.6 s clip). The models have the demo's
+size and contrastive weight; Sync adds configs/tiny_sync.yaml's global tokens and registers. Sync is scored per
+frame (diagonal_mean, its own way) and by its middle frame's pair ("clip"), CAV-MAE by one pair per clip.
+
+Runs go ``--jobs`` at a time, one process and one torch thread each. The Markdown and JSON tables go to
+``scripts/results/<--name>.{md,json}``, with the command that made them and the sizes in the header; the JSON holds
+every run, and a rerun with the same sizes skips the runs it already holds (an interrupted table resumes).
+Not measured: the attention probe (``finetune.head=attention``) of the Sync model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+log = logging.getLogger("compare_sync")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = ("cavmae", "sync")
+BACKBONES = ("vit", "mamba")
+MODEL_NAMES = {"cavmae": "CAV-MAE", "sync": "CAV-MAE Sync"}
+# retrieval methods of a run (cavmae.demo.pipeline.run_seed): the model's own scoring, then Sync's middle pair
+REDUCED_PRETRAIN_STEPS = 600
+SCORINGS = {"pretrained": "own", "pretrained_clip": "clip"}
+INSTANCE = ("r1", "r5", "r10", "median_rank")
+CLASS = ("p1", "p5", "map")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from cavmae.demo.settings import FULL
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated (default 0,1,2)")
+    p.add_argument("--models", default=",".join(MODELS), help="cavmae,sync")
+    p.add_argument("--backbones", default=",".join(BACKBONES), help="vit,mamba")
+    p.add_argument("--clips", type=int, default=FULL.num_clips, help=f"synthetic clips (demo: {FULL.num_clips})")
+    p.add_argument("--classes", type=int, default=FULL.num_classes, help=f"classes (demo: {FULL.num_classes})")
+    p.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=REDUCED_PRETRAIN_STEPS,
+        help=f"default {REDUCED_PRETRAIN_STEPS}, half the demo's {FULL.pretrain_steps}: the 12 runs of the grid then "
+        "fit a quiet 2-core machine in about 20 minutes",
+    )
+    p.add_argument("--finetune-steps", type=int, default=FULL.finetune_steps, help=f"demo: {FULL.finetune_steps}")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at a time (default: CPU cores)")
+    p.add_argument("--work", default="runs/compare_sync", help="clips, shards and runs (reused by a rerun)")
+    p.add_argument("--name", default="compare_sync", help="scripts/results/<name>.{md,json}")
+    return p.parse_args(argv)
+
+
+def settings_for(args: argparse.Namespace):
+    from cavmae.demo.settings import FULL
+
+    every = min(FULL.finetune_eval_every, args.finetune_steps)
+    return dataclasses.replace(
+        FULL,
+        num_clips=args.clips,
+        num_classes=args.classes,
+        pretrain_steps=args.pretrain_steps,
+        finetune_steps=args.finetune_steps,
+        finetune_eval_every=every,
+    )
+
+
+def prepare_data(work: Path, s) -> Any:
+    """The demo's clips and 16-frame shards in ``work`` (data seed 0), made once and reused while the sizes match."""
+    from cavmae.demo.heldout import DemoData
+    from cavmae.demo.pipeline import make_data
+
+    stamp = work / "data.json"
+    sizes = {"num_clips": s.num_clips, "num_classes": s.num_classes, "num_frames": s.sync_frames}
+    if stamp.is_file():
+        saved = json.loads(stamp.read_text())
+        if saved["sizes"] == sizes:
+            d = saved["data"]
+            return DemoData(Path(d.pop("clips_dir")), **d)
+    for part in ("clips", "shards"):  # another size's data (ours: this script wrote it)
+        shutil.rmtree(work / part, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    data = make_data(work, s, 0, s.sync_frames)
+    plain = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(data).items()}
+    stamp.write_text(json.dumps({"sizes": sizes, "data": plain}, indent=2) + "\n")
+    return data
+
+
+def one_run(work: Path, s, data, model: str, backbone: str, seed: int) -> dict[str, Any]:
+    """One (model, backbone, seed) run of the demo's protocol -> its numbers (plain JSON)."""
+    from cavmae.demo.pipeline import run_seed
+    from cavmae.demo.summary import rounded
+
+    start = time.perf_counter()
+    out = work / f"{model}_{backbone}"
+    shutil.rmtree(out / "runs" / f"seed{seed}", ignore_errors=True)  # a run of another size, or an interrupted one
+    r = run_seed(out, s, data, backbone, seed, progress=False, recipe=model)
+    return {
+        "model": model,
+        "backbone": backbone,
+        "seed": seed,
+        "retrieval": {name: rounded(r.retrieval[name].metrics) for name in SCORINGS if name in r.retrieval},
+        "finetune_top1": {name: round(c.top1, 2) for name, c in r.classification.items()},
+        "timings_s": r.timings,
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+
+
+def _quiet_worker() -> None:
+    logging.basicConfig(level=logging.WARNING)
+
+
+def run_all(work: Path, s, data, todo: list[tuple[str, str, int]], jobs: int, done: list[dict], save) -> None:
+    if jobs == 1:
+        for job in todo:
+            done.append(one_run(work, s, data, *job))
+            save()
+        return
+    context = multiprocessing.get_context("spawn")  # no forked OpenMP state
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_quiet_worker) as pool:
+        futures = {pool.submit(one_run, work, s, data, *job): job for job in todo}
+        for future in as_completed(futures):  # each run saved as it ends: an interrupted table keeps it
+            done.append(future.result())
+            log.info("done %s: %.0f s", futures[future], done[-1]["wall_s"])
+            save()
+
+
+def leaf(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": round(statistics.fmean(values), 2),
+        "sd": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
+
+
+def aggregate(runs: list[dict]) -> list[dict[str, Any]]:
+    """Rows of the table: per (model, backbone, scoring), mean ± sd over seeds of every number."""
+    rows = []
+    for model in MODELS:
+        for backbone in BACKBONES:
+            mine = [r for r in runs if r["model"] == model and r["backbone"] == backbone]
+            if not mine:
+                continue
+            for method, scoring in SCORINGS.items():
+                if method not in mine[0]["retrieval"]:
+                    continue
+                ret = [r["retrieval"][method] for r in mine]
+                row: dict[str, Any] = {
+                    "model": model,
+                    "backbone": backbone,
+                    "scoring": ("diagonal_mean" if model == "sync" else "clip") if scoring == "own" else "clip",
+                    "seeds": sorted(r["seed"] for r in mine),
+                    "instance": {
+                        d: {k: leaf([x["instance"][d][k] for x in ret]) for k in INSTANCE} for d in ("v2a", "a2v")
+                    },
+                    "class": {d: {k: leaf([x["class"][d][k] for x in ret]) for k in CLASS} for d in ("v2a", "a2v")},
+                }
+                if scoring == "own":  # fine-tuning does not depend on the retrieval scoring: once per model
+                    row["finetune_top1"] = {
+                        name: leaf([r["finetune_top1"][name] for r in mine]) for name in ("pretrained", "scratch")
+                    }
+                    row["wall_s"] = leaf([r["wall_s"] for r in mine])
+                    row["cpu_s"] = leaf([r["timings_s"]["cpu"] for r in mine])
+                rows.append(row)
+    return rows
+
+
+def pm(x: dict[str, float]) -> str:
+    return f"{x['mean']:.1f} ± {x['sd']:.1f}" if x["n"] > 1 else f"{x['mean']:.1f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    p, lv = result["protocol"], result["levels"]
+    reduced = [
+        f"{name} {p[key]} (demo {p['demo'][key]})"
+        for key, name in (
+            ("num_clips", "clips"),
+            ("num_classes", "classes"),
+            ("pretrain_steps", "pre-training steps"),
+            ("finetune_steps", "fine-tuning steps"),
+        )
+        if p[key] != p["demo"][key]
+    ]
+    size = "the full demo's sizes" if not reduced else "REDUCED sizes: " + ", ".join(reduced)
+    lines = [
+        "# CAV-MAE vs CAV-MAE Sync on the demo's event data",
+        "",
+        f"- Command: `{result['command']}`",
+        f"- Sizes: {size}; {p['heldout_clips']} held-out clips; pre-training batch {p['pretrain_batch']}, "
+        f"fine-tuning batch {p['finetune_batch']}; shards with {p['num_frames']} frames per clip; Sync's audio "
+        f"window {p['sync_window']} fbank frames of the {p['clip_fbank_frames']}-frame clip; contrastive weight "
+        f"{p['contrast_weight']} for both models.",
+        f"- Mean ± sd over seeds {', '.join(map(str, result['seeds']))}; machine: {result['machine']}; "
+        f"{result['wall_min']:.1f} min wall for the runs of this invocation ({result['jobs']} at a time).",
+        "- Retrieval in %: instance level = own pair (R@k, median rank), class level = same class, own pair left out "
+        "(P@1, mAP). v→a: video queries, audio gallery. Sync `diagonal_mean`: a clip's score is the mean over its "
+        "16 frames of cos(audio window k, frame k); `clip`: one pair per clip (Sync: the middle frame and its "
+        "window; CAV-MAE: the middle frame and the whole clip's audio).",
+        "- Fine-tuning: held-out top-1 (%) after the same number of steps from the pre-trained model and from "
+        "scratch (the same architecture, random init). The attention probe was not measured.",
+        "",
+        "| model | backbone | scoring | inst. R@1 v→a | inst. R@5 v→a | inst. R@1 a→v | inst. R@5 a→v "
+        "| med. rank v→a / a→v | class P@1 v→a / a→v | class mAP v→a / a→v | FT top-1 pre-trained | "
+        "FT top-1 scratch | CPU s / wall s per run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        i, c = row["instance"], row["class"]
+        ft = row.get("finetune_top1")
+        lines.append(
+            f"| {MODEL_NAMES[row['model']]} | {row['backbone']} | {row['scoring']} | {pm(i['v2a']['r1'])} | "
+            f"{pm(i['v2a']['r5'])} | {pm(i['a2v']['r1'])} | {pm(i['a2v']['r5'])} | "
+            f"{pm(i['v2a']['median_rank'])} / {pm(i['a2v']['median_rank'])} | "
+            f"{pm(c['v2a']['p1'])} / {pm(c['a2v']['p1'])} | {pm(c['v2a']['map'])} / {pm(c['a2v']['map'])} | "
+            f"{pm(ft['pretrained']) if ft else '(as above)'} | {pm(ft['scratch']) if ft else ''} | "
+            f"{pm(row['cpu_s']) + ' / ' + pm(row['wall_s']) if ft else ''} |"
+        )
+    ch, ce = lv["chance"], lv["class_only_ceiling"]["instance"]
+    lines.append(
+        f"| chance | | | {ch['instance']['v2a']['r1']:.1f} | {ch['instance']['v2a']['r5']:.1f} | "
+        f"{ch['instance']['a2v']['r1']:.1f} | {ch['instance']['a2v']['r5']:.1f} | "
+        f"{ch['instance']['v2a']['median_rank']:.1f} | {ch['class']['v2a']['p1']:.1f} | "
+        f"{ch['class']['v2a']['map']:.1f} | {100 / p['num_classes']:.1f} | | |"
+    )
+    lines.append(
+        f"| class-only ceiling | | | {ce['v2a']['r1']:.1f} | {ce['v2a']['r5']:.1f} | {ce['a2v']['r1']:.1f} | "
+        f"{ce['a2v']['r5']:.1f} | {ce['v2a']['median_rank']:.1f} | | | | | |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    import torch
+
+    from cavmae.demo.heldout import load_heldout, reference_levels
+    from cavmae.demo.settings import FULL, check_recipes, clip_fbank_frames, demo_config
+    from cavmae.demo.summary import rounded
+
+    seeds = [int(x) for x in args.seeds.split(",")]
+    models, backbones = args.models.split(","), args.backbones.split(",")
+    for name, given, valid in (("--models", models, MODELS), ("--backbones", backbones, BACKBONES)):
+        if not set(given) <= set(valid):
+            log.error("%s must be a subset of %s, got %s", name, ",".join(valid), ",".join(given))
+            return 2
+    for backbone in backbones:
+        for model in models:
+            check_recipes(backbone, model)
+    torch.set_num_threads(1)
+    s = settings_for(args)
+    work = Path(args.work)
+    data = prepare_data(work, s)
+    labels = load_heldout(
+        demo_config(s, data, work, seed=0, backbone="vit", task="pretrain"), data.heldout_shards
+    ).labels
+    protocol = {
+        **{k: getattr(s, k) for k in ("num_clips", "num_classes", "pretrain_steps", "finetune_steps")},
+        **{k: getattr(s, k) for k in ("pretrain_batch", "finetune_batch", "sync_window", "contrast_weight")},
+        "num_frames": data.num_frames,
+        "clip_fbank_frames": clip_fbank_frames(s),
+        "heldout_clips": data.num_heldout,
+        "demo": {k: getattr(FULL, k) for k in ("num_clips", "num_classes", "pretrain_steps", "finetune_steps")},
+    }
+    out_json = RESULTS / f"{args.name}.json"
+    runs: list[dict] = []
+    if out_json.is_file():
+        old = json.loads(out_json.read_text())
+        if old.get("protocol") == protocol:
+            runs = old["runs"]
+            log.info("resuming: %d runs already in %s", len(runs), out_json)
+    have = {(r["model"], r["backbone"], r["seed"]) for r in runs}
+    # slow runs first (Mamba, then Sync's per-frame evaluation), so that parallel jobs end together
+    todo = [(m, b, seed) for b in reversed(backbones) for m in reversed(models) for seed in seeds]
+    todo = [job for job in todo if job not in have]
+    command = "python scripts/compare_sync.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    start = time.perf_counter()
+
+    def save() -> None:
+        result = {
+            "command": command.strip(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), 1 torch thread per run",
+            "jobs": args.jobs,
+            "wall_min": round((time.perf_counter() - start) / 60, 2),
+            "seeds": sorted({r["seed"] for r in runs}),
+            "protocol": protocol,
+            "levels": rounded(reference_levels(labels)),
+            "rows": aggregate(runs),
+            "runs": runs,
+        }
+        RESULTS.mkdir(exist_ok=True)
+        out_json.write_text(json.dumps(result, indent=2) + "\n")
+        (RESULTS / f"{args.name}.md").write_text(markdown(result))
+
+    log.info("%d runs to do (%d held-out clips), %d at a time", len(todo), data.num_heldout, args.jobs)
+    run_all(work, s, data, todo, max(1, args.jobs), runs, save)
+    save()
+    print((RESULTS / f"{args.name}.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
