@@ -3,6 +3,7 @@
     python scripts/compare_sync.py                                   # the table: 3 seeds, 600 pre-training steps
     python scripts/compare_sync.py --seeds 0 --clips 80 --classes 4 --pretrain-steps 20 --finetune-steps 4 \\
         --name compare_sync_smoke                                    # a check that it runs (minutes)
+    python scripts/compare_sync.py --probe                           # + the frozen-encoder probes of its runs
 
 For each (model, backbone, seed) it runs what ``cavmae demo [--recipe sync]`` runs
 (:func:`cavmae.demo.pipeline.run_seed`): pre-training on the synthetic train clips, held-out retrieval at the
@@ -16,7 +17,13 @@ frame (diagonal_mean, its own way) and by its middle frame's pair ("clip"), CAV-
 Runs go ``--jobs`` at a time, one process and one torch thread each. The Markdown and JSON tables go to
 ``scripts/results/<--name>.{md,json}``, with the command that made them and the sizes in the header; the JSON holds
 every run, and a rerun with the same sizes skips the runs it already holds (an interrupted table resumes).
-Not measured: the attention probe (``finetune.head=attention``) of the Sync model.
+
+``--probe`` then adds each model's frozen-encoder probe to every run of the JSON that lacks one, from that run's
+pre-trained model (``<work>/<model>_<backbone>/runs/seed<N>/pretrain/model``) without redoing the run: CAV-MAE's
+linear probe (``finetune.freeze_base=true``, the linear head on one frame and the clip's audio) and Sync's attention
+probe (``finetune.head=attention``: every frame with its audio window), trained on the same train shards for the
+demo's fine-tuning steps at one learning rate for all (``--probe-lr``), scored on the held-out clips as the demo
+scores its classifiers (the attention probe: every frame with its window).
 """
 
 from __future__ import annotations
@@ -48,6 +55,11 @@ MODEL_NAMES = {"cavmae": "CAV-MAE", "sync": "CAV-MAE Sync"}
 # retrieval methods of a run (cavmae.demo.pipeline.run_seed): the model's own scoring, then Sync's middle pair
 REDUCED_PRETRAIN_STEPS = 600
 SCORINGS = {"pretrained": "own", "pretrained_clip": "clip"}
+# the frozen-encoder probe of each model: CAV-MAE's linear probe (the paper), Sync's attention probe (its own)
+PROBE_HEADS = {"cavmae": "linear", "sync": "attention"}
+# optim.lr of every probe: the demo's fine-tuning lr (configs/tiny_finetune.yaml), whose finetune.head_lr_mult (10)
+# already trains the head at 1e-2; only the head trains, so it is the head's rate that matters
+PROBE_LR = 1.0e-3
 INSTANCE = ("r1", "r5", "r10", "median_rank")
 CLASS = ("p1", "p5", "map")
 
@@ -72,6 +84,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at a time (default: CPU cores)")
     p.add_argument("--work", default="runs/compare_sync", help="clips, shards and runs (reused by a rerun)")
     p.add_argument("--name", default="compare_sync", help="scripts/results/<name>.{md,json}")
+    p.add_argument("--results", default=str(RESULTS), help="folder of the tables (default scripts/results)")
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="then train and score the frozen-encoder probe of every run that lacks one (from its pre-trained model)",
+    )
+    p.add_argument("--probe-lr", type=float, default=PROBE_LR, help=f"optim.lr of every probe (default {PROBE_LR})")
     return p.parse_args(argv)
 
 
@@ -130,23 +149,88 @@ def one_run(work: Path, s, data, model: str, backbone: str, seed: int) -> dict[s
     }
 
 
+def probe_config(work: Path, s, data, model: str, backbone: str, seed: int, lr: float):
+    """The probe's run of one (model, backbone, seed): the demo's fine-tuning config from that run's pre-trained
+    model with the encoder frozen and the model's probe head, validated once, at its last step."""
+    from cavmae.config import merge, validate
+    from cavmae.demo.settings import demo_config
+
+    runs = work / f"{model}_{backbone}" / "runs" / f"seed{seed}"
+    init = runs / "pretrain" / "model"
+    cfg = demo_config(
+        s, data, runs / "probe", seed=seed, backbone=backbone, task="finetune", init=str(init), method=model
+    )
+    merge(
+        cfg,
+        {
+            "finetune": {"freeze_base": True, "head": PROBE_HEADS[model]},
+            "optim": {"lr": lr},
+            "train": {"val_every": s.finetune_steps, "val_at_start": False, "progress_bar": False},
+        },
+    )
+    validate(cfg)
+    return cfg
+
+
+def one_probe(work: Path, s, data, model: str, backbone: str, seed: int, lr: float) -> dict[str, Any]:
+    """Train the probe of one finished run and score it on the held-out clips -> {"probe_top1", "probe_wall_s"}."""
+    import torch
+
+    from cavmae.demo.heldout import HeldOut, evaluate_classifier, load_heldout
+    from cavmae.train import train
+
+    start = time.perf_counter()
+    torch.set_num_threads(s.threads)
+    cfg = probe_config(work, s, data, model, backbone, seed, lr)
+    if not Path(cfg.train.init).is_dir():
+        raise FileNotFoundError(f"{cfg.train.init}: no pre-trained model of run {model} {backbone} seed {seed}")
+    shutil.rmtree(cfg.train.out_dir, ignore_errors=True)  # an interrupted probe
+    run_dir = train(cfg)
+    held = load_heldout(cfg, data.heldout_shards)
+    if cfg.finetune.head == "attention":  # the probe classifies a whole clip: every frame with its window
+        held = HeldOut(held.frame_audio, held.all_frames, held.labels, held.keys)
+    top1 = evaluate_classifier(run_dir, held).top1
+    return {"probe_top1": round(top1, 2), "probe_wall_s": round(time.perf_counter() - start, 1)}
+
+
 def _quiet_worker() -> None:
     logging.basicConfig(level=logging.WARNING)
 
 
-def run_all(work: Path, s, data, todo: list[tuple[str, str, int]], jobs: int, done: list[dict], save) -> None:
+def run_jobs(fn, args: tuple, todo: list[tuple], jobs: int, on_done) -> None:
+    """``fn(*args, *job)`` for every job of ``todo``, ``jobs`` at a time, ``on_done(job, result)`` as each ends."""
     if jobs == 1:
         for job in todo:
-            done.append(one_run(work, s, data, *job))
-            save()
+            on_done(job, fn(*args, *job))
         return
     context = multiprocessing.get_context("spawn")  # no forked OpenMP state
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_quiet_worker) as pool:
-        futures = {pool.submit(one_run, work, s, data, *job): job for job in todo}
-        for future in as_completed(futures):  # each run saved as it ends: an interrupted table keeps it
-            done.append(future.result())
-            log.info("done %s: %.0f s", futures[future], done[-1]["wall_s"])
-            save()
+        futures = {pool.submit(fn, *args, *job): job for job in todo}
+        for future in as_completed(futures):  # each result saved as it ends: an interrupted table keeps it
+            on_done(futures[future], future.result())
+
+
+def run_all(work: Path, s, data, todo: list[tuple[str, str, int]], jobs: int, done: list[dict], save) -> None:
+    def on_done(job: tuple, result: dict) -> None:
+        done.append(result)
+        log.info("done %s: %.0f s", job, result["wall_s"])
+        save()
+
+    run_jobs(one_run, (work, s, data), todo, jobs, on_done)
+
+
+def probe_all(work: Path, s, data, runs: list[dict], lr: float, jobs: int, save) -> None:
+    """The probe of every run in ``runs`` that lacks one, written into its entry."""
+    todo = [(r["model"], r["backbone"], r["seed"]) for r in runs if "probe_top1" not in r]
+    by_key = {(r["model"], r["backbone"], r["seed"]): r for r in runs}
+    log.info("%d probes to do, %d at a time", len(todo), jobs)
+
+    def on_done(job: tuple, result: dict) -> None:
+        by_key[job[:3]].update(result)
+        log.info("probe %s: top-1 %.1f %%, %.0f s", job[:3], result["probe_top1"], result["probe_wall_s"])
+        save()
+
+    run_jobs(one_probe, (work, s, data), [(*job, lr) for job in todo], jobs, on_done)
 
 
 def leaf(values: list[float]) -> dict[str, float]:
@@ -184,6 +268,8 @@ def aggregate(runs: list[dict]) -> list[dict[str, Any]]:
                         name: leaf([r["finetune_top1"][name] for r in mine]) for name in ("pretrained", "scratch")
                     }
                     row["wall_s"] = leaf([r["wall_s"] for r in mine])
+                    if all("probe_top1" in r for r in mine):
+                        row["probe_top1"] = leaf([r["probe_top1"] for r in mine])
                     row["cpu_s"] = leaf([r["timings_s"]["cpu"] for r in mine])
                 rows.append(row)
     return rows
@@ -191,6 +277,18 @@ def aggregate(runs: list[dict]) -> list[dict[str, Any]]:
 
 def pm(x: dict[str, float]) -> str:
     return f"{x['mean']:.1f} ± {x['sd']:.1f}" if x["n"] > 1 else f"{x['mean']:.1f}"
+
+
+def probe_line(probe: dict[str, Any] | None, p: dict[str, Any]) -> str:
+    if not probe:
+        return "- Probe: not measured (`--probe` adds it)."
+    return (
+        f"- Probe: held-out top-1 (%) of a probe on the frozen pre-trained encoder, {p['finetune_steps']} steps of "
+        f"batch {p['finetune_batch']} on the train clips, optim.lr {probe['lr']:g} for all (the head at "
+        f"{probe['head_lr_mult']:g}x: {probe['lr'] * probe['head_lr_mult']:g}); CAV-MAE: the linear probe (one "
+        "frame, the clip's audio), Sync: the attention probe (every frame with its audio window, 2 blocks with their "
+        "own CLS); the probe column's mean ± sd is over the runs that have one."
+    )
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -221,12 +319,13 @@ def markdown(result: dict[str, Any]) -> str:
         "16 frames of cos(audio window k, frame k); `clip`: one pair per clip (Sync: the middle frame and its "
         "window; CAV-MAE: the middle frame and the whole clip's audio).",
         "- Fine-tuning: held-out top-1 (%) after the same number of steps from the pre-trained model and from "
-        "scratch (the same architecture, random init). The attention probe was not measured.",
+        "scratch (the same architecture, random init).",
+        probe_line(result.get("probe"), p),
         "",
         "| model | backbone | scoring | inst. R@1 v→a | inst. R@5 v→a | inst. R@1 a→v | inst. R@5 a→v "
         "| med. rank v→a / a→v | class P@1 v→a / a→v | class mAP v→a / a→v | FT top-1 pre-trained | "
-        "FT top-1 scratch | CPU s / wall s per run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "FT top-1 scratch | probe top-1 | CPU s / wall s per run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         i, c = row["instance"], row["class"]
@@ -237,6 +336,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"{pm(i['v2a']['median_rank'])} / {pm(i['a2v']['median_rank'])} | "
             f"{pm(c['v2a']['p1'])} / {pm(c['a2v']['p1'])} | {pm(c['v2a']['map'])} / {pm(c['a2v']['map'])} | "
             f"{pm(ft['pretrained']) if ft else '(as above)'} | {pm(ft['scratch']) if ft else ''} | "
+            f"{pm(row['probe_top1']) if 'probe_top1' in row else ''} | "
             f"{pm(row['cpu_s']) + ' / ' + pm(row['wall_s']) if ft else ''} |"
         )
     ch, ce = lv["chance"], lv["class_only_ceiling"]["instance"]
@@ -244,11 +344,11 @@ def markdown(result: dict[str, Any]) -> str:
         f"| chance | | | {ch['instance']['v2a']['r1']:.1f} | {ch['instance']['v2a']['r5']:.1f} | "
         f"{ch['instance']['a2v']['r1']:.1f} | {ch['instance']['a2v']['r5']:.1f} | "
         f"{ch['instance']['v2a']['median_rank']:.1f} | {ch['class']['v2a']['p1']:.1f} | "
-        f"{ch['class']['v2a']['map']:.1f} | {100 / p['num_classes']:.1f} | | |"
+        f"{ch['class']['v2a']['map']:.1f} | {100 / p['num_classes']:.1f} | | {100 / p['num_classes']:.1f} | |"
     )
     lines.append(
         f"| class-only ceiling | | | {ce['v2a']['r1']:.1f} | {ce['v2a']['r5']:.1f} | {ce['a2v']['r1']:.1f} | "
-        f"{ce['a2v']['r5']:.1f} | {ce['v2a']['median_rank']:.1f} | | | | | |"
+        f"{ce['a2v']['r5']:.1f} | {ce['v2a']['median_rank']:.1f} | | | | | | |"
     )
     return "\n".join(lines) + "\n"
 
@@ -286,12 +386,14 @@ def main(argv: list[str] | None = None) -> int:
         "heldout_clips": data.num_heldout,
         "demo": {k: getattr(FULL, k) for k in ("num_clips", "num_classes", "pretrain_steps", "finetune_steps")},
     }
-    out_json = RESULTS / f"{args.name}.json"
+    results_dir = Path(args.results)
+    out_json = results_dir / f"{args.name}.json"
     runs: list[dict] = []
+    probe: dict[str, Any] | None = None  # the probes' settings, once the table holds probes
     if out_json.is_file():
         old = json.loads(out_json.read_text())
         if old.get("protocol") == protocol:
-            runs = old["runs"]
+            runs, probe = old["runs"], old.get("probe")
             log.info("resuming: %d runs already in %s", len(runs), out_json)
     have = {(r["model"], r["backbone"], r["seed"]) for r in runs}
     # slow runs first (Mamba, then Sync's per-frame evaluation), so that parallel jobs end together
@@ -312,14 +414,25 @@ def main(argv: list[str] | None = None) -> int:
             "rows": aggregate(runs),
             "runs": runs,
         }
-        RESULTS.mkdir(exist_ok=True)
+        if probe:
+            result["probe"] = probe
+        results_dir.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(result, indent=2) + "\n")
-        (RESULTS / f"{args.name}.md").write_text(markdown(result))
+        (results_dir / f"{args.name}.md").write_text(markdown(result))
 
     log.info("%d runs to do (%d held-out clips), %d at a time", len(todo), data.num_heldout, args.jobs)
     run_all(work, s, data, todo, max(1, args.jobs), runs, save)
+    if args.probe:
+        head_lr_mult = demo_config(s, data, work, seed=0, backbone="vit", task="finetune").finetune.head_lr_mult
+        wanted = {"lr": args.probe_lr, "head_lr_mult": head_lr_mult, "heads": PROBE_HEADS}
+        if probe != wanted:  # probes of other settings: measured again
+            for r in runs:
+                r.pop("probe_top1", None)
+                r.pop("probe_wall_s", None)
+        probe = wanted
+        probe_all(work, s, data, runs, args.probe_lr, max(1, args.jobs), save)
     save()
-    print((RESULTS / f"{args.name}.md").read_text())
+    print((results_dir / f"{args.name}.md").read_text())
     return 0
 
 
