@@ -287,7 +287,7 @@ def probe_line(probe: dict[str, Any] | None, p: dict[str, Any]) -> str:
         f"batch {p['finetune_batch']} on the train clips, optim.lr {probe['lr']:g} for all (the head at "
         f"{probe['head_lr_mult']:g}x: {probe['lr'] * probe['head_lr_mult']:g}); CAV-MAE: the linear probe (one "
         "frame, the clip's audio), Sync: the attention probe (every frame with its audio window, 2 blocks with their "
-        "own CLS); the probe column's mean ± sd is over the runs that have one."
+        "own CLS); {probe['wall_min']:.1f} min wall for the probes of the last `--probe`."
     )
 
 
@@ -390,10 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     out_json = results_dir / f"{args.name}.json"
     runs: list[dict] = []
     probe: dict[str, Any] | None = None  # the probes' settings, once the table holds probes
+    runs_wall_min = 0.0  # of the invocation that did the last runs: a probe pass alone keeps it
     if out_json.is_file():
         old = json.loads(out_json.read_text())
         if old.get("protocol") == protocol:
-            runs, probe = old["runs"], old.get("probe")
+            runs, probe, runs_wall_min = old["runs"], old.get("probe"), old["wall_min"]
             log.info("resuming: %d runs already in %s", len(runs), out_json)
     have = {(r["model"], r["backbone"], r["seed"]) for r in runs}
     # slow runs first (Mamba, then Sync's per-frame evaluation), so that parallel jobs end together
@@ -407,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": command.strip(),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), 1 torch thread per run",
             "jobs": args.jobs,
-            "wall_min": round((time.perf_counter() - start) / 60, 2),
+            "wall_min": round((time.perf_counter() - start) / 60, 2) if todo else runs_wall_min,
             "seeds": sorted({r["seed"] for r in runs}),
             "protocol": protocol,
             "levels": rounded(reference_levels(labels)),
@@ -422,15 +423,22 @@ def main(argv: list[str] | None = None) -> int:
 
     log.info("%d runs to do (%d held-out clips), %d at a time", len(todo), data.num_heldout, args.jobs)
     run_all(work, s, data, todo, max(1, args.jobs), runs, save)
+    if todo:  # the header's wall time is that of the runs: a probe pass after them does not add to it
+        runs_wall_min, todo = round((time.perf_counter() - start) / 60, 2), []
     if args.probe:
         head_lr_mult = demo_config(s, data, work, seed=0, backbone="vit", task="finetune").finetune.head_lr_mult
         wanted = {"lr": args.probe_lr, "head_lr_mult": head_lr_mult, "heads": PROBE_HEADS}
-        if probe != wanted:  # probes of other settings: measured again
+        if probe is None or {k: probe[k] for k in wanted} != wanted:  # probes of other settings: measured again
             for r in runs:
                 r.pop("probe_top1", None)
                 r.pop("probe_wall_s", None)
-        probe = wanted
-        probe_all(work, s, data, runs, args.probe_lr, max(1, args.jobs), save)
+        probe, probe_start = {**wanted, "wall_min": 0.0}, time.perf_counter()
+
+        def save_probe() -> None:
+            probe["wall_min"] = round((time.perf_counter() - probe_start) / 60, 2)
+            save()
+
+        probe_all(work, s, data, runs, args.probe_lr, max(1, args.jobs), save_probe)
     save()
     print((results_dir / f"{args.name}.md").read_text())
     return 0
