@@ -7,12 +7,14 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_sync.py"
 
 
+@pytest.mark.slow
 def test_probe_pass_adds_each_models_probe_to_the_finished_runs_without_redoing_them(tmp_path, keep_logging):
     spec = importlib.util.spec_from_file_location("compare_sync", SCRIPT)
     compare = importlib.util.module_from_spec(spec)
