@@ -151,7 +151,8 @@ def one_run(work: Path, s, data, model: str, backbone: str, seed: int) -> dict[s
 
 def probe_config(work: Path, s, data, model: str, backbone: str, seed: int, lr: float):
     """The probe's run of one (model, backbone, seed): the demo's fine-tuning config from that run's pre-trained
-    model with the encoder frozen and the model's probe head, validated once, at its last step."""
+    model with the encoder frozen and the model's probe head; the loop validates only at epoch ends and the last
+    step (the table's number is the demo's evaluation of the final probe)."""
     from cavmae.config import merge, validate
     from cavmae.demo.settings import demo_config
 
@@ -287,7 +288,7 @@ def probe_line(probe: dict[str, Any] | None, p: dict[str, Any]) -> str:
         f"batch {p['finetune_batch']} on the train clips, optim.lr {probe['lr']:g} for all (the head at "
         f"{probe['head_lr_mult']:g}x: {probe['lr'] * probe['head_lr_mult']:g}); CAV-MAE: the linear probe (one "
         "frame, the clip's audio), Sync: the attention probe (every frame with its audio window, 2 blocks with their "
-        "own CLS); {probe['wall_min']:.1f} min wall for the probes of the last `--probe`."
+        f"own CLS); {probe['wall_min']:.1f} min wall for the probes of the last `--probe`."
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,9 @@ def test_probe_pass_adds_each_models_probe_to_the_finished_runs_without_redoing_
         next(r["probe_top1"] for r in second["runs"] if r["model"] == row["model"]) for row in rows
     ]
     text = md.read_text()
-    assert "optim.lr 0.001 for all (the head at 10x: 0.01)" in text
+    assert "optim.lr 0.001 for all (the head at 10x: 0.01)" in text and re.search(
+        r"\d+\.\d min wall for the probes", text
+    )
     table_rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| CAV-MAE")]
     assert [cells[2] for cells in table_rows] == ["clip", "diagonal_mean", "clip"]
     # the probe column: filled once per model (its own scoring's row), empty in Sync's second row
