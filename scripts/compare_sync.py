@@ -57,9 +57,11 @@ REDUCED_PRETRAIN_STEPS = 600
 SCORINGS = {"pretrained": "own", "pretrained_clip": "clip"}
 # the frozen-encoder probe of each model: CAV-MAE's linear probe (the paper), Sync's attention probe (its own)
 PROBE_HEADS = {"cavmae": "linear", "sync": "attention"}
-# optim.lr of every probe: the demo's fine-tuning lr (configs/tiny_finetune.yaml), whose finetune.head_lr_mult (10)
-# already trains the head at 1e-2; only the head trains, so it is the head's rate that matters
-PROBE_LR = 1.0e-3
+# optim.lr of each probe head (finetune.head_lr_mult, 10 in configs/tiny_finetune.yaml, multiplies it: only the head
+# trains): each at the best of a sweep at a reduced size (scripts/results/README.md, "compare_sync: probe learning
+# rates"). One rate for both would measure the rate, not the encoders: the attention head's two transformer blocks,
+# trained from scratch, lose most of their accuracy at the rates the linear head needs
+PROBE_LR = {"linear": 3.0e-3, "attention": 1.0e-4}
 INSTANCE = ("r1", "r5", "r10", "median_rank")
 CLASS = ("p1", "p5", "map")
 
@@ -90,8 +92,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="then train and score the frozen-encoder probe of every run that lacks one (from its pre-trained model)",
     )
-    p.add_argument("--probe-lr", type=float, default=PROBE_LR, help=f"optim.lr of every probe (default {PROBE_LR})")
+    p.add_argument(
+        "--probe-lr",
+        type=probe_lrs,
+        default=dict(PROBE_LR),
+        help="optim.lr of the probes: one number for both heads, or linear=X,attention=Y (default "
+        + ",".join(f"{head}={lr:g}" for head, lr in PROBE_LR.items())
+        + ")",
+    )
     return p.parse_args(argv)
+
+
+def probe_lrs(text: str) -> dict[str, float]:
+    """``--probe-lr``: "X" (both heads) or "linear=X,attention=Y" -> {head: lr}."""
+    try:
+        if "=" not in text:
+            return dict.fromkeys(PROBE_LR, float(text))
+        lrs = {head.strip(): float(lr) for head, lr in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or linear=X,attention=Y, got {text!r}") from None
+    if set(lrs) != set(PROBE_LR):
+        raise argparse.ArgumentTypeError(f"expected a learning rate for each of {', '.join(PROBE_LR)}, got {text!r}")
+    return lrs
 
 
 def settings_for(args: argparse.Namespace):
@@ -149,7 +171,7 @@ def one_run(work: Path, s, data, model: str, backbone: str, seed: int) -> dict[s
     }
 
 
-def probe_config(work: Path, s, data, model: str, backbone: str, seed: int, lr: float):
+def probe_config(work: Path, s, data, model: str, backbone: str, seed: int, lrs: dict[str, float]):
     """The probe's run of one (model, backbone, seed): the demo's fine-tuning config from that run's pre-trained
     model with the encoder frozen and the model's probe head; the loop validates only at epoch ends and the last
     step (the table's number is the demo's evaluation of the final probe)."""
@@ -165,7 +187,7 @@ def probe_config(work: Path, s, data, model: str, backbone: str, seed: int, lr: 
         cfg,
         {
             "finetune": {"freeze_base": True, "head": PROBE_HEADS[model]},
-            "optim": {"lr": lr},
+            "optim": {"lr": lrs[PROBE_HEADS[model]]},
             "train": {"val_every": s.finetune_steps, "val_at_start": False, "progress_bar": False},
         },
     )
@@ -173,7 +195,7 @@ def probe_config(work: Path, s, data, model: str, backbone: str, seed: int, lr: 
     return cfg
 
 
-def one_probe(work: Path, s, data, model: str, backbone: str, seed: int, lr: float) -> dict[str, Any]:
+def one_probe(work: Path, s, data, model: str, backbone: str, seed: int, lrs: dict[str, float]) -> dict[str, Any]:
     """Train the probe of one finished run and score it on the held-out clips -> {"probe_top1", "probe_wall_s"}."""
     import torch
 
@@ -182,7 +204,7 @@ def one_probe(work: Path, s, data, model: str, backbone: str, seed: int, lr: flo
 
     start = time.perf_counter()
     torch.set_num_threads(s.threads)
-    cfg = probe_config(work, s, data, model, backbone, seed, lr)
+    cfg = probe_config(work, s, data, model, backbone, seed, lrs)
     if not Path(cfg.train.init).is_dir():
         raise FileNotFoundError(f"{cfg.train.init}: no pre-trained model of run {model} {backbone} seed {seed}")
     shutil.rmtree(cfg.train.out_dir, ignore_errors=True)  # an interrupted probe
@@ -220,7 +242,7 @@ def run_all(work: Path, s, data, todo: list[tuple[str, str, int]], jobs: int, do
     run_jobs(one_run, (work, s, data), todo, jobs, on_done)
 
 
-def probe_all(work: Path, s, data, runs: list[dict], lr: float, jobs: int, save) -> None:
+def probe_all(work: Path, s, data, runs: list[dict], lrs: dict[str, float], jobs: int, save) -> None:
     """The probe of every run in ``runs`` that lacks one, written into its entry."""
     todo = [(r["model"], r["backbone"], r["seed"]) for r in runs if "probe_top1" not in r]
     by_key = {(r["model"], r["backbone"], r["seed"]): r for r in runs}
@@ -231,7 +253,7 @@ def probe_all(work: Path, s, data, runs: list[dict], lr: float, jobs: int, save)
         log.info("probe %s: top-1 %.1f %%, %.0f s", job[:3], result["probe_top1"], result["probe_wall_s"])
         save()
 
-    run_jobs(one_probe, (work, s, data), [(*job, lr) for job in todo], jobs, on_done)
+    run_jobs(one_probe, (work, s, data), [(*job, lrs) for job in todo], jobs, on_done)
 
 
 def leaf(values: list[float]) -> dict[str, float]:
@@ -283,12 +305,14 @@ def pm(x: dict[str, float]) -> str:
 def probe_line(probe: dict[str, Any] | None, p: dict[str, Any]) -> str:
     if not probe:
         return "- Probe: not measured (`--probe` adds it)."
+    lr, mult = probe["lr"], probe["head_lr_mult"]
     return (
         f"- Probe: held-out top-1 (%) of a probe on the frozen pre-trained encoder, {p['finetune_steps']} steps of "
-        f"batch {p['finetune_batch']} on the train clips, optim.lr {probe['lr']:g} for all (the head at "
-        f"{probe['head_lr_mult']:g}x: {probe['lr'] * probe['head_lr_mult']:g}); CAV-MAE: the linear probe (one "
-        "frame, the clip's audio), Sync: the attention probe (every frame with its audio window, 2 blocks with their "
-        f"own CLS); {probe['wall_min']:.1f} min wall for the probes of the last `--probe`."
+        f"batch {p['finetune_batch']} on the train clips. CAV-MAE: the linear probe (one frame, the clip's audio) at "
+        f"optim.lr {lr['linear']:g} (the head at {mult:g}x: {lr['linear'] * mult:g}); Sync: the attention probe "
+        f"(every frame with its audio window, 2 blocks with their own CLS) at optim.lr {lr['attention']:g} (the head "
+        f"at {mult:g}x: {lr['attention'] * mult:g}). {probe['wall_min']:.1f} min wall for the probes of the last "
+        "`--probe`."
     )
 
 

@@ -3,6 +3,7 @@ each model's frozen-encoder probe to those runs without redoing them."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import re
@@ -49,7 +50,8 @@ def test_probe_pass_adds_each_models_probe_to_the_finished_runs_without_redoing_
     for run in second["runs"]:
         model = run["model"]
         cfg = compare.probe_config(work, s, data, model, "vit", 0, compare.PROBE_LR)
-        assert cfg.finetune.freeze_base and cfg.finetune.head == {"cavmae": "linear", "sync": "attention"}[model]
+        head = {"cavmae": "linear", "sync": "attention"}[model]
+        assert cfg.finetune.freeze_base and cfg.finetune.head == head and cfg.optim.lr == compare.PROBE_LR[head]
         before, after = (
             load_file(str(pretrained[model])),
             load_file(str(Path(cfg.train.out_dir) / "model" / "model.safetensors")),
@@ -68,7 +70,8 @@ def test_probe_pass_adds_each_models_probe_to_the_finished_runs_without_redoing_
         next(r["probe_top1"] for r in second["runs"] if r["model"] == row["model"]) for row in rows
     ]
     text = md.read_text()
-    assert "optim.lr 0.001 for all (the head at 10x: 0.01)" in text and re.search(
+    assert "(one frame, the clip's audio) at optim.lr 0.003 (the head at 10x: 0.03)" in text
+    assert "own CLS) at optim.lr 0.0001 (the head at 10x: 0.001)" in text and re.search(
         r"\d+\.\d min wall for the probes", text
     )
     table_rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| CAV-MAE")]
@@ -78,3 +81,15 @@ def test_probe_pass_adds_each_models_probe_to_the_finished_runs_without_redoing_
 
     assert compare.main([*args, "--probe"]) == 0  # nothing left to do: every run keeps its probe
     assert json.loads(table.read_text())["runs"] == second["runs"]
+
+
+def test_probe_lr_is_one_number_or_one_per_head():
+    spec = importlib.util.spec_from_file_location("compare_sync", SCRIPT)
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    assert compare.parse_args([]).probe_lr == compare.PROBE_LR
+    assert compare.probe_lrs("2e-3") == {"linear": 2e-3, "attention": 2e-3}
+    assert compare.probe_lrs("attention=1e-5,linear=1e-2") == {"linear": 1e-2, "attention": 1e-5}
+    for bad in ("fast", "linear=1e-3", "linear=1e-3,attention=x", "linear=1,attention=1,mlp=1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected"):
+            compare.probe_lrs(bad)
