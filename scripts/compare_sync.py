@@ -22,8 +22,8 @@ every run, and a rerun with the same sizes skips the runs it already holds (an i
 pre-trained model (``<work>/<model>_<backbone>/runs/seed<N>/pretrain/model``) without redoing the run: CAV-MAE's
 linear probe (``finetune.freeze_base=true``, the linear head on one frame and the clip's audio) and Sync's attention
 probe (``finetune.head=attention``: every frame with its audio window), trained on the same train shards for the
-demo's fine-tuning steps at one learning rate for all (``--probe-lr``), scored on the held-out clips as the demo
-scores its classifiers (the attention probe: every frame with its window).
+demo's fine-tuning steps at a learning rate per head (``--probe-lr``; ``PROBE_LR`` says why), scored on the
+held-out clips as the demo scores its classifiers (the attention probe: every frame with its window).
 """
 
 from __future__ import annotations
