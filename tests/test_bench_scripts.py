@@ -219,3 +219,13 @@ def test_bench_window_fbank(benchtools, tmp_path, capsys):
         assert record["summary"][name]["ms_per_clip"] == summary_of(values)
         assert record["summary"][name]["vs_whole"] == summary_of(per_round(values, ms[whole]))
     assert f"{benchtools.ratio_spread(ms[window], ms[whole])} the whole clip's" in capsys.readouterr().out
+
+
+def test_bench_window_fbank_leaves_the_callers_thread_count(benchtools, tmp_path):
+    """It times with one thread; an in-process caller (this suite: the resume tests compare an in-process run with
+    a subprocess one, bit for bit) must get its own thread count back."""
+    import torch
+
+    before = torch.get_num_threads()
+    load("bench_window_fbank").main(["--rounds", "1", "--calls", "1", "--out", str(tmp_path / "w.json")])
+    assert torch.get_num_threads() == before

@@ -222,3 +222,25 @@ def test_a_sync_model_initialised_from_a_sync_run_keeps_its_global_tokens(tmp_pa
     kept = init_from_cavmae(other, tmp_path / "pre")
     assert "cls_token_a" not in kept and torch.equal(other.cls_token_a, pre.cls_token_a)
     assert torch.equal(other.register_tokens, pre.register_tokens)
+
+
+def test_the_mamba_sync_recipe_trains(tmp_path):
+    """The Mamba twin's model options (configs/pretrain_sync_mamba.yaml: Sync's tokens on the Mamba backbone with an
+    unmasked contrastive pass) at the tiny size: pre-training runs and lowers the loss."""
+    from train_helpers import micro_overrides, read_jsonl
+
+    from cavmae.train import train
+
+    mamba = load_config(cavmae.config.recipe_path("pretrain_sync_mamba")).model
+    extra = [f"model.{k}={getattr(mamba, k)}" for k in ("backbone", "contrast_mask_ratio", "global_tokens")]
+    cfg = load_config(
+        cavmae.config.recipe_path("tiny_sync"),
+        micro_overrides(
+            tmp_path, "train.max_steps=8", "optim.lr=1e-3", "train.ckpt_every=0", "model.mamba.scan_impl=torch", *extra
+        ),
+    )
+    assert cfg.model.backbone == "mamba" and cfg.model.global_tokens and cfg.model.registers > 0
+    train(cfg)
+    losses = [r["loss"] for r in read_jsonl(tmp_path / "metrics.jsonl")]
+    assert len(losses) == 8 and all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-3:]) < sum(losses[:3])
