@@ -25,7 +25,9 @@ def test_probe_pass_adds_each_models_probe_to_the_finished_runs_without_redoing_
     args = ["--seeds", "0", "--clips", "40", "--classes", "4", "--pretrain-steps", "2", "--finetune-steps", "2",
             "--backbones", "vit", "--jobs", "1", "--work", str(work), "--results", str(results)]  # fmt: skip
     table, md = results / "compare_sync.json", results / "compare_sync.md"
+    threads = torch.get_num_threads()
     assert compare.main(args) == 0
+    assert torch.get_num_threads() == threads  # the suite's later in-process runs keep their thread count
     first = json.loads(table.read_text())
     assert [r["model"] for r in first["runs"]] == ["sync", "cavmae"]
     assert not any("probe_top1" in r for r in first["runs"]) and "probe" not in first
