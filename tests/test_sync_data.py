@@ -334,3 +334,26 @@ def test_synthetic_evaluation_batches_have_the_sync_layout():
     cfg = load_config(recipe_path("tiny"), small)  # CAV-MAE: the whole clip once, ten frames
     batch = next(iter(make_batches(cfg, "val", frame_mode="all")))
     assert batch["audio"].dim() == 3 and batch["frames"].shape[1] == 10
+
+
+def test_file_inputs_place_windows_in_the_configured_clip_length(tmp_path):
+    """`cavmae predict` reads a file the loader's way: the audio window of the middle frame cut from the clip padded
+    to data.clip_fbank_frames (260 for the demo's 2.6 s clips), not to the public loader's fixed 1024."""
+    import soundfile
+
+    from cavmae.config import ModelConfig
+    from cavmae.data.fbank import wav_to_fbank
+    from cavmae.data.media import read_audio
+    from cavmae.data.windows import frame_audio_window
+    from cavmae.eval.inputs import load_file
+
+    path = tmp_path / "clip.wav"
+    t = np.arange(int(2.6 * 16000)) / 16000
+    soundfile.write(str(path), (0.3 * np.sin(2 * np.pi * (200 + 300 * t) * t)).astype(np.float32), 16000)
+    cfg = ModelConfig(audio_length=64, num_mel_bins=128)
+    x = load_file(path, cfg, num_frames=16, audio_window=64, clip_fbank_frames=260)
+    start = frame_audio_window(8, 16, 260, 64)  # the middle frame's window: 98
+    expected = wav_to_fbank(read_audio(str(path)), num_mel_bins=128, target_length=260)[start : start + 64]
+    assert x.audio.shape == (1, 64, 128)
+    torch.testing.assert_close(x.audio[0], expected)
+    assert x.audio.abs().sum(dim=-1).min() > 0  # inside the clip, not in the padding

@@ -180,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
                 audio_channel=args.audio_channel,
                 num_frames=cfg.data.num_frames,
                 audio_window=cfg.data.audio_window,
+                clip_fbank_frames=cfg.data.clip_fbank_frames,
             )
             mode = choose_mode(finetune.inputs, x.audio is not None, x.frames is not None)
             batch = {"audio": x.audio, "frames": x.frames}

@@ -42,14 +42,15 @@ def load_file(
     audio_channel: AudioChannel = "first",
     num_frames: int = 10,
     audio_window: int = 0,
+    clip_fbank_frames: int = CLIP_FBANK_FRAMES,
 ) -> FileInputs:
     """Decode `path` into model inputs. Raises MediaError (naming the file) when it holds neither stream.
 
     audio_channel: "first" (CAV-MAE's preprocessing, default) or "mean" ((L+R)/2), as ``cavmae prepare`` stores it.
     num_frames: the clip's evenly spaced frames (data.num_frames); the middle one, or all with `all_frames`.
     audio_window (data.audio_window, CAV-MAE Sync): the audio is the window of each chosen frame, cut from the clip
-    padded to 1024 fbank frames as the loader does: [1, L, F] for the middle frame, [1, N, L, F] with `all_frames`
-    and frames (an audio-only file: the middle frame's window).
+    padded to `clip_fbank_frames` (data.clip_fbank_frames) as the loader does: [1, L, F] for the middle frame,
+    [1, N, L, F] with `all_frames` and frames (an audio-only file: the middle frame's window).
     """
     path = Path(path)
     if not path.is_file():
@@ -81,9 +82,10 @@ def load_file(
             frames = normalize_frames(crops)  # [n, 3, S, S]
             frames = frames.unsqueeze(0) if all_frames else frames  # [1, N, 3, S, S] or [1, 3, S, S]
     if wave is not None and audio_window:
-        clip = wav_to_fbank(wave, num_mel_bins=cfg.num_mel_bins, target_length=CLIP_FBANK_FRAMES)  # [1024, F]
+        # the padded clip the windows are placed in (data.clip_fbank_frames), as the loader does: [S, F]
+        clip = wav_to_fbank(wave, num_mel_bins=cfg.num_mel_bins, target_length=clip_fbank_frames)
         ks = range(num_frames) if all_frames and frames is not None else [num_frames // 2]
-        starts = [frame_audio_window(k, num_frames, CLIP_FBANK_FRAMES, audio_window) for k in ks]
+        starts = [frame_audio_window(k, num_frames, clip_fbank_frames, audio_window) for k in ks]
         windows = torch.stack([clip[s : s + audio_window] for s in starts])  # [n, L, F]
         audio = windows.unsqueeze(0) if all_frames and frames is not None else windows  # [1, N, L, F] or [1, L, F]
     elif wave is not None:
